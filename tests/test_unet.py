@@ -1,0 +1,113 @@
+"""unet.py: shapes, conditions, None paths, gradients, and a tiny overfit."""
+import pytest
+import torch
+
+from ddpm import Diffusion, beta_schedule
+from unet import UNet
+
+
+@pytest.mark.parametrize("channels,size,attn", [(1, 28, (7,)), (3, 32, (8,)), (3, 64, (16,)), (3, 128, (16,))])
+def test_output_shape_equals_input_shape(channels, size, attn):
+    net = UNet(image_channels=channels, image_size=size, base_channels=16, channel_mults=(1, 2, 2, 2),
+               attention_resolutions=attn, num_classes=3, pos_dim=20)
+    x = torch.randn(2, channels, size, size)
+    out = net(x, torch.tensor([0, 999]), label=torch.tensor([0, 2]), pos=torch.randn(2, 20))
+    assert out.shape == x.shape
+
+
+def small_net(**kw):
+    return UNet(image_channels=1, image_size=16, base_channels=16, channel_mults=(1, 2), num_res_blocks=1,
+                attention_resolutions=(8,), num_classes=4, pos_dim=5, **kw)
+
+
+def train_steps(net, steps, seed=0):
+    """A few optimizer steps of the diffusion loss with conditions sometimes dropped."""
+    d = Diffusion(beta_schedule("linear", 100))
+    g = torch.Generator().manual_seed(seed)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+    x0 = torch.randn(8, 1, 16, 16, generator=g)
+    cond = {"label": torch.arange(8) % 4, "pos": torch.randn(8, 5, generator=g)}
+    for _ in range(steps):
+        opt.zero_grad()
+        d.loss(net, x0, cond, p_uncond=0.5, generator=g).backward()
+        opt.step()
+
+
+def test_label_and_pos_change_the_output_after_training():
+    torch.manual_seed(0)
+    net = small_net()
+    x, t = torch.randn(4, 1, 16, 16), torch.full((4,), 50)
+    label, pos = torch.tensor([0, 1, 2, 3]), torch.randn(4, 5)
+    with torch.no_grad():
+        # zero-initialised last layer of the pos projection: pos has no effect at the start
+        assert torch.equal(net(x, t, label=label, pos=pos), net(x, t, label=label, pos=2 * pos))
+    train_steps(net, 3)
+    with torch.no_grad():
+        base = net(x, t, label=label, pos=pos)
+        assert not torch.allclose(base, net(x, t, label=label.flip(0), pos=pos))
+        assert not torch.allclose(base, net(x, t, label=label, pos=pos + 1))
+        assert not torch.allclose(base, net(x, t))  # the null condition is a different input
+        # None paths, for each condition alone
+        assert net(x, t, label=label).shape == x.shape and net(x, t, pos=pos).shape == x.shape
+
+
+def test_gradients_reach_every_parameter():
+    torch.manual_seed(0)
+    net = small_net(dropout=0.1)
+    train_steps(net, 3)  # move the zero-initialised layers (out conv, conv2s, pos) so gradients flow past them
+    net.zero_grad()
+    d = Diffusion(beta_schedule("linear", 100))
+    x0 = torch.randn(16, 1, 16, 16)
+    cond = {"label": torch.arange(16) % 4, "pos": torch.randn(16, 5)}
+    d.loss(net, x0, cond, p_uncond=0.5, generator=torch.Generator().manual_seed(0)).backward()
+    dead = [n for n, p in net.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
+    assert dead == []
+
+
+def test_unconditional_unet_without_condition_modules():
+    net = UNet(image_size=8, base_channels=8, channel_mults=(1, 2), attention_resolutions=())
+    assert not hasattr(net, "label_embedding") and not hasattr(net, "pos_projection")
+    assert net(torch.randn(3, 1, 8, 8), torch.tensor(10)).shape == (3, 1, 8, 8)  # scalar t broadcasts
+
+
+@pytest.mark.parametrize("call,message", [
+    (lambda n: n(torch.randn(2, 3, 16, 16), torch.zeros(2)), r"\(B, 1, 16, 16\)"),
+    (lambda n: n(torch.randn(2, 1, 16, 16), torch.zeros(2), label=torch.tensor([0, 4])), r"\[0, 3\]"),
+    (lambda n: n(torch.randn(2, 1, 16, 16), torch.zeros(2), label=torch.tensor([0.0, 1.0])), "integer"),
+    (lambda n: n(torch.randn(2, 1, 16, 16), torch.zeros(2), pos=torch.randn(2, 20)), "pos_dim=5"),
+    (lambda n: n(torch.randn(2, 1, 16, 16), torch.zeros(3)), r"\(2,\)"),
+])
+def test_bad_inputs_name_the_expected_value(call, message):
+    with pytest.raises(ValueError, match=message):
+        call(small_net())
+
+
+def test_label_without_num_classes_is_a_clear_error():
+    net = UNet(image_size=8, base_channels=8, channel_mults=(1,), attention_resolutions=())
+    with pytest.raises(ValueError, match="without num_classes"):
+        net(torch.randn(1, 1, 8, 8), torch.zeros(1), label=torch.zeros(1, dtype=torch.long))
+
+
+def test_tiny_overfit_drives_the_loss_down():
+    """A U-Net memorises four 16x16 images: the loss on fixed (t, noise) falls far below its start."""
+    torch.manual_seed(0)
+    net = UNet(image_size=16, base_channels=16, channel_mults=(1, 2), attention_resolutions=(), num_classes=4)
+    d = Diffusion(beta_schedule("linear", 100))
+    x0 = torch.zeros(4, 1, 16, 16)
+    for i in range(4):  # four distinct bars
+        x0[i, 0, 4 * i:4 * i + 4, :] = 1.0
+    x0 = x0 * 2 - 1
+    cond = {"label": torch.arange(4)}
+
+    def fixed_loss():
+        with torch.no_grad():
+            return d.loss(net, x0.repeat(16, 1, 1, 1), {"label": torch.arange(4).repeat(16)},
+                          generator=torch.Generator().manual_seed(123)).item()
+
+    start = fixed_loss()
+    opt = torch.optim.AdamW(net.parameters(), lr=3e-3)
+    for _ in range(250):
+        opt.zero_grad()
+        d.loss(net, x0.repeat(4, 1, 1, 1), {"label": cond["label"].repeat(4)}).backward()
+        opt.step()
+    assert fixed_loss() < 0.25 * start
