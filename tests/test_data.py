@@ -1,0 +1,250 @@
+"""data.py: IDX parsing, the MNIST download, image folders, per-class sampling."""
+import gzip
+import hashlib
+import http.server
+import os
+import threading
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import data
+from data import load_dataset, parse_idx
+
+IDX_TYPE = {np.dtype(np.uint8): 0x08, np.dtype(np.int32): 0x0C, np.dtype(np.float32): 0x0D}
+
+
+def idx_bytes(array: np.ndarray) -> bytes:
+    """IDX encoding written independently of data.py: magic, big-endian sizes, big-endian data."""
+    magic = bytes([0, 0, IDX_TYPE[array.dtype], array.ndim])
+    sizes = np.array(array.shape, ">u4").tobytes()
+    return magic + sizes + array.astype(array.dtype.newbyteorder(">")).tobytes()
+
+
+def write(path, content: bytes, compress: bool = False) -> str:
+    with (gzip.open if compress else open)(path, "wb") as f:
+        f.write(content)
+    return str(path)
+
+
+def fake_mnist(n: int = 12, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, (n, 28, 28), dtype=np.uint8), (np.arange(n) % 10).astype(np.uint8)
+
+
+# ---------------------------------------------------------------- IDX
+@pytest.mark.parametrize("dtype", [np.uint8, np.int32, np.float32])
+@pytest.mark.parametrize("compress", [False, True])
+def test_idx_round_trip(tmp_path, dtype, compress):
+    array = (np.arange(2 * 3 * 5) - 7).reshape(2, 3, 5).astype(dtype)
+    path = write(tmp_path / ("a.idx.gz" if compress else "a.idx"), idx_bytes(array), compress)
+    parsed = parse_idx(path)
+    assert parsed.dtype == dtype and parsed.shape == (2, 3, 5)
+    np.testing.assert_array_equal(parsed, array)
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"", "magic"),
+        (b"\x01\x00\x08\x01" + bytes(8), "magic"),  # first byte must be 0
+        (b"\x00\x00\x07\x01" + bytes(8), "magic"),  # no such type code
+        (b"\x00\x00\x08\x03\x00\x00", "truncated IDX header"),
+        (idx_bytes(np.zeros((4, 28, 28), np.uint8))[:-5], "truncated"),
+        (idx_bytes(np.zeros((4, 28, 28), np.uint8)) + b"\x00", "trailing"),
+    ],
+)
+def test_corrupt_idx_is_a_clear_error_naming_the_file(tmp_path, content, message):
+    path = write(tmp_path / "broken-idx3-ubyte", content)
+    with pytest.raises(ValueError, match=message) as error:
+        parse_idx(path)
+    assert path in str(error.value)
+
+
+def test_truncated_gzip_is_a_clear_error_naming_the_file(tmp_path):
+    whole = gzip.compress(idx_bytes(np.zeros((4, 28, 28), np.uint8)))
+    path = write(tmp_path / "train-images-idx3-ubyte.gz", whole[: len(whole) // 2])
+    with pytest.raises(ValueError, match="corrupt gzip") as error:
+        parse_idx(path)
+    assert path in str(error.value)
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_mnist_from_idx_files(tmp_path, compress):
+    images, labels = fake_mnist()
+    suffix = ".gz" if compress else ""
+    os.makedirs(tmp_path / "mnist")
+    write(tmp_path / "mnist" / f"train-images-idx3-ubyte{suffix}", idx_bytes(images), compress)
+    write(tmp_path / "mnist" / f"train-labels-idx1-ubyte{suffix}", idx_bytes(labels), compress)
+    x, y, names = load_dataset("mnist", root=str(tmp_path))
+    assert x.dtype == np.uint8 and x.shape == (12, 28, 28, 1)
+    assert y.dtype == np.int64 and names == [str(d) for d in range(10)]
+    np.testing.assert_array_equal(x[..., 0], images)
+    np.testing.assert_array_equal(y, labels)
+
+
+def test_mnist_images_and_labels_must_agree(tmp_path):
+    images, labels = fake_mnist()
+    os.makedirs(tmp_path / "mnist")
+    write(tmp_path / "mnist" / "train-images-idx3-ubyte", idx_bytes(images))
+    write(tmp_path / "mnist" / "train-labels-idx1-ubyte", idx_bytes(labels[:-1]))
+    with pytest.raises(ValueError, match="do not match"):
+        load_dataset("mnist", root=str(tmp_path))
+
+
+# ---------------------------------------------------------------- download from a loopback server
+@pytest.fixture
+def mirror(tmp_path):
+    """A loopback HTTP server serving gzipped fake MNIST files; yields (base URL, directory, arrays)."""
+    served = tmp_path / "served"
+    served.mkdir()
+    images, labels = fake_mnist(20, seed=1)
+    write(served / "train-images-idx3-ubyte.gz", idx_bytes(images), compress=True)
+    write(served / "train-labels-idx1-ubyte.gz", idx_bytes(labels), compress=True)
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, directory=str(served), **kwargs)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/", served, (images, labels)
+    server.shutdown()
+    server.server_close()
+    thread.join(timeout=5)
+
+
+def md5_of(path) -> str:
+    return hashlib.md5(open(path, "rb").read()).hexdigest()
+
+
+def test_download_from_mirror_verifies_and_places_files(tmp_path, mirror, monkeypatch):
+    url, served, (images, labels) = mirror
+    dead = "http://127.0.0.1:1/"  # nothing listens on port 1: the next mirror is tried
+    monkeypatch.setattr(data, "MNIST_MIRRORS", [dead, url])
+    monkeypatch.setattr(data, "MNIST_MD5", {name: md5_of(served / name) for name in data.MNIST_MD5})
+    root = tmp_path / "root"
+    x, y, _ = load_dataset("mnist", root=str(root))
+    np.testing.assert_array_equal(x[..., 0], images)
+    np.testing.assert_array_equal(y, labels)
+    assert sorted(os.listdir(root / "mnist")) == ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"]
+
+
+def test_download_with_wrong_checksum_leaves_nothing_behind(tmp_path, mirror, monkeypatch):
+    url, _, _ = mirror
+    monkeypatch.setattr(data, "MNIST_MIRRORS", [url])
+    monkeypatch.setattr(data, "MNIST_MD5", {name: "0" * 32 for name in data.MNIST_MD5})
+    root = tmp_path / "root"
+    with pytest.raises(RuntimeError, match="MD5") as error:
+        load_dataset("mnist", root=str(root))
+    assert "mnist-sample" in str(error.value)  # the message names the offline alternative
+    assert os.listdir(root / "mnist") == []  # no partial or temporary file
+
+
+# ---------------------------------------------------------------- embedded sample, per_class, resizing
+def test_mnist_sample_is_500_digits_per_class(mnist_sample):
+    images, labels, names = mnist_sample
+    assert images.dtype == np.uint8 and images.shape == (5000, 28, 28, 1)
+    assert labels.dtype == np.int64 and np.bincount(labels).tolist() == [500] * 10
+    assert names == [str(d) for d in range(10)]
+    assert images.max() == 255 and images[:, 0, 0, 0].max() == 0  # digits on a black border
+
+
+def test_per_class_draws_n_of_each_class_reproducibly():
+    x1, y1, _ = load_dataset("mnist-sample", per_class=7, seed=3)
+    x2, y2, _ = load_dataset("mnist-sample", per_class=7, seed=3)
+    x3, _, _ = load_dataset("mnist-sample", per_class=7, seed=4)
+    assert x1.shape == (70, 28, 28, 1) and np.bincount(y1).tolist() == [7] * 10
+    np.testing.assert_array_equal(x1, x2)
+    np.testing.assert_array_equal(y1, y2)
+    assert not np.array_equal(x1, x3)
+
+
+def test_per_class_larger_than_available_is_a_clear_error():
+    with pytest.raises(ValueError, match="fewer than per_class=501"):
+        load_dataset("mnist-sample", per_class=501)
+
+
+def test_image_size_and_channels_options():
+    x, _, _ = load_dataset("mnist-sample", per_class=1, image_size=32, channels=3)
+    assert x.shape == (10, 32, 32, 3) and x.dtype == np.uint8
+    np.testing.assert_array_equal(x[..., 0], x[..., 2])  # grey replicated
+
+
+def test_unknown_dataset_lists_the_choices():
+    with pytest.raises(ValueError, match="mnist-sample"):
+        load_dataset("no-such-dataset")
+
+
+# ---------------------------------------------------------------- image folders
+def save_image(path, array: np.ndarray) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    Image.fromarray(array).save(path)
+
+
+def test_image_folder_classes_labels_and_pixels(tmp_path):
+    rng = np.random.default_rng(0)
+    grey = {f"{c}/{i}.png": rng.integers(0, 256, (9, 9), dtype=np.uint8)
+            for c in ("b_dent", "a_scratch") for i in range(3)}
+    for name, array in grey.items():
+        save_image(tmp_path / name, array)
+    (tmp_path / "a_scratch" / "notes.txt").write_text("not an image: ignored")
+    x, y, names = load_dataset(str(tmp_path))
+    assert names == ["a_scratch", "b_dent"]  # sorted sub-directory names
+    assert x.shape == (6, 9, 9, 1) and x.dtype == np.uint8
+    assert y.tolist() == [0, 0, 0, 1, 1, 1]
+    np.testing.assert_array_equal(x[3, ..., 0], grey["b_dent/0.png"])  # PNG is lossless
+
+
+def test_image_folder_mixed_grey_and_rgb_becomes_rgb_and_resizes(tmp_path):
+    save_image(tmp_path / "a" / "grey.png", np.full((8, 8), 100, np.uint8))
+    save_image(tmp_path / "b" / "colour.bmp", np.full((12, 10, 3), (255, 0, 0), np.uint8))
+    x, y, _ = load_dataset(str(tmp_path), image_size=16)
+    assert x.shape == (2, 16, 16, 3) and y.tolist() == [0, 1]
+    assert (x[0] == 100).all() and (x[1] == (255, 0, 0)).all()
+    x1, _, _ = load_dataset(str(tmp_path), image_size=16, channels=1)
+    assert x1.shape == (2, 16, 16, 1)
+
+
+def test_image_folder_per_class(tmp_path):
+    for c in ("a", "b"):
+        for i in range(5):
+            save_image(tmp_path / c / f"{i}.png", np.full((4, 4), 10 * i, np.uint8))
+    x, y, _ = load_dataset(str(tmp_path), per_class=2, seed=1)
+    assert x.shape == (4, 4, 4, 1) and y.tolist() == [0, 0, 1, 1]
+    with pytest.raises(ValueError, match="fewer than per_class=6"):
+        load_dataset(str(tmp_path), per_class=6)
+
+
+def test_image_folder_mixed_sizes_need_image_size(tmp_path):
+    save_image(tmp_path / "a" / "0.png", np.zeros((8, 8), np.uint8))
+    save_image(tmp_path / "a" / "1.png", np.zeros((9, 8), np.uint8))
+    with pytest.raises(ValueError, match="image_size"):
+        load_dataset(str(tmp_path))
+
+
+def test_image_folder_empty_class_is_an_error_naming_it(tmp_path):
+    save_image(tmp_path / "a" / "0.png", np.zeros((8, 8), np.uint8))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="empty class") as error:
+        load_dataset(str(tmp_path))
+    assert str(tmp_path / "empty") in str(error.value)
+
+
+def test_image_folder_unreadable_file_is_an_error_naming_it(tmp_path):
+    save_image(tmp_path / "a" / "0.png", np.zeros((8, 8), np.uint8))
+    (tmp_path / "a" / "1.png").write_bytes(b"not a png")
+    with pytest.raises(ValueError, match="unreadable") as error:
+        load_dataset(str(tmp_path))
+    assert str(tmp_path / "a" / "1.png") in str(error.value)
+
+
+def test_image_folder_without_class_directories_is_an_error(tmp_path):
+    save_image(tmp_path / "loose" / "0.png", np.zeros((8, 8), np.uint8))
+    with pytest.raises(ValueError, match="no class sub-directories"):
+        load_dataset(str(tmp_path / "loose"))
