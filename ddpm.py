@@ -131,11 +131,11 @@ class Diffusion:
         # Split the batch: conditional rows see `cond`, dropped rows see nothing.
         gen_device = generator.device if generator is not None else x0.device
         drop = (torch.rand(b, generator=generator, device=gen_device) < p_uncond).to(x0.device)  # (B,) bool
-        eps = torch.empty_like(x0)
+        eps = torch.empty_like(x0)  # float32 even under autocast, hence the .to() below
         if (~drop).any():
-            eps[~drop] = model(x_t[~drop], t[~drop], **{k: v[~drop] for k, v in cond.items()})
+            eps[~drop] = model(x_t[~drop], t[~drop], **{k: v[~drop] for k, v in cond.items()}).to(eps.dtype)
         if drop.any():
-            eps[drop] = model(x_t[drop], t[drop])
+            eps[drop] = model(x_t[drop], t[drop]).to(eps.dtype)
         return F.mse_loss(eps, noise)
 
     # ------------------------------------------------------------------

@@ -18,10 +18,13 @@ report, a 2-D UMAP scatter coloured by class, is `plot_positions`.
 `backbone="pixels"` replaces step 1 by the flattened pixels: no weights, fast,
 and on MNIST UMAP separates the digits well from pixels alone.
 """
+import contextlib
 import hashlib
 import os
 import re
+import socket
 import tempfile
+import urllib.parse
 
 import numpy as np
 import torch
@@ -105,6 +108,34 @@ def create_backbone(name: str, weights: str | None) -> torch.nn.Module:
     return model.eval()
 
 
+@contextlib.contextmanager
+def hub_offline_if_unreachable():
+    """Without a network, huggingface_hub retries each file for about 25 s before it
+    gives up. When the hub's host name does not even resolve, switch the hub to
+    offline mode for the call: cached weights still load, missing ones fail at once."""
+    try:
+        from huggingface_hub import constants
+    except ImportError:  # timm then uses its plain download URL
+        yield
+        return
+    if getattr(constants, "HF_HUB_OFFLINE", True):
+        yield
+        return
+    try:
+        socket.getaddrinfo(urllib.parse.urlparse(constants.ENDPOINT).hostname, 443)
+        reachable = True
+    except (OSError, UnicodeError, TypeError):
+        reachable = False
+    if reachable:
+        yield
+        return
+    constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = False
+
+
 def create_pretrained(name: str) -> torch.nn.Module:
     """timm's pretrained model from the hub, or one clear error saying how to do without."""
     import timm
@@ -116,7 +147,8 @@ def create_pretrained(name: str) -> torch.nn.Module:
     if not timm.is_model_pretrained(name):
         raise WeightsUnavailableError(f"timm has no pretrained weights for {name!r}: {fix}")
     try:
-        return timm.create_model(name, pretrained=True, num_classes=0)
+        with hub_offline_if_unreachable():
+            return timm.create_model(name, pretrained=True, num_classes=0)
     except Exception as error:  # the hub's errors vary by version and transport
         raise WeightsUnavailableError(
             f"could not get pretrained weights for {name!r} ({type(error).__name__}: "

@@ -40,15 +40,12 @@ of the original IS code (1,008 classes).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import hashlib
 import json
 import math
 import os
-import socket
 import sys
 import tempfile
-import urllib.parse
 import warnings
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -58,6 +55,9 @@ import scipy.linalg
 import scipy.spatial.distance
 import scipy.special
 
+# One policy for all pretrained weights (hub, local file, or one clear error): features.py's.
+from features import WeightsUnavailableError, hub_offline_if_unreachable
+
 FEATURE_NETWORKS = ("inception", "classifier")
 INCEPTION_MODEL = "inception_v3.tv_in1k"
 INCEPTION_SIZE = 299
@@ -66,9 +66,6 @@ CLASSIFIER_VERSION = 1
 CLASSIFIER_MAX_SIZE = 64
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 
-
-class WeightsUnavailableError(RuntimeError):
-    """Pretrained weights could neither be downloaded nor found in a local file."""
 
 
 def _reason(exc: BaseException) -> str:
@@ -428,34 +425,6 @@ def _read_state_dict(path: Path) -> dict:
     return {k[len("module."):] if k.startswith("module.") else k: v for k, v in sd.items()}
 
 
-@contextlib.contextmanager
-def _hub_offline_if_unreachable():
-    """Without a network, huggingface_hub retries each file for about 25 s before it
-    gives up. When the hub's host name does not even resolve, switch the hub to
-    offline mode for the call: cached weights still load, missing ones fail at once."""
-    try:
-        from huggingface_hub import constants
-    except ImportError:  # timm then uses its plain download URL
-        yield
-        return
-    if getattr(constants, "HF_HUB_OFFLINE", True):
-        yield
-        return
-    try:
-        socket.getaddrinfo(urllib.parse.urlparse(constants.ENDPOINT).hostname, 443)
-        reachable = True
-    except (OSError, UnicodeError, TypeError):
-        reachable = False
-    if reachable:
-        yield
-        return
-    constants.HF_HUB_OFFLINE = True
-    try:
-        yield
-    finally:
-        constants.HF_HUB_OFFLINE = False
-
-
 def _load_inception(weights=None, device=None):
     import timm
 
@@ -482,7 +451,7 @@ def _load_inception(weights=None, device=None):
         level = hub_log.level
         hub_log.setLevel(logging.ERROR)  # offline, the hub logs a warning per retry
         try:
-            with _hub_offline_if_unreachable():
+            with hub_offline_if_unreachable():
                 model = timm.create_model(INCEPTION_MODEL, pretrained=True)
         except Exception as exc:
             raise WeightsUnavailableError(

@@ -55,6 +55,9 @@ CHECKPOINT_FORMAT = "fpdiff-checkpoint-1"
 IDENTITY = ("data", "per_class", "image_size", "channels", "cond", "backbone", "weights", "umap_dim", "size",
             "schedule", "timesteps", "batch_size", "lr", "weight_decay", "warmup", "ema", "p_uncond",
             "grad_clip", "dropout", "seed")
+# What --eval runs at the end (sample.py): DDIM 50 steps with eta = 1 (on short runs much
+# cleaner than eta = 0, see README), guidance 3, two references per class, 1,000 samples.
+EVAL_ARGS = ["--steps", "50", "--eta", "1", "--guidance", "3", "--references", "2", "--eval", "--n", "1000"]
 RUN_FILES = ("config.json", "checkpoint.pt", "space.npz", "grids", "samples", "metrics.json", "classifier.pt")
 
 
@@ -86,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--schedule", default="linear", choices=SCHEDULES)
     g.add_argument("--timesteps", type=int, default=1000)
     g = p.add_argument_group("optimisation")
-    g.add_argument("--steps", type=int, default=1500, help="optimizer steps (may be raised on --resume)")
+    g.add_argument("--steps", type=int, default=1000, help="optimizer steps (may be raised on --resume)")
     g.add_argument("--epochs", type=float, default=None, help="train this many epochs instead of --steps")
     g.add_argument("--batch-size", type=int, default=64, help="images per step (per process under torchrun)")
     g.add_argument("--lr", type=float, default=2e-3)
@@ -320,7 +323,7 @@ def write_grid(run_dir: str, model: UNet, config: dict, space, images, labels, s
 
     path = os.path.join(run_dir, "grids", f"step{step:07d}.png")
     sample.class_grid(model, Diffusion(beta_schedule(config["schedule"], config["timesteps"])), config, space,
-                      images, labels, per_class=8, steps=50, seed=config["seed"], path=path)
+                      images, labels, per_class=8, steps=50, eta=1.0, seed=config["seed"], path=path)
 
 
 # ---------------------------------------------------------------------------
@@ -445,7 +448,7 @@ def train(config: dict) -> str:
     if main_process and config["eval"]:
         import sample  # see write_grid
 
-        sample.main([out, "--out", os.path.join(out, "samples"), "--steps", "50", "--references", "2", "--eval"])
+        sample.main([out, "--out", os.path.join(out, "samples"), *EVAL_ARGS])
     return out
 
 

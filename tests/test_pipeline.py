@@ -75,7 +75,11 @@ def test_sample_writes_grids_references_and_npz(run_dir, tmp_path):
     assert Image.open(out / "references.png").size == (3 * 10 + 2, 4 * 10 + 2)
 
 
-def test_sample_with_own_reference_files_and_eval(run_dir, tmp_path, folder):
+def test_sample_with_own_reference_files_and_eval(run_dir, tmp_path, folder, monkeypatch):
+    import huggingface_hub
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # no Inception weights to be had
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     out = tmp_path / "e"
     files = [os.path.join(folder, c, f"{i}.png") for c in ("top", "bottom") for i in (0, 1)]
     result = sample.main([str(run_dir), "--out", str(out), "--steps", "3", "--per-class", "2",
@@ -86,6 +90,7 @@ def test_sample_with_own_reference_files_and_eval(run_dir, tmp_path, folder):
     assert 0.0 <= metrics["classifier"]["conditioning_accuracy"] <= 1.0
     assert 0.0 <= metrics["controllability"]["own_reference_rate"] <= 1.0
     assert result["classifier"]["fid"] == metrics["classifier"]["fid"]
+    assert metrics["inception"].startswith("skipped:") and "weights" in metrics["inception"]  # never random weights
     with np.load(out / "samples.npz") as s:
         assert (s["reference"][-8:] == -1).all() and s["labels"][-8:].tolist() == [1, 1, 1, 1, 0, 0, 0, 0]
 
