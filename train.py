@@ -126,6 +126,8 @@ def parse_args(argv: list[str] | None) -> dict:
 
 def read_config(out: str) -> dict:
     path = os.path.join(out, "config.json")
+    if not os.path.isfile(path):
+        raise RunError(f"{path} not found: {out} is not a run directory (train one with: python train.py --out {out})")
     try:
         with open(path) as f:
             return json.load(f)

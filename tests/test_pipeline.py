@@ -181,7 +181,7 @@ def test_label_run_refuses_references(folder, tmp_path):
 def test_torchrun_with_two_cpu_processes(folder, tmp_path):
     out = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=0",
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                            os.path.join(REPO, "train.py"), *tiny(folder, out, "--cond", "label+umap", "--steps", "3")],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
