@@ -348,11 +348,10 @@ def train(config: dict) -> str:
     n = len(images)
     if config["epochs"] is not None:
         config["steps"] = math.ceil(config["epochs"] * n / (config["batch_size"] * world))
+    unet = unet_kwargs(config["size"], images.shape[1])
+    unet["dropout"] = config["dropout"] or unet.get("dropout", 0.0)  # --dropout 0 keeps the size's own
     config.update(class_names=class_names, image_channels=images.shape[3], image_size_model=images.shape[1],
-                  num_images=n, world_size=world,
-                  unet={**unet_kwargs(config["size"], images.shape[1]), "dropout": config["dropout"]})
-    if config["size"] == "paper" and config["dropout"] == 0.0:
-        config["unet"]["dropout"] = unet_kwargs("paper", images.shape[1])["dropout"]
+                  num_images=n, world_size=world, unet=unet)
 
     # Method steps 1-2: positions of the training images (rank 0 fits, the others receive them)
     inputs = CONDITIONS[config["cond"]]
