@@ -313,3 +313,25 @@ def open_image(path: str) -> Image.Image:
     except (OSError, UnidentifiedImageError, ValueError) as error:
         raise ValueError(f"{path}: unreadable image ({error})") from error
     return picture.convert("L" if picture.mode in GREY_MODES else "RGB")
+
+
+# ---------------------------------------------------------------------------
+# Writing files: the one atomic-write helper every module uses
+# ---------------------------------------------------------------------------
+def write_atomically(path: str, write) -> None:
+    """write(f) into `path`.tmp, then rename it over `path` (os.replace is atomic).
+
+    A crash or kill leaves either the old file or the new one, never half of
+    one; the fixed `.tmp` name means a killed write leaves at most one stray
+    file, which the next write to `path` replaces. The file gets the usual
+    permissions (umask), like any file open() creates.
+    """
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = path + ".tmp"
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
