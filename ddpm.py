@@ -10,10 +10,13 @@ eps_theta(x_t, t, cond) learns to predict the noise; running the chain
 backwards with it turns pure noise into an image.
 
 This file knows nothing about the network except the call
-`model(x_t, t, **cond) -> eps`, where `cond` is a dict of keyword tensors
-(for us `label` and/or `pos`) and `model(x_t, t)` is the unconditional
-model used by classifier-free guidance. That call is the seam a new
-condition plugs into.
+`model(x_t, t, cond, drop) -> eps`: `cond` is a dict of condition tensors
+(for us `label` and/or `pos`, one row per image) and `drop` (B,) bool marks
+the rows whose conditions the network must ignore (classifier-free
+guidance). Conditions pass through untouched, whatever their names.
+
+The network may run in bf16 (autocast); everything here, the schedule
+coefficients and the x_t updates, stays in float32: eps is cast back first.
 
 Indices: t runs over 0 .. T-1 (t = 0 is the first noising step), as in
 improved-diffusion.
@@ -115,27 +118,18 @@ class Diffusion:
              generator: torch.Generator | None = None) -> torch.Tensor:
         """|| eps - eps_theta(x_t, t, cond) ||^2 with t ~ U{0..T-1}, eps ~ N(0, I).
 
-        With p_uncond > 0 each example is trained unconditionally (the
-        condition dropped) with that probability, so that one network is both
-        the conditional and the unconditional model that classifier-free
-        guidance needs (Ho & Salimans 2022).
+        With p_uncond > 0 each example's conditions are dropped with that
+        probability, so that one network is both the conditional and the
+        unconditional model that classifier-free guidance needs (Ho & Salimans
+        2022). One network call per step: the dropped rows are marked, not split off.
         """
         b = x0.shape[0]
-        t = torch.randint(0, self.num_timesteps, (b,), generator=generator,
-                          device=generator.device if generator is not None else x0.device).to(x0.device)
+        gen_device = generator.device if generator is not None else x0.device
+        t = torch.randint(0, self.num_timesteps, (b,), generator=generator, device=gen_device).to(x0.device)
         noise = randn(x0.shape, generator, x0.device)
         x_t = self.q_sample(x0, t, noise)
-        cond = cond or {}
-        if not cond or p_uncond <= 0:
-            return F.mse_loss(model(x_t, t, **cond), noise)
-        # Split the batch: conditional rows see `cond`, dropped rows see nothing.
-        gen_device = generator.device if generator is not None else x0.device
         drop = (torch.rand(b, generator=generator, device=gen_device) < p_uncond).to(x0.device)  # (B,) bool
-        eps = torch.empty_like(x0)  # float32 even under autocast, hence the .to() below
-        if (~drop).any():
-            eps[~drop] = model(x_t[~drop], t[~drop], **{k: v[~drop] for k, v in cond.items()}).to(eps.dtype)
-        if drop.any():
-            eps[drop] = model(x_t[drop], t[drop]).to(eps.dtype)
+        eps = model(x_t, t, cond or {}, drop).float()  # float32 even when the network ran in bf16
         return F.mse_loss(eps, noise)
 
     # ------------------------------------------------------------------
@@ -154,13 +148,18 @@ class Diffusion:
 
             eps = eps_uncond + w (eps_cond - eps_uncond).
 
-        w = 1 is the plain conditional model and costs one forward pass.
+        Our w is Ho & Salimans' 1 + w: w = 1 is the plain conditional model
+        (one network call on B rows), w = 0 the unconditional one. Otherwise
+        one call on 2B rows: the batch with its conditions, then without.
         """
         cond = cond or {}
-        eps_cond = model(x_t, t, **cond)
+        b = x_t.shape[0]
         if guidance == 1.0 or not cond:
-            return eps_cond
-        eps_uncond = model(x_t, t)
+            return model(x_t, t, cond, None).float()
+        keep_drop = torch.cat([torch.zeros(b, dtype=torch.bool), torch.ones(b, dtype=torch.bool)]).to(x_t.device)
+        doubled = {name: torch.cat([value, value]) for name, value in cond.items()}  # (B, ...) -> (2B, ...)
+        eps = model(torch.cat([x_t, x_t]), torch.cat([t, t]), doubled, keep_drop).float()  # (2B, C, H, W)
+        eps_cond, eps_uncond = eps.chunk(2)
         return eps_uncond + guidance * (eps_cond - eps_uncond)
 
     def p_mean_variance(self, model, x_t: torch.Tensor, t: torch.Tensor, cond: dict | None = None,

@@ -1,24 +1,27 @@
-"""A compact conditional U-Net: eps_theta(x_t, t, label, pos).
+"""A compact conditional U-Net: eps_theta(x_t, t, cond).
 
-The network predicts the noise in x_t. Besides the timestep t it takes two
-conditions (PAPER.md, Method step 3):
+The network predicts the noise in x_t. Besides the timestep t it takes the
+conditions of PAPER.md, Method step 3, as one dict `cond`:
 
-- `label`: the class, an integer in [0, num_classes);
-- `pos`:   the image's position in feature space, the 20-d UMAP vector of
-           its SwinV2 features (standardised), shape (B, pos_dim).
+- cond["label"]: the class, an integer tensor (B,) in [0, num_classes);
+- cond["pos"]:   the image's position in feature space (the report's
+                 `umap_loc`): its 20-d UMAP vector, standardised, float (B, 20).
 
-Every condition becomes a vector of size emb_dim and they are summed into
-one embedding, `UNet.condition_embedding`, that enters every residual block
-through a scale and shift of its GroupNorm ("adaptive group norm", Dhariwal &
-Nichol 2021). A missing condition (None) uses a learned "null" embedding, so
-one network is also the unconditional model that classifier-free guidance
-needs.
+Every condition becomes a vector of size emb_dim (`condition_embedding_module`
+builds the module that does it) and they are summed with the timestep's
+embedding into one vector, in `UNet.condition_embedding`, that enters every
+residual block through a scale and shift of its GroupNorm ("adaptive group
+norm", Dhariwal & Nichol 2021).
 
-To add a new condition (a fork's experiment): give __init__ an embedding
-module for it beside `label_embedding` / `pos_projection`, give forward() and
-condition_embedding() a keyword argument for it, and add its vector to the
-sum in condition_embedding(). Nothing else in the network changes, and
-ddpm.py passes any keyword condition through untouched.
+Classifier-free guidance (Ho & Salimans 2022) needs the same network to be
+the unconditional model too. As in the well-known implementations, the
+conditions are dropped inside the one forward call: `drop` (B,) bool marks
+the rows whose conditions are replaced by a learned "null" embedding. Training
+drops random rows; guided sampling runs a batch twice as large, once with
+and once without its conditions, in a single call.
+
+To add a condition (a fork's experiment), give `condition_embedding_module` a
+branch for its name. Nothing else in the network changes.
 
 Layout (improved-diffusion style), e.g. for 28x28 MNIST with mults (1, 2, 2):
     28x28 -> [res blocks] -> 14x14 -> [res blocks] -> 7x7 -> [res blocks]
@@ -125,27 +128,40 @@ class Level(nn.Module):
         self.attns = nn.ModuleList(Attention(c_out) if attention else nn.Identity() for _, c_out in channels)
 
 
+def condition_embedding_module(name: str, size: int, emb_dim: int) -> nn.Module:
+    """The module that embeds one condition: its value -> (B, emb_dim). A new condition is a new branch.
+
+    size: the number of categories of an integer condition (B,), or the width
+    d of a float condition (B, d).
+    """
+    if name == "label":  # (B,) class index -> a learned vector per class
+        return nn.Embedding(size, emb_dim)
+    if name == "pos":  # (B, d) standardised UMAP position -> MLP
+        # Zero-initialised last layer: at step 0 the position changes nothing,
+        # so training starts from the model without it.
+        return nn.Sequential(nn.Linear(size, emb_dim), nn.SiLU(), zero_module(nn.Linear(emb_dim, emb_dim)))
+    raise ValueError(f"unknown condition {name!r}: the U-Net can embed 'label' and 'pos' "
+                     "(a new condition needs a branch in unet.condition_embedding_module)")
+
+
 class UNet(nn.Module):
     def __init__(self, image_channels: int = 1, image_size: int = 28, base_channels: int = 32,
                  channel_mults: tuple[int, ...] = (1, 2, 2), num_res_blocks: int = 1,
                  attention_resolutions: tuple[int, ...] = (7,), dropout: float = 0.0,
-                 num_classes: int | None = None, pos_dim: int | None = None):
+                 conditions: dict[str, int] | None = None):
+        """conditions: name -> size of every condition the network takes (see condition_embedding_module),
+        e.g. {"label": 10, "pos": 20}; None or {} is an unconditional model."""
         super().__init__()
         self.image_channels, self.image_size = image_channels, image_size
-        self.num_classes, self.pos_dim = num_classes, pos_dim
+        self.conditions = dict(conditions or {})
         emb_dim = 4 * base_channels
 
         # --- Conditions: each maps to a (B, emb_dim) vector; see condition_embedding ---
         self.time_mlp = nn.Sequential(nn.Linear(base_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
-        if num_classes is not None:
-            # num_classes + 1 entries: the last one is the learned "null" label.
-            self.label_embedding = nn.Embedding(num_classes + 1, emb_dim)
-        if pos_dim is not None:
-            # Zero-initialised last layer: at step 0 pos changes nothing, so
-            # training starts from the label-only model.
-            self.pos_projection = nn.Sequential(nn.Linear(pos_dim, emb_dim), nn.SiLU(),
-                                                zero_module(nn.Linear(emb_dim, emb_dim)))
-            self.pos_null = nn.Parameter(torch.zeros(emb_dim))  # used when pos is None
+        self.cond_embedding = nn.ModuleDict(
+            {name: condition_embedding_module(name, size, emb_dim) for name, size in self.conditions.items()})
+        # The learned "null" embedding of each condition: what a dropped row sees.
+        self.cond_null = nn.ParameterDict({name: nn.Parameter(torch.zeros(emb_dim)) for name in self.conditions})
 
         # --- The U: down path, middle, up path ---
         self.input_conv = nn.Conv2d(image_channels, base_channels, 3, padding=1)
@@ -186,20 +202,20 @@ class UNet(nn.Module):
     # ------------------------------------------------------------------
     # The one place where conditions enter the network.
     # ------------------------------------------------------------------
-    def condition_embedding(self, t: torch.Tensor, label: torch.Tensor | None, pos: torch.Tensor | None) -> torch.Tensor:
-        """emb = MLP(sinusoid(t)) + E_label[label or null] + P(pos) (or null), (B,) -> (B, emb_dim)."""
-        b = t.shape[0]
-        emb = self.time_mlp(timestep_embedding(t, self.input_conv.out_channels))
-        if self.num_classes is not None:
-            if label is None:
-                label = torch.full((b,), self.num_classes, device=t.device, dtype=torch.long)  # the null label
-            emb = emb + self.label_embedding(label)
-        if self.pos_dim is not None:
-            emb = emb + (self.pos_null.expand(b, -1) if pos is None else self.pos_projection(pos))
+    def condition_embedding(self, t: torch.Tensor, cond: dict, drop: torch.Tensor | None) -> torch.Tensor:
+        """emb = MLP(sinusoid(t)) + sum over conditions c of (E_c(cond[c]), or null_c where drop), (B,) -> (B, emb_dim)."""
+        emb = self.time_mlp(timestep_embedding(t, self.input_conv.out_channels))  # (B, emb_dim)
+        for name, embed in self.cond_embedding.items():
+            null = self.cond_null[name].to(emb.dtype).expand_as(emb)  # (emb_dim,) -> (B, emb_dim)
+            if name not in cond:  # the unconditional model: every row null
+                emb = emb + null
+                continue
+            e = embed(cond[name])  # (B, ...) -> (B, emb_dim)
+            emb = emb + (e if drop is None else torch.where(drop[:, None], null, e.to(null.dtype)))
         return emb
 
-    def check_inputs(self, x, t, label, pos) -> torch.Tensor:
-        """Validate shapes and ranges; return t as a (B,) tensor."""
+    def check_inputs(self, x: torch.Tensor, t, cond: dict, drop) -> torch.Tensor:
+        """Validate shapes (not values: reading them would stall a GPU every call); return t as (B,)."""
         expected = (self.image_channels, self.image_size, self.image_size)
         if x.dim() != 4 or tuple(x.shape[1:]) != expected:
             raise ValueError(f"UNet expects images of shape (B, {expected[0]}, {expected[1]}, {expected[2]}), "
@@ -209,26 +225,22 @@ class UNet(nn.Module):
         t = t.expand(b) if t.dim() == 0 else t
         if tuple(t.shape) != (b,):
             raise ValueError(f"t must be a scalar or have shape ({b},), got {tuple(t.shape)}")
-        if label is not None:
-            if self.num_classes is None:
-                raise ValueError("this UNet was built without num_classes; pass label=None or rebuild it with num_classes")
-            if label.shape != (b,) or label.dtype.is_floating_point:
-                raise ValueError(f"label must be an integer tensor of shape ({b},), got {label.dtype} {tuple(label.shape)}")
-            if b and (int(label.min()) < 0 or int(label.max()) >= self.num_classes):
-                raise ValueError(f"label values must lie in [0, {self.num_classes - 1}], "
-                                 f"got {int(label.min())}..{int(label.max())}")
-        if pos is not None:
-            if self.pos_dim is None:
-                raise ValueError("this UNet was built without pos_dim; pass pos=None or rebuild it with pos_dim")
-            if tuple(pos.shape) != (b, self.pos_dim):
-                raise ValueError(f"pos must have shape ({b}, {self.pos_dim}) (pos_dim={self.pos_dim}), got {tuple(pos.shape)}")
+        unknown = set(cond) - set(self.conditions)
+        if unknown:
+            raise ValueError(f"this UNet takes the conditions {sorted(self.conditions)}, not {sorted(unknown)}")
+        for name, value in cond.items():
+            if len(value) != b:
+                raise ValueError(f"condition {name!r} has {len(value)} rows for a batch of {b}")
+        if drop is not None and (tuple(drop.shape) != (b,) or drop.dtype != torch.bool):
+            raise ValueError(f"drop must be a bool tensor of shape ({b},), got {drop.dtype} {tuple(drop.shape)}")
         return t
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, label: torch.Tensor | None = None,
-                pos: torch.Tensor | None = None) -> torch.Tensor:
-        """eps_theta(x_t, t, label, pos): (B, C, H, W) -> (B, C, H, W)."""
-        t = self.check_inputs(x, t, label, pos)
-        emb = self.condition_embedding(t, label, pos)  # (B, emb_dim)
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: dict | None = None,
+                drop: torch.Tensor | None = None) -> torch.Tensor:
+        """eps_theta(x_t, t, cond): (B, C, H, W) -> (B, C, H, W); rows where drop is True ignore cond."""
+        cond = cond or {}
+        t = self.check_inputs(x, t, cond, drop)
+        emb = self.condition_embedding(t, cond, drop)  # (B, emb_dim)
 
         h = self.input_conv(x)  # (B, C_img, H, W) -> (B, base, H, W)
         skips = [h]

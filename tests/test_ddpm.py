@@ -63,7 +63,7 @@ def exact_eps_model(d: Diffusion):
     x_t ~ N(sqrt(abar) mu, abar s^2 + 1 - abar), so
     E[eps | x_t] = sqrt(1 - abar) (x_t - sqrt(abar) mu) / (abar s^2 + 1 - abar).
     """
-    def model(x, t, **cond):
+    def model(x, t, cond=None, drop=None):
         abar = d.alphas_cumprod[t].view(-1, 1, 1, 1)
         return (1 - abar).sqrt() * (x - abar.sqrt() * MU) / (abar * S ** 2 + 1 - abar)
     return model
@@ -128,27 +128,37 @@ def test_ddim_steps_out_of_range():
 
 # ---------------------------------------------------------------- guidance
 class CountingModel:
-    """eps = 1 with a condition, eps = 0 without; counts the calls of each kind."""
+    """eps = 1 for a row that keeps its condition, eps = 0 for a dropped one; counts calls and rows."""
 
     def __init__(self):
-        self.cond_calls = self.uncond_calls = 0
+        self.calls = self.cond_rows = self.dropped_rows = 0
 
-    def __call__(self, x, t, label=None):
-        if label is None:
-            self.uncond_calls += 1
+    def __call__(self, x, t, cond=None, drop=None):
+        self.calls += 1
+        if not cond:
+            self.dropped_rows += len(x)
             return torch.zeros_like(x)
-        self.cond_calls += 1
-        return torch.ones_like(x)
+        dropped = torch.zeros(len(x), dtype=torch.bool) if drop is None else drop
+        self.dropped_rows += int(dropped.sum())
+        self.cond_rows += int((~dropped).sum())
+        return (~dropped).float().view(-1, 1, 1, 1).expand_as(x).clone()
 
 
 def test_guidance_one_costs_one_forward_per_step():
     d = Diffusion(beta_schedule("linear", 100))
     m = CountingModel()
     d.sample(m, (2, 1, 2, 2), cond={"label": torch.zeros(2, dtype=torch.long)}, steps=7, guidance=1.0)
-    assert (m.cond_calls, m.uncond_calls) == (7, 0)
+    assert (m.calls, m.cond_rows, m.dropped_rows) == (7, 14, 0)
     m = CountingModel()
     d.sample(m, (2, 1, 2, 2), cond={"label": torch.zeros(2, dtype=torch.long)}, guidance=1.0)
-    assert (m.cond_calls, m.uncond_calls) == (100, 0)
+    assert (m.calls, m.cond_rows, m.dropped_rows) == (100, 200, 0)
+
+
+def test_guidance_is_one_batched_call_per_step():
+    d = Diffusion(beta_schedule("linear", 100))
+    m = CountingModel()
+    d.sample(m, (2, 1, 2, 2), cond={"label": torch.zeros(2, dtype=torch.long)}, steps=7, guidance=3.0)
+    assert (m.calls, m.cond_rows, m.dropped_rows) == (7, 14, 14)
 
 
 @pytest.mark.parametrize("w", [0.0, 2.5, -1.0])
@@ -159,7 +169,7 @@ def test_guidance_formula(w):
     eps = d.guided_eps(m, x, torch.tensor([5, 6, 7]), {"label": torch.zeros(3, dtype=torch.long)}, w)
     # eps_uncond + w (eps_cond - eps_uncond) = 0 + w (1 - 0)
     assert torch.allclose(eps, torch.full_like(x, w))
-    assert (m.cond_calls, m.uncond_calls) == (1, 1)
+    assert (m.calls, m.cond_rows, m.dropped_rows) == (1, 3, 3)  # one call on 2B rows
 
 
 # ---------------------------------------------------------------- loss
@@ -168,9 +178,10 @@ def test_loss_of_exact_model_is_below_a_null_model_and_drops_conditions():
     g = torch.Generator().manual_seed(0)
     x0 = MU + S * torch.randn(512, 1, 4, 4, generator=g)
     exact = d.loss(exact_eps_model(d), x0, generator=torch.Generator().manual_seed(1)).item()
-    null = d.loss(lambda x, t: torch.zeros_like(x), x0, generator=torch.Generator().manual_seed(1)).item()
+    null = d.loss(lambda x, t, cond, drop: torch.zeros_like(x), x0, generator=torch.Generator().manual_seed(1)).item()
     assert exact < 0.5 * null and null == pytest.approx(1.0, rel=0.05)
 
     m = CountingModel()
     d.loss(m, x0, {"label": torch.zeros(512, dtype=torch.long)}, p_uncond=0.5)
-    assert (m.cond_calls, m.uncond_calls) == (1, 1)  # the batch splits into a conditional and a dropped part
+    assert m.calls == 1  # one network call per step, the dropped rows marked
+    assert m.cond_rows + m.dropped_rows == 512 and 200 < m.dropped_rows < 312

@@ -9,15 +9,15 @@ from unet import UNet
 @pytest.mark.parametrize("channels,size,attn", [(1, 28, (7,)), (3, 32, (8,)), (3, 64, (16,)), (3, 128, (16,))])
 def test_output_shape_equals_input_shape(channels, size, attn):
     net = UNet(image_channels=channels, image_size=size, base_channels=16, channel_mults=(1, 2, 2, 2),
-               attention_resolutions=attn, num_classes=3, pos_dim=20)
+               attention_resolutions=attn, conditions={"label": 3, "pos": 20})
     x = torch.randn(2, channels, size, size)
-    out = net(x, torch.tensor([0, 999]), label=torch.tensor([0, 2]), pos=torch.randn(2, 20))
+    out = net(x, torch.tensor([0, 999]), {"label": torch.tensor([0, 2]), "pos": torch.randn(2, 20)})
     assert out.shape == x.shape
 
 
 def small_net(**kw):
     return UNet(image_channels=1, image_size=16, base_channels=16, channel_mults=(1, 2), num_res_blocks=1,
-                attention_resolutions=(8,), num_classes=4, pos_dim=5, **kw)
+                attention_resolutions=(8,), conditions={"label": 4, "pos": 5}, **kw)
 
 
 def train_steps(net, steps, seed=0):
@@ -40,15 +40,21 @@ def test_label_and_pos_change_the_output_after_training():
     label, pos = torch.tensor([0, 1, 2, 3]), torch.randn(4, 5)
     with torch.no_grad():
         # zero-initialised last layer of the pos projection: pos has no effect at the start
-        assert torch.equal(net(x, t, label=label, pos=pos), net(x, t, label=label, pos=2 * pos))
+        assert torch.equal(net(x, t, {"label": label, "pos": pos}), net(x, t, {"label": label, "pos": 2 * pos}))
     train_steps(net, 3)
     with torch.no_grad():
-        base = net(x, t, label=label, pos=pos)
-        assert not torch.allclose(base, net(x, t, label=label.flip(0), pos=pos))
-        assert not torch.allclose(base, net(x, t, label=label, pos=pos + 1))
-        assert not torch.allclose(base, net(x, t))  # the null condition is a different input
-        # None paths, for each condition alone
-        assert net(x, t, label=label).shape == x.shape and net(x, t, pos=pos).shape == x.shape
+        base = net(x, t, {"label": label, "pos": pos})
+        assert not torch.allclose(base, net(x, t, {"label": label.flip(0), "pos": pos}))
+        assert not torch.allclose(base, net(x, t, {"label": label, "pos": pos + 1}))
+        uncond = net(x, t)
+        assert not torch.allclose(base, uncond)  # the null condition is a different input
+        # dropping every row inside the call is the unconditional model; dropping some rows only touches those
+        all_dropped = net(x, t, {"label": label, "pos": pos}, torch.ones(4, dtype=torch.bool))
+        assert torch.allclose(all_dropped, uncond, atol=1e-6)
+        some = net(x, t, {"label": label, "pos": pos}, torch.tensor([True, False, True, False]))
+        assert torch.allclose(some[[0, 2]], uncond[[0, 2]], atol=1e-6) and torch.allclose(some[[1, 3]], base[[1, 3]], atol=1e-6)
+        # one condition given, the other null
+        assert net(x, t, {"label": label}).shape == x.shape and net(x, t, {"pos": pos}).shape == x.shape
 
 
 def test_gradients_reach_every_parameter():
@@ -66,15 +72,16 @@ def test_gradients_reach_every_parameter():
 
 def test_unconditional_unet_without_condition_modules():
     net = UNet(image_size=8, base_channels=8, channel_mults=(1, 2), attention_resolutions=())
-    assert not hasattr(net, "label_embedding") and not hasattr(net, "pos_projection")
+    assert len(net.cond_embedding) == 0 and len(net.cond_null) == 0
     assert net(torch.randn(3, 1, 8, 8), torch.tensor(10)).shape == (3, 1, 8, 8)  # scalar t broadcasts
 
 
 @pytest.mark.parametrize("call,message", [
     (lambda n: n(torch.randn(2, 3, 16, 16), torch.zeros(2)), r"\(B, 1, 16, 16\)"),
-    (lambda n: n(torch.randn(2, 1, 16, 16), torch.zeros(2), label=torch.tensor([0, 4])), r"\[0, 3\]"),
-    (lambda n: n(torch.randn(2, 1, 16, 16), torch.zeros(2), label=torch.tensor([0.0, 1.0])), "integer"),
-    (lambda n: n(torch.randn(2, 1, 16, 16), torch.zeros(2), pos=torch.randn(2, 20)), "pos_dim=5"),
+    (lambda n: n(torch.randn(2, 1, 16, 16), torch.zeros(2), {"label": torch.tensor([0, 1, 2])}), "3 rows for a batch of 2"),
+    (lambda n: n(torch.randn(2, 1, 16, 16), torch.zeros(2), {"colour": torch.zeros(2)}), "not \\['colour'\\]"),
+    (lambda n: n(torch.randn(2, 1, 16, 16), torch.zeros(2), {"label": torch.zeros(2, dtype=torch.long)},
+                 torch.zeros(2)), "drop must be a bool"),
     (lambda n: n(torch.randn(2, 1, 16, 16), torch.zeros(3)), r"\(2,\)"),
 ])
 def test_bad_inputs_name_the_expected_value(call, message):
@@ -82,16 +89,18 @@ def test_bad_inputs_name_the_expected_value(call, message):
         call(small_net())
 
 
-def test_label_without_num_classes_is_a_clear_error():
+def test_a_condition_the_network_was_not_built_with_is_a_clear_error():
     net = UNet(image_size=8, base_channels=8, channel_mults=(1,), attention_resolutions=())
-    with pytest.raises(ValueError, match="without num_classes"):
-        net(torch.randn(1, 1, 8, 8), torch.zeros(1), label=torch.zeros(1, dtype=torch.long))
+    with pytest.raises(ValueError, match="takes the conditions \\[\\]"):
+        net(torch.randn(1, 1, 8, 8), torch.zeros(1), {"label": torch.zeros(1, dtype=torch.long)})
+    with pytest.raises(ValueError, match="unknown condition 'colour'.*condition_embedding_module"):
+        UNet(image_size=8, base_channels=8, channel_mults=(1,), attention_resolutions=(), conditions={"colour": 3})
 
 
 def test_tiny_overfit_drives_the_loss_down():
     """A U-Net memorises four 16x16 images: the loss on fixed (t, noise) falls far below its start."""
     torch.manual_seed(0)
-    net = UNet(image_size=16, base_channels=16, channel_mults=(1, 2), attention_resolutions=(), num_classes=4)
+    net = UNet(image_size=16, base_channels=16, channel_mults=(1, 2), attention_resolutions=(), conditions={"label": 4})
     d = Diffusion(beta_schedule("linear", 100))
     x0 = torch.zeros(4, 1, 16, 16)
     for i in range(4):  # four distinct bars
