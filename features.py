@@ -15,21 +15,29 @@ The U-Net is fed standardised positions, (u - mean) / std with the mean and
 std of the training positions (`FeatureSpace.standardize`). Figure 7 of the
 report, a 2-D UMAP scatter coloured by class, is `plot_positions`.
 
-`backbone="pixels"` replaces step 1 by the flattened pixels: no weights, fast,
+`--backbone pixels` replaces step 1 by the flattened pixels: no weights, fast,
 and on MNIST UMAP separates the digits well from pixels alone.
+
+The one place for pretrained weights (metrics.py uses it too): `create_backbone`
+(hub, local file or seeded random weights), `read_state_dict`, `load_weights`,
+and `pick_device`.
 """
 import contextlib
 import hashlib
+import logging
 import os
 import re
 import socket
-import tempfile
 import urllib.parse
+import warnings
+import zipfile
 
 import numpy as np
 import torch
 from PIL import Image
 from tqdm import tqdm
+
+from data import write_atomically
 
 PAPER_BACKBONE = "swinv2_base_window12to16_192to256.ms_in22k_ft_in1k"
 RANDOM_WEIGHTS_SEED = 0  # weights="random" is reproducible, hence cacheable
@@ -53,11 +61,8 @@ def extract_features(
     """Feature vectors of uint8 images (N, H, W, C) -> float32 (N, D).
 
     backbone: "pixels" (flattened pixels in [0, 1]) or any timm model name.
-    weights: None downloads the model's pretrained weights from the hub;
-      a path loads a local timm state dict (.safetensors, or a torch file read
-      with weights_only=True), e.g. the model.safetensors of the model's page
-      on huggingface.co/timm; "random" is the explicit opt-in to random
-      weights (tests only: random features are not a feature space).
+    weights: see `create_backbone` (None: the hub; a path: a local file;
+      "random": seeded random weights, tests only).
     cache_dir: backbone features are saved there as .npy, keyed by the
       images' content, the backbone and the weights, so that a second run
       skips extraction; None disables the cache. Pixels are never cached.
@@ -69,7 +74,7 @@ def extract_features(
     if backbone == "pixels":
         return pixel_features(images)
     if weights not in (None, "random") and not os.path.isfile(weights):
-        raise FileNotFoundError(f"weights file {weights} not found (weights=PATH needs a local file)")
+        raise FileNotFoundError(f"weights file {weights} not found (--weights PATH needs a local file)")
     cache = cache_dir and os.path.join(cache_dir, cache_name(images, backbone, weights))
     if cache and os.path.exists(cache):
         features = load_cached(cache, len(images))
@@ -87,25 +92,46 @@ def pixel_features(images: np.ndarray) -> np.ndarray:
     return images.reshape(len(images), -1).astype(np.float32) / 255.0
 
 
-def create_backbone(name: str, weights: str | None) -> torch.nn.Module:
-    """A timm model without its classifier head (num_classes=0: forward gives pooled features)."""
+def create_backbone(
+    name: str, weights: str | None, keep_head: bool = False, *, ignore_prefixes: tuple[str, ...] = ()
+) -> torch.nn.Module:
+    """A timm model in eval mode, with the weights asked for.
+
+    weights: None   timm's pretrained weights from the Hugging Face hub (or its
+                    local cache); if they cannot be had, WeightsUnavailableError,
+                    never a silent fallback to random weights;
+             "random"  seeded random weights: the explicit opt-in, for tests;
+             a path  a local .safetensors or torch file (read with
+                    weights_only=True: no code runs), e.g. the model.safetensors
+                    of the model's page on huggingface.co/timm.
+    keep_head: False removes the classifier (num_classes=0: forward gives the
+      pooled features, what `extract_features` uses); True keeps it (metrics.py
+      needs Inception's logits).
+    ignore_prefixes: keys of a weights file to skip (see `load_weights`).
+    """
     import timm  # imported on use, like umap below: both take seconds, and "pixels" needs neither
 
     if not timm.is_model(name):
-        raise ValueError(
-            f"unknown backbone {name!r}: use 'pixels' or a timm model name such as {PAPER_BACKBONE!r}"
-        )
+        raise ValueError(f"unknown backbone {name!r}: use --backbone pixels or a timm model name such as {PAPER_BACKBONE}")
+    head = {} if keep_head else {"num_classes": 0}
     if weights is None:
-        model = create_pretrained(name)
+        model = create_pretrained(name, **head)
     elif weights == "random":
         with torch.random.fork_rng(devices=[]):  # seeded, without touching the caller's RNG
             torch.manual_seed(RANDOM_WEIGHTS_SEED)
-            model = timm.create_model(name, pretrained=False, num_classes=0)
+            model = timm.create_model(name, pretrained=False, **head)
     else:
-        model = timm.create_model(name, pretrained=False)  # pretrained_cfg (mean, std, size) still from the tag
-        load_weights(model, weights)
-        model.reset_classifier(0)
+        model = timm.create_model(name, pretrained=False, **head)  # pretrained_cfg (mean, std, size) still from the tag
+        if not keep_head:  # hub files carry the classifier this model no longer has
+            ignore_prefixes = tuple(ignore_prefixes) + head_prefixes(model)
+        load_weights(model, weights, ignore_prefixes)
     return model.eval()
+
+
+def head_prefixes(model: torch.nn.Module) -> tuple[str, ...]:
+    """State-dict prefixes of a timm model's classifier, e.g. ("head.fc.",)."""
+    head = getattr(model, "pretrained_cfg", {}).get("classifier") or ()
+    return tuple(h + "." for h in ([head] if isinstance(head, str) else head))
 
 
 @contextlib.contextmanager
@@ -136,52 +162,111 @@ def hub_offline_if_unreachable():
         constants.HF_HUB_OFFLINE = False
 
 
-def create_pretrained(name: str) -> torch.nn.Module:
+def create_pretrained(name: str, **kwargs) -> torch.nn.Module:
     """timm's pretrained model from the hub, or one clear error saying how to do without."""
     import timm
+    import timm.models
 
-    fix = (
-        f"download the weights once where there is a network (huggingface.co/timm/{name}, "
-        "model.safetensors) and pass weights=PATH, or use backbone='pixels', which needs no weights"
-    )
     if not timm.is_model_pretrained(name):
-        raise WeightsUnavailableError(f"timm has no pretrained weights for {name!r}: {fix}")
+        raise WeightsUnavailableError(
+            f"timm has no pretrained weights for {name}: pass a weights file with --weights PATH, "
+            "or use --backbone pixels"
+        )
+    cfg = timm.models.get_pretrained_cfg(name)
+    page = f"huggingface.co/{cfg.hf_hub_id}" if cfg is not None and cfg.hf_hub_id else f"timm's page for {name}"
+    hub_log = logging.getLogger("huggingface_hub")
+    level = hub_log.level
+    hub_log.setLevel(logging.ERROR)  # offline, the hub logs a warning per retry
     try:
         with hub_offline_if_unreachable():
-            return timm.create_model(name, pretrained=True, num_classes=0)
+            return timm.create_model(name, pretrained=True, **kwargs)
     except Exception as error:  # the hub's errors vary by version and transport
         raise WeightsUnavailableError(
-            f"could not get pretrained weights for {name!r} ({type(error).__name__}: "
-            f"{str(error).strip().splitlines()[0]}); {fix}"
-        ) from error
+            f"could not get pretrained weights for {name} ({type(error).__name__}: {first_line(error)}): "
+            f"download model.safetensors from {page} once where there is a network and pass --weights PATH, "
+            "or use --backbone pixels"
+        ) from None
+    finally:
+        hub_log.setLevel(level)
 
 
-def load_weights(model: torch.nn.Module, path: str) -> None:
-    """Load a local state dict into a timm model; every non-head parameter must be in the file."""
+def first_line(error: BaseException) -> str:
+    """The first line of an error message, shortened (library errors run to many lines)."""
+    lines = str(error).strip().splitlines()
+    return (lines[0] if lines else "")[:200]
+
+
+STATE_DICT_NESTING = ("state_dict", "model", "state_dict_ema")  # where training checkpoints keep the weights
+
+
+def read_state_dict(path: str) -> dict[str, torch.Tensor]:
+    """The tensors of a weights file: .safetensors, or a torch file read with weights_only=True.
+
+    A training checkpoint's weights are taken from its "state_dict", "model"
+    or "state_dict_ema" entry; DistributedDataParallel's "module." prefix is
+    stripped. Nothing in the file can run code: a torch file holding pickled
+    objects is refused, whatever they are.
+    """
+    path = str(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"weights file {path} not found (--weights PATH needs a local file)")
     try:
         if path.endswith(".safetensors"):
             from safetensors.torch import load_file
 
             state = load_file(path)
         else:
-            state = torch.load(path, map_location="cpu", weights_only=True)  # never unpickles code
-        for key in ("state_dict", "model"):  # training checkpoints nest the weights
-            if isinstance(state, dict) and isinstance(state.get(key), dict):
-                state = state[key]
-        missing, unexpected = model.load_state_dict(state, strict=False)
+            with warnings.catch_warnings():  # torch warns about pickle protocols it then refuses anyway
+                warnings.simplefilter("ignore")
+                state = torch.load(path, map_location="cpu", weights_only=True)  # never unpickles code
     except Exception as error:
-        reason = str(error).strip().splitlines()[0]  # torch's weights_only refusal runs to many lines
+        # torch's own message advises weights_only=False, i.e. running the file's code: never pass it on
+        if "GLOBAL" in str(error):
+            raise ValueError(
+                f"{path} holds pickled objects, not plain tensors; it is refused because loading it could run code"
+            ) from None
+        reason = "" if "weights_only" in str(error) else f": {type(error).__name__}: {first_line(error)}"
+        raise ValueError(f"{path} is not a readable .safetensors or torch weights file (damaged?{reason})") from None
+    while isinstance(state, dict):  # unwrap {"state_dict": {...}, "epoch": 3} and the like
+        nested = next((state[key] for key in STATE_DICT_NESTING if isinstance(state.get(key), dict)), None)
+        if nested is None:
+            break
+        state = nested
+    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{path} holds no state dict of tensors (expected parameter name -> tensor)")
+    return {key.removeprefix("module."): value for key, value in state.items()}
+
+
+def load_weights(model: torch.nn.Module, path: str, ignore_prefixes: tuple[str, ...] = ()) -> None:
+    """Load a weights file into `model`: every parameter and buffer of the model
+    must be in the file with its shape, and the file must hold nothing else,
+    except keys starting with one of `ignore_prefixes` (e.g. torchvision's
+    Inception file has "AuxLogits." weights that timm's inception_v3 lacks)."""
+    state = {k: v for k, v in read_state_dict(path).items() if not k.startswith(tuple(ignore_prefixes))}
+    own = model.state_dict()
+    name = getattr(model, "pretrained_cfg", {}).get("architecture", type(model).__name__)
+    # BatchNorm's num_batches_tracked is a counter, not a weight: older files lack it and torch fills it in
+    missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in state if k not in own]
+    reshaped = [k for k in own if k in state and state[k].shape != own[k].shape]
+    if missing or unexpected or reshaped:
         raise ValueError(
-            f"{path}: not a state dict for {model.pretrained_cfg['architecture']} ({reason})"
-        ) from error
-    head = model.pretrained_cfg.get("classifier") or ()
-    head_prefixes = tuple(h + "." for h in ([head] if isinstance(head, str) else head))
-    missing = [key for key in missing if not key.startswith(head_prefixes)]  # head is dropped anyway
-    if missing or unexpected:
-        raise ValueError(
-            f"{path} does not fit {model.pretrained_cfg['architecture']}: "
-            f"{len(missing)} missing keys {missing[:3]}, {len(unexpected)} unexpected keys {unexpected[:3]}"
+            f"{path} does not fit {name}: {len(missing)} missing keys {missing[:3]}, "
+            f"{len(unexpected)} unexpected keys {unexpected[:3]}, {len(reshaped)} of another shape {reshaped[:3]} "
+            f"(pass the weights file of {name} with --weights PATH)"
         )
+    model.load_state_dict(state, strict=False)  # strict in effect: checked above, counters aside
+
+
+def pick_device(name: str | None = None) -> torch.device:
+    """The device asked for (e.g. --device cuda), else the best available: cuda, then mps, then cpu."""
+    if name is not None:
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
 
 
 def run_backbone(model: torch.nn.Module, images: np.ndarray, batch_size: int, device: str | None) -> np.ndarray:
@@ -193,11 +278,11 @@ def run_backbone(model: torch.nn.Module, images: np.ndarray, batch_size: int, de
     """
     import timm.data
 
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = pick_device(device)
     model = model.to(device)
     transform = timm.data.create_transform(**timm.data.resolve_data_config({}, model=model))
     chunks = []
-    autocast = torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda"))
+    autocast = torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
     name = model.pretrained_cfg["architecture"]
     for start in tqdm(range(0, len(images), batch_size), desc=f"features ({name})"):
         batch = images[start:start + batch_size]  # (B, H, W, C) uint8
@@ -231,43 +316,37 @@ def load_cached(path: str, n: int) -> np.ndarray | None:
     return features if features.dtype == np.float32 and features.ndim == 2 and len(features) == n else None
 
 
-def write_atomically(path: str, write) -> None:
-    """write(f) into a temporary file beside `path`, then rename it into place (atomic)."""
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 # ---------------------------------------------------------------------------
 # Steps 2 and 4: UMAP positions u(x)
 # ---------------------------------------------------------------------------
+SPACE_FORMAT = 2  # the .npz layout below; 1 was the refitting format (no a, b)
+REFIT = "train.py writes it: train the run again with --overwrite"  # the fix for a bad space file
+
+
 class FeatureSpace:
     """A UMAP fitted on the training features: positions of training and reference images.
 
-    Saving stores no pickle. The .npz file holds the training features, the
-    UMAP parameters and seed, and the training positions; loading refits the
-    UMAP (umap-learn is deterministic for a fixed random_state) and checks
-    that the refit reproduces the stored positions exactly, so `transform`
-    gives the same answers as before saving. A refit that differs (another
-    umap-learn, numba or CPU) is a clear error, never a silently new space.
-    The price: loading costs one fit (about as long as `fit`).
+    The space is plain arrays and numbers: the training features (N, D), their
+    positions (N, d) from the fit, and the UMAP settings that placing a new
+    point needs (`params`: a, b, n_neighbors, transform_seed, ...). `transform`
+    computes UMAP's transform from these alone, with umap-learn's own
+    building blocks, so a space loaded from its .npz (no pickle, no refit)
+    gives exactly the positions of the space that was fitted and saved, on
+    any machine. `umap` is the fitted umap.UMAP (None after `load`), kept
+    only to compare against; nothing here uses it.
     """
 
-    def __init__(self, umap, features: np.ndarray, seed: int, backbone: str):
-        self.umap = umap
-        self.features = features  # (N, D) training features, kept for save()
-        self.seed = seed
+    def __init__(self, features: np.ndarray, positions: np.ndarray, params: dict, backbone: str,
+                 run_id: str = "", umap=None):
+        self.features = features  # (N, D) float32 training features
+        self.positions = positions  # (N, d) float32 training positions, UMAP's embedding_
+        self.params = params  # UMAP's settings, plain numbers (see fit)
         self.backbone = backbone
-        self.n_components = umap.n_components
-        self.positions = umap.embedding_.astype(np.float32)  # (N, n_components)
-        self.mean = self.positions.mean(axis=0)  # (n_components,)
-        self.std = self.positions.std(axis=0)  # (n_components,)
+        self.run_id = run_id  # which training run this space belongs to ("" before it is saved)
+        self.umap = umap
+        self.n_components = positions.shape[1]
+        self.mean = positions.mean(axis=0)  # (d,)
+        self.std = positions.std(axis=0)  # (d,)
 
     @classmethod
     def fit(
@@ -283,69 +362,182 @@ class FeatureSpace:
         import umap
 
         features = np.ascontiguousarray(features, dtype=np.float32)
-        if features.ndim != 2 or len(features) <= n_neighbors:
+        if features.ndim != 2:
+            raise ValueError(f"features must be (N, D), got shape {features.shape}")
+        if len(features) <= n_neighbors:
             raise ValueError(
-                f"features must be (N, D) with N > n_neighbors={n_neighbors}, got shape {features.shape}"
+                f"need more than {n_neighbors} training images (UMAP's n_neighbors), got {len(features)}"
             )
         reducer = umap.UMAP(  # random_state makes the fit deterministic (and single-threaded)
             n_components=n_components, n_neighbors=n_neighbors, min_dist=min_dist, random_state=seed, n_jobs=1
         )
         reducer.fit(features)
-        return cls(reducer, features, seed, backbone)
+        params = dict(  # everything UMAP.transform reads from the fitted model, besides the two arrays
+            n_neighbors=int(reducer._n_neighbors),
+            min_dist=float(reducer.min_dist),
+            spread=float(reducer.spread),
+            a=float(reducer._a),  # the output similarity 1 / (1 + a d^2b), fitted to min_dist and spread
+            b=float(reducer._b),
+            seed=int(seed),
+            transform_seed=int(reducer.transform_seed),
+            n_epochs=-1 if reducer.n_epochs is None else int(reducer.n_epochs),  # -1: umap's default
+            learning_rate=float(reducer.learning_rate),
+            repulsion_strength=float(reducer.repulsion_strength),
+            negative_sample_rate=int(reducer.negative_sample_rate),
+            local_connectivity=float(reducer.local_connectivity),
+        )
+        return cls(features, reducer.embedding_.astype(np.float32), params, backbone, umap=reducer)
 
     def transform(self, features: np.ndarray) -> np.ndarray:
-        """Positions of new images (references) in this space: (M, D) -> (M, n_components) float32."""
-        features = np.ascontiguousarray(features, dtype=np.float32)
-        if features.ndim != 2 or features.shape[1] != self.features.shape[1]:
+        """Positions of new images (references) in this space: (M, D) -> (M, d) float32.
+
+        umap-learn's UMAP.transform (0.5), step by step, with its own numba
+        kernels, on the stored arrays. The graph and the layout follow McInnes
+        et al. 2018 (arXiv:1802.03426), Sec. 3.1 (graph) and 3.2 (layout).
+        One difference: the neighbours are found exactly (brute force), as
+        umap does for fewer than 4,096 training images; for more, umap
+        searches its approximate NN-descent index (see the README for how
+        much the two differ).
+        """
+        from scipy.sparse import coo_matrix
+        from umap.layouts import optimize_layout_euclidean
+        from umap.umap_ import (INT32_MAX, INT32_MIN, compute_membership_strengths, init_graph_transform,
+                                make_epochs_per_sample, smooth_knn_dist)
+
+        x = np.ascontiguousarray(features, dtype=np.float32)
+        if x.ndim != 2 or x.shape[1] != self.features.shape[1]:
             raise ValueError(
                 f"features must be (M, {self.features.shape[1]}) like the {self.backbone!r} features "
-                f"this space was fitted on, got shape {features.shape}"
+                f"this space was fitted on, got shape {x.shape}"
             )
-        return self.umap.transform(features).astype(np.float32)
+        p = self.params
+        k = p["n_neighbors"]
+
+        # 1. The k nearest training images of each new image: (M, k) indices and distances.
+        indices, distances = nearest_neighbours(x, self.features, k)
+
+        # 2. Fuzzy membership of each edge new -> training image (Sec. 3.1, Algorithm 3):
+        #    w = exp(-(d - rho) / sigma), rho the distance to the nearest neighbour,
+        #    sigma such that the k weights sum to log2(k).
+        sigmas, rhos = smooth_knn_dist(
+            distances, float(k), local_connectivity=float(max(0.0, p["local_connectivity"] - 1.0))
+        )
+        rows, cols, weights, _ = compute_membership_strengths(indices, distances, sigmas, rhos, bipartite=True)
+        graph = coo_matrix((weights, (rows, cols)), shape=(len(x), len(self.features)))  # (M, N)
+
+        # 3. Start at the weighted mean of the neighbours' positions (or at the
+        #    position of an identical training image, whose weight is 1).
+        start = graph.tocsr()
+        start.eliminate_zeros()
+        embedding = init_graph_transform(start, self.positions)  # (M, d) float32
+
+        # 4. Epochs as umap chooses them; edges too weak to be sampled once in
+        #    n_epochs are dropped, and each edge is sampled in proportion to its weight.
+        if p["n_epochs"] < 0:
+            n_epochs = 100 if len(x) <= 10_000 else 30
+        else:
+            n_epochs = int(p["n_epochs"] // 3.0)
+        graph.data[graph.data < graph.data.max() / float(n_epochs)] = 0.0
+        graph.eliminate_zeros()
+        epochs_per_sample = make_epochs_per_sample(graph.data, n_epochs)
+
+        # 5. Stochastic gradient descent on the fuzzy-set cross entropy (Sec. 3.2,
+        #    Algorithm 5): attract along the edges, repel from randomly drawn
+        #    training positions, which themselves stay fixed (move_other=False).
+        #    The random stream is seeded by transform_seed, as in umap.
+        rng_state = np.random.RandomState(p["transform_seed"]).randint(INT32_MIN, INT32_MAX, 3).astype(np.int64)
+        embedding = optimize_layout_euclidean(
+            embedding, self.positions.copy(), graph.row, graph.col, n_epochs, len(self.features),
+            epochs_per_sample, p["a"], p["b"], rng_state,
+            gamma=p["repulsion_strength"], initial_alpha=p["learning_rate"] / 4.0,
+            negative_sample_rate=p["negative_sample_rate"], parallel=False, move_other=False,
+        )
+        return embedding.astype(np.float32)
 
     def standardize(self, positions: np.ndarray) -> np.ndarray:
         """z = (u - mean) / std, per dimension: what the U-Net is fed."""
         return ((positions - self.mean) / self.std).astype(np.float32)
 
-    def save(self, path: str) -> None:
-        """Write the space to an .npz (no pickle), atomically."""
-        write_atomically(path, lambda f: np.savez(
-            f,
+    def save(self, path: str, run_id: str = "") -> None:
+        """Write the space to an .npz of plain arrays (no pickle), atomically; run_id names its training run."""
+        self.run_id = run_id
+        arrays = dict(
+            format=np.int64(SPACE_FORMAT),
             features=self.features,
             positions=self.positions,
-            n_components=self.n_components,
-            n_neighbors=self.umap.n_neighbors,
-            min_dist=self.umap.min_dist,
-            seed=self.seed,
             backbone=np.str_(self.backbone),
-        ))
+            run_id=np.str_(run_id),
+            **{name: np.asarray(value) for name, value in self.params.items()},
+        )
+        write_atomically(path, lambda f: np.savez(f, **arrays))
 
     @classmethod
     def load(cls, path: str, backbone: str | None = None, n_components: int | None = None) -> "FeatureSpace":
-        """Rebuild a saved space by refitting; backbone / n_components, if given, must match the file."""
+        """A saved space, from its arrays alone (nothing is fitted); backbone / n_components, if given, must match."""
         if not os.path.isfile(path):
-            raise FileNotFoundError(f"feature space {path} not found: fit one with FeatureSpace.fit and save it")
+            raise FileNotFoundError(f"feature space {path} not found; {REFIT}")
+        if not zipfile.is_zipfile(path):
+            raise ValueError(f"{path} is not a feature space (not an .npz archive); {REFIT}")
+        names = ("format", "features", "positions", "backbone", "run_id", *PARAM_TYPES)
         try:
             with np.load(path, allow_pickle=False) as saved:
-                stored = {key: saved[key] for key in
-                          ("features", "positions", "n_components", "n_neighbors", "min_dist", "seed", "backbone")}
-        except Exception as error:
-            raise ValueError(f"{path}: not a saved FeatureSpace ({type(error).__name__}: {error})") from error
-        saved_backbone, saved_components = str(stored["backbone"]), int(stored["n_components"])
-        if backbone is not None and backbone != saved_backbone:
-            raise ValueError(f"{path} was fitted on {saved_backbone!r} features, not {backbone!r}: refit the space")
-        if n_components is not None and n_components != saved_components:
-            raise ValueError(f"{path} is {saved_components}-dimensional, not {n_components}: refit the space")
-        space = cls.fit(
-            stored["features"], saved_components, int(stored["seed"]),
-            int(stored["n_neighbors"]), float(stored["min_dist"]), saved_backbone,
-        )
-        if not np.array_equal(space.positions, stored["positions"]):
+                stored = {name: saved[name] for name in names if name in saved.files}
+        except Exception as error:  # a damaged archive (bad CRC, truncated member) or a pickled array
+            problem = ("holds pickled objects, not plain arrays, and is refused because loading it could run code"
+                       if "allow_pickle" in str(error) else f"is damaged ({type(error).__name__}: {first_line(error)})")
+            raise ValueError(f"{path} {problem}; {REFIT}") from None
+        lacking = [name for name in names if name not in stored]
+        if lacking:
+            raise ValueError(f"{path} is not a feature space of this version (no {lacking[0]!r} array); {REFIT}")
+        features, positions = stored["features"], stored["positions"]
+        if (int(stored["format"]) != SPACE_FORMAT or features.dtype != np.float32 or positions.dtype != np.float32
+                or features.ndim != 2 or positions.ndim != 2 or len(features) != len(positions)):
             raise ValueError(
-                f"{path}: refitting UMAP did not reproduce the saved positions (another umap-learn, "
-                "numba or CPU?); fit the space again here and retrain on it"
+                f"{path} is not a feature space of this version (format {stored['format']}, features "
+                f"{features.dtype} {features.shape}, positions {positions.dtype} {positions.shape}); {REFIT}"
             )
-        return space
+        params = {name: kind(stored[name]) for name, kind in PARAM_TYPES.items()}
+        saved_backbone, saved_components = str(stored["backbone"]), positions.shape[1]
+        if backbone is not None and backbone != saved_backbone:
+            raise ValueError(
+                f"{path} was fitted on {saved_backbone!r} features, not {backbone!r}: "
+                f"use --backbone {saved_backbone}, or train a new run (--overwrite)"
+            )
+        if n_components is not None and n_components != saved_components:
+            raise ValueError(
+                f"{path} is {saved_components}-dimensional, not {n_components}: "
+                f"use --umap-dim {saved_components}, or train a new run (--overwrite)"
+            )
+        return cls(features, positions, params, saved_backbone, run_id=str(stored["run_id"]))
+
+
+PARAM_TYPES = dict(  # FeatureSpace.params: name -> type, as saved
+    n_neighbors=int, min_dist=float, spread=float, a=float, b=float, seed=int, transform_seed=int, n_epochs=int,
+    learning_rate=float, repulsion_strength=float, negative_sample_rate=int, local_connectivity=float,
+)
+
+
+def nearest_neighbours(x: np.ndarray, train: np.ndarray, k: int, chunk: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """Exact k nearest rows of `train` (N, D) for each row of `x` (M, D), by brute force:
+    int32 indices and float32 euclidean distances, (M, k) each, nearest first."""
+    n = len(train)
+    shortlist = min(2 * k, n)
+    train_sq = (train.astype(np.float64) ** 2).sum(axis=1)  # (N,)
+    indices = np.empty((len(x), k), np.int32)
+    distances = np.empty((len(x), k), np.float32)
+    for start in range(0, len(x), chunk):
+        part = x[start:start + chunk]  # (m, D)
+        # squared distances by |x|^2 + |t|^2 - 2 x.t (one matrix product), to shortlist 2k candidates ...
+        d2 = (part.astype(np.float64) ** 2).sum(axis=1)[:, None] + train_sq[None, :] - 2.0 * (
+            part.astype(np.float64) @ train.T.astype(np.float64))  # (m, N)
+        candidates = np.argpartition(d2, shortlist - 1, axis=1)[:, :shortlist]  # (m, 2k), unordered
+        # ... then their exact distances, computed like umap's euclidean kernel
+        # (float32 differences, squared, summed in float64), nearest first
+        exact = np.sqrt(((part[:, None, :] - train[candidates]) ** 2).astype(np.float64).sum(axis=2))  # (m, 2k)
+        order = np.argsort(exact, axis=1, kind="stable")[:, :k]
+        indices[start:start + chunk] = np.take_along_axis(candidates, order, axis=1)
+        distances[start:start + chunk] = np.take_along_axis(exact, order, axis=1)
+    return indices, distances
 
 
 def plot_positions(

@@ -1,4 +1,4 @@
-"""features.py: pixel and timm features, the cache, the UMAP space and its file, the Figure 7 plot.
+"""features.py: pixel and timm features, the weights loaders, the cache, the UMAP space and its file, Figure 7.
 
 No test downloads anything: timm models run with explicitly random or
 locally saved weights, and the offline path is forced through huggingface_hub.
@@ -11,7 +11,8 @@ import torch
 from PIL import Image
 
 import features
-from features import FeatureSpace, WeightsUnavailableError, extract_features, plot_positions
+from features import (FeatureSpace, WeightsUnavailableError, create_backbone, extract_features, load_weights,
+                      pick_device, plot_positions, read_state_dict)
 
 TINY = "test_vit"  # timm's 0.3M-parameter test ViT (160x160 input, 64-d features)
 
@@ -107,8 +108,89 @@ class Payload:
 
 def test_weights_file_with_pickled_code_is_refused(digits, tmp_path):
     torch.save({"state_dict": Payload()}, tmp_path / "evil.pt")
-    with pytest.raises(ValueError, match="evil.pt"):
+    with pytest.raises(ValueError, match="evil.pt") as error:
         extract_features(digits, TINY, weights=str(tmp_path / "evil.pt"), cache_dir=None)
+    assert_one_line_without_unsafe_advice(error.value)
+    with pytest.raises(ValueError) as error:
+        read_state_dict(str(tmp_path / "evil.pt"))
+    assert str(error.value) == (f"{tmp_path / 'evil.pt'} holds pickled objects, not plain tensors; "
+                                "it is refused because loading it could run code")
+
+
+def assert_one_line_without_unsafe_advice(error: BaseException) -> None:
+    message = str(error)
+    assert "\n" not in message and "weights_only" not in message, message
+
+
+@pytest.mark.parametrize("content", [os.urandom(2000), b"not weights", b"PK\x03\x04 a broken zip"])
+def test_unreadable_weights_file_is_a_one_line_error(tmp_path, content):
+    (tmp_path / "bad.pt").write_bytes(content)
+    (tmp_path / "bad.safetensors").write_bytes(content)
+    for name in ("bad.pt", "bad.safetensors"):
+        with pytest.raises(ValueError, match=name) as error:
+            read_state_dict(str(tmp_path / name))
+        assert_one_line_without_unsafe_advice(error.value)
+    torch.save({"epoch": 3, "lr": 0.1}, tmp_path / "numbers.pt")  # loads, but holds no tensors
+    with pytest.raises(ValueError, match="numbers.pt holds no state dict of tensors"):
+        read_state_dict(str(tmp_path / "numbers.pt"))
+
+
+def test_read_state_dict_unwraps_checkpoints_and_ddp_prefixes(tmp_path):
+    state = {"conv.weight": torch.ones(2, 3), "conv.bias": torch.zeros(2)}
+    torch.save({"model": {"module." + k: v for k, v in state.items()}, "step": 7}, tmp_path / "ddp.pt")
+    torch.save({"state_dict_ema": state}, tmp_path / "ema.pth")
+    for name in ("ddp.pt", "ema.pth"):
+        read = read_state_dict(str(tmp_path / name))
+        assert read.keys() == state.keys()
+        assert all(torch.equal(read[k], state[k]) for k in state)
+
+
+def test_keep_head_keeps_the_logits(tmp_path):
+    import timm
+
+    headless = create_backbone(TINY, "random")
+    assert not headless.training and headless.num_classes == 0
+    with_head = create_backbone(TINY, "random", keep_head=True)
+    assert not with_head.training and with_head.num_classes == 1000
+    x = torch.rand(2, 3, 160, 160)
+    with torch.no_grad():
+        assert headless(x).shape == (2, 64) and with_head(x).shape == (2, 1000)
+    state = seeded_state_dict(TINY, seed=5)
+    torch.save(state, tmp_path / "w.pt")
+    loaded = create_backbone(TINY, str(tmp_path / "w.pt"), keep_head=True)
+    reference = timm.create_model(TINY).eval()
+    reference.load_state_dict(state)
+    trunk = create_backbone(TINY, str(tmp_path / "w.pt"))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), reference(x), rtol=0, atol=0)  # the file's head, not a random one
+        features = loaded.forward_head(loaded.forward_features(x), pre_logits=True)
+        torch.testing.assert_close(trunk(x), features, rtol=0, atol=0)  # keep_head=False: the features under the head
+    torch.save({k: v for k, v in state.items() if not k.startswith("head.")}, tmp_path / "headless.pt")
+    with pytest.raises(ValueError, match="headless.pt does not fit test_vit: 2 missing keys"):
+        create_backbone(TINY, str(tmp_path / "headless.pt"), keep_head=True)  # logits need the head's weights
+
+
+def test_load_weights_ignores_the_prefixes_it_is_told(tmp_path):
+    import timm
+
+    state = seeded_state_dict(TINY, seed=1)
+    state["AuxLogits.fc.weight"] = torch.zeros(10, 4)  # like torchvision's Inception file for timm's model
+    torch.save(state, tmp_path / "aux.pt")
+    model = timm.create_model(TINY)
+    with pytest.raises(ValueError, match=r"aux.pt does not fit test_vit: 0 missing keys \[\], 1 unexpected"):
+        load_weights(model, str(tmp_path / "aux.pt"))
+    load_weights(model, str(tmp_path / "aux.pt"), ignore_prefixes=("AuxLogits.",))
+    assert torch.equal(model.state_dict()["head.weight"], state["head.weight"])
+    torch.save(dict(state, **{"head.weight": torch.zeros(3, 64)}), tmp_path / "shape.pt")
+    with pytest.raises(ValueError, match="1 of another shape"):
+        load_weights(model, str(tmp_path / "shape.pt"), ignore_prefixes=("AuxLogits.",))
+
+
+def test_pick_device():
+    assert pick_device("cpu") == torch.device("cpu")
+    assert pick_device().type in ("cuda", "mps", "cpu")
+    if not torch.cuda.is_available():
+        assert pick_device().type != "cuda"
 
 
 @pytest.fixture
@@ -123,7 +205,9 @@ def offline(tmp_path, monkeypatch):
 def test_weights_that_cannot_be_downloaded_give_one_clear_error(digits, offline):
     with pytest.raises(WeightsUnavailableError) as error:
         extract_features(digits, "test_vit.r160_in1k", cache_dir=None)
-    assert "weights=PATH" in str(error.value) and "'pixels'" in str(error.value)
+    message = str(error.value)
+    assert "--weights PATH" in message and "--backbone pixels" in message and "\n" not in message
+    assert "huggingface.co/timm/test_vit.r160_in1k" in message
 
 
 def test_model_without_pretrained_weights_never_falls_back_to_random(digits, offline):
@@ -132,7 +216,7 @@ def test_model_without_pretrained_weights_never_falls_back_to_random(digits, off
 
 
 def test_unknown_backbone_is_a_clear_error(digits):
-    with pytest.raises(ValueError, match="unknown backbone 'no_such_net'"):
+    with pytest.raises(ValueError, match="unknown backbone 'no_such_net': use --backbone pixels"):
         extract_features(digits, "no_such_net", cache_dir=None)
 
 
@@ -148,7 +232,7 @@ def test_fit_gives_positions_and_their_statistics(small_space):
 
 
 def test_fit_needs_more_points_than_neighbours():
-    with pytest.raises(ValueError, match="n_neighbors"):
+    with pytest.raises(ValueError, match=r"need more than 15 training images \(UMAP's n_neighbors\), got 10"):
         FeatureSpace.fit(np.zeros((10, 4), np.float32))
 
 
@@ -169,48 +253,110 @@ def test_transform_checks_the_feature_width(small_space):
         small_space.transform(np.zeros((2, 100), np.float32))
 
 
-def test_save_load_round_trip_is_exact(small_space, tmp_path):
+def held_out_digits(mnist_sample) -> np.ndarray:
+    """Pixel features of 100 sample digits that `small_space` was not fitted on (it has the first 30 of each class)."""
+    images, labels, _ = mnist_sample
+    return extract_features(images[np.concatenate([np.flatnonzero(labels == k)[30:40] for k in range(10)])], "pixels")
+
+
+def test_save_load_round_trip_is_exact(small_space, mnist_sample, tmp_path):
     path = str(tmp_path / "space.npz")
     small_space.save(path)
     loaded = FeatureSpace.load(path, backbone="pixels", n_components=20)
     for name in ("positions", "mean", "std", "features"):
         np.testing.assert_array_equal(getattr(loaded, name), getattr(small_space, name))
+    assert loaded.params == small_space.params and loaded.umap is None
     assert loaded.backbone == "pixels" and loaded.n_components == 20
-    references = small_space.features[:5] * 0.9
-    np.testing.assert_array_equal(loaded.transform(references), small_space.transform(references))
+    # the loaded space places references exactly where the fitted one does: same arrays, same computation
+    for references in (held_out_digits(mnist_sample), small_space.features[:50], small_space.features[:5] * 0.9):
+        np.testing.assert_array_equal(loaded.transform(references), small_space.transform(references))
     with np.load(path, allow_pickle=False) as saved:  # plain arrays only, no pickled objects
         assert all(saved[key].dtype != object for key in saved.files)
+    assert os.listdir(tmp_path) == ["space.npz"]  # written atomically, no temporary file left
+
+
+def test_transform_is_umap_learns_transform(small_space, mnist_sample):
+    """FeatureSpace.transform vs the fitted umap.UMAP's own transform.
+
+    Below 4,096 training points umap-learn finds the neighbours exactly, as
+    FeatureSpace.transform does, and the rest is umap's own kernels on the
+    same arrays: the two agree bit for bit (measured: max |difference| 0).
+    Above that umap searches approximate (NN-descent) neighbours; bench.py
+    measures that case (see the README), as it needs a second, larger fit.
+    """
+    spread = small_space.std.mean()  # of the training positions, in UMAP units
+    for references in (held_out_digits(mnist_sample), small_space.features[::7], small_space.features[:20] * 0.9):
+        ours, theirs = small_space.transform(references), small_space.umap.transform(references)
+        assert ours.dtype == theirs.dtype == np.float32 and ours.shape == theirs.shape
+        difference = np.abs(ours - theirs)
+        assert difference.max() == 0.0, (
+            f"max {difference.max():.3g}, mean {difference.mean():.3g} UMAP units "
+            f"({difference.max() / spread:.3g} of the positions' std)"
+        )
+
+
+def test_load_never_fits(small_space, mnist_sample, tmp_path, monkeypatch):
+    import umap
+
+    path = str(tmp_path / "space.npz")
+    small_space.save(path)
+
+    def no_fit(*args, **kwargs):
+        raise AssertionError("loading or transforming must not fit UMAP")
+
+    for name in ("__init__", "fit", "fit_transform"):
+        monkeypatch.setattr(umap.UMAP, name, no_fit)
+    references = held_out_digits(mnist_sample)[:20]
+    np.testing.assert_array_equal(FeatureSpace.load(path).transform(references), small_space.transform(references))
+
+
+def test_run_id_round_trip(small_space, tmp_path):
+    path = str(tmp_path / "space.npz")
+    try:
+        small_space.save(path)
+        assert FeatureSpace.load(path).run_id == ""
+        small_space.save(path, run_id="2026-11-27T10:00:00-quick-7f3a")
+        assert FeatureSpace.load(path).run_id == small_space.run_id == "2026-11-27T10:00:00-quick-7f3a"
+    finally:
+        small_space.run_id = ""  # the fixture is shared by the session
 
 
 def test_load_refuses_another_backbone_or_dimension(small_space, tmp_path):
     path = str(tmp_path / "space.npz")
     small_space.save(path)
-    with pytest.raises(ValueError, match=f"'pixels' features, not '{TINY}'"):
+    with pytest.raises(ValueError, match=f"'pixels' features, not '{TINY}': use --backbone pixels"):
         FeatureSpace.load(path, backbone=TINY)
-    with pytest.raises(ValueError, match="20-dimensional, not 2"):
+    with pytest.raises(ValueError, match="20-dimensional, not 2: use --umap-dim 20"):
         FeatureSpace.load(path, n_components=2)
 
 
-def test_load_refuses_a_file_whose_refit_differs(small_space, tmp_path):
-    path = str(tmp_path / "space.npz")
-    small_space.save(path)
-    with np.load(path) as saved:
-        tampered = dict(saved)
-    tampered["positions"] = tampered["positions"] + 1
-    np.savez(path, **tampered)
-    with pytest.raises(ValueError, match="did not reproduce"):
-        FeatureSpace.load(path)
+def test_missing_or_damaged_space_files_are_one_line_errors(small_space, tmp_path):
+    def error_for(name: str, exception=ValueError) -> str:
+        with pytest.raises(exception) as error:
+            FeatureSpace.load(str(tmp_path / name))
+        message = str(error.value)
+        assert str(tmp_path / name) in message and "\n" not in message and "--overwrite" in message, message
+        return message
 
-
-def test_load_missing_or_corrupt_file_is_a_clear_error(tmp_path):
-    with pytest.raises(FileNotFoundError, match="nothing.npz"):
-        FeatureSpace.load(str(tmp_path / "nothing.npz"))
-    (tmp_path / "junk.npz").write_bytes(b"not a zip file")
-    with pytest.raises(ValueError, match="junk.npz"):
-        FeatureSpace.load(str(tmp_path / "junk.npz"))
+    assert "not found" in error_for("nothing.npz", FileNotFoundError)
+    (tmp_path / "random.npz").write_bytes(os.urandom(4000))
+    assert "not an .npz archive" in error_for("random.npz")
+    small_space.save(str(tmp_path / "space.npz"))
+    whole = (tmp_path / "space.npz").read_bytes()
+    (tmp_path / "truncated.npz").write_bytes(whole[: len(whole) // 2])
+    error_for("truncated.npz")
+    damaged = bytearray(whole)
+    damaged[len(damaged) // 3] ^= 0xFF  # one byte inside the features array: the zip CRC check fails
+    (tmp_path / "damaged.npz").write_bytes(bytes(damaged))
+    assert "is damaged" in error_for("damaged.npz")
     np.savez(tmp_path / "other.npz", weights=np.zeros(3))
-    with pytest.raises(ValueError, match="not a saved FeatureSpace"):
-        FeatureSpace.load(str(tmp_path / "other.npz"))
+    assert "not a feature space of this version (no 'format' array)" in error_for("other.npz")
+    with np.load(tmp_path / "space.npz") as saved:
+        arrays = dict(saved)
+    np.savez(tmp_path / "pickled.npz", **dict(arrays, backbone=np.array([print], dtype=object)))
+    assert "holds pickled objects" in error_for("pickled.npz")
+    np.savez(tmp_path / "old.npz", **{k: v for k, v in arrays.items() if k not in ("a", "b")})
+    assert "no 'a' array" in error_for("old.npz")
 
 
 # ---------------------------------------------------------------- Figure 7
