@@ -1,20 +1,14 @@
 """Image metrics, hand-written: FID, IS, conditioning accuracy, controllability.
 
-    net = load_feature_network("classifier", classifier_path="runs/clf.pt",
-                               train_images=images, train_labels=labels)
+    net = load_feature_network("classifier", classifier_path="runs/clf.pt", train_images=x, train_labels=y)
     scores = evaluate_images(real_images, generated_images, generated_labels, net)
 
-or, like pytorch-fid, from the command line (each side a folder of images,
-flat or one sub-directory per class, or a .npz with `images` uint8
-(N, H, W, C) and optional `labels`, as sample.py writes)::
-
-    python metrics.py REAL GENERATED [--features inception|classifier] [--json]
-
-Images are uint8 numpy arrays (N, H, W, C), C = 1 or 3, everywhere. The
-"inception" network is timm's inception_v3.tv_in1k (torchvision's ImageNet
-weights), so its FID and IS are close to, not identical with, those of
-pytorch-fid (TensorFlow FID weights) and of the original IS code (1,008 classes).
-tests/test_metrics.py checks both formulas against those tools' own.
+or, like pytorch-fid: `python metrics.py REAL GENERATED [--features inception|classifier]`.
+Images are uint8 arrays (N, H, W, C), C = 1 or 3, everywhere. The "inception"
+network is timm's inception_v3.tv_in1k (torchvision's weights), so its FID and
+IS are close to, not identical with, pytorch-fid's (TensorFlow FID weights) and
+the original IS code's (1,008 classes); tests/test_metrics.py checks the
+formulas against those tools' own.
 """
 import argparse
 import hashlib
@@ -81,12 +75,12 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
     relative to the largest root, so that scaling the features by c scales FID
     by c^2) is an error, because the inputs are then not covariances.
     """
-    mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
-    sigma1, sigma2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
-    d = mu1.shape[0]
+    mu1, mu2 = (np.atleast_1d(np.asarray(m, np.float64)) for m in (mu1, mu2))  # (D,)
+    sigma1, sigma2 = (np.atleast_2d(np.asarray(s, np.float64)) for s in (sigma1, sigma2))  # (D, D)
+    d = len(mu1)
     if mu1.shape != (d,) or mu2.shape != (d,) or sigma1.shape != (d, d) or sigma2.shape != (d, d):
-        raise ValueError(f"need means (D,) and covariances (D, D) of one D, got shapes "
-                         f"{mu1.shape}, {sigma1.shape}, {mu2.shape}, {sigma2.shape}")
+        raise ValueError(f"need means (D,) and covariances (D, D) of one D, got shapes {mu1.shape}, "
+                         f"{sigma1.shape}, {mu2.shape}, {sigma2.shape}")
     if not all(np.isfinite(a).all() for a in (mu1, sigma1, mu2, sigma2)):
         raise ValueError("the means or covariances contain NaN or infinite values")
     for offset in (0.0, eps):
@@ -170,20 +164,17 @@ def controllability(positions, reference, labels, reference_positions, reference
     nearest reference of all is their own. Images whose class has no other
     reference are left out of the two same-class numbers (NaN if none is left).
     """
-    pos, rpos = np.asarray(positions, np.float64), np.asarray(reference_positions, np.float64)
-    ref, rlab = np.asarray(reference), np.asarray(reference_labels)
-    if pos.ndim != 2 or rpos.ndim != 2 or pos.shape[1] != rpos.shape[1] or len(pos) == 0 or len(rpos) == 0:
-        raise ValueError(f"positions (N, d) and reference_positions (R, d) must share d and be non-empty, "
-                         f"got {pos.shape} and {rpos.shape}")
+    pos, rpos = np.asarray(positions, np.float64), np.asarray(reference_positions, np.float64)  # (N, d), (R, d)
+    ref, rlab = np.asarray(reference), np.asarray(reference_labels)  # (N,), (R,)
     n, r = len(pos), len(rpos)
+    if pos.ndim != 2 or rpos.ndim != 2 or pos.shape[1] != rpos.shape[1] or 0 in (n, r) or rlab.shape != (r,):
+        raise ValueError(f"positions (N, d) and reference_positions (R, d) must share d, with R reference_labels; "
+                         f"got {pos.shape}, {rpos.shape} and {rlab.shape}")
     if ref.shape != (n,) or not np.issubdtype(ref.dtype, np.integer) or ref.min() < 0 or ref.max() >= r:
         raise ValueError(f"reference must hold ({n},) integers that lie in [0, {r}), got {ref.dtype} {ref.shape}")
-    if rlab.shape != (r,):
-        raise ValueError(f"reference_labels must have shape ({r},), got {rlab.shape}")
     lab = rlab[ref] if labels is None else np.asarray(labels)
     if lab.shape != (n,) or (lab != rlab[ref]).any():
-        raise ValueError(f"labels must have shape ({n},) and no generated image may have a class "
-                         f"other than their reference's")
+        raise ValueError(f"labels must be ({n},), and no generated image may have a class other than their reference's")
 
     dist = scipy.spatial.distance.cdist(pos, rpos)  # (N, R)
     own = dist[np.arange(n), ref]  # (N,)
@@ -253,8 +244,8 @@ class FeatureNetwork(nn.Module):
         for lo in tqdm(range(0, len(x), self.batch_size), desc=f"{self.name} features", disable=None):
             f = self.model.forward_head(self.model.forward_features(self.prepare(x[lo:lo + self.batch_size])),
                                         pre_logits=True)  # (B, D)
-            features.append(f.double().cpu())
-            logits.append(self.model.get_classifier()(f).double().cpu())  # (B, K)
+            features.append(f.cpu().double())  # on the CPU first: MPS has no float64
+            logits.append(self.model.get_classifier()(f).cpu().double())  # (B, K)
         return torch.cat(features).numpy(), torch.cat(logits).numpy()
 
     def logits(self, images) -> np.ndarray:
@@ -458,19 +449,16 @@ def align_labels(labels, names, real_names, path):
     """Generated class indices re-numbered as the real set's classes of the same names."""
     if labels is None or names is None or real_names is None:
         return labels
-    missing = sorted(set(names) - set(real_names))
-    if missing:
-        raise ValueError(f"classes of {path} not among the real classes: {', '.join(missing[:5])}")
-    lookup = np.array([real_names.index(name) for name in names])
-    return np.where(labels >= 0, lookup[np.clip(labels, 0, None)], -1)
+    if not set(names) <= set(real_names):
+        raise ValueError(f"classes of {path} not among the real classes: {sorted(set(names) - set(real_names))[:5]}")
+    return np.where(labels >= 0, np.array([real_names.index(name) for name in names])[np.maximum(labels, 0)], -1)
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="metrics.py", description="FID and IS between two image sets "
-                                     "(folders of images, flat or one sub-directory per class, or .npz files "
-                                     "with 'images' and optional 'labels').")
-    parser.add_argument("real", help="real images: folder or .npz")
-    parser.add_argument("generated", help="generated images: folder or .npz (e.g. sample.py's samples.npz)")
+    parser = argparse.ArgumentParser(prog="metrics.py", description="FID and IS between two image sets: folders "
+                                     "(flat, or one sub-directory per class) or .npz files ('images', 'labels').")
+    parser.add_argument("real")
+    parser.add_argument("generated", help="e.g. sample.py's samples.npz")
     parser.add_argument("--features", choices=("inception", "classifier"), default="inception")
     parser.add_argument("--weights", help="local Inception weights file (offline use)")
     parser.add_argument("--classifier", help="classifier file: read if it exists, else trained on REAL "
