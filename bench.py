@@ -73,9 +73,45 @@ def bench_diffusion() -> None:
 # Feature positioning (features.py)
 # ---------------------------------------------------------------------------
 def bench_features() -> None:
-    """UMAP fit on 10,000 x 1,024 features (cold and warm), transform of 20 references, extraction speed."""
+    """UMAP fit on 10,000 x 1,024 features (cold and warm); saving and loading that space, transform after
+    loading (in a fresh process, as sample.py runs, and warm); agreement of FeatureSpace.transform with
+    umap-learn's own UMAP.transform where umap searches approximate (NN-descent) neighbours; extraction speed."""
+    import os
+    import subprocess
+    import tempfile
+
     from data import load_dataset
-    from features import PAPER_BACKBONE, FeatureSpace, extract_features
+    from features import PAPER_BACKBONE, FeatureSpace, extract_features, nearest_neighbours
+
+    def agreement(space: FeatureSpace, x: np.ndarray, what: str, labels=None, train_labels=None) -> None:
+        """FeatureSpace.transform (exact neighbours) vs the fitted umap.UMAP.transform (NN-descent neighbours),
+        next to the transform's own seed-to-seed spread (transform_seed 42 vs 43, both exact)."""
+        k = space.params["n_neighbors"]
+        exact = nearest_neighbours(x, space.features, k)[0]
+        approximate = space.umap._knn_search_index.query(x, k, epsilon=0.12)[0]  # what umap.transform searches
+        differ = np.mean([set(a) != set(b) for a, b in zip(exact, approximate)])
+        ours, theirs = space.transform(x), space.umap.transform(x)  # (M, d) each
+        reseeded = FeatureSpace(space.features, space.positions, dict(space.params, transform_seed=43),
+                                space.backbone).transform(x)
+        diff = np.abs(ours - theirs)  # UMAP units
+        print(f"  {what}: {len(x)} points, umap's neighbour set differs from the exact one for {100 * differ:.1f}%")
+        print(f"    |ours - umap| max {diff.max():.3g}, mean {diff.mean():.3g} UMAP units (positions' std "
+              f"{space.std.mean():.3g}); standardised (what the U-Net sees): max {(diff / space.std).max():.3g}, "
+              f"mean {(diff / space.std).mean():.3g}; identical rows {100 * np.mean((diff == 0).all(axis=1)):.1f}%")
+        rng = np.random.default_rng(1)
+        pairs = rng.integers(0, len(space.positions), (2, 2000))
+        z_train = space.standardize(space.positions)
+        typical = np.median(np.linalg.norm(z_train[pairs[0]] - z_train[pairs[1]], axis=1))
+        for name, other in (("ours vs umap", theirs), ("ours, transform_seed 42 vs 43", reseeded)):
+            gap = np.linalg.norm(space.standardize(ours) - space.standardize(other), axis=1)  # (M,), 20-d
+            print(f"    {name}: distance between the two positions (standardised) median {np.median(gap):.3g}, "
+                  f"95th pct {np.percentile(gap, 95):.3g}, max {gap.max():.3g}, > 1 for {100 * np.mean(gap > 1):.1f}% "
+                  f"(two random training positions: median {typical:.3g})")
+        if labels is not None:  # is the position among training images of the same digit?
+            def nearest_label(u):
+                return train_labels[nearest_neighbours(u, space.positions, 1)[0][:, 0]]
+            print(f"    label of the nearest training position = the digit's label: ours "
+                  f"{100 * np.mean(nearest_label(ours) == labels):.1f}%, umap {100 * np.mean(nearest_label(theirs) == labels):.1f}%")
 
     # 10 Gaussian clusters in 1,024-d, 1,000 points each: the shape of 10 classes of SwinV2 features
     rng = np.random.default_rng(0)
@@ -90,13 +126,46 @@ def bench_features() -> None:
     space = FeatureSpace.fit(features, n_components=20)
     print(f"FeatureSpace.fit 10,000 x 1,024 -> 20-d: first call {cold:.1f} s (numba compilation), "
           f"warm {time.perf_counter() - start:.1f} s")
-    start = time.perf_counter()
-    space.transform(references)
-    cold = time.perf_counter() - start
-    warm = timed(lambda: space.transform(references), 3)
-    print(f"transform of 20 references: first call {cold:.2f} s (numba compilation), warm {warm:.2f} s")
 
-    images = load_dataset("mnist-sample")[0]  # (5000, 28, 28, 1)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "space.npz")
+        np.save(os.path.join(tmp, "references.npy"), references)
+        start = time.perf_counter()
+        space.save(path, run_id="bench")
+        saved = time.perf_counter() - start
+        start = time.perf_counter()
+        loaded = FeatureSpace.load(path)
+        print(f"save {saved:.2f} s ({os.path.getsize(path) / 1e6:.0f} MB), load {time.perf_counter() - start:.2f} s "
+              "(no refit)")
+        # sample.py's situation: a fresh process loads the space and places references (numba compiles once)
+        script = (
+            "import sys, time; sys.path.insert(0, sys.argv[3]); import numpy as np; start = time.perf_counter(); "
+            "from features import FeatureSpace; space = FeatureSpace.load(sys.argv[1]); "
+            "loaded = time.perf_counter() - start; x = np.load(sys.argv[2]); start = time.perf_counter(); "
+            "space.transform(x); first = time.perf_counter() - start; start = time.perf_counter(); "
+            "space.transform(x); print(f'{loaded:.2f} {first:.2f} {time.perf_counter() - start:.2f}')"
+        )
+        out = subprocess.run([sys.executable, "-c", script, path, os.path.join(tmp, "references.npy"),
+                              os.path.dirname(os.path.abspath(__file__))],
+                             capture_output=True, text=True, check=True).stdout.split()
+        print(f"fresh process: import + load {out[0]} s, first transform of 20 references {out[1]} s "
+              f"(numba compilation), second {out[2]} s")
+    same = np.array_equal(loaded.transform(references), space.transform(references))
+    warm = timed(lambda: loaded.transform(references), 3)
+    print(f"transform of 20 references after loading, warm: {warm:.2f} s; equal to the fitted space's: {same}")
+
+    print("agreement with umap-learn's UMAP.transform, which searches approximate neighbours above 4,095 points:")
+    agreement(space, references, "10,000 Gaussian features, references = training points + noise")
+    images, labels, _ = load_dataset("mnist-sample")  # (5000, 28, 28, 1), (5000,)
+    pixels = extract_features(images, "pixels")
+    held_out = np.arange(len(images)) % 10 == 0  # 50 digits of each class (the sample is sorted by class)
+    train = ~held_out
+    mnist = FeatureSpace.fit(pixels[train], n_components=20, backbone="pixels")
+    agreement(mnist, pixels[held_out], "MNIST pixels, space of 4,500 digits, the 500 held-out digits",
+              labels[held_out], labels[train])
+    agreement(mnist, pixels[train][::9], "MNIST pixels, space of 4,500 digits, 500 of its training digits",
+              labels[train][::9], labels[train])
+
     seconds = timed(lambda: extract_features(images, "pixels"), 3)
     print(f"extract_features pixels: {len(images) / seconds:,.0f} images/s")
     for backbone, n in (("resnet18", 128), (PAPER_BACKBONE, 16)):  # random weights: speed only

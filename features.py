@@ -97,13 +97,14 @@ def create_backbone(
 ) -> torch.nn.Module:
     """A timm model in eval mode, with the weights asked for.
 
-    weights: None   timm's pretrained weights from the Hugging Face hub (or its
-                    local cache); if they cannot be had, WeightsUnavailableError,
-                    never a silent fallback to random weights;
-             "random"  seeded random weights: the explicit opt-in, for tests;
-             a path  a local .safetensors or torch file (read with
-                    weights_only=True: no code runs), e.g. the model.safetensors
-                    of the model's page on huggingface.co/timm.
+    weights:
+      None      timm's pretrained weights from the Hugging Face hub (or its local
+                cache); if they cannot be had, WeightsUnavailableError, never a
+                silent fallback to random weights;
+      "random"  seeded random weights: the explicit opt-in, for tests only;
+      a path    a local .safetensors or torch file (`read_state_dict`: no code
+                runs), e.g. the model.safetensors of the model's page on
+                huggingface.co/timm (the --weights PATH of train.py).
     keep_head: False removes the classifier (num_classes=0: forward gives the
       pooled features, what `extract_features` uses); True keeps it (metrics.py
       needs Inception's logits).
@@ -396,8 +397,8 @@ class FeatureSpace:
         et al. 2018 (arXiv:1802.03426), Sec. 3.1 (graph) and 3.2 (layout).
         One difference: the neighbours are found exactly (brute force), as
         umap does for fewer than 4,096 training images; for more, umap
-        searches its approximate NN-descent index (see the README for how
-        much the two differ).
+        searches its approximate NN-descent index, so the two differ a little
+        (`python bench.py features` measures how much).
         """
         from scipy.sparse import coo_matrix
         from umap.layouts import optimize_layout_euclidean
@@ -410,10 +411,14 @@ class FeatureSpace:
                 f"features must be (M, {self.features.shape[1]}) like the {self.backbone!r} features "
                 f"this space was fitted on, got shape {x.shape}"
             )
+        if not np.isfinite(x).all():
+            raise ValueError("features must be finite: the reference features hold NaN or infinity")
+        if len(x) == 0:
+            return np.zeros((0, self.n_components), np.float32)
         p = self.params
         k = p["n_neighbors"]
 
-        # 1. The k nearest training images of each new image: (M, k) indices and distances.
+        # 1. The k nearest training images of each new image, found exactly: (M, k) indices and distances.
         indices, distances = nearest_neighbours(x, self.features, k)
 
         # 2. Fuzzy membership of each edge new -> training image (Sec. 3.1, Algorithm 3):
@@ -490,13 +495,17 @@ class FeatureSpace:
         if lacking:
             raise ValueError(f"{path} is not a feature space of this version (no {lacking[0]!r} array); {REFIT}")
         features, positions = stored["features"], stored["positions"]
-        if (int(stored["format"]) != SPACE_FORMAT or features.dtype != np.float32 or positions.dtype != np.float32
+        try:
+            params = {name: kind(stored[name]) for name, kind in PARAM_TYPES.items()}  # plain numbers again
+            fits = int(stored["format"]) == SPACE_FORMAT
+        except (TypeError, ValueError):
+            fits = False
+        if (not fits or features.dtype != np.float32 or positions.dtype != np.float32
                 or features.ndim != 2 or positions.ndim != 2 or len(features) != len(positions)):
             raise ValueError(
                 f"{path} is not a feature space of this version (format {stored['format']}, features "
                 f"{features.dtype} {features.shape}, positions {positions.dtype} {positions.shape}); {REFIT}"
             )
-        params = {name: kind(stored[name]) for name, kind in PARAM_TYPES.items()}
         saved_backbone, saved_components = str(stored["backbone"]), positions.shape[1]
         if backbone is not None and backbone != saved_backbone:
             raise ValueError(
@@ -520,16 +529,16 @@ PARAM_TYPES = dict(  # FeatureSpace.params: name -> type, as saved
 def nearest_neighbours(x: np.ndarray, train: np.ndarray, k: int, chunk: int = 256) -> tuple[np.ndarray, np.ndarray]:
     """Exact k nearest rows of `train` (N, D) for each row of `x` (M, D), by brute force:
     int32 indices and float32 euclidean distances, (M, k) each, nearest first."""
-    n = len(train)
-    shortlist = min(2 * k, n)
-    train_sq = (train.astype(np.float64) ** 2).sum(axis=1)  # (N,)
+    shortlist = min(2 * k, len(train))
+    train64 = train.astype(np.float64)
+    train_sq = (train64 ** 2).sum(axis=1)  # (N,)
     indices = np.empty((len(x), k), np.int32)
     distances = np.empty((len(x), k), np.float32)
     for start in range(0, len(x), chunk):
         part = x[start:start + chunk]  # (m, D)
         # squared distances by |x|^2 + |t|^2 - 2 x.t (one matrix product), to shortlist 2k candidates ...
-        d2 = (part.astype(np.float64) ** 2).sum(axis=1)[:, None] + train_sq[None, :] - 2.0 * (
-            part.astype(np.float64) @ train.T.astype(np.float64))  # (m, N)
+        part64 = part.astype(np.float64)
+        d2 = (part64 ** 2).sum(axis=1)[:, None] + train_sq[None, :] - 2.0 * (part64 @ train64.T)  # (m, N)
         candidates = np.argpartition(d2, shortlist - 1, axis=1)[:, :shortlist]  # (m, 2k), unordered
         # ... then their exact distances, computed like umap's euclidean kernel
         # (float32 differences, squared, summed in float64), nearest first

@@ -251,6 +251,9 @@ def test_transform_puts_training_images_near_their_own_positions(small_space):
 def test_transform_checks_the_feature_width(small_space):
     with pytest.raises(ValueError, match="784"):
         small_space.transform(np.zeros((2, 100), np.float32))
+    with pytest.raises(ValueError, match="finite"):
+        small_space.transform(np.full((2, 784), np.nan, np.float32))
+    assert small_space.transform(np.zeros((0, 784), np.float32)).shape == (0, 20)
 
 
 def held_out_digits(mnist_sample) -> np.ndarray:
