@@ -1,41 +1,46 @@
 """Train a conditional DDPM on images and their feature-space positions.
 
-    python train.py --out runs/quick                      # the quick CPU run (embedded MNIST sample)
-    python train.py --data mnist --per-class 1000 --cond label+umap \\
+    python train.py --out runs/quick --eval               # the quick CPU run (embedded MNIST sample)
+    python train.py --data mnist --per-class 1000 --cond label+pos \\
         --backbone swinv2_base_window12to16_192to256.ms_in22k_ft_in1k \\
         --size paper --lr 1e-5 --epochs 500 --out runs/paper   # the report's setting, for a GPU
 
 PAPER.md, Method steps 1-3: every training image gets a position in a
 pretrained feature space (features.py: features -> 20-d UMAP, standardised),
-and the U-Net (unet.py) learns eps_theta(x_t, t, label, pos) with the DDPM
-loss (ddpm.py, Algorithm 1 of Ho et al. 2020). `--cond` picks which of the
-two conditions the model sees: the report's three models are `label`,
-`label+umap` and `umap`.
+and the U-Net (unet.py) learns eps_theta(x_t, t, cond) with the DDPM loss
+(ddpm.py, Algorithm 1 of Ho et al. 2020). `--cond` names the conditions the
+model sees, joined by "+": `label` (the class) and `pos` (the position).
+The report's three models are `--cond label`, `--cond label+pos` (its
+"label+umap") and `--cond pos` (its "umap").
 
 Around the algorithm: AdamW with a linear warm-up, gradient clipping, an
 exponential moving average (EMA) of the weights that sampling uses,
-condition dropout so that classifier-free guidance works, and a run
-directory that can be resumed:
+condition dropout so that classifier-free guidance works, bf16 autocast
+where the hardware runs it natively, and a run directory that can be resumed:
 
-    runs/NAME/config.json     every setting, readable
-    runs/NAME/checkpoint.pt   model, EMA, optimizer, step (written atomically)
-    runs/NAME/space.npz       the fitted feature space (umap conditions only)
+    runs/NAME/config.json     every setting, the U-Net's arguments, the data's digest, the run id
+    runs/NAME/checkpoint.pt   model, EMA, optimizer, step, config (written atomically)
+    runs/NAME/space.npz       the fitted feature space (when a condition needs one)
     runs/NAME/grids/          a class grid every --sample-every steps
+
+The three files carry the same run id (a digest of the settings that define
+the run and of the training images), so parts of different runs are never
+mixed. Everything is checked before anything in --out is touched.
 
 Randomness is derived from (seed, step, rank) at every step, so a run that
 is killed and resumed replays exactly the batches, timesteps and noise of
-one that never stopped (on the CPU: identical weights).
+one that never stopped (same device and precision: identical weights).
 
 Multi-GPU: `torchrun --nproc_per_node=N train.py ...` trains with
 DistributedDataParallel, --batch-size images per process; rank 0 writes.
 """
 import argparse
+import hashlib
 import json
 import math
 import os
-import shutil
+import re
 import sys
-import tempfile
 import time
 
 import numpy as np
@@ -44,48 +49,47 @@ import torch.distributed as dist
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from data import load_dataset
+import sample
+from data import write_atomically
 from ddpm import SCHEDULES, Diffusion, beta_schedule
-from features import FeatureSpace, extract_features
-from unet import UNet, count_parameters
+from features import FeatureSpace, WeightsUnavailableError, extract_features, pick_device
+from sample import CHECKPOINT_FORMAT, CONFIG_FORMAT, PRECISIONS, RunError, autocast, check_belongs
+from unet import condition_embedding_module, count_parameters
 
-CONDITIONS = {"label": ("label",), "umap": ("pos",), "label+umap": ("label", "pos"), "none": ()}
-CHECKPOINT_FORMAT = "fpdiff-checkpoint-1"
-# Settings that define a run: a resumed run must keep them (--overwrite starts afresh).
-IDENTITY = ("data", "per_class", "image_size", "channels", "cond", "backbone", "weights", "umap_dim", "size",
-            "schedule", "timesteps", "batch_size", "lr", "weight_decay", "warmup", "ema", "p_uncond",
-            "grad_clip", "dropout", "seed")
-# What --eval runs at the end (sample.py): DDIM 50 steps with eta = 1 (on short runs much
-# cleaner than eta = 0, see README), guidance 3, two references per class, 1,000 samples.
-EVAL_ARGS = ["--steps", "50", "--eta", "1", "--guidance", "3", "--references", "2", "--eval", "--n", "1000"]
-RUN_FILES = ("config.json", "checkpoint.pt", "space.npz", "grids", "samples", "metrics.json", "classifier.pt")
-
-
-class RunError(Exception):
-    """A problem with the user's settings or files: printed as one line, no traceback."""
+# Settings that define a run: a resumed run keeps them (--overwrite starts afresh).
+IDENTITY = ("data", "per_class", "image_size", "channels", "cond", "backbone", "weights", "pos_dim", "size",
+            "dropout", "schedule", "timesteps", "batch_size", "weight_decay", "p_uncond", "seed")
+# Every other setting (steps, lr, grad_clip, warmup, ema, save_every, sample_every, device, precision, ...)
+# may change on --resume; config.json's "changes" records each change and the step it took effect.
+NOT_SETTINGS = ("out", "resume", "overwrite", "eval")
+RUN_FILES = ("config.json", "checkpoint.pt", "space.npz", "classifier.pt")  # + grids/stepNNNNNNN.png, samples/
+GRID_NAME = re.compile(r"step\d{7}\.png")
+# The sampler of the progress grids: sample.py's defaults.
+GRID_SAMPLER = dict(steps=sample.DEFAULT_STEPS, eta=sample.DEFAULT_ETA, guidance=sample.DEFAULT_GUIDANCE, ddpm=False)
 
 
 # ---------------------------------------------------------------------------
 # Settings
 # ---------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+                                allow_abbrev=False)  # flags typed in full, so that parse_args can tell which were typed
     p.add_argument("--out", required=True, help="run directory")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
-    p.add_argument("--overwrite", action="store_true", help="replace the run in --out")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out (its settings are the defaults)")
+    p.add_argument("--overwrite", action="store_true", help="replace the run in --out (only its own files)")
     g = p.add_argument_group("data and condition")
     g.add_argument("--data", default="mnist-sample", help="mnist-sample (embedded), mnist, or an image-folder path")
     g.add_argument("--root", default="data", help="where datasets and the feature cache live")
     g.add_argument("--per-class", type=int, default=None, help="images per class (the report: 1000 from MNIST)")
-    g.add_argument("--image-size", type=int, default=None, help="resize image folders to this size")
+    g.add_argument("--image-size", type=int, default=None, help="resize images to this size")
     g.add_argument("--channels", type=int, default=None, choices=(1, 3), help="force grey (1) or RGB (3)")
-    g.add_argument("--cond", default="label+umap", choices=tuple(CONDITIONS))
+    g.add_argument("--cond", default="label+pos", help="conditions joined by +: label, pos; or none")
     g.add_argument("--backbone", default="pixels", help="pixels, or a timm model name (the report: swinv2_base_...)")
     g.add_argument("--weights", default=None, help="local weights file for the backbone (offline use)")
-    g.add_argument("--umap-dim", type=int, default=20, help="dimension of the UMAP position (the report: 20)")
+    g.add_argument("--pos-dim", type=int, default=20, help="dimension of the UMAP position (the report: 20)")
     g = p.add_argument_group("model and diffusion")
     g.add_argument("--size", default="small", choices=("small", "paper"), help="U-Net size (see unet_kwargs)")
-    g.add_argument("--dropout", type=float, default=0.0)
+    g.add_argument("--dropout", type=float, default=None, help="U-Net dropout (default: the size's own)")
     g.add_argument("--schedule", default="linear", choices=SCHEDULES)
     g.add_argument("--timesteps", type=int, default=1000)
     g = p.add_argument_group("optimisation")
@@ -101,160 +105,279 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=0)
     g = p.add_argument_group("running")
     g.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available)")
+    g.add_argument("--precision", default="auto", choices=PRECISIONS,
+                   help="auto: bf16 autocast where the hardware runs it natively (CUDA, AVX512-BF16/AMX CPUs), else fp32")
     g.add_argument("--save-every", type=int, default=250, help="checkpoint every N steps")
     g.add_argument("--sample-every", type=int, default=1000, help="class grid every N steps (0: only at the end)")
-    g.add_argument("--eval", action="store_true", help="at the end, run sample.py's --eval (grid, references, metrics)")
+    g.add_argument("--eval", action="store_true", help="at the end, run sample.py --references 2 --eval")
     g.add_argument("--compile", action="store_true", help="torch.compile the U-Net (GPU)")
     return p
 
 
-def parse_args(argv: list[str] | None) -> dict:
-    """Command line -> config dict. On --resume the run's config.json supplies the defaults."""
+def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, set[str]]:
+    """The command line, and the names of the flags the user actually typed."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    config_path = os.path.join(args.out, "config.json")
-    if args.resume and os.path.isfile(config_path):
-        saved = read_config(args.out)
-        parser.set_defaults(**{k: v for k, v in saved.items() if k in vars(args) and k not in ("resume", "overwrite")})
-        args = parser.parse_args(argv)
-        changed = [k for k in IDENTITY if vars(args)[k] != saved.get(k)]
-        if changed:
-            raise RunError(f"{args.out} was trained with --{changed[0].replace('_', '-')} {saved.get(changed[0])}; "
-                           "a resumed run keeps its settings (use --overwrite to start a new run)")
-    return vars(args)
+    tokens = [token.split("=")[0] for token in (sys.argv[1:] if argv is None else argv)]
+    typed = {action.dest for action in parser._actions if set(action.option_strings) & set(tokens)}
+    return args, typed
 
 
-def read_config(out: str) -> dict:
-    path = os.path.join(out, "config.json")
-    if not os.path.isfile(path):
-        raise RunError(f"{path} not found: {out} is not a run directory (train one with: python train.py --out {out})")
+def check_settings(s: dict) -> None:
+    """Every setting in range, before any work; each error names its flag and the fix."""
+    positive = ["steps", "batch_size", "save_every", "timesteps", "pos_dim"]
+    positive += [k for k in ("per_class", "image_size") if s[k] is not None]
+    for key in positive:
+        if s[key] < 1:
+            raise RunError(f"--{key.replace('_', '-')} must be a positive number, got {s[key]}")
+    ranges = dict(lr=(0, math.inf, False), grad_clip=(0, math.inf, False), ema=(0, 1, True), p_uncond=(0, 1, True),
+                  weight_decay=(0, math.inf, True), warmup=(0, math.inf, True), sample_every=(0, math.inf, True))
+    if s["dropout"] is not None:
+        ranges["dropout"] = (0, 1, True)
+    if s["epochs"] is not None:
+        ranges["epochs"] = (0, math.inf, False)
+    for key, (low, high, low_ok) in ranges.items():
+        if not ((s[key] >= low if low_ok else s[key] > low) and s[key] < high):
+            raise RunError(f"--{key.replace('_', '-')} must lie in {'[' if low_ok else '('}{low}, {high}), got {s[key]}")
     try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, json.JSONDecodeError) as error:
-        raise RunError(f"cannot read {path} ({error}); is {out} a run directory made by train.py?") from error
+        Diffusion(beta_schedule(s["schedule"], s["timesteps"]))
+    except ValueError as error:
+        raise RunError(f"--timesteps {s['timesteps']} does not give a valid {s['schedule']} schedule ({error}); "
+                       "use at least 100") from error
+    for name in cond_names(s["cond"]):
+        try:
+            condition_embedding_module(name, 2, 8)
+        except ValueError as error:
+            raise RunError(f"--cond {s['cond']}: {error}") from error
+    if s["weights"] is not None and s["backbone"] != "pixels" and not os.path.isfile(s["weights"]):
+        raise RunError(f"--weights {s['weights']}: file not found")
 
 
-def unet_kwargs(size: str, image_size: int) -> dict:
-    """The two U-Net sizes. small: ~1.2M parameters, the CPU default; paper: ~40M, for a GPU."""
+def cond_names(cond: str) -> list[str]:
+    """--cond "label+pos" -> ["label", "pos"]; "none" -> []."""
+    return [] if cond == "none" else cond.split("+")
+
+
+def resumed_settings(saved: dict, args: argparse.Namespace, typed: set[str], out: str) -> tuple[dict, dict]:
+    """The run's saved settings with what the user typed on --resume; (settings, changes).
+
+    A setting that defines the run may not change; any other may, and the change is returned.
+    """
+    settings, changes = dict(saved), {}
+    for key in typed - set(NOT_SETTINGS):
+        new = getattr(args, key)
+        if new == saved.get(key):
+            continue
+        if key in IDENTITY:
+            raise RunError(f"{out} was trained with --{key.replace('_', '-')} {saved.get(key)}; a resumed run "
+                           f"keeps the settings that define it (use --overwrite, or another --out, to start a new run)")
+        settings[key], changes[key] = new, [saved.get(key), new]
+    if "steps" in typed:
+        settings["epochs"] = None  # --steps on resume wins over a saved --epochs
+    return settings, changes
+
+
+def unet_kwargs(size: str, image_shape: tuple, dropout: float | None, conditions: dict[str, int]) -> dict:
+    """Every argument of the run's U-Net (stored in config.json: the U-Net is rebuilt from it alone).
+
+    small: ~1.2M parameters, the CPU default; paper: ~40M (improved-diffusion's CIFAR-10 shape), for a GPU.
+    """
+    height, _, channels = image_shape
+    common = dict(image_channels=channels, image_size=height, conditions=conditions)
     if size == "small":
         # attention only in the middle (at H/4): cheap enough for a laptop CPU
-        return dict(base_channels=32, channel_mults=(1, 2, 2), num_res_blocks=1, attention_resolutions=())
-    if size == "paper":
-        # improved-diffusion's CIFAR-10 shape: attention at H/2 and H/4
-        half, quarter = (image_size + 1) // 2, (image_size + 3) // 4
-        return dict(base_channels=128, channel_mults=(1, 2, 2, 2), num_res_blocks=2,
-                    attention_resolutions=(half, quarter), dropout=0.1)
-    raise RunError(f"unknown U-Net size {size!r}; choose small or paper")
+        return dict(common, base_channels=32, channel_mults=[1, 2, 2], num_res_blocks=1, attention_resolutions=[],
+                    dropout=0.0 if dropout is None else dropout)
+    # paper: attention at H/2 and H/4
+    half, quarter = (height + 1) // 2, (height + 3) // 4
+    return dict(common, base_channels=128, channel_mults=[1, 2, 2, 2], num_res_blocks=2,
+                attention_resolutions=[half, quarter], dropout=0.1 if dropout is None else dropout)
 
 
-def pick_device(name: str | None) -> torch.device:
-    if name is not None:
-        return torch.device(name)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
+def make_run_id(settings: dict, digest: str) -> str:
+    """A digest of what defines the run: the identity settings and the training data."""
+    identity = json.dumps({key: settings[key] for key in IDENTITY}, sort_keys=True)
+    return hashlib.sha256(f"{identity}|{digest}".encode()).hexdigest()[:16]
 
 
 # ---------------------------------------------------------------------------
-# Data and positions
+# Conditions of the training images
 # ---------------------------------------------------------------------------
-def load_training_images(config: dict) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """(N, H, W, C) uint8 images, (N,) labels and class names, as config says."""
-    return load_dataset(config["data"], root=config["root"], per_class=config["per_class"],
-                        image_size=config["image_size"], seed=config["seed"], channels=config["channels"])
-
-
-def to_model_range(images: np.ndarray) -> torch.Tensor:
-    """uint8 (N, H, W, C) in [0, 255] -> float (N, C, H, W) in [-1, 1]."""
-    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
-
-
-def fit_space(config: dict, images: np.ndarray) -> FeatureSpace:
+def fit_space(settings: dict, images: np.ndarray) -> FeatureSpace:
     """PAPER.md Method steps 1-2: features of every training image -> a fitted 20-d UMAP space."""
-    features = extract_features(images, backbone=config["backbone"], weights=config["weights"],
-                                cache_dir=os.path.join(config["root"], "cache"))
-    return FeatureSpace.fit(features, n_components=config["umap_dim"], seed=config["seed"], backbone=config["backbone"])
+    features = extract_features(images, backbone=settings["backbone"], weights=settings["weights"],
+                                cache_dir=os.path.join(settings["root"], "cache"))
+    return FeatureSpace.fit(features, n_components=settings["pos_dim"], seed=settings["seed"],
+                            backbone=settings["backbone"])
 
 
-def load_space(run_dir: str, config: dict) -> FeatureSpace:
-    return FeatureSpace.load(os.path.join(run_dir, "space.npz"), backbone=config["backbone"],
-                             n_components=config["umap_dim"])
+def training_conditions(names: list[str], settings: dict, images: np.ndarray, labels: np.ndarray,
+                        space: FeatureSpace | None) -> tuple[dict[str, torch.Tensor], FeatureSpace | None]:
+    """Every condition of every training image, name -> (N, ...), and the feature space if one was needed.
+
+    A new condition is computed here for training, the way
+    sample.request_conditions computes it for a sampling request.
+    `space` is the run's saved space on --resume, else None (fitted here if needed).
+    """
+    cond = {}
+    if "label" in names:
+        cond["label"] = torch.from_numpy(labels)  # (N,) class index
+    if "pos" in names:
+        space = space or fit_space(settings, images)
+        cond["pos"] = torch.from_numpy(space.standardize(space.positions))  # (N, pos_dim)
+    return cond, space
+
+
+def condition_sizes(cond: dict[str, torch.Tensor]) -> dict[str, int]:
+    """The U-Net's `conditions`: an integer condition (N,) has max + 1 categories; a float one (N, d) has width d."""
+    return {name: int(value.max()) + 1 if not value.is_floating_point() else value.shape[1]
+            for name, value in cond.items()}
 
 
 # ---------------------------------------------------------------------------
-# Model and checkpoints
+# The run directory
 # ---------------------------------------------------------------------------
-def build_unet(config: dict) -> UNet:
-    """The U-Net a run's config describes (sample.py rebuilds it the same way)."""
-    inputs = CONDITIONS[config["cond"]]
-    kwargs = dict(config["unet"])
-    kwargs["channel_mults"] = tuple(kwargs["channel_mults"])
-    kwargs["attention_resolutions"] = tuple(kwargs["attention_resolutions"])
-    return UNet(image_channels=config["image_channels"], image_size=config["image_size_model"],
-                num_classes=len(config["class_names"]) if "label" in inputs else None,
-                pos_dim=config["umap_dim"] if "pos" in inputs else None, **kwargs)
+def read_run_dir(out: str) -> tuple[dict | None, dict | None]:
+    """(config.json, checkpoint.pt) of --out, each None when absent; files that are not ours are errors."""
+    config = sample.read_config(out) if os.path.exists(os.path.join(out, "config.json")) else None
+    path = os.path.join(out, "checkpoint.pt")
+    checkpoint = sample.load_checkpoint(path) if os.path.exists(path) else None
+    if config is not None and checkpoint is not None:
+        check_belongs(path, checkpoint.get("run_id", ""), config["run_id"])
+    return config, checkpoint
+
+
+def our_grid_files(out: str) -> list[str]:
+    grids = os.path.join(out, "grids")
+    return [os.path.join(grids, f) for f in os.listdir(grids) if GRID_NAME.fullmatch(f)] if os.path.isdir(grids) else []
+
+
+def remove_run_files(out: str) -> None:
+    """--overwrite: remove only what train.py and sample.py wrote; anything else of the user's stays."""
+    paths = [os.path.join(out, name) for name in RUN_FILES] + our_grid_files(out)
+    samples = os.path.join(out, "samples")
+    if sample.holds_sample_outputs(samples):
+        paths += [os.path.join(samples, name) for name in sample.SAMPLE_FILES]
+    for path in paths:
+        if os.path.isfile(path):
+            os.remove(path)
+    for folder in (os.path.join(out, "grids"), samples):
+        if os.path.isdir(folder) and not os.listdir(folder):
+            os.rmdir(folder)
+
+
+def write_config(config: dict) -> None:
+    write_atomically(os.path.join(config["out"], "config.json"),
+                     lambda f: f.write(json.dumps({k: v for k, v in config.items() if k != "out"}, indent=2).encode()))
 
 
 def save_checkpoint(path: str, checkpoint: dict) -> None:
-    """torch.save to a temporary file, then an atomic rename: a crash never leaves half a checkpoint."""
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(checkpoint, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    """torch.save to path.tmp, then an atomic rename: a kill never leaves half a checkpoint."""
+    write_atomically(path, lambda f: torch.save(checkpoint, f))
 
 
-def load_checkpoint(path: str) -> dict:
-    """Read a checkpoint with weights_only=True (no code runs); anything else is a clear error."""
-    if not os.path.isfile(path):
-        raise RunError(f"{path} not found: train first (python train.py --out {os.path.dirname(path) or '.'})")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # a truncated zip, a foreign pickle, ... all mean the same to the user
-        raise RunError(f"{path} is corrupt or not a checkpoint of this project ({type(error).__name__}); "
-                       "retrain, or resume from an intact copy") from error
-    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
-        raise RunError(f"{path} is not a train.py checkpoint (format {CHECKPOINT_FORMAT} expected)")
-    return checkpoint
+# ---------------------------------------------------------------------------
+# Setting a run up: every check first, then the writes
+# ---------------------------------------------------------------------------
+def prepare(args: argparse.Namespace, typed: set[str], rank: int, world: int) -> dict:
+    """Validate the command, the run directory and the data; fit what is needed; then (rank 0) write.
+
+    Returns what the training loop needs. Raises RunError (and the library's
+    ValueError / FileNotFoundError / WeightsUnavailableError) before touching --out.
+    """
+    out = args.out
+    if args.resume and args.overwrite:
+        raise RunError("pass either --resume or --overwrite, not both")
+    if os.path.isfile(out):
+        raise RunError(f"--out {out} is a file; give a directory")
+    saved, checkpoint = read_run_dir(out) if os.path.isdir(out) else (None, None)
+    settings = {k: v for k, v in vars(args).items() if k not in NOT_SETTINGS}
+    changes = {}
+    if args.resume:
+        if saved is None and checkpoint is None:
+            raise RunError(f"nothing to resume in {out} (no config.json or checkpoint.pt): drop --resume to start a run")
+        saved = saved or checkpoint["config"]  # config.json lost: the checkpoint holds a copy
+        settings, changes = resumed_settings(saved["settings"], args, typed, out)
+    elif saved is not None or checkpoint is not None:
+        if not args.overwrite:
+            raise RunError(f"{out} already holds a run; pass --resume to continue it or --overwrite to replace it")
+        checkpoint = None  # to be replaced, never loaded
+    check_settings(settings)
+
+    images, labels, class_names = sample.load_training_images(settings)
+    digest = sample.data_digest(images, labels, class_names)
+    run_id = make_run_id(settings, digest)
+    if args.resume and digest != saved["data"]["digest"]:
+        raise RunError(f"the training data ({settings['data']}) changed since {out} was trained; "
+                       "resume needs the same images (or start a new run with --overwrite)")
+    space = None
+    if args.resume and checkpoint is not None and saved["space"]:
+        space_path = os.path.join(out, saved["space"])
+        space = FeatureSpace.load(space_path)
+        check_belongs(space_path, space.run_id, run_id)
+
+    n = len(images)
+    if settings["epochs"] is not None:
+        settings["steps"] = math.ceil(settings["epochs"] * n / (settings["batch_size"] * world))
+    cond, space = training_conditions(cond_names(settings["cond"]), settings, images, labels, space) \
+        if rank == 0 else (None, None)
+    if world > 1:
+        shared = [cond]
+        dist.broadcast_object_list(shared, src=0)  # rank 0 computed (and fitted) the conditions
+        cond = shared[0]
+
+    config = dict(format=CONFIG_FORMAT, run_id=run_id, settings=settings,
+                  data=dict(class_names=class_names, num_images=n, image_shape=list(images.shape[1:]), digest=digest),
+                  unet=saved["unet"] if args.resume else unet_kwargs(settings["size"], images.shape[1:],
+                                                                       settings["dropout"], condition_sizes(cond)),
+                  space="space.npz" if space is not None else None, world_size=world,
+                  changes=(saved.get("changes", []) if args.resume else []), out=out)
+    if args.resume and world != saved["world_size"]:
+        raise RunError(f"{out} was trained with {saved['world_size']} processes; resume it with as many")
+    start = checkpoint["step"] if checkpoint is not None else 0
+    if changes:
+        config["changes"] = config["changes"] + [dict(step=start, **changes)]
+    net, ema, optimizer = build_training_state(config, checkpoint)
+
+    if rank == 0:  # everything is checked: now, and only now, --out changes
+        if args.overwrite:
+            remove_run_files(out)
+        os.makedirs(os.path.join(out, "grids"), exist_ok=True)
+        if space is not None and checkpoint is None:
+            space.save(os.path.join(out, "space.npz"), run_id=run_id)
+        write_config(config)
+    return dict(config=config, start=start, images=images, labels=labels, cond=cond, space=space,
+                net=net, ema=ema, optimizer=optimizer)
 
 
-def load_run(run_dir: str, device=None) -> tuple[UNet, Diffusion, dict, FeatureSpace | None]:
-    """The EMA model, diffusion, config and feature space of a finished run (for sample.py)."""
-    config = read_config(run_dir)
-    checkpoint = load_checkpoint(os.path.join(run_dir, "checkpoint.pt"))
-    model = build_unet(config)
-    try:
-        model.load_state_dict(checkpoint["ema"])
-    except (RuntimeError, KeyError) as error:
-        raise RunError(f"{run_dir}/checkpoint.pt does not fit the U-Net in its config.json ({error})") from error
-    model.to(pick_device(device)).eval()
-    space = load_space(run_dir, config) if "pos" in CONDITIONS[config["cond"]] else None
-    return model, Diffusion(beta_schedule(config["schedule"], config["timesteps"])), config, space
+def build_training_state(config: dict, checkpoint: dict | None) -> tuple[nn.Module, nn.Module, torch.optim.Optimizer]:
+    """The U-Net, its EMA copy and AdamW, from the config's stored arguments (and the checkpoint on --resume)."""
+    settings = config["settings"]
+    torch.manual_seed(settings["seed"])
+    net = sample.build_unet(config)
+    ema = sample.build_unet(config).requires_grad_(False)
+    ema.load_state_dict(net.state_dict())
+    optimizer = torch.optim.AdamW(net.parameters(), lr=settings["lr"], weight_decay=settings["weight_decay"])
+    if checkpoint is not None:
+        try:
+            net.load_state_dict(checkpoint["model"])
+            ema.load_state_dict(checkpoint["ema"])
+            optimizer.load_state_dict(checkpoint["optimizer"])
+        except (RuntimeError, KeyError, ValueError) as error:
+            raise RunError(f"{config['out']}/checkpoint.pt does not fit the U-Net in its config.json") from error
+    return net, ema, optimizer
 
 
 # ---------------------------------------------------------------------------
 # The pieces of one optimizer step
 # ---------------------------------------------------------------------------
-class TrainingLoss(nn.Module):
-    """The diffusion loss as a module, so DistributedDataParallel sees one forward per step
-    (with condition dropout, ddpm.Diffusion.loss calls the U-Net twice)."""
-
-    def __init__(self, net: UNet, diffusion: Diffusion, p_uncond: float):
-        super().__init__()
-        self.net, self.diffusion, self.p_uncond = net, diffusion, p_uncond
-
-    def forward(self, x0, cond, generator):
-        return self.diffusion.loss(self.net, x0, cond, self.p_uncond, generator)
+def to_model_range(images: np.ndarray) -> torch.Tensor:
+    """uint8 (N, H, W, C) in [0, 255] -> float (N, C, H, W) in [-1, 1]."""
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
 
 
 def step_seed(seed: int, step: int, rank: int) -> int:
-    """All randomness of one step (timesteps, noise, dropout) comes from this number."""
+    """All randomness of one step (timesteps, noise, condition dropout, U-Net dropout) comes from this number."""
     return (seed * 1_000_003 + step) * 1009 + rank
 
 
@@ -274,9 +397,9 @@ def batch_indices(step: int, n: int, batch: int, seed: int, rank: int, world: in
     return out
 
 
-def learning_rate(step: int, config: dict) -> float:
+def learning_rate(step: int, settings: dict) -> float:
     """Linear warm-up to --lr over --warmup steps, then constant (the report: constant 1e-5)."""
-    return config["lr"] * min(1.0, (step + 1) / max(1, config["warmup"]))
+    return settings["lr"] * min(1.0, (step + 1) / max(1, settings["warmup"]))
 
 
 @torch.no_grad()
@@ -289,175 +412,110 @@ def update_ema(ema: nn.Module, model: nn.Module, decay: float, step: int) -> Non
         e.copy_(b)
 
 
-# ---------------------------------------------------------------------------
-# The run directory
-# ---------------------------------------------------------------------------
-def prepare_out_dir(config: dict) -> None:
-    """Refuse to mix runs: an --out that holds a run needs --resume or --overwrite."""
-    out = config["out"]
-    holds_run = os.path.exists(os.path.join(out, "config.json")) or os.path.exists(os.path.join(out, "checkpoint.pt"))
-    if config["resume"] and config["overwrite"]:
-        raise RunError("pass either --resume or --overwrite, not both")
-    if config["resume"] and not os.path.isfile(os.path.join(out, "checkpoint.pt")):
-        raise RunError(f"nothing to resume: {out}/checkpoint.pt does not exist (drop --resume to start a run)")
-    if holds_run and not (config["resume"] or config["overwrite"]):
-        raise RunError(f"{out} already holds a run; pass --resume to continue it or --overwrite to replace it")
-    if config["overwrite"]:
-        for name in RUN_FILES:  # only what train.py and sample.py write; anything else stays
-            path = os.path.join(out, name)
-            if os.path.isdir(path):
-                shutil.rmtree(path)
-            elif os.path.exists(path):
-                os.remove(path)
-    os.makedirs(os.path.join(out, "grids"), exist_ok=True)
-
-
-def write_config(config: dict) -> None:
-    path = os.path.join(config["out"], "config.json")
-    with open(path + ".tmp", "w") as f:
-        json.dump(config, f, indent=2)
-    os.replace(path + ".tmp", path)
-
-
-def write_grid(run_dir: str, model: UNet, config: dict, space, images, labels, step: int) -> None:
+def write_grid(run: sample.Run, step: int) -> None:
     """A class grid from the EMA model (sample.py does the drawing)."""
-    import sample  # imported here, not at the top: sample.py imports this file
-
-    path = os.path.join(run_dir, "grids", f"step{step:07d}.png")
-    sample.class_grid(model, Diffusion(beta_schedule(config["schedule"], config["timesteps"])), config, space,
-                      images, labels, per_class=8, steps=50, eta=1.0, seed=config["seed"], path=path)
+    _, png = sample.class_grid(run, per_class=8, sampler=GRID_SAMPLER, seed=run.config["settings"]["seed"])
+    write_atomically(os.path.join(run.dir, "grids", f"step{step:07d}.png"), lambda f: f.write(png))
 
 
 # ---------------------------------------------------------------------------
 # Training
 # ---------------------------------------------------------------------------
-def train(config: dict) -> str:
-    """Run (or resume) the training that config describes; returns the run directory."""
-    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    device = pick_device(config["device"])
+def train(run: dict, rank: int, world: int, device: torch.device) -> str:
+    """Run the training that `prepare` set up; returns the run directory."""
+    config, settings = run["config"], run["config"]["settings"]
+    out, main_process, n = config["out"], rank == 0, len(run["images"])
+    x_all = to_model_range(run["images"]).to(device)  # (N, C, H, W) in [-1, 1]
+    cond_all = {name: value.to(device) for name, value in run["cond"].items()}  # name -> (N, ...)
+    net, ema, optimizer = run["net"].to(device), run["ema"].to(device), run["optimizer"]
+    optimizer.load_state_dict(optimizer.state_dict())  # moves the optimizer state to the parameters' device
+    diffusion = Diffusion(beta_schedule(settings["schedule"], settings["timesteps"]))
+    model = torch.compile(net) if settings["compile"] else net
     if world > 1:
-        if device.type == "cuda":
-            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-            torch.cuda.set_device(device)
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    out, main_process = config["out"], rank == 0
+        model = nn.parallel.DistributedDataParallel(model)  # one forward per step: no unused parameters
+    precision = sample.resolve_precision(settings["precision"], device)
+    grid_run = sample.Run(out, config, ema, diffusion, run["space"], run["images"], run["labels"], precision)
+
+    start, last_saved = run["start"], run["start"] or None
     if main_process:
-        prepare_out_dir(config)
-
-    images, labels, class_names = load_training_images(config)
-    n = len(images)
-    if config["epochs"] is not None:
-        config["steps"] = math.ceil(config["epochs"] * n / (config["batch_size"] * world))
-    unet = unet_kwargs(config["size"], images.shape[1])
-    unet["dropout"] = config["dropout"] or unet.get("dropout", 0.0)  # --dropout 0 keeps the size's own
-    config.update(class_names=class_names, image_channels=images.shape[3], image_size_model=images.shape[1],
-                  num_images=n, world_size=world, unet=unet)
-
-    # Method steps 1-2: positions of the training images (rank 0 fits, the others receive them)
-    inputs = CONDITIONS[config["cond"]]
-    space, positions = None, None
-    if "pos" in inputs:
-        if main_process:
-            space = load_space(out, config) if config["resume"] else fit_space(config, images)
-            if not config["resume"]:
-                space.save(os.path.join(out, "space.npz"))
-            positions = torch.from_numpy(space.standardize(space.positions))  # (N, umap_dim)
-        else:
-            positions = torch.empty(n, config["umap_dim"])
-        if world > 1:
-            positions = positions.to(device) if device.type == "cuda" else positions
-            dist.broadcast(positions, 0)
-        positions = positions.to(device)
-    if main_process:
-        write_config(config)
-
-    x_all = to_model_range(images).to(device)  # (N, C, H, W) in [-1, 1]
-    y_all = torch.from_numpy(labels).to(device)  # (N,)
-
-    torch.manual_seed(config["seed"])
-    net = build_unet(config).to(device)
-    ema = build_unet(config).to(device).requires_grad_(False)
-    ema.load_state_dict(net.state_dict())
-    diffusion = Diffusion(beta_schedule(config["schedule"], config["timesteps"]))
-    optimizer = torch.optim.AdamW(net.parameters(), lr=config["lr"], weight_decay=config["weight_decay"])
-    start = 0
-    if config["resume"]:
-        checkpoint = load_checkpoint(os.path.join(out, "checkpoint.pt"))
-        net.load_state_dict(checkpoint["model"])
-        ema.load_state_dict(checkpoint["ema"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        start = checkpoint["step"]
-
-    loss_module = TrainingLoss(torch.compile(net) if config["compile"] else net, diffusion, config["p_uncond"])
-    if world > 1:
-        loss_module = nn.parallel.DistributedDataParallel(loss_module, find_unused_parameters=True)
-
-    def checkpoint_now(step):
-        save_checkpoint(os.path.join(out, "checkpoint.pt"), {
-            "format": CHECKPOINT_FORMAT, "step": step, "config": config, "model": net.state_dict(),
-            "ema": ema.state_dict(), "optimizer": optimizer.state_dict()})
-
-    if main_process:
-        print(f"{config['data']}: {n} images {tuple(images.shape[1:])}, {len(class_names)} classes | cond "
-              f"{config['cond']} | U-Net {config['size']} {count_parameters(net) / 1e6:.2f}M params | "
-              f"{device} x{world} | steps {start}->{config['steps']}", flush=True)
-    bar = tqdm(range(start, config["steps"]), initial=start, total=config["steps"], disable=not main_process,
+        print(f"{settings['data']}: {n} images {tuple(run['images'].shape[1:])}, "
+              f"{len(config['data']['class_names'])} classes | cond {settings['cond']} | U-Net {settings['size']} "
+              f"{count_parameters(net) / 1e6:.2f}M params | {device} x{world} "
+              f"{'bf16' if precision else 'fp32'} | steps {start}->{settings['steps']}", flush=True)
+    bar = tqdm(range(start, settings["steps"]), initial=start, total=settings["steps"], disable=not main_process,
                desc="train", dynamic_ncols=True)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
     tick, images_seen = time.perf_counter(), 0
     for step in bar:
-        seed = step_seed(config["seed"], step, rank)
-        torch.manual_seed(seed)  # dropout
+        seed = step_seed(settings["seed"], step, rank)
+        torch.manual_seed(seed)  # U-Net dropout
         generator = torch.Generator(device).manual_seed(seed)  # timesteps, noise, condition dropout
-        idx = batch_indices(step, n, config["batch_size"], config["seed"], rank, world).to(device)
-        cond = {"label": y_all[idx], "pos": positions[idx] if positions is not None else None}
-        cond = {k: v for k, v in cond.items() if k in inputs}
-
+        idx = batch_indices(step, n, settings["batch_size"], settings["seed"], rank, world).to(device)
         for group in optimizer.param_groups:
-            group["lr"] = learning_rate(step, config)
-        with autocast:
-            loss = loss_module(x_all[idx], cond, generator)
-        reported = loss.detach().float().clone()
+            group["lr"] = learning_rate(step, settings)
+        with autocast(device, precision):
+            loss = diffusion.loss(model, x_all[idx], {k: v[idx] for k, v in cond_all.items()},
+                                  settings["p_uncond"], generator)
+        reported = loss.detach().clone()
         if world > 1:
             dist.all_reduce(reported)
             reported /= world
         if not torch.isfinite(reported):
-            raise RunError(f"the loss became {reported.item()} at step {step}; the last good checkpoint "
-                           f"({out}/checkpoint.pt) is kept. Lower --lr or --grad-clip and --resume")
+            kept = f"{out}/checkpoint.pt (step {last_saved}) is kept" if last_saved else "no checkpoint was written yet"
+            raise RunError(f"the loss became {reported.item()} at step {step}; {kept}. Continue with a lower "
+                           f"learning rate: python train.py --out {out} --resume --lr {settings['lr'] / 4:g}")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        nn.utils.clip_grad_norm_(net.parameters(), config["grad_clip"])
+        nn.utils.clip_grad_norm_(net.parameters(), settings["grad_clip"])
         optimizer.step()
-        update_ema(ema, net, config["ema"], step)
+        update_ema(ema, net, settings["ema"], step)
 
-        images_seen += config["batch_size"] * world
+        images_seen += settings["batch_size"] * world
         done = step + 1
         if main_process:
             if done % 10 == 0:
                 rate = images_seen / (time.perf_counter() - tick)
                 bar.set_postfix(loss=f"{reported.item():.4f}", img_s=f"{rate:.0f}")
-            if done % config["save_every"] == 0 or done == config["steps"]:
-                checkpoint_now(done)
-            if (config["sample_every"] and done % config["sample_every"] == 0) or done == config["steps"]:
-                write_grid(out, ema, config, space, images, labels, done)
+            if done % settings["save_every"] == 0 or done == settings["steps"]:
+                config_now = {k: v for k, v in config.items() if k != "out"}
+                save_checkpoint(os.path.join(out, "checkpoint.pt"), dict(
+                    format=CHECKPOINT_FORMAT, run_id=config["run_id"], step=done, config=config_now,
+                    model=net.state_dict(), ema=ema.state_dict(), optimizer=optimizer.state_dict()))
+                last_saved = done
+            if (settings["sample_every"] and done % settings["sample_every"] == 0) or done == settings["steps"]:
+                write_grid(grid_run, done)
     bar.close()
-    if main_process and start >= config["steps"]:
+    if main_process and start >= settings["steps"]:
         print(f"{out} is already trained to step {start}; raise --steps to train longer")
-    if world > 1:
-        dist.barrier()
-        dist.destroy_process_group()
-    if main_process and config["eval"]:
-        import sample  # see write_grid
-
-        sample.main([out, "--out", os.path.join(out, "samples"), *EVAL_ARGS])
     return out
 
 
+def setup_processes(device_name: str | None) -> tuple[int, int, torch.device]:
+    """(rank, world size, device); under torchrun, join the process group."""
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    device = pick_device(device_name)
+    if world > 1:
+        if device.type == "cuda":
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return rank, world, device
+
+
 def main(argv: list[str] | None = None) -> None:
+    args, typed = parse_args(argv)
     try:
-        train(parse_args(argv))
-    except RunError as error:
-        sys.exit(f"train.py: {error}")
+        rank, world, device = setup_processes(args.device)
+        run = prepare(args, typed, rank, world)
+        train(run, rank, world, device)
+    except (RunError, ValueError, FileNotFoundError, WeightsUnavailableError) as error:
+        sys.exit(f"train.py: {' '.join(str(error).split())}")
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    if rank == 0 and args.eval:
+        settings = run["config"]["settings"]
+        sample.main([args.out, "--out", os.path.join(args.out, "samples"), "--references", "2", "--eval",
+                     "--precision", settings["precision"], *(["--device", settings["device"]] if settings["device"] else [])])
 
 
 if __name__ == "__main__":
