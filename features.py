@@ -192,9 +192,9 @@ def create_pretrained(name: str, **kwargs) -> torch.nn.Module:
 
 
 def first_line(error: BaseException) -> str:
-    """The first line of an error message, shortened (library errors run to many lines)."""
+    """The first sentence of an error message (library errors run to many lines)."""
     lines = str(error).strip().splitlines()
-    return (lines[0] if lines else "")[:200]
+    return (lines[0] if lines else "").split(". ")[0][:200]
 
 
 STATE_DICT_NESTING = ("state_dict", "model", "state_dict_ema")  # where training checkpoints keep the weights
@@ -226,8 +226,9 @@ def read_state_dict(path: str) -> dict[str, torch.Tensor]:
             raise ValueError(
                 f"{path} holds pickled objects, not plain tensors; it is refused because loading it could run code"
             ) from None
-        reason = "" if "weights_only" in str(error) else f": {type(error).__name__}: {first_line(error)}"
-        raise ValueError(f"{path} is not a readable .safetensors or torch weights file (damaged?{reason})") from None
+        reason = "damaged, or another format" if "weights_only" in str(error) else (
+            f"{type(error).__name__}: {first_line(error)}")
+        raise ValueError(f"{path} is not a readable .safetensors or torch weights file ({reason})") from None
     while isinstance(state, dict):  # unwrap {"state_dict": {...}, "epoch": 3} and the like
         nested = next((state[key] for key in STATE_DICT_NESTING if isinstance(state.get(key), dict)), None)
         if nested is None:
