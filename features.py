@@ -1,4 +1,4 @@
-"""Where an image sits in a pretrained feature space: its `umap_loc`.
+"""Where an image sits in a pretrained feature space: its position `pos` (the report's `umap_loc`).
 
 The paper's new condition (PAPER.md, Method steps 1, 2 and 4):
 
@@ -6,7 +6,7 @@ The paper's new condition (PAPER.md, Method steps 1, 2 and 4):
    V2 (timm `swinv2_base_window12to16_192to256.ms_in22k_ft_in1k`); its pooled
    features are a 1,024-d vector f(x)                 -> `extract_features`
 2. UMAP (McInnes et al. 2018, umap-learn), fitted on the training features,
-   maps each f(x) to a 20-d position u(x), the image's `umap_loc`
+   maps each f(x) to a 20-d position u(x), the image's `pos`
                                                        -> `FeatureSpace.fit`
 4. a reference image's position comes from the same fitted UMAP
                                                        -> `FeatureSpace.transform`
@@ -516,7 +516,7 @@ class FeatureSpace:
         if n_components is not None and n_components != saved_components:
             raise ValueError(
                 f"{path} is {saved_components}-dimensional, not {n_components}: "
-                f"use --umap-dim {saved_components}, or train a new run (--overwrite)"
+                f"use --pos-dim {saved_components}, or train a new run (--overwrite)"
             )
         return cls(features, positions, params, saved_backbone, run_id=str(stored["run_id"]))
 
