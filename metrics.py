@@ -83,7 +83,7 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
                          f"{sigma1.shape}, {mu2.shape}, {sigma2.shape}")
     if not all(np.isfinite(a).all() for a in (mu1, sigma1, mu2, sigma2)):
         raise ValueError("the means or covariances contain NaN or infinite values")
-    for offset in (0.0, eps):
+    for offset in (0.0, eps):  # as pytorch-fid: once more with eps on the diagonals if the root is not finite
         shift = offset * np.eye(d)
         try:
             roots, s1_roots = sqrt_eigenvalues(sigma1 + shift, sigma2 + shift)
@@ -421,7 +421,7 @@ def load_image_set(path: str, image_size=None) -> tuple[np.ndarray, np.ndarray |
         images, labels, names = ((data.read_images(flat, image_size), None, None) if flat else
                                  data.load_image_folder(path, None, image_size, 0, None))
     elif not os.path.isfile(path):
-        raise ValueError(f"{path} does not exist")
+        raise ValueError(f"{path} does not exist: give a folder of images or a .npz file")
     elif not path.endswith(".npz"):
         raise ValueError(f"{path} is neither a folder of images nor a .npz file")
     else:

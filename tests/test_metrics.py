@@ -200,6 +200,9 @@ def test_is_of_balanced_confident_predictions_is_k_even_when_sorted(scale):
     assert np.isfinite(mean) and np.isfinite(std)
     assert 0.9 * k < mean <= k and std < 0.5
     assert inception_score(logits, splits=10) == inception_score(logits, splits=10)  # fixed seed
+    # balanced within every split: exactly k
+    interleaved = np.tile(np.eye(k) * scale, (100, 1))
+    assert inception_score(interleaved, splits=1)[0] == pytest.approx(k, rel=1e-9)
 
 
 def test_is_is_invariant_to_permuting_classes_and_matches_the_formula():
