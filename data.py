@@ -108,7 +108,7 @@ def choose_per_class(labels: np.ndarray, per_class: int, seed: int, class_names:
         smallest = int(np.argmin(counts))
         raise ValueError(
             f"class {class_names[smallest]!r} has {counts[smallest]} images, fewer than "
-            f"per_class={per_class}: pass --per-class {counts[smallest]} or less"
+            f"the {per_class} asked for: pass --per-class {counts[smallest]} or less"
         )
     rng = np.random.default_rng(seed)
     chosen = [rng.choice(np.flatnonzero(labels == k), size=per_class, replace=False)
@@ -319,7 +319,7 @@ def read_images(paths: list[str], image_size: int | None = None, channels: int |
             if picture.size != (width, height):
                 raise ValueError(
                     f"{path} is {picture.size[0]}x{picture.size[1]} but {paths[0]} is {width}x{height}: "
-                    "pass --image-size N (image_size=N in Python) to resize them all to N x N"
+                    "pass --image-size N to resize them all to N x N"
                 )
     else:
         width = height = image_size

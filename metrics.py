@@ -261,8 +261,9 @@ def inception_network(weights=None) -> FeatureNetwork:
     try:  # torchvision's file also holds the auxiliary classifier, which timm's model lacks
         model = create_backbone(INCEPTION_MODEL, None if weights is None else str(weights), keep_head=True,
                                 ignore_prefixes=("AuxLogits.",))
-    except WeightsUnavailableError as error:  # features.py's advice is for its own command line
-        raise WeightsUnavailableError(str(error).replace("--backbone pixels", "--features classifier")) from None
+    except WeightsUnavailableError as error:  # features.py's advice names train.py's flags; ours differ
+        advice = str(error).replace("--weights PATH", "--inception-weights PATH")
+        raise WeightsUnavailableError(advice.replace("--backbone pixels", "--features classifier")) from None
     cfg = model.pretrained_cfg
     return FeatureNetwork("inception", model, INCEPTION_SIZE, cfg["mean"], cfg["std"], batch_size=32)
 
@@ -460,7 +461,7 @@ def main(argv=None) -> int:
     parser.add_argument("real")
     parser.add_argument("generated", help="e.g. sample.py's samples.npz")
     parser.add_argument("--features", choices=("inception", "classifier"), default="inception")
-    parser.add_argument("--weights", help="local Inception weights file (offline use)")
+    parser.add_argument("--inception-weights", help="local Inception weights file (offline use)")
     parser.add_argument("--classifier", help="classifier file: read if it exists, else trained on REAL "
                         "(which then needs labels) and saved here (default: under .cache/metrics/)")
     parser.add_argument("--splits", type=int, default=10, help="IS splits (default 10, at most N)")
@@ -482,7 +483,7 @@ def main(argv=None) -> int:
         real, real_labels, real_names = load_image_set(args.real, args.image_size)
         generated, labels, names = load_image_set(args.generated, args.image_size)
         if args.features == "inception":
-            net, labels = load_feature_network("inception", weights=args.weights, device=args.device), None
+            net, labels = load_feature_network("inception", weights=args.inception_weights, device=args.device), None
         else:
             path = args.classifier
             if path is None and real_labels is not None:

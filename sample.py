@@ -233,7 +233,8 @@ def generate(run: Run, count: int, cond: dict[str, np.ndarray], sampler: dict, s
         b = min(batch_size, count - start)
         with autocast(device, run.precision):
             x = run.diffusion.sample(run.model, (b, *shape), cond=part, steps=None if sampler["ddpm"] else sampler["steps"],
-                                     eta=sampler["eta"], guidance=sampler["guidance"], generator=generator, device=device)
+                                     eta=sampler["eta"], guidance=sampler["guidance"], generator=generator, device=device,
+                                     progress=True)
         out.append(to_uint8(x))
     return np.concatenate(out)
 

@@ -93,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--schedule", default="linear", choices=SCHEDULES)
     g.add_argument("--timesteps", type=int, default=1000)
     g = p.add_argument_group("optimisation")
-    g.add_argument("--steps", type=int, default=1000, help="optimizer steps (may be raised on --resume)")
+    g.add_argument("--steps", type=int, default=2000, help="optimizer steps (may be raised on --resume)")
     g.add_argument("--epochs", type=float, default=None, help="train this many epochs instead of --steps")
     g.add_argument("--batch-size", type=int, default=64, help="images per step (per process under torchrun)")
     g.add_argument("--lr", type=float, default=2e-3)

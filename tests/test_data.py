@@ -166,7 +166,7 @@ def test_per_class_draws_n_of_each_class_reproducibly():
 
 
 def test_per_class_larger_than_available_is_a_clear_error():
-    with pytest.raises(ValueError, match="fewer than per_class=501"):
+    with pytest.raises(ValueError, match="fewer than the 501 asked for: pass --per-class 500"):
         load_dataset("mnist-sample", per_class=501)
 
 
@@ -217,14 +217,14 @@ def test_image_folder_per_class(tmp_path):
             save_image(tmp_path / c / f"{i}.png", np.full((4, 4), 10 * i, np.uint8))
     x, y, _ = load_dataset(str(tmp_path), per_class=2, seed=1)
     assert x.shape == (4, 4, 4, 1) and y.tolist() == [0, 0, 1, 1]
-    with pytest.raises(ValueError, match="fewer than per_class=6"):
+    with pytest.raises(ValueError, match="fewer than the 6 asked for: pass --per-class 5 or less"):
         load_dataset(str(tmp_path), per_class=6)
 
 
 def test_image_folder_mixed_sizes_need_image_size(tmp_path):
     save_image(tmp_path / "a" / "0.png", np.zeros((8, 8), np.uint8))
     save_image(tmp_path / "a" / "1.png", np.zeros((9, 8), np.uint8))
-    with pytest.raises(ValueError, match="image_size"):
+    with pytest.raises(ValueError, match="pass --image-size N"):
         load_dataset(str(tmp_path))
 
 

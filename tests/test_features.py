@@ -329,7 +329,7 @@ def test_load_refuses_another_backbone_or_dimension(small_space, tmp_path):
     small_space.save(path)
     with pytest.raises(ValueError, match=f"'pixels' features, not '{TINY}': use --backbone pixels"):
         FeatureSpace.load(path, backbone=TINY)
-    with pytest.raises(ValueError, match="20-dimensional, not 2: use --umap-dim 20"):
+    with pytest.raises(ValueError, match="20-dimensional, not 2: use --pos-dim 20"):
         FeatureSpace.load(path, n_components=2)
 
 

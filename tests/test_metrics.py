@@ -422,7 +422,7 @@ def test_inception_without_weights_offline_is_one_clear_error(monkeypatch):
         raise AssertionError("random weights must not be used")
 
     monkeypatch.setattr(timm, "create_model", offline)
-    with pytest.raises(metrics.WeightsUnavailableError, match="--weights PATH") as error:
+    with pytest.raises(metrics.WeightsUnavailableError, match="--inception-weights PATH") as error:
         load_feature_network("inception")
     message = str(error.value)
     assert "\n" not in message and "--features classifier" in message and "--backbone" not in message
@@ -454,7 +454,7 @@ def test_inception_offline_uses_the_hub_cache_and_fails_fast_without_it(tmp_path
     assert hub.HF_HUB_OFFLINE is False  # offline mode only for the call
     cached.unlink()
     start = time.perf_counter()
-    with pytest.raises(metrics.WeightsUnavailableError, match="--weights PATH"):
+    with pytest.raises(metrics.WeightsUnavailableError, match="--inception-weights PATH"):
         load_feature_network("inception")
     assert time.perf_counter() - start < 20  # no minute of retries
     assert hub.HF_HUB_OFFLINE is False
@@ -575,7 +575,7 @@ def test_cli_with_inception_and_a_local_weights_file(tmp_path, inception_weights
     np.savez(tmp_path / "a.npz", images=rng.integers(0, 256, (3, 32, 32, 3), dtype=np.uint8))
     np.savez(tmp_path / "b.npz", images=rng.integers(0, 256, (3, 32, 32, 3), dtype=np.uint8),
              labels=np.arange(3))
-    assert metrics.main([str(tmp_path / "a.npz"), str(tmp_path / "b.npz"), "--weights",
+    assert metrics.main([str(tmp_path / "a.npz"), str(tmp_path / "b.npz"), "--inception-weights",
                          str(inception_weights), "--json", "--device", "cpu"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert np.isfinite(result["fid"]) and result["is_splits"] == 3
@@ -647,7 +647,7 @@ def test_cli_user_errors_are_one_line_naming_the_file_or_flag_and_exit_2(tmp_pat
     elif case == "garbage-weights":
         other = good
         (tmp_path / "x.pt").write_bytes(np.random.default_rng(1).bytes(4096))
-        extra = ["--weights", str(tmp_path / "x.pt")]
+        extra = ["--inception-weights", str(tmp_path / "x.pt")]
     else:
         other = good
         extra = {"splits-zero": ["--splits", "0"], "negative-batch-size": ["--batch-size", "-1"],
@@ -668,4 +668,4 @@ def test_cli_subprocess_offline_inception_is_one_line_exit_2(tmp_path):
     done = run_cli(tmp_path / "a.npz", tmp_path / "a.npz", env=env)
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and "--weights PATH" in lines[0] and "Traceback" not in done.stderr
+    assert len(lines) == 1 and "--inception-weights PATH" in lines[0] and "Traceback" not in done.stderr
