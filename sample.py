@@ -36,6 +36,7 @@ import sys
 import numpy as np
 import torch
 from PIL import Image
+from tqdm.auto import tqdm
 
 import metrics
 from data import choose_per_class, load_dataset, open_image, write_atomically
@@ -221,20 +222,20 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
 
 @torch.no_grad()
 def generate(run: Run, count: int, cond: dict[str, np.ndarray], sampler: dict, seed: int,
-             batch_size: int = 500) -> np.ndarray:
+             batch_size: int = 64) -> np.ndarray:
     """`count` images for the conditions cond (name -> (count, ...) arrays); sampler = dict(steps, eta, guidance,
-    ddpm) -> uint8 (count, H, W, C)."""
+    ddpm) -> uint8 (count, H, W, C). Batches of 64 (128 rows with guidance): on a 2-core CPU they run about
+    twice as fast per image as batches of 500."""
     device = run.device
     generator = torch.Generator(device).manual_seed(seed)
     shape = (run.model.image_channels, run.model.image_size, run.model.image_size)
     out = []
-    for start in range(0, count, batch_size):
+    for start in tqdm(range(0, count, batch_size), desc=f"sampling {count}", unit="batch", leave=False):
         part = {name: torch.as_tensor(value[start:start + batch_size], device=device) for name, value in cond.items()}
         b = min(batch_size, count - start)
         with autocast(device, run.precision):
             x = run.diffusion.sample(run.model, (b, *shape), cond=part, steps=None if sampler["ddpm"] else sampler["steps"],
-                                     eta=sampler["eta"], guidance=sampler["guidance"], generator=generator, device=device,
-                                     progress=True)
+                                     eta=sampler["eta"], guidance=sampler["guidance"], generator=generator, device=device)
         out.append(to_uint8(x))
     return np.concatenate(out)
 
