@@ -266,9 +266,8 @@ def remove_run_files(out: str) -> None:
             os.rmdir(folder)
 
 
-def write_config(config: dict) -> None:
-    write_atomically(os.path.join(config["out"], "config.json"),
-                     lambda f: f.write(json.dumps({k: v for k, v in config.items() if k != "out"}, indent=2).encode()))
+def write_config(out: str, config: dict) -> None:
+    write_atomically(os.path.join(out, "config.json"), lambda f: f.write(json.dumps(config, indent=2).encode()))
 
 
 def save_checkpoint(path: str, checkpoint: dict) -> None:
@@ -331,13 +330,13 @@ def prepare(args: argparse.Namespace, typed: set[str], rank: int, world: int) ->
                   unet=saved["unet"] if args.resume else unet_kwargs(settings["size"], images.shape[1:],
                                                                        settings["dropout"], condition_sizes(cond)),
                   space="space.npz" if space is not None else None, world_size=world,
-                  changes=(saved.get("changes", []) if args.resume else []), out=out)
+                  changes=(saved.get("changes", []) if args.resume else []))
     if args.resume and world != saved["world_size"]:
         raise RunError(f"{out} was trained with {saved['world_size']} processes; resume it with as many")
     start = checkpoint["step"] if checkpoint is not None else 0
     if changes:
         config["changes"] = config["changes"] + [dict(step=start, **changes)]
-    net, ema, optimizer = build_training_state(config, checkpoint)
+    net, ema, optimizer = build_training_state(out, config, checkpoint)
 
     if rank == 0:  # everything is checked: now, and only now, --out changes
         if args.overwrite:
@@ -345,12 +344,12 @@ def prepare(args: argparse.Namespace, typed: set[str], rank: int, world: int) ->
         os.makedirs(os.path.join(out, "grids"), exist_ok=True)
         if space is not None and checkpoint is None:
             space.save(os.path.join(out, "space.npz"), run_id=run_id)
-        write_config(config)
-    return dict(config=config, start=start, images=images, labels=labels, cond=cond, space=space,
+        write_config(out, config)
+    return dict(out=out, config=config, start=start, images=images, labels=labels, cond=cond, space=space,
                 net=net, ema=ema, optimizer=optimizer)
 
 
-def build_training_state(config: dict, checkpoint: dict | None) -> tuple[nn.Module, nn.Module, torch.optim.Optimizer]:
+def build_training_state(out: str, config: dict, checkpoint: dict | None) -> tuple[nn.Module, nn.Module, torch.optim.Optimizer]:
     """The U-Net, its EMA copy and AdamW, from the config's stored arguments (and the checkpoint on --resume)."""
     settings = config["settings"]
     torch.manual_seed(settings["seed"])
@@ -364,7 +363,7 @@ def build_training_state(config: dict, checkpoint: dict | None) -> tuple[nn.Modu
             ema.load_state_dict(checkpoint["ema"])
             optimizer.load_state_dict(checkpoint["optimizer"])
         except (RuntimeError, KeyError, ValueError) as error:
-            raise RunError(f"{config['out']}/checkpoint.pt does not fit the U-Net in its config.json") from error
+            raise RunError(f"{out}/checkpoint.pt does not fit the U-Net in its config.json") from error
     return net, ema, optimizer
 
 
@@ -424,7 +423,7 @@ def write_grid(run: sample.Run, step: int) -> None:
 def train(run: dict, rank: int, world: int, device: torch.device) -> str:
     """Run the training that `prepare` set up; returns the run directory."""
     config, settings = run["config"], run["config"]["settings"]
-    out, main_process, n = config["out"], rank == 0, len(run["images"])
+    out, main_process, n = run["out"], rank == 0, len(run["images"])
     x_all = to_model_range(run["images"]).to(device)  # (N, C, H, W) in [-1, 1]
     cond_all = {name: value.to(device) for name, value in run["cond"].items()}  # name -> (N, ...)
     net, ema, optimizer = run["net"].to(device), run["ema"].to(device), run["optimizer"]
@@ -476,9 +475,8 @@ def train(run: dict, rank: int, world: int, device: torch.device) -> str:
                 rate = images_seen / (time.perf_counter() - tick)
                 bar.set_postfix(loss=f"{reported.item():.4f}", img_s=f"{rate:.0f}")
             if done % settings["save_every"] == 0 or done == settings["steps"]:
-                config_now = {k: v for k, v in config.items() if k != "out"}
                 save_checkpoint(os.path.join(out, "checkpoint.pt"), dict(
-                    format=CHECKPOINT_FORMAT, run_id=config["run_id"], step=done, config=config_now,
+                    format=CHECKPOINT_FORMAT, run_id=config["run_id"], step=done, config=config,
                     model=net.state_dict(), ema=ema.state_dict(), optimizer=optimizer.state_dict()))
                 last_saved = done
             if (settings["sample_every"] and done % settings["sample_every"] == 0) or done == settings["steps"]:
