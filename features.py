@@ -60,7 +60,9 @@ def extract_features(
 ) -> np.ndarray:
     """Feature vectors of uint8 images (N, H, W, C) -> float32 (N, D).
 
-    backbone: "pixels" (flattened pixels in [0, 1]) or any timm model name.
+    backbone: "pixels" (flattened pixels in [0, 1]), "classifier" (the 128-d
+      penultimate features of a small digit classifier saved by metrics.py,
+      given as `weights`: a semantic space) or any timm model name.
     weights: see `create_backbone` (None: the hub; a path: a local file;
       "random": seeded random weights, tests only).
     cache_dir: backbone features are saved there as .npy, keyed by the
@@ -73,6 +75,8 @@ def extract_features(
         )
     if backbone == "pixels":
         return pixel_features(images)
+    if backbone == "classifier":
+        return classifier_features(images, weights)
     if weights not in (None, "random") and not os.path.isfile(weights):
         raise FileNotFoundError(f"weights file {weights} not found (--weights PATH needs a local file)")
     cache = cache_dir and os.path.join(cache_dir, cache_name(images, backbone, weights))
@@ -90,6 +94,19 @@ def extract_features(
 def pixel_features(images: np.ndarray) -> np.ndarray:
     """(N, H, W, C) uint8 -> (N, H*W*C) float32 in [0, 1]."""
     return images.reshape(len(images), -1).astype(np.float32) / 255.0
+
+
+def classifier_features(images: np.ndarray, weights: str | None) -> np.ndarray:
+    """(N, H, W, C) uint8 -> (N, 128) float32: the penultimate layer of a classifier file written by
+    metrics.save_classifier. Its distances follow the labels it was trained on, not the pixels."""
+    if weights is None:
+        raise FileNotFoundError("--backbone classifier needs --weights FILE, a classifier saved by metrics.py "
+                                "(metrics.py REAL GENERATED --features classifier --classifier FILE)")
+    if not os.path.isfile(weights):
+        raise FileNotFoundError(f"--weights {weights}: file not found (the classifier of --backbone classifier)")
+    import metrics  # metrics.py imports this module, so on use
+
+    return metrics.load_classifier(weights).features_and_logits(images)[0].astype(np.float32)
 
 
 def create_backbone(

@@ -21,7 +21,7 @@ where the hardware runs it natively, and a run directory that can be resumed:
     runs/NAME/config.json     every setting, the U-Net's arguments, the data's digest, the run id
     runs/NAME/checkpoint.pt   model, EMA, optimizer, step, config (written atomically)
     runs/NAME/space.npz       the fitted feature space (when a condition needs one)
-    runs/NAME/grids/          a class grid every --sample-every steps
+    runs/NAME/grids/          the class grid at the end (and every --sample-every steps)
 
 The three files carry the same run id (a digest of the settings that define
 the run and of the training images), so parts of different runs are never
@@ -84,7 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--image-size", type=int, default=None, help="resize images to this size")
     g.add_argument("--channels", type=int, default=None, choices=(1, 3), help="force grey (1) or RGB (3)")
     g.add_argument("--cond", default="label+pos", help="conditions joined by +: label, pos; or none")
-    g.add_argument("--backbone", default="pixels", help="pixels, or a timm model name (the report: swinv2_base_...)")
+    g.add_argument("--backbone", default="pixels",
+                   help="pixels, classifier (--weights FILE: a metrics.py classifier), or a timm model name "
+                   "(the report: swinv2_base_...)")
     g.add_argument("--weights", default=None, help="local weights file for the backbone (offline use)")
     g.add_argument("--pos-dim", type=int, default=20, help="dimension of the UMAP position (the report: 20)")
     g = p.add_argument_group("model and diffusion")
@@ -108,7 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--precision", default="auto", choices=PRECISIONS,
                    help="auto: bf16 autocast where the hardware runs it natively (CUDA, AVX512-BF16/AMX CPUs), else fp32")
     g.add_argument("--save-every", type=int, default=250, help="checkpoint every N steps")
-    g.add_argument("--sample-every", type=int, default=1000, help="class grid every N steps (0: only at the end)")
+    g.add_argument("--sample-every", type=int, default=0,
+                   help="also a class grid every N steps (0: only the one at the end)")
     g.add_argument("--eval", action="store_true", help="at the end, run sample.py --references 2 --eval")
     g.add_argument("--compile", action="store_true", help="torch.compile the U-Net (GPU)")
     return p
@@ -151,6 +154,9 @@ def check_settings(s: dict) -> None:
             raise RunError(f"--cond {s['cond']}: {error}") from error
     if s["weights"] is not None and s["backbone"] != "pixels" and not os.path.isfile(s["weights"]):
         raise RunError(f"--weights {s['weights']}: file not found")
+    if s["backbone"] == "classifier" and s["weights"] is None:
+        raise RunError("--backbone classifier needs --weights FILE, a classifier saved by metrics.py "
+                       "(metrics.py ... --features classifier --classifier FILE)")
 
 
 def cond_names(cond: str) -> list[str]:

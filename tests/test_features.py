@@ -220,6 +220,26 @@ def test_unknown_backbone_is_a_clear_error(digits):
         extract_features(digits, "no_such_net", cache_dir=None)
 
 
+def test_the_reports_full_size_swinv2_through_extraction_fit_and_transform(mnist_sample, tmp_path):
+    """The report's backbone as train.py and sample.py use it, with random weights (the hub's are out of reach
+    here): 24 training digits and 2 references at 256 px, so only the pretrained weights are missing."""
+    from features import PAPER_BACKBONE
+
+    images, labels, _ = mnist_sample
+    train, references = images[:24], images[100:102]
+    f = extract_features(train, PAPER_BACKBONE, weights="random", batch_size=8, cache_dir=str(tmp_path))
+    assert f.shape == (24, 1024) and np.isfinite(f).all()  # SwinV2-base's pooled features
+    space = FeatureSpace.fit(f, n_components=20, n_neighbors=5, backbone=PAPER_BACKBONE)
+    path = str(tmp_path / "space.npz")
+    space.save(path)
+    loaded = FeatureSpace.load(path, backbone=PAPER_BACKBONE, n_components=20)
+    r = extract_features(references, PAPER_BACKBONE, weights="random", cache_dir=str(tmp_path))
+    positions = loaded.standardize(loaded.transform(r))
+    assert positions.shape == (2, 20) and np.isfinite(positions).all()
+    # the cache answers the training images' second extraction (sample.py places training references)
+    np.testing.assert_array_equal(extract_features(train, PAPER_BACKBONE, weights="random", cache_dir=str(tmp_path)), f)
+
+
 # ---------------------------------------------------------------- UMAP space
 def test_fit_gives_positions_and_their_statistics(small_space):
     assert small_space.positions.dtype == np.float32 and small_space.positions.shape == (300, 20)

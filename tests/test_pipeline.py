@@ -71,6 +71,24 @@ def test_every_condition_writes_a_run_directory(folder, tmp_path, cond):
     assert sample.build_unet(config).conditions == run.model.conditions  # rebuilt from the stored arguments alone
 
 
+def test_positions_from_a_classifiers_features(folder, tmp_path):
+    """--backbone classifier --weights FILE: a semantic space, fitted at training and used again at sampling."""
+    import metrics
+    from data import load_dataset
+
+    images, labels, _ = load_dataset(folder)
+    weights = str(tmp_path / "features.pt")
+    metrics.save_classifier(metrics.train_classifier(images, labels, steps=5, batch_size=8), weights)
+    out = tmp_path / "run"
+    train.main(tiny(folder, out, "--cond", "label+pos", "--backbone", "classifier", "--weights", weights))
+    run = sample.load_run(str(out))
+    assert run.space.features.shape == (40, 128)  # the classifier's penultimate layer, not the 64 pixels
+    cond = sample.request_conditions(run, labels[:3], images[:3])
+    assert cond["pos"].shape == (3, 20) and np.isfinite(cond["pos"]).all()
+    os.remove(weights)
+    fails(sample, [str(out), "--out", str(tmp_path / "s")], r"--weights \S+features.pt: file not found")
+
+
 @pytest.fixture(scope="module")
 def run_dir(folder, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "lu"
@@ -289,6 +307,7 @@ def test_a_kill_during_a_save_leaves_one_stray_file_that_the_next_save_replaces(
     (["--p-uncond", "1"], r"--p-uncond must lie in \[0, 1\)"),
     (["--per-class", "30"], "--per-class"),
     (["--image-size", "0"], "--image-size must be a positive number"),
+    (["--backbone", "classifier"], "--backbone classifier needs --weights FILE"),
 ])
 def test_bad_settings_are_one_line_errors_before_any_write(folder, tmp_path, extra, match):
     fails(train, tiny(folder, tmp_path / "x", *extra), match)
