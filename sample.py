@@ -322,8 +322,8 @@ def samples_npz(part: dict) -> bytes:
     the training image whose conditions were asked for (-1: none or a user's file), and cond_<name>
     for every condition the model saw (e.g. cond_label (N,), cond_pos (N, 20))."""
     buffer = io.BytesIO()
-    np.savez(buffer, images=part["images"], labels=part["labels"], reference=part["reference"],
-             **{f"cond_{name}": value for name, value in part["cond"].items()})
+    np.savez_compressed(buffer, images=part["images"], labels=part["labels"], reference=part["reference"],
+                        **{f"cond_{name}": value for name, value in part["cond"].items()})
     return buffer.getvalue()
 
 
