@@ -1,6 +1,6 @@
 """The paper's experiment, rerun on a CPU with the embedded MNIST sample: one command.
 
-    python experiment.py                                # every section (about 2 hours on 2 CPU cores)
+    python experiment.py                                # every section (about 1 h 45 min on 2 CPU cores)
     python experiment.py --sections compare control     # some of them
 
 Four sections, each answering one question of PAPER.md (results in --out,
