@@ -29,17 +29,17 @@ def matmul_gflops(dtype: torch.dtype, device: str = "cpu", n: int = 2048, repeat
     return 2 * n ** 3 / timed(lambda: a @ b, repeat) / 1e9
 
 
-def small_unet_setup(batch: int = 64, device: str = "cpu"):
-    """The quick run's U-Net (train.py --size small, label+pos, 28x28), its diffusion, optimizer and a batch."""
+def unet_setup(size: str = "small", batch: int = 64, device: str = "cpu"):
+    """A U-Net of train.py's --size (label+pos, 28x28), its diffusion, AdamW and a random batch of `batch`."""
     from ddpm import Diffusion, beta_schedule
     from train import unet_kwargs
     from unet import UNet
 
     torch.manual_seed(0)
-    net = UNet(**unet_kwargs("small", (28, 28, 1), None, {"label": 10, "pos": 20})).to(device)
+    net = UNet(**unet_kwargs(size, (28, 28, 1), None, {"label": 10, "pos": 20})).to(device)
     diffusion = Diffusion(beta_schedule("linear", 1000))
     opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
-    x0 = torch.randn(batch, 1, 28, 28, device=device)
+    x0 = torch.randn(batch, 1, 28, 28, device=device)  # (B, 1, 28, 28)
     cond = {"label": torch.randint(0, 10, (batch,), device=device), "pos": torch.randn(batch, 20, device=device)}
     return net, diffusion, opt, x0, cond
 
@@ -57,7 +57,7 @@ def bench_diffusion() -> None:
     from sample import autocast, native_bf16
     from unet import count_parameters
 
-    net, diffusion, opt, x0, cond = small_unet_setup()
+    net, diffusion, opt, x0, cond = unet_setup()
     cpu = torch.device("cpu")
 
     def train_step():
@@ -153,10 +153,8 @@ def bench_gpu() -> None:
     import os
     import subprocess
 
-    from ddpm import Diffusion, beta_schedule
     from sample import autocast
-    from train import unet_kwargs
-    from unet import UNet, count_parameters
+    from unet import count_parameters
 
     if not torch.cuda.is_available():
         sys.exit("bench.py gpu: no CUDA device here (this check is for a GPU machine)")
@@ -165,13 +163,8 @@ def bench_gpu() -> None:
     print(f"bf16 matmul 8192^2: {matmul_gflops(torch.bfloat16, 'cuda', 8192, 20) / 1e3:.0f} TFLOP/s")
     batch = 256
     for compiled in (False, True):
-        torch.manual_seed(0)
-        net = UNet(**unet_kwargs("paper", (28, 28, 1), None, {"label": 10, "pos": 20})).to(device)
+        net, diffusion, opt, x0, cond = unet_setup("paper", batch, device)
         model = torch.compile(net) if compiled else net
-        diffusion = Diffusion(beta_schedule("linear", 1000))
-        opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
-        x0 = torch.randn(batch, 1, 28, 28, device=device)
-        cond = {"label": torch.randint(0, 10, (batch,), device=device), "pos": torch.randn(batch, 20, device=device)}
 
         def train_step():
             opt.zero_grad(set_to_none=True)

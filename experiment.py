@@ -143,8 +143,7 @@ def protocol_requests(run: sample.Run, protocol: str, seed: int = 0) -> tuple[np
     want = np.repeat(np.arange(10), N_EVAL // 10)  # (N_EVAL,)
     if protocol == "per-class":
         return want, sample.draw_references(run.labels, 1, seed)[want]
-    rng = np.random.default_rng(seed)
-    return want, np.array([rng.choice(np.flatnonzero(run.labels == c)) for c in want])
+    return want, sample.reference_of_each(run.labels, want, np.random.default_rng(seed))
 
 
 def compare(runs: str, out: str, scorer: Scorer) -> dict:
@@ -159,7 +158,7 @@ def compare(runs: str, out: str, scorer: Scorer) -> dict:
                 part = sample.make_part(run, want, run.images[refs], refs, SAMPLER, seed=0)
                 save_npz(os.path.join(out, "compare", f"{name}-{protocol}", "samples.npz"), part)
                 result["runs"].setdefault(name, {})[protocol] = scorer.score(part["images"], want)
-                if seed == 0 and protocol == "per-class" or (seed == 0 and not run.space):
+                if seed == 0 and (protocol == "per-class" or not run.space):  # the grids' sets
                     rows[stem] = part["images"].reshape(10, N_EVAL // 10, *part["images"].shape[1:])[:, :10]
                 print(name, protocol, json.dumps(result["runs"][name][protocol]), flush=True)
             if stem == "label-pos" and seed == 0:
@@ -270,8 +269,8 @@ def boundary_requests(run: sample.Run, seed: int) -> tuple[dict, np.ndarray, np.
     rng = np.random.default_rng(seed)
     want = np.repeat(np.arange(10), N_AUGMENT // 10)
     partner = (want + rng.integers(1, 10, len(want))) % 10
-    a = np.array([rng.choice(np.flatnonzero(run.labels == c)) for c in want])
-    b = np.array([rng.choice(np.flatnonzero(run.labels == c)) for c in partner])
+    a = sample.reference_of_each(run.labels, want, rng)
+    b = sample.reference_of_each(run.labels, partner, rng)
     s = rng.uniform(0.2, 0.5, (len(want), 1)).astype(np.float32)
     c_a = sample.request_conditions(run, want, run.images[a])
     c_b = sample.request_conditions(run, want, run.images[b])

@@ -240,6 +240,11 @@ def generate(run: Run, count: int, cond: dict[str, np.ndarray], sampler: dict, s
     return np.concatenate(out)
 
 
+def reference_of_each(labels: np.ndarray, classes: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A random training image of each requested class: (M,) classes -> (M,) indices into the training data."""
+    return np.array([rng.choice(np.flatnonzero(labels == c)) for c in classes])
+
+
 def draw_references(labels: np.ndarray, per_class: int, seed: int) -> np.ndarray:
     """Indices of `per_class` random training images of every class, class by class: (K * per_class,)."""
     picks = choose_per_class(labels, per_class, seed, [str(k) for k in range(int(labels.max()) + 1)])
@@ -296,7 +301,7 @@ def between_grid(run: Run, a: int, b: int, points: int, sampler: dict, seed: int
     Each row starts with reference A and ends with reference B.
     """
     rng = np.random.default_rng(seed)
-    refs = np.array([rng.choice(np.flatnonzero(run.labels == c)) for c in (a, b)])  # (2,)
+    refs = reference_of_each(run.labels, np.array([a, b]), rng)  # (2,)
     s = np.linspace(0, 1, points, dtype=np.float32)[:, None]  # (points, 1)
     rows, parts = [], []
     for row_label in (a, b):
@@ -341,7 +346,7 @@ def evaluate(run: Run, n: int, sampler: dict, seed: int, references: dict | None
     k = len(run.config["data"]["class_names"])
     want = np.arange(n) % k  # class-balanced
     rng = np.random.default_rng(seed + 1)
-    refs = np.array([rng.choice(np.flatnonzero(run.labels == c)) for c in want])
+    refs = reference_of_each(run.labels, want, rng)
     part = make_part(run, want, run.images[refs], refs, sampler, seed + 1)
 
     classifier = metrics.load_feature_network("classifier", classifier_path=os.path.join(run.dir, "classifier.pt"),
