@@ -1,4 +1,4 @@
-"""Speed benchmarks: `python bench.py [diffusion|features|metrics|quality|gpu ...]`.
+"""Speed and recipe benchmarks: `python bench.py [diffusion|recipe|sampler|walks|features|metrics|quality|gpu ...]`.
 
 Targets live here, not in timed tests (timings on shared machines are noisy:
 compare ratios measured in one run). Each section prints what it measured;
@@ -37,7 +37,7 @@ def unet_setup(size: str = "small", batch: int = 64, device: str = "cpu"):
 
     torch.manual_seed(0)
     net = UNet(**unet_kwargs(size, (28, 28, 1), None, {"label": 10, "pos": 20})).to(device)
-    diffusion = Diffusion(beta_schedule("linear", 1000))
+    diffusion = Diffusion(beta_schedule("linear", 1000)).to(device)
     opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
     x0 = torch.randn(batch, 1, 28, 28, device=device)  # (B, 1, 28, 28)
     cond = {"label": torch.randint(0, 10, (batch,), device=device), "pos": torch.randn(batch, 20, device=device)}
@@ -77,8 +77,8 @@ def bench_diffusion() -> None:
         with autocast(cpu, dtype):
             step_s = timed(train_step, repeat=10)
             with torch.no_grad():
-                call_s = timed(lambda: diffusion.guided_eps(net, x0, t, cond, 1.0), repeat=10)
-                batched_s = timed(lambda: diffusion.guided_eps(net, x0, t, cond, 3.0), repeat=10)
+                call_s = timed(lambda: diffusion.guided_output(net, x0, t, cond, 1.0), repeat=10)
+                batched_s = timed(lambda: diffusion.guided_output(net, x0, t, cond, 3.0), repeat=10)
                 two_s = timed(lambda: (net(x0, t, cond), net(x0, t, {})), repeat=10)
         rates[name] = (64 / step_s, 64 / call_s)
         achieved = flops / step_s / 1e9
@@ -132,16 +132,143 @@ def eps_mse(run_dir: str) -> float:
     run = sample.load_run(run_dir, precision="fp32")
     g = torch.Generator().manual_seed(0)
     idx = torch.randint(0, len(run.images), (2000,), generator=g).numpy()
-    x0 = to_model_range(run.images[idx])
+    x0 = to_model_range(torch.from_numpy(run.images[idx]).permute(0, 3, 1, 2))
     t = torch.randint(0, run.diffusion.num_timesteps, (2000,), generator=g)
     noise = torch.randn(x0.shape, generator=g)
     x_t = run.diffusion.q_sample(x0, t, noise)
     cond = {name: torch.as_tensor(value) for name, value in
-            sample.request_conditions(run, run.labels[idx], run.images[idx]).items()}
+            sample.request_conditions(run, run.labels[idx], run.images[idx], idx).items()}
     with torch.no_grad():
-        eps = torch.cat([run.model(x_t[i:i + 250], t[i:i + 250], {k: v[i:i + 250] for k, v in cond.items()})
+        out = torch.cat([run.model(x_t[i:i + 250], t[i:i + 250], {k: v[i:i + 250] for k, v in cond.items()})
                          for i in range(0, 2000, 250)])
+    _, eps = run.diffusion.model_output_to_x0_eps(x_t, t, out)  # the U-Net may predict v
     return float(((eps - noise) ** 2).mean())
+
+
+# ---------------------------------------------------------------------------
+# The training recipe: which one gets the 2,000-step samples in half the steps?
+# ---------------------------------------------------------------------------
+# name -> train.py flags; everything else is train.py's defaults at the time of the call.
+RECIPES = {
+    "eps, 2000 steps (the previous recipe)": ["--prediction", "eps", "--steps", "2000", "--p-drop", ""],
+    "eps, 1000 steps": ["--prediction", "eps", "--steps", "1000", "--p-drop", ""],
+    "v, 1000 steps": ["--prediction", "v", "--steps", "1000", "--p-drop", ""],
+    "v + min-SNR-5, 1000 steps": ["--prediction", "v", "--min-snr", "5", "--steps", "1000", "--p-drop", ""],
+    "v + p-drop 0.1 each, 1000 steps": ["--prediction", "v", "--steps", "1000", "--p-drop", "label=0.1,pos=0.1"],
+    "v, 600 steps": ["--prediction", "v", "--steps", "600", "--p-drop", ""],
+    "v + p-drop 0.1 each, 600 steps": ["--prediction", "v", "--steps", "600", "--p-drop", "label=0.1,pos=0.1"],
+}
+
+
+# The sampler every recipe is scored with (sample.py's default when the recipes were compared, kept fixed).
+RECIPE_SAMPLER = ["--sampler", "ddim", "--sampling-steps", "25", "--eta", "1", "--guidance", "3"]
+
+
+def grey_background_share(images: np.ndarray, level: int = 40) -> float:
+    """The share of samples whose 3-pixel frame averages above `level` (MNIST's backgrounds are black, 0):
+    the failure of short runs, measured without any classifier."""
+    frame = np.concatenate([images[:, :3].reshape(len(images), -1), images[:, -3:].reshape(len(images), -1),
+                            images[:, :, :3].reshape(len(images), -1), images[:, :, -3:].reshape(len(images), -1)], 1)
+    return float((frame.mean(axis=1) > level).mean())
+
+
+def bench_recipe(names: list[str] | None = None, seeds=(0, 1), n: int = 500) -> None:
+    """Each RECIPES entry trained on the quick run's data at seeds 0 and 1 (runs/bench-recipe/, reused when
+    finished) and scored the same way: sample.py --eval with RECIPE_SAMPLER, n class-balanced samples,
+    the requested-digit share and classifier-FID against the held-out test digits, and the share of grey
+    backgrounds. About 6 minutes per 1,000 steps plus 1 minute of scoring on a 2-core CPU."""
+    import json
+    import os
+    import re
+    import subprocess
+
+    print("recipe | seed | train s | requested digit | classifier-FID | grey backgrounds | final loss")
+    for name in names or RECIPES:
+        for seed in seeds:
+            out = os.path.join("runs", "bench-recipe", re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") + f"-s{seed}")
+            scores = os.path.join(out, "samples", "metrics.json")
+            trained = float("nan")
+            if not os.path.exists(scores):
+                start = time.perf_counter()
+                resume = ["--resume"] if os.path.exists(os.path.join(out, "config.json")) else []
+                subprocess.run([sys.executable, "train.py", "--out", out, "--seed", str(seed), *RECIPES[name], *resume],
+                               check=True, stdout=subprocess.DEVNULL)
+                trained = time.perf_counter() - start
+                subprocess.run([sys.executable, "sample.py", out, "--out", os.path.join(out, "samples"), "--eval",
+                                "--n", str(n), "--seed", str(seed), *RECIPE_SAMPLER], check=True, stdout=subprocess.DEVNULL)
+            with open(scores) as f:
+                m = json.load(f)["classifier"]
+            with np.load(os.path.join(out, "samples", "eval_samples.npz")) as z:
+                grey = grey_background_share(z["images"][..., 0])
+            loss = np.genfromtxt(os.path.join(out, "log.csv"), delimiter=",", names=True)["loss"][-1]
+            print(f"{name} | {seed} | {trained:.0f} | {m['conditioning_accuracy']:.3f} | {m['fid']:.2f} | {grey:.3f} | "
+                  f"{loss:.4f}", flush=True)
+
+
+# ---------------------------------------------------------------------------
+# Samplers: DDIM against DPM-Solver++(2M) at equal network calls, on one trained run
+# ---------------------------------------------------------------------------
+SAMPLER_GRID = [("ddim", 25, 1.0), ("ddim", 15, 1.0), ("ddim", 10, 1.0), ("dpm++2m", 25, 1.0), ("dpm++2m", 15, 1.0),
+                ("dpm++2m", 10, 1.0), ("dpm++2m", 15, 0.0), ("dpm++2m", 10, 0.0)]
+
+
+def bench_sampler(run_dir: str = "runs/quick", n: int = 500) -> None:
+    """Quality (requested digit, classifier-FID vs the test digits, grey backgrounds) and the time of n guided
+    samples for each sampler, steps and eta of SAMPLER_GRID, on a trained run (the main command's, by default)."""
+    import json
+    import os
+    import subprocess
+
+    print(f"{run_dir}, {n} samples each | sampler | steps | eta | requested digit | classifier-FID | grey | seconds")
+    for name, steps, eta in SAMPLER_GRID:
+        out = os.path.join(run_dir, "bench-sampler", f"{name}-{steps}-{eta:g}")
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "sample.py", run_dir, "--out", out, "--eval", "--n", str(n), "--sampler", name,
+                        "--sampling-steps", str(steps), "--eta", str(eta), "--grid-per-class", "1"],
+                       check=True, stdout=subprocess.DEVNULL)
+        seconds = time.perf_counter() - start
+        with open(os.path.join(out, "metrics.json")) as f:
+            m = json.load(f)["classifier"]
+        with np.load(os.path.join(out, "eval_samples.npz")) as z:
+            grey = grey_background_share(z["images"][..., 0])
+        print(f"{name} | {steps} | {eta:g} | {m['conditioning_accuracy']:.3f} | {m['fid']:.2f} | {grey:.3f} | "
+              f"{seconds:.0f} (with scoring)", flush=True)
+
+
+# ---------------------------------------------------------------------------
+# Walks across a class boundary: does per-condition dropout let the position move the class?
+# ---------------------------------------------------------------------------
+WALK_METHODS = [("fixed", "line", 3.0), ("none", "line", 3.0), ("none", "features", 3.0),
+                ("fixed", "features", {"label": 1.0, "pos": 3.0})]  # (walk label, walk path, guidance)
+
+
+def bench_walks(run_dirs: list[str] | None = None, a: int = 4, b: int = 9, walks: int = 8, points: int = 6) -> None:
+    """A quick look before experiment.py's full measurement: `walks` walks from class a to b per method of
+    WALK_METHODS on each run (by default the two 600-step recipe runs of `bench.py recipe`, without and with
+    --p-drop), scored by each run's evaluator: mean P(b) along the walk, where it crosses 0.5, the mass on a + b."""
+    import os
+
+    import metrics
+    import sample
+
+    run_dirs = run_dirs or [os.path.join("runs", "bench-recipe", name) for name in
+                            ("v-600-steps-s0", "v-p-drop-0-1-each-600-steps-s0")]
+    s = np.linspace(0, 1, points)
+    print(f"{a} -> {b}, {walks} walks of {points} points | run | walk label | path | guidance | mean P({b}) | crossing | mass")
+    for run_dir in run_dirs:
+        run = sample.load_run(run_dir)
+        net = metrics.load_feature_network("classifier", classifier_path=os.path.join(run.dir, "classifier.pt"),
+                                           train_images=run.images, train_labels=run.labels, device=run.device)
+        for label, path, guidance in WALK_METHODS:
+            sampler = dict(name=sample.DEFAULT_SAMPLER, steps=sample.DEFAULT_STEPS, eta=sample.DEFAULT_ETA,
+                           guidance=guidance)
+            part = sample.walks(run, a, b, points, sampler, seed=0, count=walks, label=label, path=path)
+            rows = part["labels"] == a  # the rows with label a (every row when the label is dropped)
+            p = torch.softmax(torch.as_tensor(net.logits(part["images"][rows])), 1).numpy()
+            stats = metrics.walk_statistics(p[:, a].reshape(-1, points), p[:, b].reshape(-1, points), s)
+            crossing = "never" if stats["crossing"] is None else f"{stats['crossing']:.2f}"
+            print(f"{os.path.basename(run_dir)} | {label} | {path} | {guidance} | "
+                  f"{' '.join(f'{v:.2f}' for v in stats['mean_b'])} | {crossing} | {stats['kept_mass']:.2f}", flush=True)
 
 
 # ---------------------------------------------------------------------------
@@ -184,7 +311,7 @@ def bench_gpu() -> None:
         peak = torch.cuda.max_memory_allocated() / 2 ** 30
         t = torch.full((batch,), 500, device=device)
         with torch.no_grad(), autocast(device, torch.bfloat16):
-            guided_s = timed(synced(lambda: diffusion.guided_eps(model, x0, t, cond, 3.0)), repeat=20)
+            guided_s = timed(synced(lambda: diffusion.guided_output(model, x0, t, cond, 3.0)), repeat=20)
         print(f"paper U-Net {count_parameters(net) / 1e6:.1f}M, bf16, compile={compiled}: first step {first:.1f} s | "
               f"training {batch / step_s:8.0f} images/s (batch {batch}) | sampling {batch / guided_s:8.0f} "
               f"image-steps/s at guidance 3 | peak memory {peak:.2f} GiB")
@@ -313,7 +440,8 @@ def bench_metrics() -> None:
     import scipy.linalg
 
     from features import pick_device
-    from metrics import feature_statistics, frechet_distance, inception_network, inception_score, train_classifier
+    from classifier import train_classifier
+    from metrics import feature_statistics, frechet_distance, inception_network, inception_score
 
     rng = np.random.default_rng(0)
     real = rng.normal(0.0, 1.0, (10_000, 2048)).astype(np.float32)
@@ -350,10 +478,10 @@ def bench_metrics() -> None:
 
 
 SECTIONS = {"diffusion": bench_diffusion, "features": bench_features, "metrics": bench_metrics,
-            "quality": bench_quality, "gpu": bench_gpu}
+            "quality": bench_quality, "recipe": bench_recipe, "sampler": bench_sampler, "walks": bench_walks, "gpu": bench_gpu}
 
 if __name__ == "__main__":
-    names = sys.argv[1:] or ["diffusion", "features", "metrics"]  # quality and gpu only when asked for
+    names = sys.argv[1:] or ["diffusion", "features", "metrics"]  # quality, recipe, sampler, walks and gpu only when asked for
     for name in names:
         if name not in SECTIONS:
             sys.exit(f"bench.py: unknown section {name!r}; choose from {', '.join(SECTIONS)}")

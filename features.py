@@ -28,6 +28,8 @@ import logging
 import os
 import re
 import socket
+import sys
+import time
 import urllib.parse
 import warnings
 import zipfile
@@ -37,9 +39,10 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+import classifier
 from data import write_atomically
 
-PAPER_BACKBONE = "swinv2_base_window12to16_192to256.ms_in22k_ft_in1k"
+PAPER_BACKBONE = "swinv2_base_window12to16_192to256.ms_in22k_ft_in1k"  # the report's backbone (train.py's default is pixels)
 RANDOM_WEIGHTS_SEED = 0  # weights="random" is reproducible, hence cacheable
 
 
@@ -52,7 +55,7 @@ class WeightsUnavailableError(RuntimeError):
 # ---------------------------------------------------------------------------
 def extract_features(
     images: np.ndarray,
-    backbone: str = PAPER_BACKBONE,
+    backbone: str,
     weights: str | None = None,
     batch_size: int = 64,
     device: str | None = None,
@@ -62,12 +65,18 @@ def extract_features(
 
     backbone: "pixels" (flattened pixels in [0, 1]), "classifier" (the 128-d
       penultimate features of a small digit classifier saved by metrics.py,
-      given as `weights`: a semantic space) or any timm model name.
+      given as `weights`: a semantic space) or any timm model name, such as
+      the report's PAPER_BACKBONE. No default: every caller says which.
     weights: see `create_backbone` (None: the hub; a path: a local file;
       "random": seeded random weights, tests only).
+    device: where a timm backbone runs (the user's --device); None picks the
+      best available (`pick_device`). It runs in bfloat16 on CUDA, float32
+      elsewhere (`backbone_dtype`).
     cache_dir: backbone features are saved there as .npy, keyed by the
-      images' content, the backbone and the weights, so that a second run
-      skips extraction; None disables the cache. Pixels are never cached.
+      images' content, the backbone, the weights, the device type and the
+      precision, so that a second run skips extraction and features computed
+      in bf16 on a GPU are never mixed with fp32 ones; None disables the
+      cache. Pixels are never cached.
     """
     if images.ndim != 4 or images.dtype != np.uint8 or images.shape[3] not in (1, 3):
         raise ValueError(
@@ -76,16 +85,23 @@ def extract_features(
     if backbone == "pixels":
         return pixel_features(images)
     if backbone == "classifier":
-        return classifier_features(images, weights)
+        return classifier_features(images, weights, device)
     if weights not in (None, "random") and not os.path.isfile(weights):
         raise FileNotFoundError(f"weights file {weights} not found (--weights PATH needs a local file)")
-    cache = cache_dir and os.path.join(cache_dir, cache_name(images, backbone, weights))
+    device = pick_device(device)
+    dtype = backbone_dtype(device)
+    where = f"{backbone} on {device.type} in {str(dtype).removeprefix('torch.')}"
+    cache = cache_dir and os.path.join(cache_dir, cache_name(images, backbone, weights, device.type, dtype))
     if cache and os.path.exists(cache):
         features = load_cached(cache, len(images))
         if features is not None:
+            print(f"features: {len(images)} images through {where}: read from the cache {cache}", file=sys.stderr)
             return features
+    print(f"features: {len(images)} images through {where} ...", file=sys.stderr, flush=True)
+    start = time.perf_counter()
     model = create_backbone(backbone, weights)
     features = run_backbone(model, images, batch_size, device)
+    print(f"features: done in {time.perf_counter() - start:.0f} s", file=sys.stderr)
     if cache:
         write_atomically(cache, lambda f: np.save(f, features, allow_pickle=False))
     return features
@@ -96,17 +112,16 @@ def pixel_features(images: np.ndarray) -> np.ndarray:
     return images.reshape(len(images), -1).astype(np.float32) / 255.0
 
 
-def classifier_features(images: np.ndarray, weights: str | None) -> np.ndarray:
+def classifier_features(images: np.ndarray, weights: str | None, device: str | None = None) -> np.ndarray:
     """(N, H, W, C) uint8 -> (N, 128) float32: the penultimate layer of a classifier file written by
-    metrics.save_classifier. Its distances follow the labels it was trained on, not the pixels."""
+    classifier.save_classifier, run on `device` (None: the best available). Its distances follow the
+    labels it was trained on, not the pixels."""
     if weights is None:
         raise FileNotFoundError("--backbone classifier needs --weights FILE, a classifier saved by metrics.py "
                                 "(metrics.py REAL GENERATED --features classifier --classifier FILE)")
     if not os.path.isfile(weights):
         raise FileNotFoundError(f"--weights {weights}: file not found (the classifier of --backbone classifier)")
-    import metrics  # metrics.py imports this module, so on use
-
-    return metrics.load_classifier(weights).features_and_logits(images)[0].astype(np.float32)
+    return classifier.load_classifier(weights, device).features_and_logits(images)[0].astype(np.float32)
 
 
 def create_backbone(
@@ -288,12 +303,20 @@ def pick_device(name: str | None = None) -> torch.device:
     return torch.device("cpu")
 
 
-def run_backbone(model: torch.nn.Module, images: np.ndarray, batch_size: int, device: str | None) -> np.ndarray:
+def backbone_dtype(device: torch.device) -> torch.dtype:
+    """The precision a backbone runs in: bfloat16 autocast on CUDA (tensor cores), float32 elsewhere."""
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+def run_backbone(
+    model: torch.nn.Module, images: np.ndarray, batch_size: int, device: torch.device | str | None
+) -> np.ndarray:
     """Pooled features of every image, in batches: (N, H, W, C) uint8 -> (N, D) float32.
 
     Each image is prepared by the model's own eval transform (timm data
     config: resize, centre crop, normalise with its mean and std), grey
-    replicated to RGB.
+    replicated to RGB. The model runs on `device` (None: `pick_device`) in
+    `backbone_dtype(device)`; the features come back as float32.
     """
     import timm.data
 
@@ -301,9 +324,11 @@ def run_backbone(model: torch.nn.Module, images: np.ndarray, batch_size: int, de
     model = model.to(device)
     transform = timm.data.create_transform(**timm.data.resolve_data_config({}, model=model))
     chunks = []
-    autocast = torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+    dtype = backbone_dtype(device)
+    autocast = torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype != torch.float32)
     name = model.pretrained_cfg["architecture"]
-    for start in tqdm(range(0, len(images), batch_size), desc=f"features ({name})"):
+    # disable=None: a progress bar on a terminal, nothing in a log file (nohup, CI)
+    for start in tqdm(range(0, len(images), batch_size), desc=f"features ({name})", disable=None):
         batch = images[start:start + batch_size]  # (B, H, W, C) uint8
         pictures = [Image.fromarray(image if image.shape[2] == 3 else image[..., 0]).convert("RGB") for image in batch]
         x = torch.stack([transform(picture) for picture in pictures]).to(device)  # (B, 3, h, w), the model's size
@@ -312,10 +337,12 @@ def run_backbone(model: torch.nn.Module, images: np.ndarray, batch_size: int, de
     return np.concatenate(chunks).astype(np.float32)
 
 
-def cache_name(images: np.ndarray, backbone: str, weights: str | None) -> str:
-    """File name for the features of these exact images under this backbone and these weights."""
+def cache_name(images: np.ndarray, backbone: str, weights: str | None, device_type: str, dtype: torch.dtype) -> str:
+    """File name for the features of these exact images under this backbone, these weights, this
+    device type ("cuda", "cpu", ...) and this precision (bf16 features differ from fp32 ones)."""
+    precision = str(dtype).removeprefix("torch.")
     digest = hashlib.sha256()
-    digest.update(f"{images.shape}|{backbone}|".encode())
+    digest.update(f"{images.shape}|{backbone}|{device_type}|{precision}|".encode())
     digest.update(np.ascontiguousarray(images).data)
     if weights is None or weights == "random":
         digest.update(f"|{weights or 'pretrained'}".encode())
@@ -323,7 +350,7 @@ def cache_name(images: np.ndarray, backbone: str, weights: str | None) -> str:
         with open(weights, "rb") as f:
             while chunk := f.read(1 << 24):
                 digest.update(chunk)
-    return f"{re.sub(r'[^A-Za-z0-9_.-]', '_', backbone)}-{digest.hexdigest()[:24]}.npy"
+    return f"{re.sub(r'[^A-Za-z0-9_.-]', '_', backbone)}-{device_type}-{precision}-{digest.hexdigest()[:24]}.npy"
 
 
 def load_cached(path: str, n: int) -> np.ndarray | None:
@@ -347,7 +374,15 @@ class FeatureSpace:
 
     The space is plain arrays and numbers: the training features (N, D), their
     positions (N, d) from the fit, and the UMAP settings that placing a new
-    point needs (`params`: a, b, n_neighbors, transform_seed, ...). `transform`
+    point needs (`params`: a, b, n_neighbors, transform_seed, ...).
+
+    `positions` are the fitted positions of the training images themselves
+    (UMAP's embedding_), row i that of the image whose features are row i of
+    `features`, i.e. in the order of the features the space was fitted on
+    (the training images' order). A training image's position is its row
+    here; `transform` is for new images (references not in training), and
+    would place a training image near, not at, its fitted position.
+    `standardize` maps either to what the U-Net is fed. `transform`
     computes UMAP's transform from these alone, with umap-learn's own
     building blocks, so a space loaded from its .npz (no pickle, no refit)
     gives exactly the positions of the space that was fitted and saved, on
@@ -390,7 +425,11 @@ class FeatureSpace:
         reducer = umap.UMAP(  # random_state makes the fit deterministic (and single-threaded)
             n_components=n_components, n_neighbors=n_neighbors, min_dist=min_dist, random_state=seed, n_jobs=1
         )
+        print(f"UMAP: fitting {len(features)} x {features.shape[1]} -> {n_components}-d (numba compiles its "
+              "kernels on first use in a process, about a minute) ...", end="", file=sys.stderr, flush=True)
+        start = time.perf_counter()
         reducer.fit(features)
+        print(f" done in {time.perf_counter() - start:.0f} s", file=sys.stderr)
         params = dict(  # everything UMAP.transform reads from the fitted model, besides the two arrays
             n_neighbors=int(reducer._n_neighbors),
             min_dist=float(reducer.min_dist),

@@ -1,4 +1,5 @@
-"""Image metrics, hand-written: FID, IS, conditioning accuracy, controllability.
+"""Image metrics, hand-written: FID, IS, conditioning accuracy, controllability, class-boundary
+walks, memorisation, and intervals over replicates.
 
     net = load_feature_network("classifier", classifier_path="runs/clf.pt", train_images=x, train_labels=y)
     scores = evaluate_images(real_images, generated_images, generated_labels, net)
@@ -8,7 +9,8 @@ Images are uint8 arrays (N, H, W, C), C = 1 or 3, everywhere. The "inception"
 network is timm's inception_v3.tv_in1k (torchvision's weights), so its FID and
 IS are close to, not identical with, pytorch-fid's (TensorFlow FID weights) and
 the original IS code's (1,008 classes); tests/test_metrics.py checks the
-formulas against those tools' own.
+formulas against those tools' own. The "classifier" network is classifier.py's
+small classifier, trained on the real images.
 """
 import argparse
 import hashlib
@@ -21,17 +23,15 @@ import numpy as np
 import scipy.linalg
 import scipy.spatial.distance
 import scipy.special
-import torch
-import torch.nn.functional as F
-from torch import nn
-from tqdm import tqdm
+import scipy.stats
 
+import classifier
 import data
-from features import WeightsUnavailableError, create_backbone, pick_device
+from classifier import FeatureNetwork
+from features import WeightsUnavailableError, create_backbone
 
 INCEPTION_MODEL = "inception_v3.tv_in1k"
 INCEPTION_SIZE = 299
-CLASSIFIER_FORMAT, CLASSIFIER_VERSION = "metrics.SmallClassifier", 1
 
 
 # ---------------------------------------------------------------------------
@@ -137,7 +137,7 @@ def inception_score(logits, splits: int = 10, seed: int = 0) -> tuple[float, flo
 
 
 # ---------------------------------------------------------------------------
-# 3. Conditioning and control
+# 3. Conditioning, control and walks between classes
 # ---------------------------------------------------------------------------
 def conditioning_accuracy(logits, requested_labels) -> float:
     """Share of images whose predicted class, argmax of logits (N, K), is the requested one (N,)."""
@@ -193,65 +193,153 @@ def controllability(positions, reference, labels, reference_positions, reference
     }
 
 
-# ---------------------------------------------------------------------------
-# 4. Feature networks: Inception v3, or a small classifier trained on the data
-# ---------------------------------------------------------------------------
-def check_images(images, what: str = "images") -> np.ndarray:
-    """uint8 (N, H, W, C), C = 1 or 3, N > 0 (a missing C axis is added)."""
-    x = np.asarray(images)
-    x = x[..., None] if x.ndim == 3 else x
-    if x.ndim != 4 or x.shape[-1] not in (1, 3) or x.dtype != np.uint8 or x.shape[0] == 0:
-        raise ValueError(f"{what} must be uint8 (N, H, W, C) with N > 0 and C = 1 or 3, got {x.dtype} {x.shape}")
-    return np.ascontiguousarray(x)
+def walk_statistics(prob_a, prob_b, s) -> dict:
+    """How an evaluator sees walks from class A to class B: prob_a, prob_b (W, P) are its P(A) and
+    P(B) at P points of each of W walks, at positions s (P,), increasing (e.g. 0 = A, 1 = B).
 
-
-class FeatureNetwork(nn.Module):
-    """A frozen classifier read as a feature network: features for FID, logits for IS.
-
-    `model` has timm's interface (forward_features, forward_head(pre_logits=True)
-    for the pooled features, get_classifier for the class layer). Images are
-    scaled to [0, 1], grey replicated for an RGB model, resized (bilinear) to
-    image_size and normalised with the model's mean and std.
+    mean_a, mean_b (P,): the mean over walks at each point; crossing: the first s
+    at which mean_b rises from below 0.5 to 0.5 or above, interpolated linearly
+    between the two points (None if it never does); monotonic: mean_b never
+    falls from one point to the next; kept_mass: min over points of
+    mean(P(A) + P(B)), how much of the evaluator's belief stays on A and B (1:
+    all of it; low: the walk passes through other classes); ambiguity: the
+    mean over walks of min(P(A), P(B)) at the point nearest the crossing (0.5
+    at most: both classes equally likely; None without a crossing).
     """
-
-    def __init__(self, name: str, model: nn.Module, image_size: int, mean, std,
-                 antialias: bool = False, batch_size: int = 64):
-        super().__init__()
-        self.name, self.model, self.image_size = name, model.eval(), image_size
-        self.antialias, self.batch_size = antialias, batch_size
-        self.num_classes = model.get_classifier().out_features
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
-
-    def prepare(self, images) -> torch.Tensor:
-        """uint8 (B, H, W, C), numpy or tensor -> float (B, C', image_size, image_size), normalised."""
-        x = torch.as_tensor(images).to(self.mean.device).permute(0, 3, 1, 2).float() / 255.0  # (B, C, H, W)
-        channels = self.mean.shape[1]
-        if x.shape[1] != channels:
-            if x.shape[1] != 1:
-                raise ValueError(f"the {self.name} network takes grey images, got {x.shape[1]} channels")
-            x = x.expand(-1, channels, -1, -1)  # grey -> RGB
-        if x.shape[-2:] != (self.image_size, self.image_size):
-            x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear",
-                              align_corners=False, antialias=self.antialias)
-        return (x - self.mean) / self.std
-
-    @torch.inference_mode()
-    def features_and_logits(self, images) -> tuple[np.ndarray, np.ndarray]:
-        """uint8 images (N, H, W, C) -> float64 features (N, D) and logits (N, K), in batches."""
-        x = check_images(images)
-        features, logits = [], []
-        for lo in tqdm(range(0, len(x), self.batch_size), desc=f"{self.name} features", disable=None):
-            f = self.model.forward_head(self.model.forward_features(self.prepare(x[lo:lo + self.batch_size])),
-                                        pre_logits=True)  # (B, D)
-            features.append(f.cpu().double())  # on the CPU first: MPS has no float64
-            logits.append(self.model.get_classifier()(f).cpu().double())  # (B, K)
-        return torch.cat(features).numpy(), torch.cat(logits).numpy()
-
-    def logits(self, images) -> np.ndarray:
-        return self.features_and_logits(images)[1]
+    a, b, s = np.asarray(prob_a, np.float64), np.asarray(prob_b, np.float64), np.asarray(s, np.float64)
+    if a.ndim != 2 or a.shape != b.shape or s.shape != (a.shape[1],) or a.size == 0:
+        raise ValueError(f"need prob_a and prob_b of one shape (W, P) and s of shape (P,), "
+                         f"got {a.shape}, {b.shape} and {s.shape}")
+    if not (np.isfinite(a).all() and np.isfinite(b).all() and np.isfinite(s).all()):
+        raise ValueError("prob_a, prob_b and s must be finite")
+    if (a < 0).any() or (b < 0).any() or (a + b > 1 + 1e-6).any():
+        raise ValueError("prob_a and prob_b must be probabilities of two classes: >= 0, with P(A) + P(B) <= 1")
+    if (np.diff(s) <= 0).any():
+        raise ValueError("the positions s must increase along the walk")
+    mean_a, mean_b = a.mean(axis=0), b.mean(axis=0)  # (P,)
+    rises = np.flatnonzero((mean_b[:-1] < 0.5) & (mean_b[1:] >= 0.5))  # i: the crossing lies in [s_i, s_i+1]
+    crossing = ambiguity = None
+    if len(rises):
+        i = rises[0]
+        crossing = float(s[i] + (0.5 - mean_b[i]) / (mean_b[i + 1] - mean_b[i]) * (s[i + 1] - s[i]))
+        nearest = int(np.argmin(np.abs(s - crossing)))
+        ambiguity = float(np.minimum(a[:, nearest], b[:, nearest]).mean())
+    return {"mean_a": mean_a.tolist(), "mean_b": mean_b.tolist(), "crossing": crossing,
+            "monotonic": bool((np.diff(mean_b) >= 0).all()), "kept_mass": float((mean_a + mean_b).min()),
+            "ambiguity": ambiguity, "n_walks": int(a.shape[0])}
 
 
+# ---------------------------------------------------------------------------
+# 4. Memorisation: are generated samples copies of training items?
+# ---------------------------------------------------------------------------
+def nearest_distance(x: np.ndarray, train: np.ndarray, chunk: int = 1024) -> np.ndarray:
+    """min_j |x_i - t_j| (euclidean) for each row of x (M, D) over train (N, D): (M,), in row chunks."""
+    return np.concatenate([scipy.spatial.distance.cdist(x[lo:lo + chunk], train).min(axis=1)
+                           for lo in range(0, len(x), chunk)])
+
+
+def memorisation(generated, train, test, own_reference=None, near_copy_percentile: float = 1.0) -> dict:
+    """Copying of training items, on feature arrays (N, D): pixels (data / 255) or an evaluator's features.
+
+    The real-data baseline is how near held-out real items lie to the training set:
+        d_test(k) = min_j |x_k - t_j|   over the test items x (T, D) and training items t (N, D)
+        d_gen(i)  = min_j |g_i - t_j|   the same for the generated samples g (G, D)
+    median_ratio = median(d_gen) / median(d_test): about 1 for samples as new as
+    held-out data, near 0 for copies. A near-copy is a sample closer to a
+    training item than all but near_copy_percentile % of the test items are:
+        d_gen(i) <= tau,  tau = the near_copy_percentile-th percentile of d_test
+    so near_copy_share is about 0.01 (the default 1 %) for fresh samples and 1
+    for copies. own_reference (G, D), if given, holds each sample's own
+    reference (the image it was generated from): the same two numbers for
+    d_own(i) = |g_i - r_i|, against the same baseline (own_median_ratio,
+    own_near_copy_share), so that copying the reference shows as copying.
+    """
+    g, t, x = (np.asarray(v, np.float64) for v in (generated, train, test))
+    if not (g.ndim == t.ndim == x.ndim == 2 and g.shape[1] == t.shape[1] == x.shape[1] and min(len(g), len(t), len(x))):
+        raise ValueError(f"generated, train and test must be non-empty (N, D) arrays of one D, "
+                         f"got {g.shape}, {t.shape} and {x.shape}")
+    if not 0 <= near_copy_percentile <= 100:
+        raise ValueError(f"near_copy_percentile must lie in [0, 100], got {near_copy_percentile}")
+    d_test, d_gen = nearest_distance(x, t), nearest_distance(g, t)  # (T,), (G,)
+    baseline = float(np.median(d_test))
+    if baseline == 0:
+        raise ValueError("half the test items or more lie on training items (zero distance): "
+                         "pass held-out items as test")
+    tau = float(np.percentile(d_test, near_copy_percentile))
+    out = {"median_ratio": float(np.median(d_gen)) / baseline, "near_copy_share": float(np.mean(d_gen <= tau)),
+           "median_nearest_test": baseline, "near_copy_threshold": tau, "n_generated": int(len(g))}
+    if own_reference is not None:
+        r = np.asarray(own_reference, np.float64)
+        if r.shape != g.shape:
+            raise ValueError(f"own_reference must have the shape of generated, {g.shape}, got {r.shape}")
+        d_own = np.linalg.norm(g - r, axis=1)  # (G,)
+        out.update(own_median_ratio=float(np.median(d_own)) / baseline,
+                   own_near_copy_share=float(np.mean(d_own <= tau)))
+    return out
+
+
+# ---------------------------------------------------------------------------
+# 5. Intervals over replicates (seeds)
+# ---------------------------------------------------------------------------
+def t_interval(values, level: float = 0.95) -> tuple[float, float, float]:
+    """(mean, low, high): the Student t interval of the mean of n >= 2 replicates,
+        mean +- t_{(1 + level) / 2, n - 1} * s / sqrt(n),   s the sample standard deviation (ddof 1)."""
+    v = np.asarray(values, np.float64)
+    if v.ndim != 1 or len(v) < 2 or not np.isfinite(v).all():
+        raise ValueError(f"a t interval needs at least two finite replicates (n,), got shape {v.shape}")
+    if not 0 < level < 1:
+        raise ValueError(f"level must lie in (0, 1), got {level}")
+    mean = float(v.mean())
+    half = float(scipy.stats.t.ppf((1 + level) / 2, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v)))
+    return mean, mean - half, mean + half
+
+
+def bootstrap_fid_ratio(real_features, features_a: list, features_b: list, n_boot: int = 200,
+                        seed: int = 0, level: float = 0.95) -> tuple[float, float, float]:
+    """(ratio, low, high): ratio = F_a / F_b, F = mean_r FID(real, x_r) over the replicates (seeds)
+    of a model, features (N_r, D) each, and its bootstrap interval at `level`.
+
+    Each of n_boot draws resamples, with replacement, the replicates of A and
+    of B, the rows within each drawn replicate, and the real rows (one
+    resample shared by A and B in a draw), and recomputes F_a* and F_b*. So the
+    interval holds both the seed-to-seed spread and the finite-sample noise.
+    Repeated rows raise FID: by about the same amount in every draw, the
+    bootstrap's own bias, bias = mean(F*) - F (Efron & Tibshirani 1993,
+    Sec. 10.2), which each draw has taken off before the ratio,
+        ratio* = (F_a* - bias_a) / (F_b* - bias_b),
+    and low, high are the percentiles of ratio*. A ratio means little when
+    F_b is near the noise floor (FID of real vs real). The cost is
+    n_boot * (R_a + R_b) FIDs: keep D small (e.g. the classifier's 128 features).
+    """
+    real = np.asarray(real_features, np.float64)
+    if real.ndim != 2 or len(real) < 2:
+        raise ValueError(f"real_features must be (N, D) with N >= 2, got shape {real.shape}")
+    sets = {"features_a": [np.asarray(f, np.float64) for f in features_a],
+            "features_b": [np.asarray(f, np.float64) for f in features_b]}
+    for name, replicates in sets.items():
+        if not replicates or any(f.ndim != 2 or f.shape[1] != real.shape[1] or len(f) < 2 for f in replicates):
+            raise ValueError(f"{name} must be a non-empty list of (N, {real.shape[1]}) feature arrays, N >= 2")
+    if int(n_boot) < 1 or not 0 < level < 1:
+        raise ValueError(f"need n_boot >= 1 and level in (0, 1), got {n_boot} and {level}")
+    rng = np.random.default_rng(seed)
+
+    def resample(rows):  # a bootstrap resample of the rows of one array
+        return rows[rng.integers(0, len(rows), len(rows))]
+
+    fid = np.array([[np.mean([fid_from_features(real, f) for f in fs]) for fs in sets.values()]])  # (1, 2): F_a, F_b
+    draws = np.empty((int(n_boot), 2))  # F_a*, F_b* of each draw
+    for i in range(int(n_boot)):
+        real_rows = resample(real)
+        draws[i] = [np.mean([fid_from_features(real_rows, resample(fs[k])) for k in rng.integers(0, len(fs), len(fs))])
+                    for fs in sets.values()]
+    corrected = draws - (draws.mean(axis=0) - fid)  # (n_boot, 2): the bootstrap's bias taken off
+    low, high = np.percentile(corrected[:, 0] / corrected[:, 1], [50 * (1 - level), 50 * (1 + level)])
+    return float(fid[0, 0] / fid[0, 1]), float(low), float(high)
+
+
+# ---------------------------------------------------------------------------
+# 6. Feature networks: Inception v3, or the small classifier trained on the data (classifier.py)
+# ---------------------------------------------------------------------------
 def inception_network(weights=None) -> FeatureNetwork:
     """timm's Inception v3 with its ImageNet weights: 2,048-d pool features, 1,000 logits.
 
@@ -268,127 +356,38 @@ def inception_network(weights=None) -> FeatureNetwork:
     return FeatureNetwork("inception", model, INCEPTION_SIZE, cfg["mean"], cfg["std"], batch_size=32)
 
 
-class SmallClassifier(nn.Module):
-    """Two conv stages, 4x4 average pooling, 128-d features, then the class layer."""
-
-    def __init__(self, in_channels: int, num_classes: int, image_size: int, width: int = 16):
-        super().__init__()
-        self.config = dict(in_channels=in_channels, num_classes=num_classes, image_size=image_size, width=width)
-
-        def block(cin, cout):
-            return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
-
-        w = width
-        self.body = nn.Sequential(*block(in_channels, w), *block(w, w), nn.MaxPool2d(2),
-                                  *block(w, 2 * w), *block(2 * w, 2 * w), nn.MaxPool2d(2),
-                                  *block(2 * w, 4 * w), nn.AdaptiveAvgPool2d(4), nn.Flatten())  # (B, 64 w)
-        self.penultimate = nn.Sequential(nn.Linear(4 * w * 16, 128), nn.ReLU(inplace=True))  # (B, 128)
-        self.dropout = nn.Dropout(0.25)
-        self.head = nn.Linear(128, num_classes)  # (B, K)
-
-    def forward_features(self, x):
-        return self.penultimate(self.body(x))
-
-    def forward_head(self, features, pre_logits: bool = False):
-        return features if pre_logits else self.head(self.dropout(features))
-
-    def get_classifier(self):
-        return self.head
-
-    def forward(self, x):
-        return self.forward_head(self.forward_features(x))
-
-    def network(self) -> FeatureNetwork:
-        c = self.config["in_channels"]
-        return FeatureNetwork("classifier", self, self.config["image_size"], (0.5,) * c, (0.5,) * c,
-                              antialias=True, batch_size=256)
-
-
-def train_classifier(images, labels, num_classes=None, steps: int = 300, batch_size: int = 64,
-                     lr: float = 2e-3, seed: int = 0, device=None) -> FeatureNetwork:
-    """Train the small classifier on uint8 images (N, H, W, C) and integer labels (N,).
-
-    Adam with a one-cycle schedule, +-2 px random shifts; images above 64 px
-    are downscaled to 64 px. The defaults reach about 98% held-out accuracy on
-    the 5,000-digit MNIST sample in well under a minute on a 2-core CPU.
-    """
-    x, y = check_images(images, "training images"), np.asarray(labels)
-    if y.shape != (len(x),) or not np.issubdtype(y.dtype, np.integer):
-        raise ValueError(f"labels must be integers of shape ({len(x)},), got {y.dtype} {y.shape}")
-    num_classes = int(y.max()) + 1 if num_classes is None else int(num_classes)
-    if y.min() < 0 or y.max() >= num_classes:
-        raise ValueError(f"labels must lie in [0, {num_classes}), got {y.min()}..{y.max()}")
-    if x.shape[1] != x.shape[2]:
-        raise ValueError(f"the classifier takes square images, got {x.shape[2]}x{x.shape[1]}")
-    device = pick_device(device)
-    with torch.random.fork_rng(devices=[]):  # seeded, without touching the caller's generator
-        torch.manual_seed(seed)
-        model = SmallClassifier(x.shape[3], num_classes, min(x.shape[1], 64))
-    net = model.network().to(device)
-    generator = torch.Generator().manual_seed(seed)
-    pixels, targets = torch.from_numpy(x).to(device), torch.from_numpy(y.astype(np.int64)).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=max(1, steps))
-    size, pad = net.image_size, 2
-    model.train()
-    for _ in tqdm(range(steps), desc="training classifier", disable=None):
-        idx = torch.randint(0, len(x), (batch_size,), generator=generator).to(device)
-        dx, dy = torch.randint(0, 2 * pad + 1, (2,), generator=generator).tolist()
-        batch = F.pad(net.prepare(pixels[idx]), (pad,) * 4, value=-1.0)[..., dy:dy + size, dx:dx + size]
-        loss = F.cross_entropy(model(batch), targets[idx])  # batch: (B, C, size, size), shifted
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-    return net.eval()
-
-
-def save_classifier(net: FeatureNetwork, path) -> None:
-    """Write the classifier (no pickled code: a dict of numbers and tensors), atomically."""
-    payload = {"format": CLASSIFIER_FORMAT, "version": CLASSIFIER_VERSION, "config": net.model.config,
-               "state_dict": {k: v.cpu() for k, v in net.model.state_dict().items()}}
-    data.write_atomically(str(path), lambda f: torch.save(payload, f))
-
-
-def load_classifier(path) -> FeatureNetwork:
-    """Read a file written by save_classifier (torch.load with weights_only=True: no code runs)."""
-    try:
-        payload = torch.load(str(path), map_location="cpu", weights_only=True)
-        if payload["format"] != CLASSIFIER_FORMAT or payload["version"] != CLASSIFIER_VERSION:
-            raise ValueError(payload["format"])
-        model = SmallClassifier(**{k: int(payload["config"][k]) for k in
-                                   ("in_channels", "num_classes", "image_size", "width")})
-        model.load_state_dict(payload["state_dict"])
-    except Exception:  # torch's own message would advise weights_only=False: never the fix
-        raise ValueError(f"{path} is not a classifier file of this metrics.py; delete it "
-                         "(or pass another --classifier) to train a new one") from None
-    return model.network()
-
-
 def load_feature_network(name: str, weights=None, classifier_path=None, train_images=None,
                          train_labels=None, num_classes=None, device=None) -> FeatureNetwork:
-    """"inception" (weights: see inception_network) or "classifier".
+    """"inception" (weights: see inception_network) or "classifier", on `device` (e.g. the
+    user's --device; None: the best available, classifier.choose_device).
 
     The classifier is read from classifier_path if that file exists; otherwise
-    it is trained on train_images and train_labels and saved to classifier_path.
+    it is trained (on `device`) on train_images and train_labels and saved to
+    classifier_path. A file trained by an older recipe (without the intensity
+    augmentation) is still used, with a one-line note on stderr.
     """
+    device = classifier.choose_device(device)  # an unavailable --device is an error before any work
     if name == "inception":
-        net = inception_network(weights)
-    elif name != "classifier":
+        return inception_network(weights).to(device)
+    if name != "classifier":
         raise ValueError(f"unknown feature network {name!r}; choose from inception, classifier")
-    elif classifier_path is not None and os.path.exists(classifier_path):
-        net = load_classifier(classifier_path)
+    if classifier_path is not None and os.path.exists(classifier_path):
+        net = classifier.load_classifier(classifier_path, device)
         if num_classes is not None and net.num_classes != num_classes:
             raise ValueError(f"{classifier_path} was trained for {net.num_classes} classes, not {num_classes}; "
                              "delete it to train a new one")
-    elif train_images is None or train_labels is None:
+        if net.model.recipe != classifier.RECIPE:
+            print(f"note: {classifier_path} was trained with {net.model.recipe} augmentation only, not "
+                  f"{classifier.RECIPE}: it may misread grey backgrounds; delete it to train a new one",
+                  file=sys.stderr)
+        return net
+    if train_images is None or train_labels is None:
         where = f" ({classifier_path} does not exist)" if classifier_path is not None else ""
         raise ValueError(f"the classifier needs a classifier file{where} or train_images and train_labels")
-    else:
-        net = train_classifier(train_images, train_labels, num_classes, device=device)
-        if classifier_path is not None:
-            save_classifier(net, classifier_path)
-    return net.to(pick_device(device))
+    net = classifier.train_classifier(train_images, train_labels, num_classes, device=device)
+    if classifier_path is not None:
+        classifier.save_classifier(net, classifier_path)
+    return net
 
 
 def evaluate_images(real_images, generated_images, generated_labels, net: FeatureNetwork,
@@ -411,7 +410,7 @@ def evaluate_images(real_images, generated_images, generated_labels, net: Featur
 
 
 # ---------------------------------------------------------------------------
-# 5. The command line
+# 7. The command line
 # ---------------------------------------------------------------------------
 def load_image_set(path: str, image_size=None) -> tuple[np.ndarray, np.ndarray | None, list | None]:
     """(images, labels or None, class names or None) of a folder (flat, or one sub-directory
@@ -434,7 +433,7 @@ def load_image_set(path: str, image_size=None) -> tuple[np.ndarray, np.ndarray |
                              "numpy.savez(path, images=uint8 (N, H, W, C), labels=...)") from None
         if "images" not in arrays:
             raise ValueError(f"{path} has no 'images' array (it has: {', '.join(arrays) or 'nothing'})")
-        images, labels = check_images(arrays["images"], f"'images' in {path}"), arrays.get("labels")
+        images, labels = classifier.check_images(arrays["images"], f"'images' in {path}"), arrays.get("labels")
         names = [str(s) for s in arrays["class_names"]] if "class_names" in arrays else None
         if labels is not None and (labels.shape != (len(images),) or not np.issubdtype(labels.dtype, np.integer)):
             raise ValueError(f"'labels' in {path} must be integers of shape ({len(images)},), "
@@ -466,7 +465,9 @@ def main(argv=None) -> int:
                         "(which then needs labels) and saved here (default: under .cache/metrics/)")
     parser.add_argument("--splits", type=int, default=10, help="IS splits (default 10, at most N)")
     parser.add_argument("--image-size", type=int, help="resize all images to N x N first")
-    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--feature-batch-size", type=int,
+                        help="images per batch of the feature network (default: 256 classifier, 32 inception)")
+    parser.add_argument("--batch-size", dest="old_batch_size", help=argparse.SUPPRESS)  # the old name: an error
     parser.add_argument("--device", help="cuda, mps or cpu (default: the best available)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
@@ -476,10 +477,13 @@ def main(argv=None) -> int:
     parser.error = error
     try:
         args = parser.parse_args(argv)
+        if args.old_batch_size is not None:  # train.py's --batch-size is the training batch; this is another thing
+            raise ValueError("--batch-size is now --feature-batch-size (images per batch of the feature network)")
         for flag, value in (("--splits", args.splits), ("--image-size", args.image_size),
-                            ("--batch-size", args.batch_size)):
+                            ("--feature-batch-size", args.feature_batch_size)):
             if value is not None and value < 1:
                 raise ValueError(f"{flag} must be a positive number, got {value}")
+        classifier.choose_device(args.device)  # an unavailable --device fails before any work
         real, real_labels, real_names = load_image_set(args.real, args.image_size)
         generated, labels, names = load_image_set(args.generated, args.image_size)
         if args.features == "inception":
@@ -489,6 +493,7 @@ def main(argv=None) -> int:
             if path is None and real_labels is not None:
                 digest = hashlib.sha1(str(real.shape).encode())
                 digest.update(real.data), digest.update(real_labels.astype(np.int64).data)
+                digest.update(classifier.RECIPE.encode())  # a new training recipe trains a new classifier
                 path = os.path.join(".cache", "metrics", f"classifier-{digest.hexdigest()[:16]}.pt")
             if path is None or not os.path.exists(path):
                 if real_labels is None:
@@ -501,7 +506,7 @@ def main(argv=None) -> int:
             if labels is not None and labels.max() >= net.num_classes:
                 raise ValueError(f"labels in {args.generated} go up to {labels.max()}, "
                                  f"but the classifier knows {net.num_classes} classes")
-        net.batch_size = args.batch_size or net.batch_size
+        net.batch_size = args.feature_batch_size or net.batch_size
         result = {**evaluate_images(real, generated, labels, net, args.splits), "features": args.features}
     except (ValueError, OSError, WeightsUnavailableError) as error:
         print("metrics.py: error: " + " ".join(str(error).split()), file=sys.stderr)

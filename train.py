@@ -7,25 +7,24 @@
 
 PAPER.md, Method steps 1-3: every training image gets a position in a
 pretrained feature space (features.py: features -> 20-d UMAP, standardised),
-and the U-Net (unet.py) learns eps_theta(x_t, t, cond) with the DDPM loss
-(ddpm.py, Algorithm 1 of Ho et al. 2020). `--cond` names the conditions the
+and the U-Net (unet.py) learns to denoise with the DDPM loss (ddpm.py,
+Algorithm 1 of Ho et al. 2020), predicting v = sqrt(abar) eps - sqrt(1 - abar) x_0
+(Salimans & Ho 2022; `--prediction eps` is Ho et al.'s eps_theta). `--cond` names the conditions the
 model sees, joined by "+": `label` (the class) and `pos` (the position).
 The report's three models are `--cond label`, `--cond label+pos` (its
 "label+umap") and `--cond pos` (its "umap").
 
 Around the algorithm: AdamW with a linear warm-up, gradient clipping, an
 exponential moving average (EMA) of the weights that sampling uses,
-condition dropout so that classifier-free guidance works, bf16 autocast
-where the hardware runs it natively, and a run directory that can be resumed:
-
-    runs/NAME/config.json     every setting, the U-Net's arguments, the data's digest, the run id
-    runs/NAME/checkpoint.pt   model, EMA, optimizer, step, config (written atomically)
-    runs/NAME/space.npz       the fitted feature space (when a condition needs one)
-    runs/NAME/grids/          the class grid at the end (and every --sample-every steps)
-
-The three files carry the same run id (a digest of the settings that define
-the run and of the training images), so parts of different runs are never
-mixed. Everything is checked before anything in --out is touched.
+condition dropout (all conditions together, --p-uncond, and each on its own,
+--p-drop) so that classifier-free guidance works per condition, bf16 autocast
+where the hardware runs it natively (fp16 with loss scaling on older GPUs),
+a loss log (log.csv, loss.png), and a run directory that can be resumed
+(rundir.py: config.json, checkpoint.pt, space.npz, grids/; the rules of
+resume, overwrite and belonging). The conditions of the training images come
+from conditions.py, the one function sample.py uses for its requests too.
+Everything is checked before anything in --out is touched, and one train.py
+at a time works on a run (--out/.lock).
 
 Randomness is derived from (seed, step, rank) at every step, so a run that
 is killed and resumed replays exactly the batches, timesteps and noise of
@@ -35,11 +34,10 @@ Multi-GPU: `torchrun --nproc_per_node=N train.py ...` trains with
 DistributedDataParallel, --batch-size images per process; rank 0 writes.
 """
 import argparse
-import hashlib
-import json
+import contextlib
+import functools
 import math
 import os
-import re
 import sys
 import time
 
@@ -49,23 +47,21 @@ import torch.distributed as dist
 import torch.nn as nn
 from tqdm.auto import tqdm
 
+import conditions
+import rundir
 import sample
 from data import write_atomically
-from ddpm import SCHEDULES, Diffusion, beta_schedule
-from features import FeatureSpace, WeightsUnavailableError, extract_features, pick_device
-from sample import CHECKPOINT_FORMAT, CONFIG_FORMAT, PRECISIONS, RunError, autocast, check_belongs
-from unet import condition_embedding_module, count_parameters
+from ddpm import PREDICTIONS, SCHEDULES, Diffusion, beta_schedule
+from features import FeatureSpace, WeightsUnavailableError, pick_device
+from rundir import CHECKPOINT_FORMAT, CONFIG_FORMAT, RunError, save_checkpoint
+from sample import PRECISIONS, autocast
+from unet import condition_encoder, count_parameters
 
-# Settings that define a run: a resumed run keeps them (--overwrite starts afresh).
-IDENTITY = ("data", "per_class", "image_size", "channels", "cond", "backbone", "weights", "pos_dim", "size",
-            "dropout", "schedule", "timesteps", "batch_size", "weight_decay", "p_uncond", "seed")
-# Every other setting (steps, lr, grad_clip, warmup, ema, save_every, sample_every, device, precision, ...)
-# may change on --resume; config.json's "changes" records each change and the step it took effect.
-NOT_SETTINGS = ("out", "resume", "overwrite", "eval")
-RUN_FILES = ("config.json", "checkpoint.pt", "space.npz", "classifier.pt")  # + grids/stepNNNNNNN.png, samples/
-GRID_NAME = re.compile(r"step\d{7}\.png")
+DEFAULT_P_DROP = 0.1  # chosen by measurement: README, "Why v-prediction and 600 steps"
+NOT_SETTINGS = ("out", "resume", "overwrite", "eval")  # the command's flags; every other flag is a setting of the run
 # The sampler of the progress grids: sample.py's defaults.
-GRID_SAMPLER = dict(steps=sample.DEFAULT_STEPS, eta=sample.DEFAULT_ETA, guidance=sample.DEFAULT_GUIDANCE, ddpm=False)
+GRID_SAMPLER = dict(name=sample.DEFAULT_SAMPLER, steps=sample.DEFAULT_STEPS, eta=sample.DEFAULT_ETA,
+                    guidance=sample.DEFAULT_GUIDANCE)
 
 
 # ---------------------------------------------------------------------------
@@ -80,7 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("data and condition")
     g.add_argument("--data", default="mnist-sample", help="mnist-sample (embedded), mnist, or an image-folder path")
     g.add_argument("--root", default="data", help="where datasets and the feature cache live")
-    g.add_argument("--per-class", type=int, default=None, help="images per class (the report: 1000 from MNIST)")
+    g.add_argument("--per-class", type=int, default=None, help="training images per class (the report: 1000 from MNIST)")
+    g.add_argument("--data-seed", type=int, default=0, help="which images a --per-class subset takes")
     g.add_argument("--image-size", type=int, default=None, help="resize images to this size")
     g.add_argument("--channels", type=int, default=None, choices=(1, 3), help="force grey (1) or RGB (3)")
     g.add_argument("--cond", default="label+pos", help="conditions joined by +: label, pos; or none")
@@ -94,22 +91,35 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--dropout", type=float, default=None, help="U-Net dropout (default: the size's own)")
     g.add_argument("--schedule", default="linear", choices=SCHEDULES)
     g.add_argument("--timesteps", type=int, default=1000)
+    g.add_argument("--prediction", default="v", choices=PREDICTIONS,
+                   help="what the U-Net predicts: the noise eps (Ho et al.) or v (Salimans & Ho)")
+    g.add_argument("--min-snr", type=float, default=None, metavar="GAMMA",
+                   help="weight the loss by min-SNR-gamma (Hang et al. 2023); default: unweighted")
     g = p.add_argument_group("optimisation")
-    g.add_argument("--steps", type=int, default=2000, help="optimizer steps (may be raised on --resume)")
+    g.add_argument("--steps", type=int, default=600, help="optimizer steps (may be raised on --resume)")
     g.add_argument("--epochs", type=float, default=None, help="train this many epochs instead of --steps")
     g.add_argument("--batch-size", type=int, default=64, help="images per step (per process under torchrun)")
     g.add_argument("--lr", type=float, default=2e-3)
     g.add_argument("--weight-decay", type=float, default=0.0)
     g.add_argument("--warmup", type=int, default=100, help="linear learning-rate warm-up steps")
+    g.add_argument("--lr-schedule", default="constant", choices=("constant", "cosine"),
+                   help="after the warm-up: constant, or a cosine decay to 0 at the last step")
     g.add_argument("--ema", type=float, default=0.999, help="EMA decay of the weights used for sampling")
-    g.add_argument("--p-uncond", type=float, default=0.1, help="condition dropout for classifier-free guidance")
+    g.add_argument("--p-uncond", type=float, default=0.1,
+                   help="probability that a training image drops all its conditions (classifier-free guidance)")
+    g.add_argument("--p-drop", type=sample.parse_condition_numbers, default=None, metavar="NAME=P,...",
+                   help="probability that an image drops one condition on its own, e.g. label=0.1,pos=0.1 "
+                   "(what per-condition guidance needs; default: 0.1 for each condition of a model with two "
+                   "or more, '' for none)")
     g.add_argument("--grad-clip", type=float, default=1.0)
     g.add_argument("--seed", type=int, default=0)
     g = p.add_argument_group("running")
     g.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available)")
     g.add_argument("--precision", default="auto", choices=PRECISIONS,
-                   help="auto: bf16 autocast where the hardware runs it natively (CUDA, AVX512-BF16/AMX CPUs), else fp32")
+                   help="auto: bf16 autocast where the hardware runs it natively (CUDA 8.0+, AVX512-BF16/AMX CPUs), fp16 with "
+                   "loss scaling on older CUDA GPUs (7.x), else fp32")
     g.add_argument("--save-every", type=int, default=250, help="checkpoint every N steps")
+    g.add_argument("--log-every", type=int, default=50, help="a row of log.csv every N steps")
     g.add_argument("--sample-every", type=int, default=0,
                    help="also a class grid every N steps (0: only the one at the end)")
     g.add_argument("--eval", action="store_true", help="at the end, run sample.py --references 2 --eval")
@@ -146,41 +156,32 @@ def check_settings(s: dict) -> None:
         Diffusion(beta_schedule(s["schedule"], s["timesteps"]))
     except ValueError as error:
         raise RunError(f"--timesteps {s['timesteps']} does not give a valid {s['schedule']} schedule ({error}); "
-                       "use at least 100") from error
+                       "choose more --timesteps") from error
     for name in cond_names(s["cond"]):
         try:
-            condition_embedding_module(name, 2, 8)
+            condition_encoder(name, 2, 8)
         except ValueError as error:
             raise RunError(f"--cond {s['cond']}: {error}") from error
+    for name, p in (s.get("p_drop") or {}).items():
+        if name not in cond_names(s["cond"]):
+            raise RunError(f"--p-drop names {name}, which --cond {s['cond']} does not have")
+        if not 0 <= p < 1:
+            raise RunError(f"--p-drop {name}={p:g}: a probability in [0, 1) is needed")
+    if s.get("min_snr") is not None and not s["min_snr"] > 0:
+        raise RunError(f"--min-snr must be a positive gamma (Hang et al. use 5), got {s['min_snr']}")
+    if s.get("log_every", 1) < 1:
+        raise RunError(f"--log-every must be a positive number of steps, got {s['log_every']}")
     if s["weights"] is not None and s["backbone"] != "pixels" and not os.path.isfile(s["weights"]):
         raise RunError(f"--weights {s['weights']}: file not found")
     if s["backbone"] == "classifier" and s["weights"] is None:
-        raise RunError("--backbone classifier needs --weights FILE, a classifier saved by metrics.py "
-                       "(metrics.py ... --features classifier --classifier FILE)")
+        raise RunError("--backbone classifier needs --weights FILE, a classifier file written by metrics.py "
+                       "(python metrics.py REAL GENERATED --features classifier --classifier FILE trains one on "
+                       "the labelled images REAL and saves it as FILE)")
 
 
 def cond_names(cond: str) -> list[str]:
     """--cond "label+pos" -> ["label", "pos"]; "none" -> []."""
     return [] if cond == "none" else cond.split("+")
-
-
-def resumed_settings(saved: dict, args: argparse.Namespace, typed: set[str], out: str) -> tuple[dict, dict]:
-    """The run's saved settings with what the user typed on --resume; (settings, changes).
-
-    A setting that defines the run may not change; any other may, and the change is returned.
-    """
-    settings, changes = dict(saved), {}
-    for key in typed - set(NOT_SETTINGS):
-        new = getattr(args, key)
-        if new == saved.get(key):
-            continue
-        if key in IDENTITY:
-            raise RunError(f"{out} was trained with --{key.replace('_', '-')} {saved.get(key)}; a resumed run "
-                           f"keeps the settings that define it (use --overwrite, or another --out, to start a new run)")
-        settings[key], changes[key] = new, [saved.get(key), new]
-    if "steps" in typed:
-        settings["epochs"] = None  # --steps on resume wins over a saved --epochs
-    return settings, changes
 
 
 def unet_kwargs(size: str, image_shape: tuple, dropout: float | None, conditions: dict[str, int]) -> dict:
@@ -200,167 +201,108 @@ def unet_kwargs(size: str, image_shape: tuple, dropout: float | None, conditions
                 attention_resolutions=[half, quarter], dropout=0.1 if dropout is None else dropout)
 
 
-def make_run_id(settings: dict, digest: str) -> str:
-    """A digest of what defines the run: the identity settings and the training data."""
-    identity = json.dumps({key: settings[key] for key in IDENTITY}, sort_keys=True)
-    return hashlib.sha256(f"{identity}|{digest}".encode()).hexdigest()[:16]
-
-
 # ---------------------------------------------------------------------------
-# Conditions of the training images
+# Setting a run up: every check first, then the writes (the rules: rundir.py)
 # ---------------------------------------------------------------------------
-def fit_space(settings: dict, images: np.ndarray) -> FeatureSpace:
-    """PAPER.md Method steps 1-2: features of every training image -> a fitted 20-d UMAP space."""
-    features = extract_features(images, backbone=settings["backbone"], weights=settings["weights"],
-                                cache_dir=os.path.join(settings["root"], "cache"))
-    return FeatureSpace.fit(features, n_components=settings["pos_dim"], seed=settings["seed"],
-                            backbone=settings["backbone"])
+def check_command(args: argparse.Namespace) -> None:
+    """What can be checked from the command line alone, before the lock, the data or the UMAP fit."""
+    if args.resume and args.overwrite:
+        raise RunError("pass either --resume or --overwrite, not both")
+    rundir.check_out(args.out)
+    rundir.check_device(args.device)
 
 
-def training_conditions(names: list[str], settings: dict, images: np.ndarray, labels: np.ndarray,
-                        space: FeatureSpace | None) -> tuple[dict[str, torch.Tensor], FeatureSpace | None]:
-    """Every condition of every training image, name -> (N, ...), and the feature space if one was needed.
-
-    A new condition is computed here for training, the way
-    sample.request_conditions computes it for a sampling request.
-    `space` is the run's saved space on --resume, else None (fitted here if needed).
-    """
-    cond = {}
-    if "label" in names:
-        cond["label"] = torch.from_numpy(labels)  # (N,) class index
-    if "pos" in names:
-        space = space or fit_space(settings, images)
-        cond["pos"] = torch.from_numpy(space.standardize(space.positions))  # (N, pos_dim)
-    return cond, space
-
-
-def condition_sizes(cond: dict[str, torch.Tensor]) -> dict[str, int]:
-    """The U-Net's `conditions`: an integer condition (N,) has max + 1 categories; a float one (N, d) has width d."""
-    return {name: int(value.max()) + 1 if not value.is_floating_point() else value.shape[1]
-            for name, value in cond.items()}
-
-
-# ---------------------------------------------------------------------------
-# The run directory
-# ---------------------------------------------------------------------------
-def read_run_dir(out: str) -> tuple[dict | None, dict | None]:
-    """(config.json, checkpoint.pt) of --out, each None when absent; files that are not ours are errors."""
-    config = sample.read_config(out) if os.path.exists(os.path.join(out, "config.json")) else None
-    path = os.path.join(out, "checkpoint.pt")
-    checkpoint = sample.load_checkpoint(path) if os.path.exists(path) else None
-    if config is not None and checkpoint is not None:
-        check_belongs(path, checkpoint.get("run_id", ""), config["run_id"])
-    return config, checkpoint
-
-
-def our_grid_files(out: str) -> list[str]:
-    grids = os.path.join(out, "grids")
-    return [os.path.join(grids, f) for f in os.listdir(grids) if GRID_NAME.fullmatch(f)] if os.path.isdir(grids) else []
-
-
-def remove_run_files(out: str) -> None:
-    """--overwrite: remove only what train.py and sample.py wrote; anything else of the user's stays."""
-    paths = [os.path.join(out, name) for name in RUN_FILES] + our_grid_files(out)
-    samples = os.path.join(out, "samples")
-    if sample.holds_sample_outputs(samples):
-        paths += [os.path.join(samples, name) for name in sample.SAMPLE_FILES]
-    for path in paths:
-        if os.path.isfile(path):
-            os.remove(path)
-    for folder in (os.path.join(out, "grids"), samples):
-        if os.path.isdir(folder) and not os.listdir(folder):
-            os.rmdir(folder)
-
-
-def write_config(out: str, config: dict) -> None:
-    write_atomically(os.path.join(out, "config.json"), lambda f: f.write(json.dumps(config, indent=2).encode()))
-
-
-def save_checkpoint(path: str, checkpoint: dict) -> None:
-    """torch.save to path.tmp, then an atomic rename: a kill never leaves half a checkpoint."""
-    write_atomically(path, lambda f: torch.save(checkpoint, f))
-
-
-# ---------------------------------------------------------------------------
-# Setting a run up: every check first, then the writes
-# ---------------------------------------------------------------------------
 def prepare(args: argparse.Namespace, typed: set[str], rank: int, world: int) -> dict:
-    """Validate the command, the run directory and the data; fit what is needed; then (rank 0) write.
+    """Check the run in --out, the settings and the data; compute the conditions; then (rank 0) write.
 
     Returns what the training loop needs. Raises RunError (and the library's
     ValueError / FileNotFoundError / WeightsUnavailableError) before touching --out.
     """
-    out = args.out
-    if args.resume and args.overwrite:
-        raise RunError("pass either --resume or --overwrite, not both")
-    if os.path.isfile(out):
-        raise RunError(f"--out {out} is a file; give a directory")
-    saved, checkpoint = read_run_dir(out) if os.path.isdir(out) else (None, None)
-    settings = {k: v for k, v in vars(args).items() if k not in NOT_SETTINGS}
-    changes = {}
-    if args.resume:
-        if saved is None and checkpoint is None:
-            raise RunError(f"nothing to resume in {out} (no config.json or checkpoint.pt): drop --resume to start a run")
-        saved = saved or checkpoint["config"]  # config.json lost: the checkpoint holds a copy
-        settings, changes = resumed_settings(saved["settings"], args, typed, out)
-    elif saved is not None or checkpoint is not None:
-        if not args.overwrite:
-            raise RunError(f"{out} already holds a run; pass --resume to continue it or --overwrite to replace it")
-        checkpoint = None  # to be replaced, never loaded
-    check_settings(settings)
-
-    images, labels, class_names = sample.load_training_images(settings)
-    digest = sample.data_digest(images, labels, class_names)
-    run_id = make_run_id(settings, digest)
-    if args.resume and digest != saved["data"]["digest"]:
-        raise RunError(f"the training data ({settings['data']}) changed since {out} was trained; "
-                       "resume needs the same images (or start a new run with --overwrite)")
-    space = None
-    if args.resume and checkpoint is not None and saved["space"]:
-        space_path = os.path.join(out, saved["space"])
-        space = FeatureSpace.load(space_path)
-        check_belongs(space_path, space.run_id, run_id)
-
-    n = len(images)
+    saved, checkpoint = existing_run(args.out, args.resume, args.overwrite)
+    settings, changes = run_settings(args, typed, saved, world)
+    images, labels, class_names = rundir.load_training_images(settings)
+    digest = rundir.data_digest(images, labels, class_names)
+    if saved is not None:
+        rundir.check_data(args.out, saved, digest)
     if settings["epochs"] is not None:
-        settings["steps"] = math.ceil(settings["epochs"] * n / (settings["batch_size"] * world))
-    cond, space = training_conditions(cond_names(settings["cond"]), settings, images, labels, space) \
-        if rank == 0 else (None, None)
+        settings["steps"] = math.ceil(settings["epochs"] * len(images) / (settings["batch_size"] * world))
+    run_id = saved["run_id"] if saved is not None else rundir.make_run_id(settings, digest)  # fixed at the start
+    space = rundir.load_space(args.out, saved) if checkpoint is not None else None
+    cond, space = training_conditions(settings, images, labels, space, rank, world)
+
+    start = checkpoint["step"] if checkpoint is not None else 0
+    data = dict(class_names=class_names, num_images=len(images), image_shape=list(images.shape[1:]), digest=digest)
+    unet = saved["unet"] if saved is not None else unet_kwargs(
+        settings["size"], images.shape[1:], settings["dropout"], conditions.condition_sizes(cond))
+    history = (saved["changes"] + ([dict(step=start, **changes)] if changes else [])) if saved is not None else []
+    config = dict(format=CONFIG_FORMAT, run_id=run_id, settings=settings, data=data, unet=unet,
+                  space_file=rundir.SPACE_FILE if space is not None else None, world_size=world, changes=history)
+    net, ema, optimizer = build_training_state(args.out, config, checkpoint)
+    if rank == 0:
+        write_run(args.out, config, space, args.overwrite)
+    return dict(out=args.out, config=config, start=start, images=images, labels=labels, cond=cond, space=space,
+                net=net, ema=ema, optimizer=optimizer)
+
+
+def existing_run(out: str, resume: bool, overwrite: bool) -> tuple[dict | None, dict | None]:
+    """The run already in --out as this command may use it: (config, checkpoint or None) to resume, else (None, None)."""
+    if not rundir.holds_run(out):
+        if resume:
+            raise RunError(f"nothing to resume in {out} (no config.json or checkpoint.pt): drop --resume to start a run")
+        return None, None
+    if resume:
+        return rundir.read_run(out)
+    rundir.check_ours(out)  # a folder of somebody else's is never taken for a run, nor emptied
+    if not overwrite:
+        raise RunError(f"{out} already holds a run; pass --resume to continue it or --overwrite to replace it")
+    return None, None  # to be replaced, never loaded (a damaged run may be replaced too)
+
+
+def run_settings(args: argparse.Namespace, typed: set[str], saved: dict | None, world: int) -> tuple[dict, dict]:
+    """(settings, changes): the flags of a new run, or a resumed run's saved settings with the flags typed now."""
+    if saved is None:
+        settings, changes = {k: v for k, v in vars(args).items() if k not in NOT_SETTINGS}, {}
+        if settings["p_drop"] is None:  # the default: each condition of a multi-condition model on its own
+            names = cond_names(settings["cond"])
+            settings["p_drop"] = {name: DEFAULT_P_DROP for name in names} if len(names) > 1 else {}
+    else:
+        if world != saved["world_size"]:
+            raise RunError(f"{args.out} was trained with {saved['world_size']} processes; resume it with as many")
+        now = {key: getattr(args, key) for key in typed - set(NOT_SETTINGS)}
+        settings, changes = rundir.resumed_settings(saved["settings"], now, args.out)
+    check_settings(settings)
+    return settings, changes
+
+
+def training_conditions(settings: dict, images: np.ndarray, labels: np.ndarray, space: FeatureSpace | None,
+                        rank: int, world: int) -> tuple[dict[str, torch.Tensor], FeatureSpace | None]:
+    """Every condition of every training image, name -> (N, ...) tensor, and the run's feature space.
+
+    conditions.image_conditions computes them (the training images' positions
+    are the fitted ones). `space` is the run's saved space on --resume, else
+    None: fitted here when a condition needs one. Rank 0 computes; under
+    torchrun it sends the conditions to the other processes.
+    """
+    cond = None
+    if rank == 0:
+        names = cond_names(settings["cond"])
+        if "pos" in names and space is None:
+            space = conditions.fit_space(images, settings)
+        values = conditions.image_conditions(names, images, labels, space, settings, train_index=np.arange(len(images)))
+        cond = {name: torch.from_numpy(value) for name, value in values.items()}
     if world > 1:
         shared = [cond]
-        dist.broadcast_object_list(shared, src=0)  # rank 0 computed (and fitted) the conditions
+        dist.broadcast_object_list(shared, src=0)
         cond = shared[0]
-
-    config = dict(format=CONFIG_FORMAT, run_id=run_id, settings=settings,
-                  data=dict(class_names=class_names, num_images=n, image_shape=list(images.shape[1:]), digest=digest),
-                  unet=saved["unet"] if args.resume else unet_kwargs(settings["size"], images.shape[1:],
-                                                                       settings["dropout"], condition_sizes(cond)),
-                  space="space.npz" if space is not None else None, world_size=world,
-                  changes=(saved.get("changes", []) if args.resume else []))
-    if args.resume and world != saved["world_size"]:
-        raise RunError(f"{out} was trained with {saved['world_size']} processes; resume it with as many")
-    start = checkpoint["step"] if checkpoint is not None else 0
-    if changes:
-        config["changes"] = config["changes"] + [dict(step=start, **changes)]
-    net, ema, optimizer = build_training_state(out, config, checkpoint)
-
-    if rank == 0:  # everything is checked: now, and only now, --out changes
-        if args.overwrite:
-            remove_run_files(out)
-        os.makedirs(os.path.join(out, "grids"), exist_ok=True)
-        if space is not None and checkpoint is None:
-            space.save(os.path.join(out, "space.npz"), run_id=run_id)
-        write_config(out, config)
-    return dict(out=out, config=config, start=start, images=images, labels=labels, cond=cond, space=space,
-                net=net, ema=ema, optimizer=optimizer)
+    return cond, space
 
 
 def build_training_state(out: str, config: dict, checkpoint: dict | None) -> tuple[nn.Module, nn.Module, torch.optim.Optimizer]:
     """The U-Net, its EMA copy and AdamW, from the config's stored arguments (and the checkpoint on --resume)."""
     settings = config["settings"]
     torch.manual_seed(settings["seed"])
-    net = sample.build_unet(config)
-    ema = sample.build_unet(config).requires_grad_(False)
+    net = rundir.build_unet(config)
+    ema = rundir.build_unet(config).requires_grad_(False)
     ema.load_state_dict(net.state_dict())
     optimizer = torch.optim.AdamW(net.parameters(), lr=settings["lr"], weight_decay=settings["weight_decay"])
     if checkpoint is not None:
@@ -373,12 +315,23 @@ def build_training_state(out: str, config: dict, checkpoint: dict | None) -> tup
     return net, ema, optimizer
 
 
+def write_run(out: str, config: dict, space: FeatureSpace | None, overwrite: bool) -> None:
+    """Everything is checked: now, and only now, --out changes (rank 0, holding --out's lock)."""
+    if overwrite:
+        rundir.remove_run_files(out)
+    rundir.remove_stale_tmp(out)
+    os.makedirs(os.path.join(out, "grids"), exist_ok=True)
+    if space is not None and space.run_id != config["run_id"]:  # fitted by this call (a loaded one carries the id)
+        space.save(os.path.join(out, rundir.SPACE_FILE), run_id=config["run_id"])
+    rundir.write_config(out, config)
+
+
 # ---------------------------------------------------------------------------
 # The pieces of one optimizer step
 # ---------------------------------------------------------------------------
-def to_model_range(images: np.ndarray) -> torch.Tensor:
-    """uint8 (N, H, W, C) in [0, 255] -> float (N, C, H, W) in [-1, 1]."""
-    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
+def to_model_range(images: torch.Tensor) -> torch.Tensor:
+    """uint8 (B, C, H, W) in [0, 255] -> float (B, C, H, W) in [-1, 1] (images stay uint8 on the device until here)."""
+    return images.float() / 127.5 - 1
 
 
 def step_seed(seed: int, step: int, rank: int) -> int:
@@ -386,25 +339,36 @@ def step_seed(seed: int, step: int, rank: int) -> int:
     return (seed * 1_000_003 + step) * 1009 + rank
 
 
-def batch_indices(step: int, n: int, batch: int, seed: int, rank: int, world: int) -> torch.Tensor:
+@functools.lru_cache(maxsize=4)
+def epoch_permutation(n: int, seed: int, epoch: int, device: torch.device) -> torch.Tensor:
+    """The order of one epoch, a permutation of 0..n-1: drawn on the CPU once per epoch, then kept on the device."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch)).to(device)
+
+
+def batch_indices(step: int, n: int, batch: int, seed: int, rank: int, world: int,
+                  device: torch.device = torch.device("cpu")) -> torch.Tensor:
     """The images of one step: a slice of the stream of per-epoch permutations of 0..n-1.
 
-    Step s of rank r takes stream positions [s*G + r*B, s*G + (r+1)*B), G = B * world.
+    Step s of rank r takes stream positions [s*G + r*B, s*G + (r+1)*B), G = B * world: the ranks'
+    batches of one step are disjoint slices, and every image comes once per epoch.
     """
     start = step * batch * world + rank * batch
-    positions = torch.arange(start, start + batch)
-    epochs = positions // n
-    out = torch.empty(batch, dtype=torch.long)
-    for epoch in epochs.unique().tolist():
-        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
-        mask = epochs == epoch
-        out[mask] = perm[positions[mask] % n]
-    return out
+    first, last = start // n, (start + batch - 1) // n  # the epochs this batch spans
+    if first == last:
+        offset = start - first * n
+        return epoch_permutation(n, seed, first, device)[offset:offset + batch]
+    stream = torch.cat([epoch_permutation(n, seed, epoch, device) for epoch in range(first, last + 1)])
+    return stream[start - first * n:start - first * n + batch]
 
 
 def learning_rate(step: int, settings: dict) -> float:
-    """Linear warm-up to --lr over --warmup steps, then constant (the report: constant 1e-5)."""
-    return settings["lr"] * min(1.0, (step + 1) / max(1, settings["warmup"]))
+    """Linear warm-up to --lr over --warmup steps, then constant (the report: constant 1e-5) or, with
+    --lr-schedule cosine, lr (1 + cos(pi p)) / 2 with p the share of the steps after the warm-up done."""
+    lr = settings["lr"] * min(1.0, (step + 1) / max(1, settings["warmup"]))
+    if settings.get("lr_schedule") == "cosine" and step >= settings["warmup"]:
+        done = (step - settings["warmup"]) / max(1, settings["steps"] - settings["warmup"])
+        lr = settings["lr"] * 0.5 * (1 + math.cos(math.pi * min(1.0, done)))
+    return lr
 
 
 @torch.no_grad()
@@ -424,70 +388,144 @@ def write_grid(run: sample.Run, step: int) -> None:
 
 
 # ---------------------------------------------------------------------------
+# The loss log: log.csv (one row every --log-every steps) and its curve, loss.png
+# ---------------------------------------------------------------------------
+LOG_COLUMNS = ["step", "loss", "lr", "images_per_s"] + [f"loss_t{k}" for k in range(4)]  # loss_tK: t in the K-th quarter of 0..T-1
+
+
+def start_log(out: str, start: int) -> None:
+    """Begin (or, on resume, continue) log.csv: rows past the checkpoint's step were never kept, so they go."""
+    path = os.path.join(out, "log.csv")
+    rows = []
+    if start > 0 and os.path.isfile(path):
+        with open(path) as f:
+            rows = [line for line in f.read().splitlines()[1:] if line and int(line.split(",")[0]) <= start]
+    write_atomically(path, lambda f: f.write("\n".join([",".join(LOG_COLUMNS)] + rows + [""]).encode()))
+
+
+def append_log(out: str, row: list) -> None:
+    with open(os.path.join(out, "log.csv"), "a") as f:
+        f.write(",".join(f"{v:.6g}" if isinstance(v, float) else str(v) for v in row) + "\n")
+
+
+def plot_loss(out: str) -> None:
+    """loss.png: the loss over the steps, overall and per quarter of t (log scale)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    table = np.genfromtxt(os.path.join(out, "log.csv"), delimiter=",", names=True, ndmin=1)
+    if table.size == 0:
+        return
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for k in range(4):
+        ax.plot(table["step"], table[f"loss_t{k}"], lw=1, label=f"t in quarter {k + 1}")
+    ax.plot(table["step"], table["loss"], "k", lw=2, label="all t")
+    ax.set(xlabel="step", ylabel="loss", yscale="log", title=os.path.basename(os.path.normpath(out)))
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    buffer = __import__("io").BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    plt.close(fig)
+    write_atomically(os.path.join(out, "loss.png"), lambda f: f.write(buffer.getvalue()))
+
+
+# ---------------------------------------------------------------------------
 # Training
 # ---------------------------------------------------------------------------
-def train(run: dict, rank: int, world: int, device: torch.device) -> str:
-    """Run the training that `prepare` set up; returns the run directory."""
-    config, settings = run["config"], run["config"]["settings"]
-    out, main_process, n = run["out"], rank == 0, len(run["images"])
-    x_all = to_model_range(run["images"]).to(device)  # (N, C, H, W) in [-1, 1]
-    cond_all = {name: value.to(device) for name, value in run["cond"].items()}  # name -> (N, ...)
-    net, ema, optimizer = run["net"].to(device), run["ema"].to(device), run["optimizer"]
-    optimizer.load_state_dict(optimizer.state_dict())  # moves the optimizer state to the parameters' device
-    diffusion = Diffusion(beta_schedule(settings["schedule"], settings["timesteps"]))
-    model = torch.compile(net) if settings["compile"] else net
-    if world > 1:
-        model = nn.parallel.DistributedDataParallel(model)  # one forward per step: no unused parameters
-    precision = sample.resolve_precision(settings["precision"], device)
-    grid_run = sample.Run(out, config, ema, diffusion, run["space"], run["images"], run["labels"], precision)
+def distributed(net: nn.Module, world: int, compile_net: bool) -> nn.Module:
+    """The module the loop calls: DDP around the U-Net under torchrun, and torch.compile around that
+    (the order PyTorch documents, so that DDP's gradient buckets overlap the compiled backward)."""
+    model = nn.parallel.DistributedDataParallel(net) if world > 1 else net  # one forward per step: no unused parameters
+    return torch.compile(model) if compile_net else model
 
-    start, last_saved = run["start"], run["start"] or None
+
+def train(setup: dict, rank: int, world: int, device: torch.device) -> str:
+    """Run the training that `prepare` set up (`setup`: its dict of data, conditions, models); returns the run directory."""
+    config, settings = setup["config"], setup["config"]["settings"]
+    out, main_process, n = setup["out"], rank == 0, len(setup["images"])
+    images = torch.from_numpy(setup["images"]).permute(0, 3, 1, 2).contiguous().to(device)  # (N, C, H, W) uint8
+    cond_all = {name: value.to(device) for name, value in setup["cond"].items()}  # name -> (N, ...)
+    net, ema, optimizer = setup["net"].to(device).train(), setup["ema"].to(device).eval(), setup["optimizer"]
+    optimizer.load_state_dict(optimizer.state_dict())  # moves the optimizer state to the parameters' device
+    diffusion = rundir.make_diffusion(settings).to(device)
+    model = distributed(net, world, settings["compile"])
+    precision = sample.resolve_precision(settings["precision"], device)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == torch.float16)  # fp16 needs loss scaling
+    grid_run = sample.Run(out, config, ema, diffusion, setup["space"], setup["images"], setup["labels"], precision)
+    p_drop = settings.get("p_drop") or {}
+    T, log_every = diffusion.num_timesteps, settings.get("log_every", 50)
+
+    start, last_saved = setup["start"], setup["start"] or None
     if main_process:
-        print(f"{settings['data']}: {n} images {tuple(run['images'].shape[1:])}, "
+        start_log(out, start)
+        print(f"{settings['data']}: {n} images {tuple(setup['images'].shape[1:])}, "
               f"{len(config['data']['class_names'])} classes | cond {settings['cond']} | U-Net {settings['size']} "
               f"{count_parameters(net) / 1e6:.2f}M params | {device} x{world} "
-              f"{'bf16' if precision else 'fp32'} | steps {start}->{settings['steps']}", flush=True)
-    bar = tqdm(range(start, settings["steps"]), initial=start, total=settings["steps"], disable=not main_process,
-               desc="train", dynamic_ncols=True)
+              f"{sample.precision_name(precision)} | steps {start}->{settings['steps']}", flush=True)
+    terminal = sys.stderr.isatty()  # a bar on a terminal; a line per log row in a file (nohup, a scheduler)
+    bar = tqdm(range(start, settings["steps"]), initial=start, total=settings["steps"],
+               disable=not (main_process and terminal), desc="train", dynamic_ncols=True)
+    band_sum, band_count = torch.zeros(4, device=device), torch.zeros(4, device=device)  # loss per quarter of t
+    first_bad = torch.tensor(-1, device=device)  # the first step whose loss was not finite
     tick, images_seen = time.perf_counter(), 0
-    for step in bar:
-        seed = step_seed(settings["seed"], step, rank)
-        torch.manual_seed(seed)  # U-Net dropout
-        generator = torch.Generator(device).manual_seed(seed)  # timesteps, noise, condition dropout
-        idx = batch_indices(step, n, settings["batch_size"], settings["seed"], rank, world).to(device)
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate(step, settings)
-        with autocast(device, precision):
-            loss = diffusion.loss(model, x_all[idx], {k: v[idx] for k, v in cond_all.items()},
-                                  settings["p_uncond"], generator)
-        reported = loss.detach().clone()
-        if world > 1:
-            dist.all_reduce(reported)
-            reported /= world
-        if not torch.isfinite(reported):
-            kept = f"{out}/checkpoint.pt (step {last_saved}) is kept" if last_saved else "no checkpoint was written yet"
-            raise RunError(f"the loss became {reported.item()} at step {step}; {kept}. Continue with a lower "
-                           f"learning rate: python train.py --out {out} --resume --lr {settings['lr'] / 4:g}")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(net.parameters(), settings["grad_clip"])
-        optimizer.step()
-        update_ema(ema, net, settings["ema"], step)
+    step = start
+    try:
+        for step in bar:
+            seed = step_seed(settings["seed"], step, rank)
+            torch.manual_seed(seed)  # U-Net dropout
+            generator = torch.Generator(device).manual_seed(seed)  # timesteps, noise, condition dropout
+            idx = batch_indices(step, n, settings["batch_size"], settings["seed"], rank, world, device)
+            lr = learning_rate(step, settings)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            with autocast(device, precision):
+                per_example, t = diffusion.losses(model, to_model_range(images[idx]), {k: v[idx] for k, v in cond_all.items()},
+                                                  settings["p_uncond"], generator, p_drop)  # (B,), (B,)
+            loss = per_example.mean()
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+            nn.utils.clip_grad_norm_(net.parameters(), settings["grad_clip"])
+            scaler.step(optimizer)
+            scaler.update()
+            update_ema(ema, net, settings["ema"], step)
+            first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss.detach()), step, first_bad)  # no host sync
+            band = (t * 4 // T).clamp(max=3)
+            band_sum.index_add_(0, band, per_example.detach())
+            band_count.index_add_(0, band, torch.ones_like(per_example))
 
-        images_seen += settings["batch_size"] * world
-        done = step + 1
-        if main_process:
-            if done % 10 == 0:
-                rate = images_seen / (time.perf_counter() - tick)
-                bar.set_postfix(loss=f"{reported.item():.4f}", img_s=f"{rate:.0f}")
-            if done % settings["save_every"] == 0 or done == settings["steps"]:
-                save_checkpoint(os.path.join(out, "checkpoint.pt"), dict(
-                    format=CHECKPOINT_FORMAT, run_id=config["run_id"], step=done, config=config,
-                    model=net.state_dict(), ema=ema.state_dict(), optimizer=optimizer.state_dict()))
-                last_saved = done
-            if (settings["sample_every"] and done % settings["sample_every"] == 0) or done == settings["steps"]:
-                write_grid(grid_run, done)
+            images_seen += settings["batch_size"] * world
+            done = step + 1
+            saving = done % settings["save_every"] == 0 or done == settings["steps"]
+            if done % log_every == 0 or saving:  # the only steps that read values back from the device
+                if world > 1:
+                    dist.all_reduce(band_sum)
+                    dist.all_reduce(band_count)
+                sums, counts = band_sum.tolist(), band_count.tolist()
+                mean = sum(sums) / max(1.0, sum(counts))
+                if not math.isfinite(mean):
+                    raise RunError(rundir.nan_message(out, int(first_bad), last_saved, settings["lr"]))
+                if main_process:
+                    rate = images_seen / (time.perf_counter() - tick)
+                    append_log(out, [done, mean, lr, rate] + [s / c if c else float("nan") for s, c in zip(sums, counts)])
+                    bar.set_postfix(loss=f"{mean:.4f}", img_s=f"{rate:.0f}")
+                    if not terminal:
+                        print(f"step {done}/{settings['steps']} loss {mean:.4f} lr {lr:.3g} {rate:.0f} img/s", flush=True)
+                band_sum.zero_()
+                band_count.zero_()
+            if main_process:
+                if saving:
+                    if save_checkpoint(os.path.join(out, "checkpoint.pt"), dict(
+                            format=CHECKPOINT_FORMAT, run_id=config["run_id"], step=done, config=config, loss=mean,
+                            model=net.state_dict(), ema=ema.state_dict(), optimizer=optimizer.state_dict())):
+                        last_saved = done  # (a checkpoint with non-finite weights is never written)
+                if (settings["sample_every"] and done % settings["sample_every"] == 0) or done == settings["steps"]:
+                    write_grid(grid_run, done)
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(step) from None  # main's message says where it stopped
     bar.close()
+    if main_process and start < settings["steps"]:
+        plot_loss(out)
     if main_process and start >= settings["steps"]:
         print(f"{out} is already trained to step {start}; raise --steps to train longer")
     return out
@@ -507,17 +545,24 @@ def setup_processes(device_name: str | None) -> tuple[int, int, torch.device]:
 
 def main(argv: list[str] | None = None) -> None:
     args, typed = parse_args(argv)
+    rank = int(os.environ.get("RANK", 0))
     try:
+        check_command(args)
         rank, world, device = setup_processes(args.device)
-        run = prepare(args, typed, rank, world)
-        train(run, rank, world, device)
+        with rundir.writer_lock(args.out) if rank == 0 else contextlib.nullcontext():  # one train.py per run
+            setup = prepare(args, typed, rank, world)
+            train(setup, rank, world, device)
     except (RunError, ValueError, FileNotFoundError, WeightsUnavailableError) as error:
         sys.exit(f"train.py: {' '.join(str(error).split())}")
+    except KeyboardInterrupt as stop:  # train() passes the step it was at
+        sys.exit(f"train.py: {rundir.interrupted_message(args.out, stop.args[0] if stop.args else None)}")
+    except OSError as error:  # a write that failed: a full disk, a folder made read-only meanwhile, ...
+        sys.exit(f"train.py: cannot write {error.filename or args.out}: {error.strerror or error}")
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
     if rank == 0 and args.eval:
-        settings = run["config"]["settings"]
+        settings = setup["config"]["settings"]
         sample.main([args.out, "--out", os.path.join(args.out, "samples"), "--references", "2", "--eval",
                      "--precision", settings["precision"], *(["--device", settings["device"]] if settings["device"] else [])])
 

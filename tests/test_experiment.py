@@ -1,10 +1,21 @@
-"""experiment.py's own pieces: the real split, the two reference protocols, cluster tightness, boundary requests,
-the summary over seeds. (The models it trains are train.py's, tested in test_pipeline.py.)"""
+"""experiment.py: which digits each part may see, the replicates' seeds, intervals, the boundary criterion,
+the confused pairs, and one tiny run of all four sections end to end (2-step models on 200 digits)."""
+import json
+import os
+
 import numpy as np
 import pytest
 
+import classifier
 import experiment
 import sample
+import train
+from data import load_dataset
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return experiment.Digits.load()
 
 
 def fake_run(images, labels, space=None, conditions=("label", "pos"), root="data"):
@@ -14,25 +25,103 @@ def fake_run(images, labels, space=None, conditions=("label", "pos"), root="data
     return sample.Run("fake", config, None, None, space, images, labels)
 
 
-def test_real_split_is_class_balanced_and_disjoint(mnist_sample):
-    _, labels, _ = mnist_sample
-    held, reference = experiment.real_split(labels)
-    assert len(held) == 1000 and len(reference) == 4000
-    assert np.intersect1d(held, reference).size == 0
-    assert (np.bincount(labels[held], minlength=10) == 100).all()
+# ---------------------------------------------------------------------------
+# The digits: no test digit in anything that trains
+# ---------------------------------------------------------------------------
+def test_test_digits_are_in_no_training_set_and_the_sets_are_train_pys(digits):
+    test = digits.test
+    assert len(test) == 1000 and (np.bincount(digits.labels[test]) == 100).all()
+    used = {"train": digits.train, "floor": digits.floor(0)}
+    for per_class in experiment.SCARCE:
+        for data_seed, _ in experiment.AUGMENT_REPLICATES:
+            used[f"scarce {per_class} {data_seed}"] = digits.scarce(per_class, data_seed)
+            used[f"validation {per_class} {data_seed}"] = digits.validation(per_class, data_seed)
+            assert np.intersect1d(digits.scarce(per_class, data_seed), digits.validation(per_class, data_seed)).size == 0
+    for name, index in used.items():
+        assert np.intersect1d(index, test).size == 0, name
+    # What train.py loads is exactly these digits: the whole training split, or the scarce subset.
+    images, _, _ = load_dataset("mnist-sample")
+    np.testing.assert_array_equal(images, digits.images[digits.train])
+    images, labels, _ = load_dataset("mnist-sample", per_class=10, data_seed=1)
+    np.testing.assert_array_equal(images, digits.images[digits.scarce(10, 1)])
+    assert (np.bincount(digits.labels[digits.floor(1)]) == 100).all()
+    assert not np.array_equal(digits.floor(0), digits.floor(1))  # each replicate its own floor digits
 
 
 @pytest.mark.parametrize("protocol", ["per-class", "per-sample"])
-def test_protocols_request_every_class_equally_with_references_of_that_class(mnist_sample, protocol):
+def test_replicates_draw_their_own_references_and_noise(mnist_sample, protocol):
     images, labels, _ = mnist_sample
-    want, refs = experiment.protocol_requests(fake_run(images, labels), protocol)
-    assert len(want) == experiment.N_EVAL and (np.bincount(want) == experiment.N_EVAL // 10).all()
-    assert (labels[refs] == want).all()  # a reference of the requested class
-    distinct = [len(np.unique(refs[want == k])) for k in range(10)]
-    if protocol == "per-class":
-        assert distinct == [1] * 10  # the report's protocol: one reference for all of a class's samples
-    else:
-        assert min(distinct) > 80  # a fresh draw per sample (100 draws from 500 images)
+    run = fake_run(images, labels)
+    (want0, refs0), (want1, refs1) = experiment.requests(run, protocol, 0), experiment.requests(run, protocol, 1)
+    assert len(want0) == experiment.N_EVAL and (np.bincount(want0) == experiment.N_EVAL // 10).all()
+    assert (want0 == want1).all() and (labels[refs0] == want0).all() and (labels[refs1] == want1).all()
+    assert (refs0 != refs1).mean() > 0.9  # other references
+    np.testing.assert_array_equal(refs0, experiment.requests(run, protocol, 0)[1])  # and the same ones again
+    distinct = [len(np.unique(refs0[want0 == k])) for k in range(10)]
+    assert distinct == [1] * 10 if protocol == "per-class" else min(distinct) > 80
+    assert experiment.noise_seed(0) != experiment.noise_seed(1)
+    assert {experiment.noise_seed(r) for r in range(3)}.isdisjoint({experiment.reference_seed(r) for r in range(3)})
+
+
+def test_the_guidance_curve_takes_the_same_number_of_each_class():
+    rows = experiment.curve_rows()
+    want = np.repeat(np.arange(10), experiment.N_EVAL // 10)
+    assert len(rows) == experiment.CURVE_N and (np.bincount(want[rows]) == experiment.CURVE_N // 10).all()
+
+
+# ---------------------------------------------------------------------------
+# Intervals, criterion, pairs
+# ---------------------------------------------------------------------------
+def test_spread_is_the_student_t_interval_of_the_replicates():
+    m = experiment.spread([1.0, 2.0, 3.0])
+    half = 4.302652729911275 / np.sqrt(3)  # t_{0.975, 2} * s / sqrt(n), s = 1
+    assert m["mean"] == 2.0 and m["std"] == 1.0 and m["values"] == [1.0, 2.0, 3.0]
+    assert m["low"] == pytest.approx(2 - half) and m["high"] == pytest.approx(2 + half)
+    assert experiment.spread([5.0])["low"] is None  # one replicate: no interval
+
+
+def walk_stats(mean_b, crossing=0.5, kept=0.95, ambiguity=0.3):
+    return dict(mean_a=[1 - b for b in mean_b], mean_b=mean_b, crossing=crossing, monotonic=True, kept_mass=kept,
+                ambiguity=ambiguity, n_walks=20)
+
+
+def test_the_boundary_criterion_needs_every_part_of_issue_16():
+    good = walk_stats([0.05, 0.2, 0.5, 0.8, 0.95])
+    assert experiment.boundary_success(good, [1.0, 1.1, 1.2, 1.1, 1.0])["success"]
+    failures = {
+        "starts_at_a": (walk_stats([0.15, 0.2, 0.5, 0.8, 0.95]), [1.0] * 5),
+        "ends_at_b": (walk_stats([0.05, 0.2, 0.5, 0.8, 0.85]), [1.0] * 5),
+        "crosses_midway": (walk_stats([0.05, 0.6, 0.8, 0.9, 0.95], crossing=0.2), [1.0] * 5),
+        "stays_on_a_and_b": (walk_stats([0.05, 0.2, 0.5, 0.8, 0.95], kept=0.8), [1.0] * 5),
+        "ambiguous_at_crossing": (walk_stats([0.05, 0.2, 0.5, 0.8, 0.95], ambiguity=0.1), [1.0] * 5),
+        "near_the_data": (good, [1.0, 1.1, 1.4, 1.1, 1.0]),
+    }
+    for check, (stats, nn) in failures.items():
+        verdict = experiment.boundary_success(stats, nn)
+        assert not verdict["success"] and not verdict[check]
+        assert all(verdict[c] for c in experiment.CHECKS if c != check), check
+    never = experiment.boundary_success(walk_stats([0.0] * 5, crossing=None, ambiguity=None), [1.0] * 5)
+    assert not never["crosses_midway"] and not never["ambiguous_at_crossing"]
+
+
+def test_the_best_method_works_on_most_pairs():
+    def pair(success, ambiguity):
+        row = dict({c: success for c in experiment.CHECKS}, success=success, ambiguity=ambiguity)
+        return dict(rows={"label 4": row}, criterion_row="label 4", success=success)
+    methods = {"a": {"4-9": pair(True, 0.3), "3-5": pair(False, 0.4)},
+               "b": {"4-9": pair(True, 0.2), "3-5": pair(True, 0.2)}}
+    assert experiment.best_method(methods) == "b"
+
+
+def test_confused_pairs_come_from_the_mass_put_on_the_other_class():
+    labels = np.repeat(np.arange(10), 5)
+    prob = np.eye(10)[labels] * 0.9 + 0.01
+    prob[labels == 4, 9] += 0.3  # 4s look like 9s
+    prob[labels == 5, 3] += 0.2  # 5s like 3s
+    prob[labels == 3, 5] += 0.05
+    confusion = experiment.soft_confusion(prob, labels)
+    assert confusion[4, 9] == pytest.approx(0.31)
+    assert experiment.confused_pairs(confusion, 2) == [(4, 9), (3, 5)]
 
 
 def test_tightness_tells_clusters_from_noise():
@@ -52,21 +141,71 @@ def test_tightness_tells_clusters_from_noise():
     assert loose["knn_same_class"] < 0.2 and loose["within_over_between"] > 1
 
 
-def test_boundary_requests_lie_between_two_classes(small_space, small_space_data, tmp_path):
-    images, labels = small_space_data
-    run = fake_run(images, labels, small_space, root=str(tmp_path))
-    cond, a, b, s = experiment.boundary_requests(run, seed=0)
-    want = np.repeat(np.arange(10), experiment.N_AUGMENT // 10)
-    assert (cond["label"] == want).all() and cond["pos"].shape == (len(want), 20)
-    assert (labels[a] == want).all() and (labels[b] != want).all()  # from a class-A image towards another class
-    assert 0.2 <= s.min() and s.max() <= 0.5 and s.std() > 0.05  # on A's side of the midpoint, spread out
-    own = sample.request_conditions(run, labels, images)["pos"]  # every training image's position (N, 20)
-    np.testing.assert_allclose(cond["pos"], (1 - s[:, None]) * own[a] + s[:, None] * own[b], atol=1e-5)
+def test_a_kept_set_is_made_once_per_key(tmp_path):
+    made = []
+
+    def make():
+        made.append(1)
+        return dict(images=np.zeros((2, 4, 4, 1), np.uint8), labels=np.array([1, 2]), reference=np.array([-1, -1]),
+                    cond={"label": np.array([1, 2])})
+
+    for key in ({"w": 1}, {"w": 1}, {"w": 3}):
+        part = experiment.kept_set(str(tmp_path / "set"), key, make)
+    assert len(made) == 2 and part["labels"].tolist() == [1, 2] and part["cond"]["label"].tolist() == [1, 2]
+    assert json.loads((tmp_path / "set" / "set.json").read_text()) == {"w": 3}
 
 
-def test_summary_is_mean_and_spread_over_seeds():
-    runs = {f"{stem}-s{seed}": {"per-sample": {"fid": 10.0 + 2 * seed, "accuracy": 0.9}}
-            for stem in experiment.MODELS for seed in experiment.SEEDS}
-    summary = experiment.summarise(runs)
-    assert summary["label per-sample"]["fid"] == [11.0, 1.0]
-    assert summary["pos per-sample"]["accuracy"] == [0.9, 0.0]
+# ---------------------------------------------------------------------------
+# All four sections, tiny
+# ---------------------------------------------------------------------------
+def test_every_section_runs_end_to_end_and_no_test_digit_trains_anything(tmp_path, monkeypatch, digits):
+    tiny = dict(TRAIN_FLAGS=("--steps", "2", "--per-class", "20", "--save-every", "2", "--warmup", "1",
+                             "--root", str(tmp_path / "data")),
+                SAMPLER=dict(experiment.SAMPLER, steps=2), CLASSIFIER_ARGS={"steps": 2}, SEEDS=(0, 1), N_EVAL=20,
+                CURVE_N=10, N_BOOT=4, PER_REFERENCE=2, PAIRS=((4, 9),), WALKS=2, POINTS=3, SCARCE=(10,),
+                AUGMENT_REPLICATES=((0, 0), (0, 1)), VAL_PER_CLASS=5, N_PAIRS=2, N_AUGMENT=10)
+    for name, value in tiny.items():
+        monkeypatch.setattr(experiment, name, value)
+    monkeypatch.setattr(train, "write_grid", lambda run, step: None)  # the end-of-training grid: not needed here
+    seen = []  # every image set that a classifier or a diffusion model trains on
+    train_classifier, load_run = classifier.train_classifier, sample.load_run
+    monkeypatch.setattr(classifier, "train_classifier", lambda images, *a, **k: seen.append(images) or
+                        train_classifier(images, *a, **k))
+    monkeypatch.setattr(sample, "load_run", lambda *a, **k: seen.append(load_run(*a, **k).images) or load_run(*a, **k))
+
+    out, runs = tmp_path / "out", tmp_path / "runs"
+    experiment.main(["--out", str(out), "--runs", str(runs)])
+
+    test_digits = {image.tobytes() for image in digits.images[digits.test]}
+    assert len(seen) > 10 and not any(image.tobytes() in test_digits for images in seen for image in images)
+    results = json.loads((out / "results.json").read_text())
+    assert set(experiment.SECTIONS) <= set(results) and all(results[s]["wall_s"] >= 0 for s in experiment.SECTIONS)
+    c = results["compare"]
+    assert set(c["sets"]) >= {"label-s1-per-sample-w1", "pos-s0-per-class-w3", "label-pos-s1-per-sample-w3"}
+    cell = c["summary"]["label-pos per-sample w3"]["fid"]
+    assert len(cell["values"]) == 2 and cell["low"] <= cell["mean"] <= cell["high"]
+    assert {"ratio", "low", "high"} <= set(c["ratios"]["label-pos per-sample w3"])
+    assert set(c["curve"]["pos"]) == {"1", "1.5", "2", "3"} and c["curve"]["pos"]["2"]["n"] == 10
+    s0, s1 = (np.load(out / "compare" / f"label-pos-s{s}-per-sample-w3" / "samples.npz") for s in (0, 1))
+    assert (s0["reference"] != s1["reference"]).any()  # each replicate its own references
+    assert "own_median_ratio" in results["control"]["runs"]["pos-s1"]["memorisation"]["pixels"]
+    between = results["between"]["methods"]
+    assert set(between) == set(experiment.METHODS) and results["between"]["best_method"] in experiment.METHODS
+    walk = np.load(out / "between" / "position-alone-on-data-4-9" / "samples.npz")
+    assert walk["walk"].tolist() == [0, 0, 0, 1, 1, 1] and walk["s"].tolist() == [0, 0.5, 1] * 2
+    assert results["augment"]["method"] == results["between"]["best_method"]
+    gain = results["augment"]["sizes"]["10"]["gain_over_real"]["boundary"]
+    assert len(gain["values"]) == 2
+    tables = (out / "tables.md").read_text()
+    assert "noise floor" in tables and "Best method" in tables and "confused pairs" in tables
+    for figure in ("compare/class_grids.png", "compare/guidance_curve.png", "between/walks_p_b.png",
+                   "between/soft-labels.png", "control/label-pos-s0.png"):
+        assert os.path.getsize(out / figure) > 0
+
+    # Run again: every model and set is reused (nothing trains or samples), and the numbers are the same.
+    seen.clear()
+    monkeypatch.setattr(sample, "generate", lambda *a, **k: pytest.fail("a kept set was generated again"))
+    monkeypatch.setattr(train, "main", lambda *a, **k: pytest.fail("a finished model was trained again"))
+    experiment.main(["--out", str(out), "--runs", str(runs), "--sections", "compare"])
+    again = json.loads((out / "results.json").read_text())
+    assert again["compare"]["sets"] == c["sets"] and "augment" in again

@@ -66,6 +66,33 @@ def test_features_are_cached_by_content(digits, tmp_path, monkeypatch):
     assert len(os.listdir(tmp_path)) == 2
 
 
+def test_cache_key_holds_the_device_type_and_precision(digits, tmp_path, capsys):
+    keys = {features.cache_name(digits, TINY, "random", device, dtype)
+            for device, dtype in (("cpu", torch.float32), ("cuda", torch.bfloat16), ("cuda", torch.float32))}
+    assert len(keys) == 3  # one entry per device type and precision
+    # bf16 features of a GPU run in the cache are not what a CPU run (fp32) reads back
+    gpu_entry = tmp_path / features.cache_name(digits, TINY, "random", "cuda", torch.bfloat16)
+    np.save(gpu_entry, np.zeros((6, 64), np.float32))
+    on_cpu = extract_features(digits, TINY, weights="random", device="cpu", cache_dir=str(tmp_path))
+    assert np.abs(on_cpu).max() > 0
+    cpu_name = features.cache_name(digits, TINY, "random", "cpu", torch.float32)
+    assert sorted(os.listdir(tmp_path)) == sorted([gpu_entry.name, cpu_name]) and "-cpu-float32-" in cpu_name
+    said = capsys.readouterr().err
+    assert f"features: 6 images through {TINY} on cpu in float32 ..." in said and "done in" in said
+
+
+def test_device_reaches_the_backbone(digits, monkeypatch):
+    seen = []
+
+    def record(model, images, batch_size, device):
+        seen.append(device)
+        return np.zeros((len(images), 64), np.float32)
+
+    monkeypatch.setattr(features, "run_backbone", record)
+    extract_features(digits, TINY, weights="random", device="cpu", cache_dir=None)
+    assert seen == [torch.device("cpu")]
+
+
 def seeded_state_dict(name: str, seed: int) -> dict:
     import timm
 
@@ -249,6 +276,14 @@ def test_fit_gives_positions_and_their_statistics(small_space):
     assert z.dtype == np.float32
     np.testing.assert_allclose(z.mean(axis=0), 0, atol=1e-4)
     np.testing.assert_allclose(z.std(axis=0), 1, atol=1e-4)
+
+
+def test_fit_says_what_it_does_on_stderr(capsys):
+    features = np.random.default_rng(0).normal(size=(40, 6)).astype(np.float32)
+    space = FeatureSpace.fit(features, n_components=2, n_neighbors=5)
+    said = capsys.readouterr().err.strip()
+    assert said.startswith("UMAP: fitting 40 x 6 -> 2-d") and "done in" in said and "\n" not in said
+    assert space.positions.shape == (40, 2)
 
 
 def test_fit_needs_more_points_than_neighbours():

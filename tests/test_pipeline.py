@@ -1,6 +1,8 @@
 """train.py and sample.py end to end, on a tiny two-class image folder (8x8 grey)."""
+import errno
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -10,7 +12,9 @@ import pytest
 import torch
 from PIL import Image
 
+import conditions
 import ddpm
+import rundir
 import sample
 import train
 
@@ -46,7 +50,7 @@ def fails(script, argv, match):
         script.main(argv)
     message = str(stop.value.code)
     assert "\n" not in message and "Traceback" not in message, message
-    assert __import__("re").search(match, message), message
+    assert re.search(match, message), message
     return message
 
 
@@ -56,6 +60,35 @@ def snapshot(path):
             for d, _, files in os.walk(path) for f in files}
 
 
+def advice(message):
+    """The command a message advises, as train.main's argv."""
+    return message.split("python train.py ")[1].split()
+
+
+@pytest.fixture(scope="module")
+def run_dir(folder, tmp_path_factory):
+    """A label+pos run, 6 steps: shared by the sampling tests (copy it before changing it)."""
+    out = tmp_path_factory.mktemp("runs") / "lu"
+    train.main(tiny(folder, out, "--cond", "label+pos", "--steps", "6"))
+    return out
+
+
+@pytest.fixture(scope="module")
+def label_run(folder, tmp_path_factory):
+    """A label-only run trained to step 2 (no UMAP): copied by the tests that resume, break or replace a run."""
+    out = tmp_path_factory.mktemp("runs") / "l2"
+    train.main(tiny(folder, out, "--cond", "label", "--steps", "2"))
+    return out
+
+
+def copy_run(run, tmp_path, name="copy"):
+    shutil.copytree(run, tmp_path / name)
+    return tmp_path / name
+
+
+# ---------------------------------------------------------------------------
+# Training and sampling
+# ---------------------------------------------------------------------------
 @pytest.mark.parametrize("cond", ["label", "pos", "label+pos", "none"])
 def test_every_condition_writes_a_run_directory(folder, tmp_path, cond):
     out = tmp_path / cond
@@ -65,41 +98,65 @@ def test_every_condition_writes_a_run_directory(folder, tmp_path, cond):
     assert sorted(config["unet"]["conditions"]) == sorted(train.cond_names(cond))
     assert state(out)["step"] == 4 and state(out)["run_id"] == config["run_id"]
     assert (out / "grids" / "step0000004.png").exists()
-    assert (out / "space.npz").exists() == ("pos" in cond)
+    assert (out / "space.npz").exists() == ("pos" in cond) and config["space_file"] == ("space.npz" if "pos" in cond else None)
+    assert not (out / rundir.LOCK_FILE).exists()  # the lock goes with the process
     run = sample.load_run(str(out))
     assert (run.space is not None) == ("pos" in cond) and run.model.image_size == 8
-    assert sample.build_unet(config).conditions == run.model.conditions  # rebuilt from the stored arguments alone
+    assert rundir.build_unet(config).conditions == run.model.conditions  # rebuilt from the stored arguments alone
 
 
 def test_positions_from_a_classifiers_features(folder, tmp_path):
     """--backbone classifier --weights FILE: a semantic space, fitted at training and used again at sampling."""
-    import metrics
+    import classifier
     from data import load_dataset
 
     images, labels, _ = load_dataset(folder)
     weights = str(tmp_path / "features.pt")
-    metrics.save_classifier(metrics.train_classifier(images, labels, steps=5, batch_size=8), weights)
+    classifier.save_classifier(classifier.train_classifier(images, labels, steps=5, batch_size=8), weights)
     out = tmp_path / "run"
     train.main(tiny(folder, out, "--cond", "label+pos", "--backbone", "classifier", "--weights", weights))
     run = sample.load_run(str(out))
     assert run.space.features.shape == (40, 128)  # the classifier's penultimate layer, not the 64 pixels
     cond = sample.request_conditions(run, labels[:3], images[:3])
     assert cond["pos"].shape == (3, 20) and np.isfinite(cond["pos"]).all()
-    os.remove(weights)
-    fails(sample, [str(out), "--out", str(tmp_path / "s")], r"--weights \S+features.pt: file not found")
+    os.remove(weights)  # training references are at their fitted positions: no backbone needed for them
+    sample.main([str(out), "--out", str(tmp_path / "s"), "--sampling-steps", "1", "--grid-per-class", "1"])
+    new = os.path.join(folder, "top", "0.png")  # a reference file is placed through the backbone's features
+    fails(sample, [str(out), "--out", str(tmp_path / "s"), "--reference-images", new, "--reference-labels", "1"],
+          r"--weights \S+features.pt: file not found")
 
 
-@pytest.fixture(scope="module")
-def run_dir(folder, tmp_path_factory):
-    out = tmp_path_factory.mktemp("runs") / "lu"
-    train.main(tiny(folder, out, "--cond", "label+pos", "--steps", "6"))
-    return out
+def test_a_training_image_as_reference_gets_its_fitted_position(run_dir, monkeypatch):
+    """conditions.image_conditions: the position a training image was trained with, its features not re-extracted;
+    a new image is placed by UMAP's transform."""
+    run = sample.load_run(str(run_dir))
+    config = json.loads((run_dir / "config.json").read_text())
+    training = conditions.image_conditions(["label", "pos"], run.images, run.labels, run.space, config["settings"],
+                                           train_index=np.arange(len(run.images)))
+    assert training["pos"].shape == (40, 20) and np.allclose(training["pos"].mean(0), 0, atol=1e-4)
+    new = sample.request_conditions(run, run.labels[:3], run.images[:3])["pos"]  # the same pixels as new images
+    monkeypatch.setattr(conditions, "extract_features", lambda *a, **k: pytest.fail("features extracted again"))
+    refs = np.array([5, 0, 39])
+    known = sample.request_conditions(run, run.labels[refs], run.images[refs], refs)
+    np.testing.assert_array_equal(known["pos"], training["pos"][refs])  # exactly the training positions
+    assert known["label"].tolist() == run.labels[refs].tolist()
+    assert np.abs(new - training["pos"][:3]).max() > 0  # transform only approximates a training point's position
+    assert np.linalg.norm(new - training["pos"][:3], axis=1).max() < 3  # ... near it (positions spread ~6 units)
+
+
+def test_condition_sizes_and_the_shape_of_a_float_condition():
+    sizes = conditions.condition_sizes({"label": np.array([0, 3, 1]), "pos": np.zeros((3, 20), np.float32)})
+    assert sizes == {"label": 4, "pos": 20}
+    with pytest.raises(ValueError, match=r"'brightness' is a float array of shape \(3,\).*value\[:, None\]"):
+        conditions.condition_sizes({"brightness": np.zeros(3, np.float32)})
+    with pytest.raises(ValueError, match="has no value: compute it in conditions.image_conditions"):
+        conditions.image_conditions(["label", "colour"], np.zeros((2, 8, 8, 1), np.uint8), [0, 1], None, {})
 
 
 def test_sample_writes_grids_references_and_npz(run_dir, tmp_path):
     out = tmp_path / "s"
-    sample.main([str(run_dir), "--out", str(out), "--steps", "5", "--per-class", "3", "--references", "2",
-                 "--per-reference", "2", "--between", "0", "1", "--points", "3"])
+    sample.main([str(run_dir), "--out", str(out), "--sampling-steps", "5", "--grid-per-class", "3", "--references",
+                 "2", "--per-reference", "2", "--between", "0", "1", "--points", "3"])
     for name in ["class_grid.png", "references.png", "between.png", "meta.json"]:
         assert (out / name).exists()
     with np.load(out / "samples.npz") as s:
@@ -113,9 +170,46 @@ def test_sample_writes_grids_references_and_npz(run_dir, tmp_path):
         assert np.allclose(walk[1], (walk[0] + walk[2]) / 2, atol=1e-5)
     # references: row = reference image then its samples -> 4 rows of 3 tiles (+ 2 px gaps)
     assert Image.open(out / "references.png").size == (3 * 10 + 2, 4 * 10 + 2)
-    # a later call that makes fewer figures leaves no stale ones of ours beside its samples.npz
-    sample.main([str(run_dir), "--out", str(out), "--steps", "2", "--per-class", "1"])
-    assert sorted(os.listdir(out)) == ["class_grid.png", "meta.json", "samples.npz"]
+    # a later call that makes fewer figures keeps the earlier ones; its meta.json lists the files it wrote
+    between = (out / "between.png").read_bytes()
+    sample.main([str(run_dir), "--out", str(out), "--sampling-steps", "2", "--grid-per-class", "1"])
+    assert (out / "between.png").read_bytes() == between
+    assert json.loads((out / "meta.json").read_text())["files"] == ["class_grid.png", "meta.json", "samples.npz"]
+
+
+def test_walks_change_only_their_conditions_and_say_which_walk_point_and_pair_each_image_is(run_dir, tmp_path):
+    run = sample.load_run(str(run_dir))
+    sampler = dict(name="ddim", steps=3, eta=1.0, guidance={"label": 1.0, "pos": 3.0})
+    part = sample.walks(run, 0, 1, points=3, sampler=sampler, seed=0, count=2, label="fixed", path="line")
+    assert part["images"].shape == (2 * 2 * 3, 8, 8, 1)  # 2 walks x (label A row, label B row) x 3 points
+    assert part["walk"].tolist() == [0] * 6 + [1] * 6 and part["s"].tolist()[:3] == [0.0, 0.5, 1.0]
+    assert part["labels"].tolist()[:6] == [0, 0, 0, 1, 1, 1] and (run.labels[part["endpoints"][:, 0]] == 0).all()
+    assert (run.labels[part["endpoints"][:, 1]] == 1).all()
+    # one walk's points share every noise: the same conditions at every point give the same image
+    same = {name: np.repeat(value[:1], 3, axis=0) for name, value in part["cond"].items()}
+    images = sample.generate(run, 3, same, sampler, seed=5, noise_index=np.zeros(3, int))
+    assert (images == images[0]).all()
+    # soft labels mix the one-hot vectors; "none" drops the label; "features" places the path by UMAP's transform
+    soft = sample.walks(run, 0, 1, 3, sampler, 0, label="soft", path="features")
+    assert soft["cond"]["label"].shape == (3, 2) and np.allclose(soft["cond"]["label"][1], [0.5, 0.5])
+    pos, fitted = soft["cond"]["pos"], run.space.standardize(run.space.positions)
+    assert np.isfinite(pos).all() and (pos.min(0) >= fitted.min(0) - 1).all() and (pos.max(0) <= fitted.max(0) + 1).all()
+    assert "label" not in sample.walks(run, 0, 1, 3, sampler, 0, label="none")["cond"]
+    # on the command line, samples.npz keeps the walk fields
+    out = tmp_path / "w"
+    sample.main([str(run_dir), "--out", str(out), "--sampling-steps", "2", "--grid-per-class", "1", "--between", "0",
+                 "1", "--points", "3", "--walks", "2", "--walk-label", "soft", "--walk-path", "features",
+                 "--guidance", "label=1,pos=2"])
+    with np.load(out / "samples.npz") as s:
+        assert s["walk"].tolist() == [-1, -1] + [0] * 3 + [1] * 3 and np.isnan(s["s"][:2]).all()
+        assert s["endpoints"].shape == (8, 2) and s["cond_label"].shape == (8, 2)
+
+
+def test_per_condition_guidance_names_are_checked_against_the_run(run_dir, tmp_path):
+    fails(sample, [str(run_dir), "--out", str(tmp_path / "g"), "--guidance", "label=1,colour=3"],
+          r"--guidance names colour")
+    fails(sample, [str(run_dir), "--out", str(tmp_path / "g"), "--guidance", "label=1,pos"], r"--guidance")
+    fails(sample, [str(run_dir), "--out", str(tmp_path / "g"), "--sampler", "dpm++2m", "--eta", "0.5"], r"--eta")
 
 
 def test_sample_with_own_reference_files_and_eval(run_dir, tmp_path, folder, monkeypatch):
@@ -125,7 +219,7 @@ def test_sample_with_own_reference_files_and_eval(run_dir, tmp_path, folder, mon
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     out = tmp_path / "e"
     files = [os.path.join(folder, c, f"{i}.png") for c in ("top", "bottom") for i in (0, 1)]
-    result = sample.main([str(run_dir), "--out", str(out), "--steps", "3", "--per-class", "2",
+    result = sample.main([str(run_dir), "--out", str(out), "--sampling-steps", "3", "--grid-per-class", "2",
                           "--reference-images", *files, "--reference-labels", "1", "1", "0", "0", "--per-reference", "2",
                           "--eval", "--n", "8"])
     metrics = json.loads((out / "metrics.json").read_text())
@@ -141,19 +235,21 @@ def test_sample_with_own_reference_files_and_eval(run_dir, tmp_path, folder, mon
         assert (s["reference"] >= 0).all() and s["cond_pos"].shape == (8, 20)
 
 
-def test_eval_works_for_a_label_only_run(folder, tmp_path, monkeypatch):
+def test_eval_works_for_a_label_only_run(label_run, tmp_path, monkeypatch):
     import huggingface_hub.constants
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
-    out = tmp_path / "l"
-    train.main(tiny(folder, out, "--cond", "label", "--steps", "1"))
-    sample.main([str(out), "--out", str(tmp_path / "o"), "--steps", "2", "--per-class", "1", "--references", "1",
-                 "--per-reference", "1", "--eval", "--n", "4"])
+    out = copy_run(label_run, tmp_path)
+    sample.main([str(out), "--out", str(tmp_path / "o"), "--sampling-steps", "2", "--grid-per-class", "1",
+                 "--references", "1", "--per-reference", "1", "--eval", "--n", "4"])
     metrics = json.loads((tmp_path / "o" / "metrics.json").read_text())
     assert "controllability" not in metrics and 0 <= metrics["classifier"]["conditioning_accuracy"] <= 1
 
 
+# ---------------------------------------------------------------------------
+# Resume, overwrite, belonging
+# ---------------------------------------------------------------------------
 def test_resume_after_an_interruption_gives_identical_weights(folder, tmp_path, monkeypatch):
     straight, broken = tmp_path / "straight", tmp_path / "broken"
     args = ["--cond", "label+pos", "--steps", "6", "--save-every", "3", "--dropout", "0.1"]
@@ -162,42 +258,54 @@ def test_resume_after_an_interruption_gives_identical_weights(folder, tmp_path, 
     real_step = torch.optim.AdamW.step
     calls = {"n": 0}
 
-    def crash_on_fifth(self, *a, **k):  # the process dies during step 5, after the step-3 checkpoint
+    def ctrl_c_on_fifth(self, *a, **k):  # Ctrl-C during step 5, after the step-3 checkpoint
         calls["n"] += 1
         if calls["n"] == 5:
             raise KeyboardInterrupt
         return real_step(self, *a, **k)
 
-    monkeypatch.setattr(torch.optim.AdamW, "step", crash_on_fifth)
-    with pytest.raises(KeyboardInterrupt):
-        train.main(tiny(folder, broken, *args))
+    monkeypatch.setattr(torch.optim.AdamW, "step", ctrl_c_on_fifth)
+    message = fails(train, tiny(folder, broken, *args), r"interrupted; \S+checkpoint.pt \(step 3\) is intact")
     monkeypatch.undo()
-    assert state(broken)["step"] == 3
-    train.main(["--out", str(broken), "--resume"])  # every setting comes from the run's config.json
+    assert state(broken)["step"] == 3 and not (broken / rundir.LOCK_FILE).exists()
+    assert advice(message) == ["--out", str(broken), "--resume"]  # every setting comes from the run's config.json
+    train.main(advice(message))
     a, b = state(straight), state(broken)
     assert b["step"] == 6
     for key in ("model", "ema"):
         assert all(torch.equal(a[key][name], b[key][name]) for name in a[key])
 
 
-def test_resume_can_extend_a_run_and_change_its_optimisation_but_not_what_defines_it(folder, tmp_path):
-    out = tmp_path / "r"
-    train.main(tiny(folder, out, "--cond", "label"))
+def test_resume_can_extend_a_run_and_change_its_optimisation_but_not_what_defines_it(folder, label_run, tmp_path):
+    out = copy_run(label_run, tmp_path)
     fails(train, tiny(folder, out, "--cond", "label"), "already holds a run; pass --resume")
     before = (out / "config.json").read_bytes()
     fails(train, tiny(folder, out, "--resume", "--cond", "pos"), "--cond label")
     fails(train, ["--out", str(out), "--resume", "--batch-size", "4"], "--batch-size 8")
+    fails(train, ["--out", str(out), "--resume", "--data-seed", "1"], "--data-seed 0")
     assert (out / "config.json").read_bytes() == before  # a refused resume rewrites nothing
-    train.main(["--out", str(out), "--resume", "--steps", "6", "--lr", "1e-3", "--grad-clip", "0.5"])
+    train.main(["--out", str(out), "--resume", "--steps", "4", "--lr", "1e-3", "--grad-clip", "0.5"])
     config = json.loads((out / "config.json").read_text())
-    assert state(out)["step"] == 6 and config["settings"]["lr"] == 1e-3
-    assert config["changes"] == [{"step": 4, "steps": [4, 6], "lr": [0.002, 0.001], "grad_clip": [1.0, 0.5]}]
+    assert state(out)["step"] == 4 and config["settings"]["lr"] == 1e-3
+    assert config["changes"] == [{"step": 2, "steps": [2, 4], "lr": [0.002, 0.001], "grad_clip": [1.0, 0.5]}]
     fails(train, tiny(folder, tmp_path / "empty", "--resume"), "nothing to resume")
 
 
-def test_overwrite_with_bad_input_leaves_the_old_run_intact(folder, tmp_path):
-    out = tmp_path / "o"
-    train.main(tiny(folder, out, "--cond", "label+pos", "--steps", "2"))
+def test_a_run_of_the_previous_config_format_is_resumed_as_the_same_run(label_run, tmp_path):
+    """Format 2 named the space file "space" and drew --per-class subsets with --seed: read as today's names."""
+    out = copy_run(label_run, tmp_path)
+    config = json.loads((out / "config.json").read_text())
+    old = {k: v for k, v in config.items() if k != "space_file"}
+    old.update(format="fpdiff-run-2", space=None, settings={k: v for k, v in config["settings"].items() if k != "data_seed"})
+    (out / "config.json").write_text(json.dumps(old))
+    train.main(["--out", str(out), "--resume", "--steps", "3"])
+    new = json.loads((out / "config.json").read_text())
+    assert new["format"] == rundir.CONFIG_FORMAT and new["run_id"] == config["run_id"] and state(out)["step"] == 3
+    assert new["space_file"] is None and new["settings"]["data_seed"] == 0
+
+
+def test_overwrite_with_bad_input_leaves_the_old_run_intact(folder, label_run, tmp_path):
+    out = copy_run(label_run, tmp_path)
     before = snapshot(out)
     fails(train, tiny("typo", out, "--overwrite"), "unknown dataset 'typo'")
     fails(train, tiny(folder, out, "--overwrite", "--cond", "label+colour"), "unknown condition 'colour'")
@@ -205,10 +313,9 @@ def test_overwrite_with_bad_input_leaves_the_old_run_intact(folder, tmp_path):
     assert snapshot(out) == before
 
 
-def test_overwrite_removes_only_the_projects_files(folder, tmp_path):
-    out = tmp_path / "w"
-    train.main(tiny(folder, out, "--cond", "label", "--steps", "2"))
-    sample.main([str(out), "--out", str(out / "samples"), "--steps", "2", "--per-class", "1"])
+def test_overwrite_removes_only_the_projects_files(folder, label_run, tmp_path):
+    out = copy_run(label_run, tmp_path)
+    sample.main([str(out), "--out", str(out / "samples"), "--sampling-steps", "2", "--grid-per-class", "1"])
     (out / "notes.txt").write_text("mine")
     (out / "grids" / "annotated.png").write_text("mine")
     (out / "samples" / "selection.txt").write_text("mine")
@@ -222,6 +329,21 @@ def test_overwrite_removes_only_the_projects_files(folder, tmp_path):
     (own / "config.json").write_text('{"my": "settings"}')
     fails(train, tiny(folder, own, "--overwrite"), "not written by this version of train.py")
     assert (own / "config.json").read_text() == '{"my": "settings"}'
+
+
+def test_overwrite_replaces_a_damaged_run_but_never_unproven_files(folder, label_run, tmp_path):
+    out = copy_run(label_run, tmp_path)
+    data = (out / "checkpoint.pt").read_bytes()
+    (out / "checkpoint.pt").write_bytes(data[:len(data) // 2])  # truncated: a disk that filled, a copy cut short
+    fails(train, ["--out", str(out), "--resume"], "corrupt or not a checkpoint.*--overwrite")
+    train.main(tiny(folder, out, "--overwrite", "--cond", "label", "--steps", "2"))
+    assert state(out)["step"] == 2
+    # a damaged checkpoint and no config.json: nothing shows the folder is a run, so nothing is removed
+    (out / "config.json").unlink()
+    (out / "checkpoint.pt").write_bytes(b"half a file")
+    before = snapshot(out)
+    fails(train, tiny(folder, out, "--overwrite"), "nothing intact shows it is a run of train.py")
+    assert snapshot(out) == before
 
 
 def test_parts_of_another_run_are_refused(folder, tmp_path):
@@ -240,64 +362,116 @@ def test_parts_of_another_run_are_refused(folder, tmp_path):
     assert not (tmp_path / "s").exists()
 
 
-def test_resume_without_config_json_takes_the_checkpoints_copy(folder, tmp_path):
-    out = tmp_path / "c"
-    train.main(tiny(folder, out, "--cond", "label+pos", "--steps", "2"))
+def test_resume_without_config_json_takes_the_checkpoints_copy(folder, label_run, tmp_path):
+    out = copy_run(label_run, tmp_path)
     before = json.loads((out / "config.json").read_text())
     (out / "config.json").unlink()
     fails(train, tiny(folder, out), "already holds a run")
-    train.main(["--out", str(out), "--resume", "--steps", "4"])
+    train.main(["--out", str(out), "--resume", "--steps", "3"])
     after = json.loads((out / "config.json").read_text())
-    assert state(out)["step"] == 4 and after["run_id"] == before["run_id"]
+    assert state(out)["step"] == 3 and after["run_id"] == before["run_id"]
 
 
-def test_a_run_killed_before_its_first_checkpoint_can_be_resumed(folder, tmp_path, monkeypatch):
+def test_a_run_interrupted_before_its_first_checkpoint_can_be_resumed(folder, tmp_path, monkeypatch):
     out = tmp_path / "k"
     monkeypatch.setattr(torch.optim.AdamW, "step", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
-    with pytest.raises(KeyboardInterrupt):
-        train.main(tiny(folder, out, "--cond", "label+pos"))
+    message = fails(train, tiny(folder, out, "--cond", "label"), "interrupted before the first checkpoint")
     monkeypatch.undo()
     assert (out / "config.json").exists() and not (out / "checkpoint.pt").exists()
-    fails(train, tiny(folder, out, "--cond", "label+pos"), "pass --resume")
-    train.main(["--out", str(out), "--resume"])  # the suggested command works
+    fails(train, tiny(folder, out, "--cond", "label"), "pass --resume")
+    train.main(advice(message))  # the suggested command works
     assert state(out)["step"] == 4
 
 
-def test_nan_loss_stops_with_advice_that_works(folder, tmp_path, monkeypatch):
-    out = tmp_path / "nan"
-    real_loss = ddpm.Diffusion.loss
+# ---------------------------------------------------------------------------
+# Faults: one writer, a non-finite loss, a full disk, a kill during a save
+# ---------------------------------------------------------------------------
+def test_a_second_writer_is_refused_and_a_dead_ones_lock_is_taken_over(label_run, tmp_path):
+    out = copy_run(label_run, tmp_path)
+    lock = out / rundir.LOCK_FILE
+    host = __import__("socket").gethostname()
+    lock.write_text(json.dumps(dict(pid=os.getpid(), host=host, since="now")))  # a live process holds the run
+    before = snapshot(out)
+    fails(train, ["--out", str(out), "--resume", "--steps", "3"], rf"in use by train.py, process {os.getpid()} on")
+    assert snapshot(out) == before  # neither the run nor the other process's lock was touched
+    sample.main([str(out), "--out", str(tmp_path / "s"), "--sampling-steps", "1", "--grid-per-class", "1"])  # reading is fine
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    lock.write_text(json.dumps(dict(pid=dead.pid, host=host, since="then")))  # killed: its lock stayed behind
+    train.main(["--out", str(out), "--resume", "--steps", "3"])
+    assert state(out)["step"] == 3 and not lock.exists()
+
+
+def test_a_non_finite_loss_gives_advice_that_works(folder, tmp_path, monkeypatch):
+    """--lr 1e6 blows the weights up within two steps: the advice may not resume from a checkpoint that holds them."""
+    out = tmp_path / "lr"
+    message = fails(train, tiny(folder, out, "--cond", "label", "--lr", "1e6", "--steps", "6"),
+                    r"loss became non-finite at step \d")
+    remove = re.search(r"Remove (\S+checkpoint.pt)", message)
+    if remove:  # the newest checkpoint gives the loss itself: the advice says to remove it first
+        os.remove(remove.group(1))
+    train.main(advice(message))
+    assert state(out)["step"] == 6 and rundir.finite_weights(state(out))
+
+    real_losses = ddpm.Diffusion.losses
     calls = {"n": 0}
 
-    def nan_on_third(self, *a, **k):
+    def nan_on_fourth(self, *a, **k):  # a single bad batch at step 3, after the step-2 checkpoint
         calls["n"] += 1
-        loss = real_loss(self, *a, **k)
-        return loss * float("nan") if calls["n"] == 3 else loss
+        per_example, t = real_losses(self, *a, **k)
+        return (per_example * float("nan") if calls["n"] == 4 else per_example), t
 
-    monkeypatch.setattr(ddpm.Diffusion, "loss", nan_on_third)
-    message = fails(train, tiny(folder, out, "--cond", "label"),
-                    r"loss became nan at step 2; .*checkpoint.pt \(step 2\) is kept.*--resume --lr 0.0005")
+    monkeypatch.setattr(ddpm.Diffusion, "losses", nan_on_fourth)
+    message = fails(train, tiny(folder, tmp_path / "nan", "--cond", "label"),
+                    r"non-finite at step 3.*checkpoint.pt \(step 2\) is kept.*--resume --lr 0.0002")
     calls["n"] = 0
-    fails(train, tiny(folder, tmp_path / "early", "--cond", "label", "--save-every", "5"),
-          "no checkpoint was written yet")
+    early = fails(train, tiny(folder, tmp_path / "early", "--cond", "label", "--save-every", "5"),
+                  "no checkpoint was written yet")
     monkeypatch.undo()
-    advice = message.split("python train.py ")[1].split()
-    train.main(advice)
-    assert state(out)["step"] == 4 and json.loads((out / "config.json").read_text())["settings"]["lr"] == 0.0005
-    train.main(["--out", str(tmp_path / "early"), "--resume", "--lr", "0.0005"])  # from step 0: no checkpoint yet
+    train.main(advice(message))
+    assert state(tmp_path / "nan")["step"] == 4 and json.loads((tmp_path / "nan" / "config.json").read_text())["settings"]["lr"] == 0.0002
+    train.main(advice(early))  # from step 0: no checkpoint yet
     assert state(tmp_path / "early")["step"] == 4
 
 
-def test_a_kill_during_a_save_leaves_one_stray_file_that_the_next_save_replaces(folder, tmp_path):
-    out = tmp_path / "t"
-    train.main(tiny(folder, out, "--cond", "label", "--steps", "2"))
+def test_a_full_disk_during_a_save_is_one_line_and_the_last_checkpoint_stays(label_run, tmp_path, monkeypatch):
+    out = copy_run(label_run, tmp_path)
+    real_save = torch.save
+
+    class Full:  # a file on a disk with 1,000 bytes left
+        def __init__(self, f):
+            self.f, self.left = f, 1000
+
+        def write(self, data):
+            if len(data) > self.left:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            self.left -= len(data)
+            return self.f.write(data)
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+    monkeypatch.setattr(torch, "save", lambda obj, f, **k: real_save(obj, Full(f), **k))
+    fails(train, ["--out", str(out), "--resume", "--steps", "4"],
+          r"the disk is full: \S+checkpoint.pt \(step 4\) could not be written; the checkpoint there before it is intact")
+    monkeypatch.undo()
+    assert state(out)["step"] == 2 and not [name for name in os.listdir(out) if name.endswith(".tmp")]
+
+
+def test_a_stray_tmp_of_a_killed_save_goes_when_the_next_run_starts(label_run, tmp_path):
+    out = copy_run(label_run, tmp_path)
     (out / "checkpoint.pt.tmp").write_bytes(b"half a checkpoint")  # what kill -9 during torch.save leaves
-    train.main(["--out", str(out), "--resume", "--steps", "4"])
-    assert not [name for name in os.listdir(out) if name.endswith(".tmp")]
+    (out / "grids" / "mine.tmp").write_bytes(b"the user's")
+    train.main(["--out", str(out), "--resume"])  # already trained to step 2: no save, yet the stray file goes
+    assert not (out / "checkpoint.pt.tmp").exists() and (out / "grids" / "mine.tmp").exists()
     umask = os.umask(0)
     os.umask(umask)
     assert (out / "checkpoint.pt").stat().st_mode & 0o777 == 0o666 & ~umask  # like any file the user makes
 
 
+# ---------------------------------------------------------------------------
+# Bad input: one line, before any work or write
+# ---------------------------------------------------------------------------
 @pytest.mark.parametrize("extra,match", [
     (["--save-every", "0"], "--save-every must be a positive number"),
     (["--timesteps", "0"], "--timesteps must be a positive number"),
@@ -307,11 +481,37 @@ def test_a_kill_during_a_save_leaves_one_stray_file_that_the_next_save_replaces(
     (["--p-uncond", "1"], r"--p-uncond must lie in \[0, 1\)"),
     (["--per-class", "30"], "--per-class"),
     (["--image-size", "0"], "--image-size must be a positive number"),
-    (["--backbone", "classifier"], "--backbone classifier needs --weights FILE"),
+    (["--backbone", "classifier"], r"--backbone classifier needs --weights FILE.*python metrics.py"),
+    (["--device", "foo"], "--device foo is not a device name"),
+    (["--device", "cuda:99"], "--device cuda:99: this machine has no such device"),
 ])
 def test_bad_settings_are_one_line_errors_before_any_write(folder, tmp_path, extra, match):
     fails(train, tiny(folder, tmp_path / "x", *extra), match)
     assert not (tmp_path / "x").exists()
+
+
+def test_a_resume_on_a_device_this_machine_lacks_changes_nothing(label_run, tmp_path):
+    out = copy_run(label_run, tmp_path)
+    before = snapshot(out)
+    fails(train, ["--out", str(out), "--resume", "--device", "cuda:99"], "--device cuda:99: this machine has no such")
+    fails(train, ["--out", str(out), "--resume", "--device", "foo"], "--device foo is not a device name")
+    assert snapshot(out) == before
+
+
+def test_an_unusable_out_is_one_line_before_the_data_is_read(run_dir, tmp_path):
+    """--data typo would be the error if --out were checked after the data load."""
+    (tmp_path / "file").write_text("a file")
+    (tmp_path / "link").symlink_to(tmp_path / "gone")
+    cases = [(tmp_path / "file", "is a file"), (tmp_path / "file" / "run", "lies under .*file, which is a file"),
+             (tmp_path / "link", "symbolic link to .*gone, which does not exist")]
+    readonly = tmp_path / "readonly"
+    readonly.mkdir(mode=0o555)
+    if not os.access(readonly, os.W_OK):  # (the superuser may write anywhere)
+        cases.append((readonly / "run", "is read-only for you"))
+    for out, match in cases:
+        fails(train, tiny("typo", out), match)
+        fails(sample, [str(run_dir), "--out", str(out)], match)
+    assert sorted(os.listdir(tmp_path)) == ["file", "link", "readonly"] and os.listdir(readonly) == []
 
 
 def test_bad_data_is_a_one_line_error(tmp_path):
@@ -331,20 +531,24 @@ def test_bad_data_is_a_one_line_error(tmp_path):
 
 
 @pytest.mark.parametrize("extra,match", [
-    (["--per-class", "0"], "--per-class must be a positive count"),
-    (["--steps", "-3"], "--steps must be a positive count"),
+    (["--grid-per-class", "0"], "--grid-per-class must be a positive count"),
+    (["--sampling-steps", "-3"], "--sampling-steps must be a positive count"),
+    (["--steps", "5"], "--steps is now --sampling-steps"),
+    (["--per-class", "5"], "--per-class is now --grid-per-class"),
     (["--references", "-1"], "--references must be 0"),
     (["--references", "50"], "more than the 20 training images"),
     (["--eta", "2"], r"--eta must lie in \[0, 1\]"),
-    (["--guidance", "-1"], "--guidance must be >= 0"),
-    (["--between", "0", "5"], "class 5 does not exist"),
-    (["--steps", "5000"], "at most the run's 1000 timesteps"),
+    (["--guidance", "-1"], "--guidance .*must be >= 0"),
+    (["--between", "0", "5"], "--between 0 5: class 5 does not exist"),
+    (["--reference-images", "a.png", "--reference-labels", "7"], "--reference-labels 7: class 7 does not exist"),
+    (["--sampling-steps", "5000"], "at most the run's 1000 timesteps"),
     (["--reference-images", "a.png"], "one --reference-labels value per"),
     (["--reference-images", "missing.png", "--reference-labels", "0"], "missing.png"),
+    (["--device", "cuda:99"], "--device cuda:99: this machine has no such device"),
 ])
 def test_sample_checks_every_argument_before_writing(run_dir, tmp_path, extra, match):
     out = tmp_path / "s"
-    sample.main([str(run_dir), "--out", str(out), "--steps", "2", "--per-class", "1"])
+    sample.main([str(run_dir), "--out", str(out), "--sampling-steps", "2", "--grid-per-class", "1"])
     before = snapshot(out)
     fails(sample, [str(run_dir), "--out", str(out), *extra], match)
     assert snapshot(out) == before  # a failed call leaves the earlier outputs as they were
@@ -354,13 +558,12 @@ def test_sample_never_replaces_files_it_did_not_write(run_dir, tmp_path):
     out = tmp_path / "mine"
     out.mkdir()
     (out / "meta.json").write_text("my notes")
-    fails(sample, [str(run_dir), "--out", str(out), "--steps", "2"], "meta.json, which sample.py did not write")
+    fails(sample, [str(run_dir), "--out", str(out)], "meta.json, which sample.py did not write")
     assert (out / "meta.json").read_text() == "my notes"
 
 
-def test_corrupt_or_foreign_checkpoints_are_clear_errors(run_dir, tmp_path):
-    bad = tmp_path / "bad"
-    shutil.copytree(run_dir, bad)
+def test_corrupt_or_foreign_checkpoints_are_clear_errors(label_run, tmp_path):
+    bad = copy_run(label_run, tmp_path, "bad")
     (bad / "checkpoint.pt").write_bytes(b"not a zip file at all")
     fails(sample, [str(bad), "--out", str(tmp_path / "o")], "corrupt or not a checkpoint")
     torch.save({"weights": torch.zeros(2)}, bad / "checkpoint.pt")
@@ -371,23 +574,27 @@ def test_corrupt_or_foreign_checkpoints_are_clear_errors(run_dir, tmp_path):
     fails(sample, [str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")], "not found")
 
 
-def recipe_blocks() -> list[str]:
-    """The three code blocks of the README's "Forking: add a new condition" section, in order."""
+# ---------------------------------------------------------------------------
+# The README's code, run as written
+# ---------------------------------------------------------------------------
+def readme_blocks(section: str) -> list[str]:
+    """The python code blocks of one README section, in order."""
     text = open(os.path.join(REPO, "README.md")).read()
-    section = text.split("## Forking: add a new condition")[1].split("\n## ")[0]
-    return [block.split("\n", 1)[1] for block in section.split("```")[1::2] if block.startswith("python")]
+    body = text.split(f"## {section}\n")[1].split("\n## ")[0]
+    return [block.split("\n", 1)[1] for block in body.split("```")[1::2] if block.startswith("python")]
 
 
-def test_the_readmes_recipe_adds_a_condition_in_three_places(folder, tmp_path):
+def test_the_readmes_recipe_adds_a_condition_in_two_places(folder, tmp_path):
     """Apply the README's recipe (a brightness condition) to a copy of the code, then train and sample with it."""
     code = tmp_path / "fork"
     code.mkdir()
-    for name in ("unet.py", "train.py", "sample.py", "ddpm.py", "data.py", "features.py", "metrics.py"):
-        shutil.copy(os.path.join(REPO, name), code / name)
-    anchors = [("unet.py", "    raise ValueError(f\"unknown condition"), ("train.py", "    return cond, space\n"),
-               ("sample.py", "    return cond\n")]
-    blocks = recipe_blocks()
-    assert len(blocks) == 3
+    for name in os.listdir(REPO):
+        if name.endswith(".py"):
+            shutil.copy(os.path.join(REPO, name), code / name)
+    anchors = [("unet.py", "    raise ValueError(f\"unknown condition"),
+               ("conditions.py", "    missing = [name for name in names if name not in cond]\n")]
+    blocks = readme_blocks("Forking: add a new condition")
+    assert len(blocks) == 2
     for (name, anchor), block in zip(anchors, blocks):
         source = (code / name).read_text()
         assert source.count(anchor) == 1, f"the recipe's place in {name} moved"
@@ -395,12 +602,27 @@ def test_the_readmes_recipe_adds_a_condition_in_three_places(folder, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(code)}
     out = tmp_path / "bright"
     for argv in (["train.py", *tiny(folder, out, "--cond", "label+brightness")],
-                 ["sample.py", str(out), "--out", str(out / "s"), "--steps", "2", "--per-class", "2"]):
+                 ["sample.py", str(out), "--out", str(out / "s"), "--sampling-steps", "2", "--grid-per-class", "2"]):
         proc = subprocess.run([sys.executable, *argv], cwd=code, env=env, capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, proc.stderr[-2000:]
     assert json.loads((out / "config.json").read_text())["unet"]["conditions"] == {"label": 2, "brightness": 1}
     with np.load(out / "s" / "samples.npz") as s:
         assert s["cond_brightness"].shape == (4, 1) and 0 < s["cond_brightness"].min() <= s["cond_brightness"].max() < 1
+
+
+def test_the_readmes_python_section_runs(run_dir, folder, tmp_path, monkeypatch):
+    """The "From Python" block, as written, in a folder where runs/quick is a tiny run and a.png a reference."""
+    (tmp_path / "runs").mkdir()
+    shutil.copytree(run_dir, tmp_path / "runs" / "quick")
+    shutil.copy(os.path.join(folder, "top", "0.png"), tmp_path / "a.png")
+    monkeypatch.chdir(tmp_path)
+    [block] = readme_blocks("From Python")
+    names = {}
+    exec(compile(block, "README.md", "exec"), names)
+    assert names["images"].shape == (8, 8, 8, 1) and names["like_mine"].shape == (8, 8, 8, 1)
+    assert (names["cond"]["pos"] == sample.request_conditions(names["run"], names["labels"], names["run"].images[names["refs"]], names["refs"])["pos"]).all()
+    assert np.isfinite(names["scores"]["fid"]) and 0 <= names["scores"]["conditioning_accuracy"] <= 1
+    assert (tmp_path / "runs" / "quick" / "classifier.pt").exists()
 
 
 def test_torchrun_with_two_cpu_processes(folder, tmp_path):

@@ -72,7 +72,7 @@ def test_gradients_reach_every_parameter():
 
 def test_unconditional_unet_without_condition_modules():
     net = UNet(image_size=8, base_channels=8, channel_mults=(1, 2), attention_resolutions=())
-    assert len(net.cond_embedding) == 0 and len(net.cond_null) == 0
+    assert len(net.encoders) == 0 and len(net.null_embeddings) == 0
     assert net(torch.randn(3, 1, 8, 8), torch.tensor(10)).shape == (3, 1, 8, 8)  # scalar t broadcasts
 
 
@@ -93,7 +93,7 @@ def test_a_condition_the_network_was_not_built_with_is_a_clear_error():
     net = UNet(image_size=8, base_channels=8, channel_mults=(1,), attention_resolutions=())
     with pytest.raises(ValueError, match="takes the conditions \\[\\]"):
         net(torch.randn(1, 1, 8, 8), torch.zeros(1), {"label": torch.zeros(1, dtype=torch.long)})
-    with pytest.raises(ValueError, match="unknown condition 'colour'.*condition_embedding_module"):
+    with pytest.raises(ValueError, match="unknown condition 'colour'.*condition_encoder"):
         UNet(image_size=8, base_channels=8, channel_mults=(1,), attention_resolutions=(), conditions={"colour": 3})
 
 
@@ -120,3 +120,15 @@ def test_tiny_overfit_drives_the_loss_down():
         d.loss(net, x0.repeat(4, 1, 1, 1), {"label": cond["label"].repeat(4)}).backward()
         opt.step()
     assert fixed_loss() < 0.25 * start
+
+
+def test_a_checkpoint_of_the_previous_release_loads_under_the_new_names():
+    """cond_embedding.* and cond_null.* (the previous names) load into encoders.* and null_embeddings.*."""
+    kwargs = dict(image_size=8, base_channels=8, channel_mults=(1, 2), attention_resolutions=(),
+                  conditions={"label": 3, "pos": 2})
+    torch.manual_seed(0)
+    old = {k.replace("encoders.", "cond_embedding.").replace("null_embeddings.", "cond_null."): v + 1
+           for k, v in UNet(**kwargs).state_dict().items()}
+    net = UNet(**kwargs)
+    net.load_state_dict(old)
+    assert torch.equal(net.encoders["label"].weight, old["cond_embedding.label.weight"])

@@ -1,0 +1,502 @@
+"""The run directory: what train.py writes, how it is read back, and the rules that keep it safe.
+
+    runs/NAME/config.json     every setting, the U-Net's arguments, the data's digest, the run id, changes on resume
+    runs/NAME/checkpoint.pt   model, EMA, optimizer, step, run id, a copy of the config (written atomically)
+    runs/NAME/space.npz       the fitted feature space, config["space_file"] (only when a condition needs one)
+    runs/NAME/log.csv         the loss every --log-every steps, and its curve loss.png (train.py)
+    runs/NAME/grids/          class grids, stepNNNNNNN.png
+    runs/NAME/samples/        train.py --eval's sample.py outputs
+    runs/NAME/.lock           while a train.py works on the run: its process id and host
+
+The rules, each a function below:
+
+- Belonging: config, checkpoint and space carry the same run id, a digest
+  of the settings that define the run (IDENTITY) and of the training images,
+  fixed when the run starts; a file of another run is refused, naming it.
+- Resume: the IDENTITY settings stay; any other may change, and
+  config["changes"] records each change with the step it took effect.
+- Overwrite: only the files of a run (RUN_FILES, our grids, sample.py's
+  outputs where its meta.json says so) are removed, and only from a folder
+  that is provably a run; a damaged run may be replaced.
+- One writer: `.lock` names the train.py working on the run; a second one
+  is refused, a lock whose process died is taken over. Reading (sample.py)
+  needs no lock: every file is replaced atomically.
+- Every check before the first write; weights are loaded with
+  weights_only=True (loading never runs code); a checkpoint is saved only
+  when its weights are finite.
+
+train.py and sample.py both use this module; it imports neither.
+"""
+import contextlib
+import errno
+import hashlib
+import json
+import math
+import os
+import re
+import socket
+import time
+
+import numpy as np
+import torch
+
+from data import load_dataset, write_atomically
+from ddpm import Diffusion, beta_schedule
+from features import FeatureSpace
+from unet import UNet
+
+CONFIG_FORMAT = "fpdiff-run-3"  # 3: config["space_file"] (2: "space") and settings["data_seed"] (2: none)
+CHECKPOINT_FORMAT = "fpdiff-checkpoint-2"
+# Settings that define a run: a resumed run keeps them (--overwrite starts afresh).
+IDENTITY = ("data", "data_seed", "per_class", "image_size", "channels", "cond", "backbone", "weights", "pos_dim",
+            "size", "dropout", "schedule", "timesteps", "prediction", "min_snr", "batch_size", "weight_decay",
+            "p_uncond", "p_drop", "seed")
+# Every other setting (steps, lr, grad_clip, warmup, ema, save_every, sample_every, device, precision, ...)
+# may change on --resume; config["changes"] records each change and the step it took effect.
+SPACE_FILE = "space.npz"
+RUN_FILES = ("config.json", "checkpoint.pt", SPACE_FILE, "classifier.pt", "log.csv", "loss.png")  # + grids/, samples/
+GRID_NAME = re.compile(r"step\d{7}\.png")
+# Everything a sample.py call may write into its --out (and the only files it ever replaces there).
+SAMPLE_FILES = ("class_grid.png", "references.png", "between.png", "samples.npz", "meta.json",
+                "metrics.json", "eval_samples.npz")
+LOCK_FILE = ".lock"
+
+
+class RunError(Exception):
+    """A problem with the user's settings or files: printed as one line, no traceback."""
+
+
+# ---------------------------------------------------------------------------
+# Reading a run: config.json, checkpoint.pt, space.npz, the training images
+# ---------------------------------------------------------------------------
+def read_config(run_dir: str) -> dict:
+    """config.json of a run written by train.py; anything else is a one-line error."""
+    path = os.path.join(run_dir, "config.json")
+    if not os.path.isfile(path):
+        raise RunError(f"{path} not found: {run_dir} is not a run directory (train one: python train.py --out {run_dir})")
+    try:
+        with open(path) as f:
+            config = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise RunError(f"cannot read {path} ({type(error).__name__}); is {run_dir} a run made by train.py?") from error
+    return in_todays_format(config, path)
+
+
+def in_todays_format(config, path: str) -> dict:
+    """A config of this format; one of format 2 is read as the same run in today's names, anything else refused.
+
+    Format 2 had "space" for today's "space_file", and no --data-seed: it drew a
+    --per-class subset with --seed, so its data_seed is its seed (the data digest checks it).
+    """
+    if isinstance(config, dict) and config.get("format") == "fpdiff-run-2":
+        settings = dict(config["settings"], data_seed=config["settings"]["seed"])
+        config = {**{k: v for k, v in config.items() if k != "space"}, "format": CONFIG_FORMAT,
+                  "settings": settings, "space_file": config["space"]}
+    if not isinstance(config, dict) or config.get("format") != CONFIG_FORMAT:
+        raise RunError(f"{path} was not written by this version of train.py (format {CONFIG_FORMAT} expected)")
+    return config
+
+
+def load_checkpoint(path: str) -> dict:
+    """Read a checkpoint with weights_only=True (no code runs); anything else is a one-line error."""
+    if not os.path.isfile(path):
+        raise RunError(f"{path} not found: train first (python train.py --out {os.path.dirname(path) or '.'})")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # a truncated zip, a foreign pickle, ... all mean the same to the user
+        raise RunError(f"{path} is corrupt or not a checkpoint of this project ({type(error).__name__}); "
+                       "replace the run (--overwrite), or resume from an intact copy") from error
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
+        raise RunError(f"{path} is not a train.py checkpoint (format {CHECKPOINT_FORMAT} expected)")
+    return checkpoint
+
+
+def check_belongs(path: str, run_id: str, expected: str) -> None:
+    """A checkpoint or space carries its run's id: one from another run is refused, naming the file."""
+    if run_id != expected:
+        raise RunError(f"{path} belongs to another run (run id {run_id or 'none'}, this run is {expected}); "
+                       "copy back this run's own file, or start afresh with --overwrite")
+
+
+def read_run(run_dir: str) -> tuple[dict, dict | None]:
+    """(config, checkpoint or None) of a run; a lost config.json is replaced by the checkpoint's copy."""
+    path = os.path.join(run_dir, "config.json")
+    config = read_config(run_dir) if os.path.lexists(path) else None
+    checkpoint_path = os.path.join(run_dir, "checkpoint.pt")
+    checkpoint = load_checkpoint(checkpoint_path) if os.path.lexists(checkpoint_path) else None
+    if config is None and checkpoint is None:
+        raise RunError(f"{path} not found: {run_dir} is not a run directory (train one: python train.py --out {run_dir})")
+    if config is None:
+        config = in_todays_format(checkpoint.get("config"), checkpoint_path)
+    if checkpoint is not None:
+        check_belongs(checkpoint_path, checkpoint.get("run_id", ""), config["run_id"])
+    return config, checkpoint
+
+
+def load_space(run_dir: str, config: dict) -> FeatureSpace | None:
+    """The run's fitted feature space (None when no condition of the run needs one), checked to belong to it."""
+    if not config["space_file"]:
+        return None
+    path = os.path.join(run_dir, config["space_file"])
+    space = FeatureSpace.load(path)
+    check_belongs(path, space.run_id, config["run_id"])
+    return space
+
+
+def build_unet(config: dict) -> UNet:
+    """The U-Net of a run, from the arguments stored in its config alone."""
+    return UNet(**config["unet"])
+
+
+def make_diffusion(settings: dict) -> Diffusion:
+    """The run's noise schedule and what its U-Net predicts (eps or v), from its settings."""
+    return Diffusion(beta_schedule(settings["schedule"], settings["timesteps"]), settings.get("prediction", "eps"),
+                     settings.get("min_snr"))
+
+
+def load_training_images(settings: dict) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """(N, H, W, C) uint8 images, (N,) labels and class names, as a run's settings say."""
+    return load_dataset(settings["data"], root=settings["root"], per_class=settings["per_class"],
+                        image_size=settings["image_size"], data_seed=settings["data_seed"],
+                        channels=settings["channels"])
+
+
+def data_digest(images: np.ndarray, labels: np.ndarray, class_names: list[str]) -> str:
+    """A fingerprint of the training data: the run's images, labels and class names."""
+    digest = hashlib.sha256()
+    digest.update(json.dumps([list(images.shape), class_names]).encode())
+    digest.update(np.ascontiguousarray(images).data)
+    digest.update(np.ascontiguousarray(labels, dtype=np.int64).data)
+    return digest.hexdigest()[:16]
+
+
+def check_data(run_dir: str, config: dict, digest: str) -> None:
+    """Resuming and sampling need the images the run was trained on (references and metrics come from them)."""
+    if digest != config["data"]["digest"]:
+        raise RunError(f"the training data of {run_dir} ({config['settings']['data']}) changed since it was trained; "
+                       "resuming and sampling need the same images: restore them, or train a new run (--overwrite)")
+
+
+def make_run_id(settings: dict, digest: str) -> str:
+    """A digest of what defines a new run: its IDENTITY settings and its training data."""
+    identity = json.dumps({key: settings[key] for key in IDENTITY}, sort_keys=True)
+    return hashlib.sha256(f"{identity}|{digest}".encode()).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------
+# The rules of resume and overwrite
+# ---------------------------------------------------------------------------
+def resumed_settings(saved: dict, typed: dict, out: str) -> tuple[dict, dict]:
+    """The run's saved settings with the settings typed on --resume: (settings, changes).
+
+    A setting in IDENTITY may not change; any other may, and changes[key] = [old, new].
+    """
+    settings, changes = dict(saved), {}
+    for key, new in typed.items():
+        if new == saved.get(key):
+            continue
+        if key in IDENTITY:
+            raise RunError(f"{out} was trained with --{key.replace('_', '-')} {saved.get(key)}; a resumed run "
+                           f"keeps the settings that define it (use --overwrite, or another --out, to start a new run)")
+        settings[key], changes[key] = new, [saved.get(key), new]
+    if "steps" in typed:
+        settings["epochs"] = None  # --steps on resume wins over a saved --epochs
+    return settings, changes
+
+
+def holds_run(out: str) -> bool:
+    """Does `out` hold a run's config.json or checkpoint.pt (intact or not)?"""
+    return any(os.path.lexists(os.path.join(out, name)) for name in ("config.json", "checkpoint.pt"))
+
+
+def check_ours(out: str) -> None:
+    """The run in `out` is provably train.py's: an intact config.json of ours, or else an intact checkpoint.
+
+    Only then may --overwrite remove its files. A damaged checkpoint beside our
+    config.json may be replaced; a config.json of someone else's never is.
+    """
+    path = os.path.join(out, "config.json")
+    try:
+        with open(path) as f:
+            config = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        config = None  # absent or damaged: then the checkpoint has to show it
+    if config is not None:
+        in_todays_format(config, path)  # a readable config.json that is not ours is the user's: refused
+        return
+    path = os.path.join(out, "checkpoint.pt")
+    if os.path.isfile(path):
+        try:
+            load_checkpoint(path)
+            return
+        except RunError:
+            pass
+    raise RunError(f"{out} holds a damaged config.json or checkpoint.pt and nothing intact shows it is a run of "
+                   "train.py, so nothing is removed: move those files away yourself, or choose another --out")
+
+
+def our_grid_files(out: str) -> list[str]:
+    grids = os.path.join(out, "grids")
+    return [os.path.join(grids, f) for f in os.listdir(grids) if GRID_NAME.fullmatch(f)] if os.path.isdir(grids) else []
+
+
+def holds_sample_outputs(folder: str) -> bool:
+    """Was `folder` written by sample.py? (Its meta.json says so.) Only then are its SAMPLE_FILES ours to replace."""
+    try:
+        with open(os.path.join(folder, "meta.json")) as f:
+            meta = json.load(f)
+        return isinstance(meta, dict) and meta.get("written_by") == "sample.py"
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+
+
+def remove_run_files(out: str) -> None:
+    """--overwrite: remove only what train.py and sample.py wrote; anything else of the user's stays."""
+    paths = [os.path.join(out, name) for name in RUN_FILES] + our_grid_files(out)
+    samples = os.path.join(out, "samples")
+    if holds_sample_outputs(samples):
+        paths += [os.path.join(samples, name) for name in SAMPLE_FILES]
+    for path in paths:
+        if os.path.isfile(path):
+            os.remove(path)
+    for folder in (os.path.join(out, "grids"), samples):
+        if os.path.isdir(folder) and not os.listdir(folder):
+            os.rmdir(folder)
+
+
+def remove_stale_tmp(out: str) -> None:
+    """A kill during a write leaves NAME.tmp beside NAME (data.write_atomically); ours go when the next run starts."""
+    tmp = [os.path.join(out, name + ".tmp") for name in RUN_FILES]
+    grids = os.path.join(out, "grids")
+    if os.path.isdir(grids):
+        tmp += [os.path.join(grids, f) for f in os.listdir(grids) if f.endswith(".tmp") and GRID_NAME.fullmatch(f[:-4])]
+    for path in tmp:
+        if os.path.isfile(path):
+            os.remove(path)
+
+
+# ---------------------------------------------------------------------------
+# Writing a run
+# ---------------------------------------------------------------------------
+def write_config(out: str, config: dict) -> None:
+    write_atomically(os.path.join(out, "config.json"), lambda f: f.write(json.dumps(config, indent=2).encode()))
+
+
+# The training loss is E||target - prediction||^2 of a target with unit variance (eps, or v): predicting 0
+# scores 1 and a fresh U-Net about that. A mean loss above this means the weights have blown up.
+DIVERGED_LOSS = 100.0
+
+
+def finite_weights(checkpoint: dict) -> bool:
+    """Are the model's, the EMA's and the optimizer's numbers all finite?"""
+    tensors = [*checkpoint["model"].values(), *checkpoint["ema"].values()]
+    tensors += [v for state in checkpoint["optimizer"]["state"].values() for v in state.values()]
+    return all(torch.isfinite(t).all() for t in tensors if torch.is_tensor(t) and t.is_floating_point())
+
+
+def healthy(checkpoint: dict) -> bool:
+    """Weights worth resuming from: all finite, and (where the checkpoint records it) a mean loss below DIVERGED_LOSS.
+
+    Finite is not enough: at --lr 1e6 the weights reach 1e6 in two steps, finite,
+    with a loss near 1e14, and every later step gives a non-finite loss whatever the --lr.
+    """
+    loss = checkpoint.get("loss")  # the mean loss of the steps since the last log, when the loop stores it
+    return finite_weights(checkpoint) and (loss is None or (math.isfinite(loss) and loss < DIVERGED_LOSS))
+
+
+def save_checkpoint(path: str, checkpoint: dict) -> bool:
+    """torch.save to path.tmp, then an atomic rename: a kill never leaves half a checkpoint.
+
+    Returns False, writing nothing, when the weights are not `healthy`: the
+    checkpoint already at `path` stays. A full disk is a one-line error; the
+    earlier checkpoint stays intact then too.
+    """
+    if not healthy(checkpoint):
+        return False
+    try:
+        write_atomically(path, lambda f: torch.save(checkpoint, f))
+    except (OSError, RuntimeError) as error:  # torch.save reports a failed write as a RuntimeError about its position
+        if not disk_full(error):
+            raise
+        raise RunError(f"the disk is full: {path} (step {checkpoint['step']}) could not be written; the checkpoint "
+                       f"there before it is intact. Free some space, then: python train.py --out "
+                       f"{os.path.dirname(path) or '.'} --resume") from None
+    return True
+
+
+def disk_full(error: BaseException | None) -> bool:
+    """Is a full disk (or quota) the cause, anywhere in the chain of exceptions?"""
+    while error is not None:
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def checkpoint_step(path: str) -> int | None:
+    """The step of the checkpoint at `path` (None: none, or unreadable); memory-mapped, so cheap."""
+    try:
+        return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["step"])
+    except Exception:
+        return None
+
+
+# ---------------------------------------------------------------------------
+# Messages for a run that stops: a non-finite loss, an interruption
+# ---------------------------------------------------------------------------
+def nan_message(out: str, step: int, last_good_step: int | None, lr: float) -> str:
+    """What to do after the loss became non-finite at `step`; last_good_step: the newest checkpoint's step, or None.
+
+    The loss of step S is computed with the weights after S updates, which is
+    what a checkpoint at step S holds, and a resumed run replays step S's
+    batch and noise exactly: so when last_good_step == step, that checkpoint
+    gives the same non-finite loss at any --lr (its weights blew up before it
+    was saved); without a checkpoint, --resume starts the run again from step 0.
+    The advice is a tenth of --lr and at most 1e-3 (AdamW moves every weight
+    by up to about lr per step, and a fresh U-Net's weights are O(0.1)).
+    """
+    lower = f"{min(lr / 10, 1e-3):g}"
+    head = f"the loss became non-finite at step {step} (--lr {lr:g} is likely too high)"
+    if last_good_step is None:
+        return (f"{head}; no checkpoint was written yet. Start again from step 0 with a lower learning rate: "
+                f"python train.py --out {out} --resume --lr {lower}")
+    if last_good_step < step:
+        return (f"{head}; {out}/checkpoint.pt (step {last_good_step}) is kept. Continue from it with a lower "
+                f"learning rate: python train.py --out {out} --resume --lr {lower}")
+    return (f"{head}; {out}/checkpoint.pt (step {last_good_step}) holds the weights that give it, so resuming "
+            f"from it fails at any --lr, and no earlier checkpoint is kept. Remove {out}/checkpoint.pt, then start "
+            f"the run again from step 0 with a lower learning rate: python train.py --out {out} --resume --lr {lower}")
+
+
+def interrupted_message(out: str, at_step: int | None = None) -> str:
+    """Ctrl-C (at training step at_step, if known): what is on disk, and the command that continues."""
+    step = checkpoint_step(os.path.join(out, "checkpoint.pt"))
+    where = "interrupted" if at_step is None else f"interrupted at step {at_step}"
+    if step is not None:
+        return f"{where}; {out}/checkpoint.pt (step {step}) is intact. Continue: python train.py --out {out} --resume"
+    if os.path.isfile(os.path.join(out, "config.json")):
+        return f"{where}, before the first checkpoint. Start again from step 0: python train.py --out {out} --resume"
+    return f"interrupted before the run was set up; {out} holds no run"
+
+
+# ---------------------------------------------------------------------------
+# Before the first write: --out, --device, and one writer at a time
+# ---------------------------------------------------------------------------
+def check_out(out: str) -> None:
+    """--out is a folder, or a path where one can be made, and writable: else one line saying what is wrong."""
+    path = os.path.abspath(out)
+    while not os.path.exists(path):  # up to the nearest thing that exists
+        if os.path.islink(path):
+            raise RunError(f"--out {out}: {path} is a symbolic link to {os.readlink(path)}, which does not exist; "
+                           "create its target, or give another --out")
+        path = os.path.dirname(path)
+    if not os.path.isdir(path):
+        where = "is a file" if path == os.path.abspath(out) else f"lies under {path}, which is a file"
+        raise RunError(f"--out {out} {where}; give a folder")
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise RunError(f"--out {out}: {path} is read-only for you; give a folder you can write to")
+
+
+def check_device(name: str | None) -> None:
+    """--device names a device this machine has (None: the best available one is taken)."""
+    if name is None:
+        return
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise RunError(f"--device {name} is not a device name; use cpu, cuda, cuda:N or mps") from None
+    has = dict(cpu=True, cuda=torch.cuda.is_available() and (device.index or 0) < torch.cuda.device_count(),
+               mps=torch.backends.mps.is_available())
+    if not has.get(device.type, False):
+        present = ", ".join(kind for kind, there in has.items() if there)
+        raise RunError(f"--device {name}: this machine has no such device (it has {present}); "
+                       "pass one of those, or leave --device out for the best available")
+
+
+@contextlib.contextmanager
+def writer_lock(out: str):
+    """Hold `out` for one writer: out/.lock holds this process's id and host while the block runs.
+
+    A second writer is refused in one line naming the first; the lock of a
+    process that no longer runs (on this host) is taken over. Creates `out`
+    when missing and removes it again, if still empty, when the block fails.
+    """
+    made = missing_folders(out)
+    try:
+        os.makedirs(out, exist_ok=True)
+        take_lock(os.path.join(out, LOCK_FILE), out)
+    except OSError as error:
+        remove_empty(made)
+        raise RunError(f"--out {out}: cannot write there ({error.strerror})") from None
+    except RunError:
+        remove_empty(made)
+        raise
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.remove(os.path.join(out, LOCK_FILE))
+        remove_empty(made)
+
+
+def take_lock(path: str, out: str) -> None:
+    """Create the lock file exclusively (O_EXCL: of two processes, exactly one succeeds)."""
+    for _ in range(2):  # a second try after removing a stale lock
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            holder = read_lock(path)
+            if not stale(holder, path):
+                raise RunError(f"{out} is in use by train.py, process {holder.get('pid', '?')} on "
+                               f"{holder.get('host', '?')} (since {holder.get('since', '?')}); wait for it to finish, "
+                               f"or use another --out (if that process is gone, delete {path})") from None
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path)  # the process that wrote it is gone
+            continue
+        with os.fdopen(fd, "w") as f:
+            json.dump(dict(pid=os.getpid(), host=socket.gethostname(), since=time.strftime("%Y-%m-%d %H:%M:%S")), f)
+        return
+    raise RunError(f"{out} is in use by another train.py that just started; use another --out")
+
+
+def read_lock(path: str) -> dict:
+    try:
+        with open(path) as f:
+            holder = json.load(f)
+        return holder if isinstance(holder, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def stale(holder: dict, path: str) -> bool:
+    """Is the lock's process gone? (Same host and no such process id; unreadable and older than a minute.)"""
+    pid = holder.get("pid")
+    if not isinstance(pid, int):  # being written this very moment, or garbage
+        try:
+            return time.time() - os.path.getmtime(path) > 60
+        except OSError:
+            return True
+    if holder.get("host") != socket.gethostname():
+        return False  # a process on another machine: it cannot be asked from here
+    try:
+        os.kill(pid, 0)  # signal 0 only asks whether the process exists
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # it exists, under another user
+        return False
+    return False
+
+
+def missing_folders(out: str) -> list[str]:
+    """The folders that creating `out` would make, deepest first."""
+    made, path = [], os.path.abspath(out)
+    while not os.path.lexists(path):
+        made.append(path)
+        path = os.path.dirname(path)
+    return made
+
+
+def remove_empty(folders: list[str]) -> None:
+    for folder in folders:  # deepest first
+        with contextlib.suppress(OSError):
+            os.rmdir(folder)  # only if empty
