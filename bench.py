@@ -157,6 +157,8 @@ RECIPES = {
     "v + p-drop 0.1 each, 1000 steps": ["--prediction", "v", "--steps", "1000", "--p-drop", "label=0.1,pos=0.1"],
     "v, 600 steps": ["--prediction", "v", "--steps", "600", "--p-drop", ""],
     "v + p-drop 0.1 each, 600 steps": ["--prediction", "v", "--steps", "600", "--p-drop", "label=0.1,pos=0.1"],
+    "v + p-drop 0.1 each + cosine lr, 600 steps": ["--prediction", "v", "--steps", "600", "--p-drop",
+                                                   "label=0.1,pos=0.1", "--lr-schedule", "cosine"],
 }
 
 

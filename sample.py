@@ -11,14 +11,15 @@ conditions (its class; its position: features, then the fitted UMAP's
 "a class and a reference image": the class grid draws one training image
 per class as the reference (the report's protocol), `--references K` draws
 K per class and shows each at the left of its row, `--between A B` walks
-the conditions from a class-A reference to a class-B reference, generating
-with label A and with label B (the class-boundary samples that motivate
-the method). A model that does not take a condition simply ignores it.
+the conditions from a class-A training image to a class-B one (the
+class-boundary samples that motivate the method; `walks`). A model that does
+not take a condition simply ignores it.
 
-The sampler is DDIM (Song et al. 2021) with `--sampling-steps` steps, `--eta` noise
-(1 matches DDPM's posterior variance; 0 is deterministic) and classifier-free
-guidance `--guidance w`; `--sampler ddpm` is Algorithm 2 of Ho et al. 2020 with
-all T steps. Every call writes, in --out, a PNG per figure, `samples.npz` and
+The sampler is DPM-Solver++(2M) (Lu et al. 2022) with `--sampling-steps` steps and
+`--eta` 1 (its SDE form; 0: the ODE), or DDIM (Song et al. 2021), or
+`--sampler ddpm`, Algorithm 2 of Ho et al. 2020 with all T steps; guidance
+`--guidance w` or a weight per condition (`label=3`, the default: the label
+guided given the other conditions; ddpm.Diffusion.guided_output). Every call writes, in --out, a PNG per figure, `samples.npz` and
 `meta.json` (and `metrics.json`, `eval_samples.npz` with --eval), all at the
 end, after every argument has been checked and every image made; meta.json
 lists the files this call wrote (earlier outputs it does not remake stay).
@@ -51,6 +52,7 @@ from unet import UNet
 # The sampler a user gets without flags: DPM-Solver++(2M), SDE form (eta 1), 10 steps, guidance 3: as good as
 # DDIM with 25 steps at 40% of the network calls (README, "Sampling"; python bench.py sampler).
 DEFAULT_SAMPLER, DEFAULT_STEPS, DEFAULT_ETA, DEFAULT_GUIDANCE = "dpm++2m", 10, 1.0, 3.0
+# ... with that guidance weight on the label alone, given the other conditions (default_guidance; README).
 
 
 # ---------------------------------------------------------------------------
@@ -138,6 +140,14 @@ def precision_name(dtype: torch.dtype | None) -> str:
 def autocast(device: torch.device, dtype: torch.dtype | None):
     """bf16 or fp16 autocast for the network's matrix maths; weights, loss and sampler stay fp32."""
     return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
+
+
+def default_guidance(conditions) -> float | dict[str, float]:
+    """The guidance without --guidance: w = DEFAULT_GUIDANCE on the label given the other conditions,
+    out(others) + w (out(others, label) - out(others)) (ddpm.Diffusion.guided_output); for a model without a
+    label, w on every condition. Measured on the main command's model, label-given-position guidance at w = 3
+    reaches the requested digit more often and with a lower FID than w = 3 on both conditions (README)."""
+    return {"label": DEFAULT_GUIDANCE} if "label" in conditions else DEFAULT_GUIDANCE
 
 
 def parse_guidance(text: str) -> float | dict[str, float]:
@@ -500,8 +510,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "(0: deterministic, 1: DDPM's variance), dpm++2m 0 (ODE) or 1 (SDE)")
     p.add_argument("--sampling-batch-size", type=int, default=64, help="images per network call (64: fastest per "
                    "image on a 2-core CPU; raise it on a GPU)")
-    p.add_argument("--guidance", type=parse_guidance, default=DEFAULT_GUIDANCE, metavar="W or NAME=W,...",
-                   help="classifier-free guidance w >= 0 (1: none, one network call per step)")
+    p.add_argument("--guidance", type=parse_guidance, default=None, metavar="W or NAME=W,...",
+                   help="classifier-free guidance w >= 0 (1: none, one network call per step), or a weight per "
+                   "condition, e.g. pos=1,label=3 (default: label=3, the label guided given the other conditions; "
+                   "3 on all for a model without a label)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--grid-per-class", type=int, default=10, help="class grid: images per class")
     p.add_argument("--references", type=int, default=0, help="K reference images per class from the training data")
@@ -556,7 +568,7 @@ def check_args(args) -> None:
         raise RunError(f"--references must be 0 (none) or a positive count, got {args.references}")
     if not 0 <= args.eta <= 1:
         raise RunError(f"--eta must lie in [0, 1] (0: deterministic DDIM, 1: DDPM's noise), got {args.eta}")
-    if min(args.guidance.values() if isinstance(args.guidance, dict) else [args.guidance]) < 0:
+    if args.guidance is not None and min(args.guidance.values() if isinstance(args.guidance, dict) else [args.guidance]) < 0:
         raise RunError(f"--guidance weights must be >= 0 (1: no guidance, 3: the default), got {args.guidance}")
     if args.references and args.reference_images:
         raise RunError("pass either --references K or --reference-images FILES, not both")
@@ -617,7 +629,8 @@ def run_command(args) -> dict:
     run = load_run(args.run, args.device, args.precision)
     check_against_run(args, run)
     ref_images = load_reference_files(run, args.reference_images) if args.reference_images else None
-    sampler = dict(name=args.sampler, steps=args.sampling_steps, eta=args.eta, guidance=args.guidance,
+    guidance = default_guidance(run.config["unet"]["conditions"]) if args.guidance is None else args.guidance
+    sampler = dict(name=args.sampler, steps=args.sampling_steps, eta=args.eta, guidance=guidance,
                    batch_size=args.sampling_batch_size)
 
     # Every image first, in memory; the files at the end.
@@ -639,7 +652,7 @@ def run_command(args) -> dict:
         parts.append(part)
     files["samples.npz"] = samples_npz(concatenate_parts(parts))
     written = sorted([*files, "meta.json", *(["metrics.json", "eval_samples.npz"] if args.eval else [])])
-    meta = dict(vars(args), written_by="sample.py", files=written, conditions=sorted(run.config["unet"]["conditions"]),
+    meta = dict(vars(args), guidance=guidance, written_by="sample.py", files=written, conditions=sorted(run.config["unet"]["conditions"]),
                 class_names=run.config["data"]["class_names"], run_id=run.config["run_id"])
     files["meta.json"] = json.dumps(meta, indent=2).encode()
 

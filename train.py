@@ -60,7 +60,7 @@ from unet import condition_encoder, count_parameters
 DEFAULT_P_DROP = 0.1  # chosen by measurement: README, "Why v-prediction and 600 steps"
 NOT_SETTINGS = ("out", "resume", "overwrite", "eval")  # the command's flags; every other flag is a setting of the run
 # The sampler of the progress grids: sample.py's defaults.
-GRID_SAMPLER = dict(name=sample.DEFAULT_SAMPLER, steps=sample.DEFAULT_STEPS, eta=sample.DEFAULT_ETA,
+GRID_SAMPLER = dict(name=sample.DEFAULT_SAMPLER, steps=sample.DEFAULT_STEPS, eta=sample.DEFAULT_ETA,  # + default_guidance
                     guidance=sample.DEFAULT_GUIDANCE)
 
 
@@ -382,8 +382,9 @@ def update_ema(ema: nn.Module, model: nn.Module, decay: float, step: int) -> Non
 
 
 def write_grid(run: sample.Run, step: int) -> None:
-    """A class grid from the EMA model (sample.py does the drawing)."""
-    _, png = sample.class_grid(run, per_class=8, sampler=GRID_SAMPLER, seed=run.config["settings"]["seed"])
+    """A class grid from the EMA model (sample.py does the drawing, with its default sampler)."""
+    sampler = dict(GRID_SAMPLER, guidance=sample.default_guidance(run.config["unet"]["conditions"]))
+    _, png = sample.class_grid(run, per_class=8, sampler=sampler, seed=run.config["settings"]["seed"])
     write_atomically(os.path.join(run.dir, "grids", f"step{step:07d}.png"), lambda f: f.write(png))
 
 

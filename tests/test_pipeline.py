@@ -208,7 +208,6 @@ def test_walks_change_only_their_conditions_and_say_which_walk_point_and_pair_ea
 def test_per_condition_guidance_names_are_checked_against_the_run(run_dir, tmp_path):
     fails(sample, [str(run_dir), "--out", str(tmp_path / "g"), "--guidance", "label=1,colour=3"],
           r"--guidance names colour")
-    fails(sample, [str(run_dir), "--out", str(tmp_path / "g"), "--guidance", "label=1,pos"], r"--guidance")
     fails(sample, [str(run_dir), "--out", str(tmp_path / "g"), "--sampler", "dpm++2m", "--eta", "0.5"], r"--eta")
 
 
@@ -265,7 +264,7 @@ def test_resume_after_an_interruption_gives_identical_weights(folder, tmp_path, 
         return real_step(self, *a, **k)
 
     monkeypatch.setattr(torch.optim.AdamW, "step", ctrl_c_on_fifth)
-    message = fails(train, tiny(folder, broken, *args), r"interrupted; \S+checkpoint.pt \(step 3\) is intact")
+    message = fails(train, tiny(folder, broken, *args), r"interrupted at step 4; \S+checkpoint.pt \(step 3\) is intact")
     monkeypatch.undo()
     assert state(broken)["step"] == 3 and not (broken / rundir.LOCK_FILE).exists()
     assert advice(message) == ["--out", str(broken), "--resume"]  # every setting comes from the run's config.json
@@ -375,7 +374,7 @@ def test_resume_without_config_json_takes_the_checkpoints_copy(folder, label_run
 def test_a_run_interrupted_before_its_first_checkpoint_can_be_resumed(folder, tmp_path, monkeypatch):
     out = tmp_path / "k"
     monkeypatch.setattr(torch.optim.AdamW, "step", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
-    message = fails(train, tiny(folder, out, "--cond", "label"), "interrupted before the first checkpoint")
+    message = fails(train, tiny(folder, out, "--cond", "label"), "interrupted at step 0, before the first checkpoint")
     monkeypatch.undo()
     assert (out / "config.json").exists() and not (out / "checkpoint.pt").exists()
     fails(train, tiny(folder, out, "--cond", "label"), "pass --resume")
