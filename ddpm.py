@@ -248,9 +248,7 @@ class Diffusion:
         true one; the prediction is clipped to the image range [-1, 1].
         Returns (mean, variance, log_variance, predicted x_0).
         """
-        x0, _ = self.model_output_to_x0_eps(x_t, t, self.guided_output(model, x_t, t, cond, guidance))
-        if clip_denoised:
-            x0 = x0.clamp(-1, 1)
+        x0, _ = self.predict_x0(model, x_t, t, cond, guidance, clip_denoised)
         mean, var, log_var = self.q_posterior_mean_variance(x0, x_t, t)
         return mean, var, log_var, x0
 
