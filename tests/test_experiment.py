@@ -158,26 +158,33 @@ def test_a_kept_set_is_made_once_per_key(tmp_path):
 # ---------------------------------------------------------------------------
 # All four sections, tiny
 # ---------------------------------------------------------------------------
-def test_every_section_runs_end_to_end_and_no_test_digit_trains_anything(tmp_path, monkeypatch, digits):
+def test_every_section_runs_end_to_end_and_no_test_digit_trains_anything(tmp_path, monkeypatch, digits, small_space):
+    # (small_space: the session's one UMAP fit, which compiles umap's kernels for the fits here too)
     tiny = dict(TRAIN_FLAGS=("--steps", "2", "--per-class", "20", "--save-every", "2", "--warmup", "1",
                              "--root", str(tmp_path / "data")),
                 SAMPLER=dict(experiment.SAMPLER, steps=2), CLASSIFIER_ARGS={"steps": 2}, SEEDS=(0, 1), N_EVAL=20,
-                CURVE_N=10, N_BOOT=4, PER_REFERENCE=2, PAIRS=((4, 9),), WALKS=2, POINTS=3, SCARCE=(10,),
+                FLOOR_PER_CLASS=2, CURVE_WEIGHTS=(1.0, 2.0), CURVE_N=10, N_BOOT=2, PER_REFERENCE=2, PAIRS=((4, 9),), WALKS=2, POINTS=3, SCARCE=(10,),
                 AUGMENT_REPLICATES=((0, 0), (0, 1)), VAL_PER_CLASS=5, N_PAIRS=2, N_AUGMENT=10)
     for name, value in tiny.items():
         monkeypatch.setattr(experiment, name, value)
-    monkeypatch.setattr(train, "write_grid", lambda run, step: None)  # the end-of-training grid: not needed here
-    seen = []  # every image set that a classifier or a diffusion model trains on
+    monkeypatch.setattr(train, "write_grid", lambda run, step: None)  # figures tested elsewhere: not needed here
+    monkeypatch.setattr(experiment, "plot_positions", lambda *args: None)
+    seen = []  # every classifier's training images, every diffusion model (its images and feature space)
     train_classifier, load_run = classifier.train_classifier, sample.load_run
     monkeypatch.setattr(classifier, "train_classifier", lambda images, *a, **k: seen.append(images) or
                         train_classifier(images, *a, **k))
-    monkeypatch.setattr(sample, "load_run", lambda *a, **k: seen.append(load_run(*a, **k).images) or load_run(*a, **k))
+    monkeypatch.setattr(sample, "load_run", lambda *a, **k: seen.append(load_run(*a, **k)) or seen[-1])
 
     out, runs = tmp_path / "out", tmp_path / "runs"
     experiment.main(["--out", str(out), "--runs", str(runs)])
 
     test_digits = {image.tobytes() for image in digits.images[digits.test]}
-    assert len(seen) > 10 and not any(image.tobytes() in test_digits for images in seen for image in images)
+    runs_seen = [x for x in seen if isinstance(x, sample.Run)]
+    assert len(runs_seen) >= 8 and len(seen) - len(runs_seen) >= 8  # every model, every classifier
+    for run in runs_seen:  # a run's space is fitted on its training images (features.FeatureSpace: row i is image i)
+        assert run.space is None or len(run.space.features) == len(run.images)
+    trained_on = [x.images if isinstance(x, sample.Run) else x for x in seen]
+    assert not any(image.tobytes() in test_digits for images in trained_on for image in images)
     results = json.loads((out / "results.json").read_text())
     assert set(experiment.SECTIONS) <= set(results) and all(results[s]["wall_s"] >= 0 for s in experiment.SECTIONS)
     c = results["compare"]
@@ -185,7 +192,7 @@ def test_every_section_runs_end_to_end_and_no_test_digit_trains_anything(tmp_pat
     cell = c["summary"]["label-pos per-sample w3"]["fid"]
     assert len(cell["values"]) == 2 and cell["low"] <= cell["mean"] <= cell["high"]
     assert {"ratio", "low", "high"} <= set(c["ratios"]["label-pos per-sample w3"])
-    assert set(c["curve"]["pos"]) == {"1", "1.5", "2", "3"} and c["curve"]["pos"]["2"]["n"] == 10
+    assert set(c["curve"]["pos"]) == {"1", "2"} and c["curve"]["pos"]["2"]["n"] == c["curve"]["pos"]["1"]["n"] == 10
     s0, s1 = (np.load(out / "compare" / f"label-pos-s{s}-per-sample-w3" / "samples.npz") for s in (0, 1))
     assert (s0["reference"] != s1["reference"]).any()  # each replicate its own references
     assert "own_median_ratio" in results["control"]["runs"]["pos-s1"]["memorisation"]["pixels"]
@@ -206,6 +213,6 @@ def test_every_section_runs_end_to_end_and_no_test_digit_trains_anything(tmp_pat
     seen.clear()
     monkeypatch.setattr(sample, "generate", lambda *a, **k: pytest.fail("a kept set was generated again"))
     monkeypatch.setattr(train, "main", lambda *a, **k: pytest.fail("a finished model was trained again"))
-    experiment.main(["--out", str(out), "--runs", str(runs), "--sections", "compare"])
+    experiment.main(["--out", str(out), "--runs", str(runs), "--sections", "between"])
     again = json.loads((out / "results.json").read_text())
-    assert again["compare"]["sets"] == c["sets"] and "augment" in again
+    assert again["between"]["methods"] == results["between"]["methods"] and again["compare"] == c
