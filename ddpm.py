@@ -6,7 +6,7 @@ A DDPM (Ho et al. 2020) corrupts an image x_0 with Gaussian noise over T steps,
 
 which has the closed form q(x_t | x_0) = N(sqrt(abar_t) x_0, (1 - abar_t) I)
 with alpha_t = 1 - beta_t and abar_t = prod_{s<=t} alpha_s. A network
-eps_theta(x_t, t, cond) learns to predict the noise; running the chain
+eps_theta(x_t, t, cond) learns to predict the noise (or v, below); running the chain
 backwards with it turns pure noise into an image.
 
 This file knows nothing about the network except the call
@@ -19,7 +19,7 @@ with prediction="v", the velocity v = sqrt(abar_t) eps - sqrt(1 - abar_t) x_0
 (Salimans & Ho 2022); `model_output_to_x0_eps` turns either into both.
 
 The network may run in bf16 (autocast); everything here, the schedule
-coefficients and the x_t updates, stays in float32: eps is cast back first.
+coefficients and the x_t updates, stays in float32: the network's output (eps or v) is cast back first.
 
 Indices: t runs over 0 .. T-1 (t = 0 is the first noising step), as in
 improved-diffusion.

@@ -608,8 +608,8 @@ def control_summary(m: dict) -> dict:
 # 3. Class-boundary samples: ten ways to walk from class A to class B
 # ---------------------------------------------------------------------------
 # method -> (model stem, walk label, walk path, guidance); sample.walks does the walk. Guidance None: sample.py's
-# default form for the conditions the walk gives (`walk_guidance`): w on the label given the position, and with the
-# label dropped ("none") w on the position, as for the pos model.
+# default for the conditions the walk gives (`sample.walk_guidance`): w on the label given the position, and
+# with the label dropped ("none") w on the position, as for the pos model.
 METHODS = {
     "label fixed": ("label-pos", "fixed", "line", None),  # (a) the shipped walk: label A (and a row with B), pos moves
     "per-condition guidance": ("label-pos", "fixed", "line", POS_GUIDANCE),  # (b) the position's own weight 3
@@ -665,7 +665,7 @@ def between(ctx: Context) -> dict:
     result = {"methods": {}}
     for method, (stem, label, path, guidance) in METHODS.items():
         run = ctx.model(stem, 0)
-        chosen = sampler(walk_guidance(conditions_of(run), label, guidance))
+        chosen = sampler(sample.walk_guidance(conditions_of(run), label, guidance))
         result["methods"][method], figure_rows = {}, []
         for a, b in PAIRS:
             key = set_key(run, sampler=chosen, pair=[a, b], walks=WALKS, points=POINTS, label=label, path=path,
@@ -686,13 +686,6 @@ def between(ctx: Context) -> dict:
     result["best_method"] = best_method(result["methods"])
     walk_figure(ctx, result["methods"])
     return result
-
-
-def walk_guidance(conditions: list[str], label: str, guidance: float | dict | None) -> float | dict:
-    """A method's guidance, or sample.py's default for the conditions the walk gives (label "none": no label)."""
-    if guidance is not None:
-        return guidance
-    return guidance_at([name for name in conditions if not (name == "label" and label == "none")])
 
 
 def slug(text: str) -> str:
@@ -765,7 +758,7 @@ def boundary_set(run: sample.Run, method: str, pairs: list, count: int, seed: in
                           endpoints=np.tile([ref_a, ref_b], (len(s), 1))))
     cond = {name: np.concatenate([p["cond"][name] for p in parts]) for name in parts[0]["cond"]}
     n = sum(len(p["s"]) for p in parts)
-    chosen = sampler(walk_guidance(list(cond), label, guidance))
+    chosen = sampler(sample.walk_guidance(list(cond), label, guidance))
     return dict(images=sample.generate(run, n, cond, chosen, seed), cond=cond,
                 reference=np.full(n, -1), **{k: np.concatenate([p[k] for p in parts]) for k in ("labels", "walk", "s",
                                                                                                   "endpoints")})

@@ -78,7 +78,7 @@ class Run:
 def load_run(run_dir: str, device: str | None = None, precision: str = "auto") -> Run:
     """The EMA model, diffusion, config, feature space and training data of a run (no UMAP refit).
 
-    device: cuda, mps, cpu (None: the best available); precision: auto, bf16 or fp32 (see resolve_precision).
+    device: cuda, mps, cpu (None: the best available); precision: auto, bf16, fp16 or fp32 (see resolve_precision).
     """
     rundir.check_device(device)
     config = rundir.read_config(run_dir)
@@ -148,6 +148,14 @@ def default_guidance(conditions) -> float | dict[str, float]:
     label, w on every condition. Measured on the main command's model, label-given-position guidance at w = 3
     reaches the requested digit more often and with a lower FID than w = 3 on both conditions (README)."""
     return {"label": DEFAULT_GUIDANCE} if "label" in conditions else DEFAULT_GUIDANCE
+
+
+def walk_guidance(conditions, label: str, guidance: float | dict | None) -> float | dict:
+    """--guidance, or the default for the conditions a walk gives: with --walk-label none there is no
+    label to guide, so the default is w on the position (as for a model without a label)."""
+    if guidance is not None:
+        return guidance
+    return default_guidance([name for name in conditions if not (name == "label" and label == "none")])
 
 
 def parse_guidance(text: str) -> float | dict[str, float]:
@@ -504,8 +512,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sampler", default=DEFAULT_SAMPLER, choices=SAMPLERS,
                    help="ddim (Song et al.), dpm++2m (DPM-Solver++(2M), Lu et al.: eta 0 or 1) "
                    "or ddpm (Algorithm 2 of Ho et al., all T steps)")
-    p.add_argument("--sampling-steps", type=int, default=DEFAULT_STEPS, help="network evaluations per sample "
-                   "(x2 with guidance) of ddim and dpm++2m")
+    p.add_argument("--sampling-steps", type=int, default=DEFAULT_STEPS, help="steps of ddim and dpm++2m: network "
+                   "calls per sample (with guidance each call has 2x the rows, 3x for e.g. label=3,pos=1)")
     p.add_argument("--eta", type=float, default=DEFAULT_ETA, help="sampling noise: ddim takes [0, 1] "
                    "(0: deterministic, 1: DDPM's variance), dpm++2m 0 (ODE) or 1 (SDE)")
     p.add_argument("--sampling-batch-size", type=int, default=64, help="images per network call (64: fastest per "
@@ -513,7 +521,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--guidance", type=parse_guidance, default=None, metavar="W or NAME=W,...",
                    help="classifier-free guidance w >= 0 (1: none, one network call per step), or a weight per "
                    "condition, e.g. pos=1,label=3 (default: label=3, the label guided given the other conditions; "
-                   "3 on all for a model without a label)")
+                   "3 on all for a model without a label, or for a walk with --walk-label none)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--grid-per-class", type=int, default=10, help="class grid: images per class")
     p.add_argument("--references", type=int, default=0, help="K reference images per class from the training data")
@@ -632,6 +640,8 @@ def run_command(args) -> dict:
     guidance = default_guidance(run.config["unet"]["conditions"]) if args.guidance is None else args.guidance
     sampler = dict(name=args.sampler, steps=args.sampling_steps, eta=args.eta, guidance=guidance,
                    batch_size=args.sampling_batch_size)
+    conditions = run.config["unet"]["conditions"]
+    walk_sampler = dict(sampler, guidance=walk_guidance(conditions, args.walk_label, args.guidance))  # --between
 
     # Every image first, in memory; the files at the end.
     part, png = class_grid(run, args.grid_per_class, sampler, args.seed)
@@ -647,12 +657,13 @@ def run_command(args) -> dict:
         parts.append(part)
         references = dict(part, ref_images=ref_images, ref_labels=ref_labels)
     if args.between:
-        part, files["between.png"] = between_grid(run, *args.between, args.points, sampler, args.seed, args.walks,
-                                                  args.walk_label, args.walk_path)
+        part, files["between.png"] = between_grid(run, *args.between, args.points, walk_sampler, args.seed,
+                                                  args.walks, args.walk_label, args.walk_path)
         parts.append(part)
     files["samples.npz"] = samples_npz(concatenate_parts(parts))
     written = sorted([*files, "meta.json", *(["metrics.json", "eval_samples.npz"] if args.eval else [])])
-    meta = dict(vars(args), guidance=guidance, written_by="sample.py", files=written, conditions=sorted(run.config["unet"]["conditions"]),
+    meta = dict(vars(args), guidance=guidance, walk_guidance=walk_sampler["guidance"] if args.between else None,
+                written_by="sample.py", files=written, conditions=sorted(run.config["unet"]["conditions"]),
                 class_names=run.config["data"]["class_names"], run_id=run.config["run_id"])
     files["meta.json"] = json.dumps(meta, indent=2).encode()
 

@@ -1,6 +1,7 @@
-"""A compact conditional U-Net: eps_theta(x_t, t, cond).
+"""A compact conditional U-Net: eps_theta(x_t, t, cond), or v_theta (train.py's default).
 
-The network predicts the noise in x_t. Besides the timestep t it takes the
+The network predicts the noise in x_t, or v = sqrt(abar_t) eps - sqrt(1 - abar_t) x_0
+(ddpm.py converts either). Besides the timestep t it takes the
 conditions of PAPER.md, Method step 3, as one dict `cond`:
 
 - cond["label"]: the class, an integer tensor (B,) in [0, num_classes), or

@@ -205,6 +205,19 @@ def test_walks_change_only_their_conditions_and_say_which_walk_point_and_pair_ea
         assert s["endpoints"].shape == (8, 2) and s["cond_label"].shape == (8, 2)
 
 
+def test_a_walk_without_its_label_guides_the_position_by_default(run_dir, tmp_path):
+    # the default label=3 has no label to guide in a --walk-label none walk: it guides the position at 3 instead
+    common = ["--sampling-steps", "2", "--grid-per-class", "1", "--between", "0", "1", "--points", "3",
+              "--walk-label", "none"]
+    sample.main([str(run_dir), "--out", str(tmp_path / "default"), *common])
+    sample.main([str(run_dir), "--out", str(tmp_path / "three"), *common, "--guidance", "3"])
+    meta = json.loads((tmp_path / "default" / "meta.json").read_text())
+    assert meta["guidance"] == {"label": 3.0} and meta["walk_guidance"] == 3.0
+    with np.load(tmp_path / "default" / "samples.npz") as a, np.load(tmp_path / "three" / "samples.npz") as b:
+        walk = a["walk"] >= 0
+        assert walk.sum() == 3 and np.array_equal(a["images"][walk], b["images"][walk])
+
+
 def test_per_condition_guidance_names_are_checked_against_the_run(run_dir, tmp_path):
     fails(sample, [str(run_dir), "--out", str(tmp_path / "g"), "--guidance", "label=1,colour=3"],
           r"--guidance names colour")
