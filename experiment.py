@@ -69,16 +69,15 @@ generated again, and so is an augmentation replicate's json; everything else
 (scoring, intervals, tables) is recomputed, in minutes. A killed command, run
 again, continues where it stopped.
 
-Time from nothing, on the project's 2-core CPU (estimated from the README's
-measurements, not yet from a full run): 16 models (9 compare, 1 control, 6
-augment) at train.py's defaults (600 steps, about 3 min 20 s at 192 images/s,
-plus the UMAP fit) are about 1 hour; about 41,000 guided images and 15,000 at
-w = 1 (DPM-Solver++ 10 steps) about 20-25 minutes; 26 small classifiers about
-13 minutes; scoring (features, memorisation, bootstrap, figures) about 8
-minutes. About 1 h 40 min in all: compare about 50 min, control 7, between 5,
-augment 37. Each section's wall time is printed and kept in results.json;
-AUGMENT_REPLICATES = ((0, 0), (0, 1), (0, 2)) (one scarce set per size, three
-seeds of generation and classifier) would save 4 models, about 15 minutes.
+Time from nothing, measured on the project's 2-core CPU (2026-12-01, nothing
+else running): 1 h 49 min; compare 64.5 min, control 6.8, between 4.6,
+augment 32.8. 16 models (9 compare, 1 control, 6 augment) at train.py's
+defaults (600 steps, about 3.5 min each at 170 images/s, plus the UMAP fit);
+about 41,000 guided images and 15,000 at w = 1 (DPM-Solver++ 10 steps); 26
+small classifiers; the scoring. Each section's wall time is printed and kept
+in results.json; AUGMENT_REPLICATES = ((0, 0), (0, 1), (0, 2)) (one scarce set
+per size, three seeds of generation and classifier) would save 4 models,
+about 15 minutes.
 """
 import argparse
 import dataclasses
