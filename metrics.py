@@ -326,11 +326,14 @@ def bootstrap_fid_ratio(real_features, features_a: list, features_b: list, n_boo
     def resample(rows):  # a bootstrap resample of the rows of one array
         return rows[rng.integers(0, len(rows), len(rows))]
 
-    fid = np.array([[np.mean([fid_from_features(real, f) for f in fs]) for fs in sets.values()]])  # (1, 2): F_a, F_b
+    def fid_to(real_stats, rows):  # FID of rows against the real set's (mu, Sigma), computed once per draw
+        return frechet_distance(*real_stats, *feature_statistics(rows))
+
+    fid = np.array([[np.mean([fid_to(feature_statistics(real), f) for f in fs]) for fs in sets.values()]])  # (1, 2)
     draws = np.empty((int(n_boot), 2))  # F_a*, F_b* of each draw
     for i in range(int(n_boot)):
-        real_rows = resample(real)
-        draws[i] = [np.mean([fid_from_features(real_rows, resample(fs[k])) for k in rng.integers(0, len(fs), len(fs))])
+        real_stats = feature_statistics(resample(real))
+        draws[i] = [np.mean([fid_to(real_stats, resample(fs[k])) for k in rng.integers(0, len(fs), len(fs))])
                     for fs in sets.values()]
     corrected = draws - (draws.mean(axis=0) - fid)  # (n_boot, 2): the bootstrap's bias taken off
     low, high = np.percentile(corrected[:, 0] / corrected[:, 1], [50 * (1 - level), 50 * (1 + level)])
