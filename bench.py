@@ -125,7 +125,8 @@ def bench_quality() -> None:
 
 def eps_mse(run_dir: str) -> float:
     """Mean || eps - eps_theta(x_t, t, cond) ||^2 of a run's EMA model (in fp32) on 2,000 fixed training
-    (image, t, noise) triples: the quantity training minimises, free of any sampler or classifier."""
+    (image, t, noise) triples, eps_theta converted from v for a v-model (ddpm.model_output_to_x0_eps): the
+    denoising error in one parameterisation for every recipe, free of any sampler or classifier."""
     import sample
     from train import to_model_range
 
@@ -167,7 +168,7 @@ RECIPE_SAMPLER = ["--sampler", "ddim", "--sampling-steps", "25", "--eta", "1", "
 
 
 def grey_background_share(images: np.ndarray, level: int = 40) -> float:
-    """The share of samples whose 3-pixel frame averages above `level` (MNIST's backgrounds are black, 0):
+    """The share of samples whose 3-pixel frame (its corners counted twice) averages above `level` (MNIST's backgrounds are black, 0):
     the failure of short runs, measured without any classifier."""
     frame = np.concatenate([images[:, :3].reshape(len(images), -1), images[:, -3:].reshape(len(images), -1),
                             images[:, :, :3].reshape(len(images), -1), images[:, :, -3:].reshape(len(images), -1)], 1)

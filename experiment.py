@@ -508,7 +508,7 @@ def guidance_curve(ctx: Context) -> dict:
 def figures_of_compare(ctx: Context, result: dict) -> None:
     """Class grids side by side (label | label+pos | pos, per-class protocol, seed 0, default w), Figure 7,
     and the guidance curve."""
-    w, grids = float(sample.DEFAULT_GUIDANCE), {}
+    w, grids = DEFAULT_W, {}
     for stem in MODELS:
         run = ctx.model(stem, 0)
         protocol = protocols(run)[0]

@@ -598,6 +598,9 @@ def check_against_run(args, run: Run) -> None:
     if unknown:
         raise RunError(f"--guidance names {', '.join(unknown)}, which {run.dir} was not trained with "
                        f"(its conditions: {', '.join(run.config['unet']['conditions']) or 'none'})")
+    if args.between and args.walk_path == "features" and run.space is None:
+        raise RunError(f"--walk-path features walks through the run's feature space, and {run.dir} has none "
+                       "(trained without pos): use --walk-path line")
     if args.sampler == "dpm++2m" and args.eta not in (0, 1):
         raise RunError(f"--eta must be 0 (ODE) or 1 (SDE) with --sampler dpm++2m, got {args.eta}")
     for flag, classes in (("--between", args.between), ("--reference-labels", args.reference_labels)):
@@ -637,11 +640,11 @@ def run_command(args) -> dict:
     run = load_run(args.run, args.device, args.precision)
     check_against_run(args, run)
     ref_images = load_reference_files(run, args.reference_images) if args.reference_images else None
-    guidance = default_guidance(run.config["unet"]["conditions"]) if args.guidance is None else args.guidance
+    names = run.config["unet"]["conditions"]
+    guidance = default_guidance(names) if args.guidance is None else args.guidance
     sampler = dict(name=args.sampler, steps=args.sampling_steps, eta=args.eta, guidance=guidance,
                    batch_size=args.sampling_batch_size)
-    conditions = run.config["unet"]["conditions"]
-    walk_sampler = dict(sampler, guidance=walk_guidance(conditions, args.walk_label, args.guidance))  # --between
+    walk_sampler = dict(sampler, guidance=walk_guidance(names, args.walk_label, args.guidance))  # --between
 
     # Every image first, in memory; the files at the end.
     part, png = class_grid(run, args.grid_per_class, sampler, args.seed)
@@ -663,7 +666,7 @@ def run_command(args) -> dict:
     files["samples.npz"] = samples_npz(concatenate_parts(parts))
     written = sorted([*files, "meta.json", *(["metrics.json", "eval_samples.npz"] if args.eval else [])])
     meta = dict(vars(args), guidance=guidance, walk_guidance=walk_sampler["guidance"] if args.between else None,
-                written_by="sample.py", files=written, conditions=sorted(run.config["unet"]["conditions"]),
+                written_by="sample.py", files=written, conditions=sorted(names),
                 class_names=run.config["data"]["class_names"], run_id=run.config["run_id"])
     files["meta.json"] = json.dumps(meta, indent=2).encode()
 

@@ -59,9 +59,8 @@ from unet import condition_encoder, count_parameters
 
 DEFAULT_P_DROP = 0.1  # chosen by measurement: README, "Why v-prediction and 600 steps"
 NOT_SETTINGS = ("out", "resume", "overwrite", "eval")  # the command's flags; every other flag is a setting of the run
-# The sampler of the progress grids: sample.py's defaults.
-GRID_SAMPLER = dict(name=sample.DEFAULT_SAMPLER, steps=sample.DEFAULT_STEPS, eta=sample.DEFAULT_ETA,  # + default_guidance
-                    guidance=sample.DEFAULT_GUIDANCE)
+# The sampler of the progress grids: sample.py's defaults (the guidance, sample.default_guidance, set in write_grid).
+GRID_SAMPLER = dict(name=sample.DEFAULT_SAMPLER, steps=sample.DEFAULT_STEPS, eta=sample.DEFAULT_ETA)
 
 
 # ---------------------------------------------------------------------------
@@ -546,7 +545,6 @@ def setup_processes(device_name: str | None) -> tuple[int, int, torch.device]:
 
 def main(argv: list[str] | None = None) -> None:
     args, typed = parse_args(argv)
-    rank = int(os.environ.get("RANK", 0))
     try:
         check_command(args)
         rank, world, device = setup_processes(args.device)

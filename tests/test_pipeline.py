@@ -218,6 +218,12 @@ def test_a_walk_without_its_label_guides_the_position_by_default(run_dir, tmp_pa
         assert walk.sum() == 3 and np.array_equal(a["images"][walk], b["images"][walk])
 
 
+def test_a_walk_on_the_features_needs_a_feature_space(label_run, tmp_path):
+    fails(sample, [str(label_run), "--out", str(tmp_path / "w"), "--between", "0", "1", "--walk-path", "features"],
+          r"--walk-path features .* use --walk-path line")
+    assert not (tmp_path / "w").exists()  # stopped before any work or write
+
+
 def test_per_condition_guidance_names_are_checked_against_the_run(run_dir, tmp_path):
     fails(sample, [str(run_dir), "--out", str(tmp_path / "g"), "--guidance", "label=1,colour=3"],
           r"--guidance names colour")
