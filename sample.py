@@ -44,7 +44,7 @@ import conditions
 import metrics
 import rundir
 from data import choose_per_class, load_dataset, open_image, write_atomically
-from ddpm import SAMPLERS, Diffusion
+from ddpm import SAMPLERS, Diffusion, check_guidance_interval
 from features import FeatureSpace, WeightsUnavailableError, extract_features, pick_device
 from rundir import SAMPLE_FILES, RunError
 from unet import UNet
@@ -53,6 +53,8 @@ from unet import UNet
 # DDIM with 25 steps at 40% of the network calls (README, "Sampling"; python bench.py sampler).
 DEFAULT_SAMPLER, DEFAULT_STEPS, DEFAULT_ETA, DEFAULT_GUIDANCE = "dpm++2m", 10, 1.0, 3.0
 # ... with that guidance weight on the label alone, given the other conditions (default_guidance; README).
+# The default --guidance-interval: guidance at every step until experiment.py's guidance curve says otherwise.
+DEFAULT_GUIDANCE_INTERVAL = None
 
 
 # ---------------------------------------------------------------------------
@@ -166,6 +168,21 @@ def parse_guidance(text: str) -> float | dict[str, float]:
         return parse_condition_numbers(text)
 
 
+def parse_guidance_interval(text: str) -> tuple[float, float]:
+    """--guidance-interval: "LO,HI", the sigma range (LO, HI] of the guided steps (HI may be inf)."""
+    try:
+        interval = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        interval = ()
+    if len(interval) != 2:
+        raise argparse.ArgumentTypeError(f"expected two numbers LO,HI (e.g. 0.3,5), got {text!r}")
+    try:
+        check_guidance_interval(interval)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return interval
+
+
 def parse_condition_numbers(text: str) -> dict[str, float]:
     """A number per condition, as flags take it: "label=1,pos=3" -> {"label": 1.0, "pos": 3.0} (in that order)."""
     try:
@@ -208,7 +225,8 @@ def generate(run: Run, count: int, cond: dict[str, np.ndarray], sampler: dict, s
              noise_index: np.ndarray | None = None) -> np.ndarray:
     """`count` images for the conditions cond (name -> (count, ...) arrays) -> uint8 (count, H, W, C).
 
-    sampler = dict(name, steps, eta, guidance, batch_size): see ddpm.Diffusion.sample. noise_index (count,):
+    sampler = dict(name, steps, eta, guidance, batch_size, guidance_interval (optional: None or [lo, hi])):
+    see ddpm.Diffusion.sample. noise_index (count,):
     rows with the same value share all their noise (the points of one walk); such rows stay in one batch.
     Batches of 64 by default (128 rows with guidance): on a 2-core CPU about twice as fast per image as 500.
     """
@@ -223,7 +241,8 @@ def generate(run: Run, count: int, cond: dict[str, np.ndarray], sampler: dict, s
         with autocast(device, run.precision):
             x = run.diffusion.sample(run.model, (len(rows), *shape), cond=part, steps=sampler["steps"],
                                      eta=sampler["eta"], guidance=sampler["guidance"], generator=generator,
-                                     device=device, sampler=sampler["name"], noise_index=index)
+                                     device=device, sampler=sampler["name"], noise_index=index,
+                                     guidance_interval=sampler.get("guidance_interval"))
         out.append(to_uint8(x))
     return np.concatenate(out)
 
@@ -522,6 +541,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="classifier-free guidance w >= 0 (1: none, one network call per step), or a weight per "
                    "condition, e.g. pos=1,label=3 (default: label=3, the label guided given the other conditions; "
                    "3 on all for a model without a label, or for a walk with --walk-label none)")
+    p.add_argument("--guidance-interval", type=parse_guidance_interval, default=DEFAULT_GUIDANCE_INTERVAL,
+                   metavar="LO,HI", help="guide only the steps whose noise level sigma_t = sqrt((1 - abar_t) / "
+                   "abar_t) lies in (LO, HI] (Kynkaanniemi et al. 2024), the plain conditional model elsewhere; "
+                   "HI may be inf (default: every step)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--grid-per-class", type=int, default=10, help="class grid: images per class")
     p.add_argument("--references", type=int, default=0, help="K reference images per class from the training data")
@@ -643,7 +666,7 @@ def run_command(args) -> dict:
     names = run.config["unet"]["conditions"]
     guidance = default_guidance(names) if args.guidance is None else args.guidance
     sampler = dict(name=args.sampler, steps=args.sampling_steps, eta=args.eta, guidance=guidance,
-                   batch_size=args.sampling_batch_size)
+                   batch_size=args.sampling_batch_size, guidance_interval=args.guidance_interval)
     walk_sampler = dict(sampler, guidance=walk_guidance(names, args.walk_label, args.guidance))  # --between
 
     # Every image first, in memory; the files at the end.

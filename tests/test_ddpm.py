@@ -349,3 +349,49 @@ def test_min_snr_weights_follow_hang_et_al():
         # the targets are O(1) next to the output 1e3, so the loss is 1e6 times the mean weight
         weights = snr.clamp(max=5.0) / denominator(snr)
         assert loss.item() / 1e6 == pytest.approx(weights.mean().item(), rel=0.05)
+
+
+# ---------------------------------------------------------------- guidance interval (Kynkaanniemi et al. 2024)
+class StepCountingModel(CountingModel):
+    """CountingModel that also records each call's timestep and rows: a guided step calls with 2B rows."""
+
+    def __init__(self):
+        super().__init__()
+        self.steps = []  # (t, rows) per call
+
+    def __call__(self, x, t, cond=None, drop=None):
+        self.steps.append((int(t[0]), len(x)))
+        return super().__call__(x, t, cond, drop)
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "dpm++2m", "ddpm"])
+def test_guidance_interval_guides_only_the_steps_whose_sigma_lies_in_it(sampler):
+    d = Diffusion(beta_schedule("linear", 50))
+    abar = d.alphas_cumprod.double()
+    sigma = ((1 - abar) / abar).sqrt()  # sigma_t = sqrt((1 - abar_t) / abar_t), increasing in t
+    lo, hi = float(sigma[10]), float(sigma[30])  # (lo, hi]: t = 11 .. 30 are guided
+    m = StepCountingModel()
+    d.sample(m, (2, 1, 2, 2), cond=label_cond(2), steps=9, guidance=3.0, sampler=sampler, eta=1.0,
+             guidance_interval=(lo, hi))
+    guided = {t for t, rows in m.steps if rows == 4}
+    plain = {t for t, rows in m.steps if rows == 2}
+    assert guided == {t for t, _ in m.steps if 10 < t <= 30} and guided  # some steps guided ...
+    assert plain == {t for t, _ in m.steps if not 10 < t <= 30} and plain  # ... and some not
+    assert len(m.steps) == (50 if sampler == "ddpm" else 9)
+
+
+def test_guidance_interval_none_or_covering_every_sigma_is_plain_guidance():
+    d = Diffusion(beta_schedule("linear", 50))
+    g = torch.Generator().manual_seed(0)
+    everywhere = d.sample(CountingModel(), (2, 1, 2, 2), cond=label_cond(2), steps=5, guidance=2.0,
+                          generator=torch.Generator().manual_seed(0))
+    covering = d.sample(CountingModel(), (2, 1, 2, 2), cond=label_cond(2), steps=5, guidance=2.0,
+                        generator=g, guidance_interval=(0.0, math.inf))
+    assert torch.equal(everywhere, covering)
+
+
+@pytest.mark.parametrize("interval", [(2.0, 1.0), (-1.0, 1.0), (1.0, 1.0), ("a", 2), (1.0,)])
+def test_a_bad_guidance_interval_is_a_one_line_error(interval):
+    d = Diffusion(beta_schedule("linear", 20))
+    with pytest.raises(ValueError, match="guidance interval"):
+        d.sample(CountingModel(), (1, 1, 2, 2), cond=label_cond(1), steps=2, guidance_interval=interval)
