@@ -294,6 +294,117 @@ def t_interval(values, level: float = 0.95) -> tuple[float, float, float]:
     return mean, mean - half, mean + half
 
 
+def log_ratio_t_interval(values_a, values_b, level: float = 0.95) -> tuple[float, float, float]:
+    """(ratio, low, high): a t-interval on the per-seed log-ratios, back on the ratio scale.
+
+    values_a, values_b (n,): one number per seed (e.g. FID of model A and of model B, seed r with seed r),
+    n >= 2. With l_r = log(a_r / b_r), mean m and sample standard deviation s (ddof 1),
+        ratio = exp(m)  (the geometric mean of the per-seed ratios),
+        [low, high] = exp(m -+ t_{(1 + level) / 2, n - 1} s / sqrt(n)).
+    The seeds are the replicates: the interval holds the seed-to-seed spread with the small-sample t
+    (t_{0.975, 2} = 4.30 for three seeds), which a bootstrap over three replicates lacks.
+    """
+    a, b = np.asarray(values_a, np.float64), np.asarray(values_b, np.float64)
+    if a.ndim != 1 or a.shape != b.shape or len(a) < 2:
+        raise ValueError(f"need two arrays (n,) of one n >= 2 (one value per seed), got {a.shape} and {b.shape}")
+    if not (np.isfinite(a).all() and np.isfinite(b).all()) or (a <= 0).any() or (b <= 0).any():
+        raise ValueError("a log-ratio needs finite, positive values on both sides")
+    mean, low, high = t_interval(np.log(a / b), level)
+    return math.exp(mean), math.exp(low), math.exp(high)
+
+
+def wilson_interval(successes: int, n: int, level: float = 0.95) -> tuple[float, float, float]:
+    """(share, low, high): the Wilson score interval of a share k / n (Wilson 1927), inside [0, 1]:
+        (p + z^2 / 2n -+ z sqrt(p (1 - p) / n + z^2 / 4n^2)) / (1 + z^2 / n),  z = Phi^-1((1 + level) / 2)."""
+    k, n = int(successes), int(n)
+    if n < 1 or not 0 <= k <= n:
+        raise ValueError(f"a share needs 0 <= successes <= n and n >= 1, got {k} of {n}")
+    if not 0 < level < 1:
+        raise ValueError(f"level must lie in (0, 1), got {level}")
+    z, p = float(scipy.stats.norm.ppf((1 + level) / 2)), k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return p, max(0.0, centre - half), min(1.0, centre + half)
+
+
+def logit_t_interval(successes, n, level: float = 0.95) -> tuple[float, float, float]:
+    """(share, low, high) of a share over seeds, inside (0, 1): a t-interval on the per-seed empirical
+    logits l_r = log((k_r + 1/2) / (n_r - k_r + 1/2)) (Cox 1970; finite at k = 0 and k = n), mapped back
+    with the logistic function. share: the pooled sum k / sum n. successes, n (seeds,), >= 2 seeds."""
+    k, m = np.asarray(successes, np.float64), np.asarray(n, np.float64)
+    if k.ndim != 1 or k.shape != m.shape or len(k) < 2 or (m < 1).any() or (k < 0).any() or (k > m).any():
+        raise ValueError(f"need successes and n (seeds,), >= 2 seeds, 0 <= successes <= n, got {k} of {m}")
+    _, low, high = t_interval(np.log((k + 0.5) / (m - k + 0.5)), level)
+    return float(k.sum() / m.sum()), float(scipy.special.expit(low)), float(scipy.special.expit(high))
+
+
+def polynomial_kernel(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """KID's kernel k(x, y) = (x . y / d + 1)^3 (Binkowski et al. 2018, sec. 3): (N, d), (M, d) -> (N, M)."""
+    return (x @ y.T / x.shape[1] + 1.0) ** 3
+
+
+def mmd2_unbiased(features_x, features_y) -> float:
+    """The unbiased estimate of MMD^2 (Gretton et al. 2012, eq. 3) with KID's polynomial kernel:
+        sum_{i != j} k(x_i, x_j) / (n (n - 1)) + sum_{i != j} k(y_i, y_j) / (m (m - 1))
+        - 2 sum_{i, j} k(x_i, y_j) / (n m).
+    Unbiased, so it can be slightly negative for two samples of one distribution."""
+    x, y = np.asarray(features_x, np.float64), np.asarray(features_y, np.float64)
+    if x.ndim != 2 or y.ndim != 2 or x.shape[1] != y.shape[1] or min(len(x), len(y)) < 2:
+        raise ValueError(f"need features (N, D) and (M, D) of one D with N, M >= 2, got {x.shape} and {y.shape}")
+    n, m = len(x), len(y)
+    kxx, kyy = polynomial_kernel(x, x), polynomial_kernel(y, y)
+    return float((kxx.sum() - np.trace(kxx)) / (n * (n - 1)) + (kyy.sum() - np.trace(kyy)) / (m * (m - 1))
+                 - 2 * polynomial_kernel(x, y).sum() / (n * m))
+
+
+def kid(features_x, features_y, subsets: int = 100, subset_size: int = 1000, seed: int = 0) -> dict:
+    """Kernel Inception Distance (Binkowski et al. 2018) as torch-fidelity and clean-fid compute it: the
+    mean over `subsets` draws of mmd2_unbiased between min(subset_size, N, M) rows of each set, drawn
+    without replacement. Returns {"kid": mean, "std": standard deviation over the subsets (ddof 0, as
+    torch-fidelity), "subset_size", "subsets"}. The std is the subsets' spread, not an interval over seeds:
+    compare models with t_interval over per-seed KIDs."""
+    x, y = np.asarray(features_x, np.float64), np.asarray(features_y, np.float64)
+    size = min(int(subset_size), len(x), len(y))
+    if int(subsets) < 1 or size < 2:
+        raise ValueError(f"KID needs subsets >= 1 and at least two rows per subset, got {subsets} and {size}")
+    rng = np.random.default_rng(seed)
+    values = np.array([mmd2_unbiased(x[rng.choice(len(x), size, replace=False)],
+                                     y[rng.choice(len(y), size, replace=False)]) for _ in range(int(subsets))])
+    return {"kid": float(values.mean()), "std": float(values.std()), "subset_size": size, "subsets": int(subsets)}
+
+
+def at_matched_share(shares, values, target: float) -> float | None:
+    """The value (e.g. FID) a guidance curve has where its share of requested digits reaches `target`,
+    interpolated linearly between the two points of the curve on either side of it.
+
+    shares, values (P,): the curve's points in the order of increasing guidance w. The first segment
+    [s_i, s_i+1] that holds target (s_i <= target <= s_i+1, or the other way if the curve falls there)
+    gives v_i + (target - s_i) / (s_i+1 - s_i) (v_i+1 - v_i). None where the curve never reaches target
+    (no extrapolation). Not monotone in w: the first crossing is taken.
+    """
+    s, v = np.asarray(shares, np.float64), np.asarray(values, np.float64)
+    if s.ndim != 1 or s.shape != v.shape or len(s) < 1 or not (np.isfinite(s).all() and np.isfinite(v).all()):
+        raise ValueError(f"need finite shares and values of one shape (P,), got {s.shape} and {v.shape}")
+    for i in range(len(s)):
+        if s[i] == target:
+            return float(v[i])
+        if i + 1 < len(s) and min(s[i], s[i + 1]) < target < max(s[i], s[i + 1]):
+            return float(v[i] + (target - s[i]) / (s[i + 1] - s[i]) * (v[i + 1] - v[i]))
+    return None
+
+
+def diversity_by_class(features, classes) -> float:
+    """Mean pairwise distance (features (N, D)) between two images of one class, averaged over the classes
+    with at least two images. `classes` (N,): pass the class the evaluator reads (argmax of its logits),
+    not the requested one, so that wrong-class samples do not add spread to the class they were asked for.
+    NaN if no class has two images."""
+    f, c = np.asarray(features, np.float64), np.asarray(classes)
+    if f.ndim != 2 or c.shape != (len(f),):
+        raise ValueError(f"need features (N, D) and classes (N,), got {f.shape} and {c.shape}")
+    per_class = [scipy.spatial.distance.pdist(f[c == k]).mean() for k in np.unique(c) if (c == k).sum() > 1]
+    return float(np.mean(per_class)) if per_class else float("nan")
+
+
 def bootstrap_fid_ratio(real_features, features_a: list, features_b: list, n_boot: int = 200,
                         seed: int = 0, level: float = 0.95) -> tuple[float, float, float]:
     """(ratio, low, high): ratio = F_a / F_b, F = mean_r FID(real, x_r) over the replicates (seeds)

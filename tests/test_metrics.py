@@ -836,3 +836,75 @@ def test_cli_subprocess_offline_inception_is_one_line_exit_2(tmp_path):
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "--inception-weights PATH" in lines[0] and "Traceback" not in done.stderr
+
+
+# ---------------------------------------------------------------------------
+# Seed-level intervals, shares, KID, matched accuracy, diversity by the class read
+# ---------------------------------------------------------------------------
+def test_log_ratio_t_interval_of_three_seeds_against_its_hand_computation():
+    # log-ratios 0, 1, 2: mean 1, s = 1, t_{0.975, 2} = 4.302653: exp(1 -+ 4.302653 / sqrt(3))
+    b = np.array([2.0, 3.0, 5.0])
+    ratio, low, high = metrics.log_ratio_t_interval(b * np.exp([0.0, 1.0, 2.0]), b)
+    half = 4.302652729911275 / math.sqrt(3)
+    assert ratio == pytest.approx(math.e) and low == pytest.approx(math.exp(1 - half))
+    assert high == pytest.approx(math.exp(1 + half))
+    # the three per-seed ratios 0.96, 0.67, 0.96: about [0.51, 1.43], wider than a 3-replicate bootstrap's
+    _, low, high = metrics.log_ratio_t_interval([0.96, 0.67, 0.96], [1.0, 1.0, 1.0])
+    assert (round(low, 2), round(high, 2)) == (0.51, 1.43)
+    with pytest.raises(ValueError, match="positive"):
+        metrics.log_ratio_t_interval([1.0, -1.0], [1.0, 1.0])
+
+
+def test_wilson_interval_against_its_hand_computation_and_inside_0_1():
+    share, low, high = metrics.wilson_interval(8, 10)  # p 0.8, z^2 / n = 0.38415: centre 0.71674, half 0.22658
+    assert share == 0.8 and low == pytest.approx(0.4902, abs=1e-4) and high == pytest.approx(0.9433, abs=1e-4)
+    assert metrics.wilson_interval(0, 20)[1] == 0.0 and metrics.wilson_interval(20, 20)[2] == 1.0
+    assert 0 < metrics.wilson_interval(20, 20)[1] < 1
+
+
+def test_logit_t_interval_stays_inside_0_1_where_a_plain_t_interval_passes_1():
+    k, n = np.array([995, 1000, 990]), np.array([1000, 1000, 1000])
+    plain = metrics.t_interval(k / n)
+    share, low, high = metrics.logit_t_interval(k, n)
+    assert plain[2] > 1 and 0 < low < share < high < 1 and share == pytest.approx(k.sum() / n.sum())
+    logits = np.log((k + 0.5) / (n - k + 0.5))  # by hand: the t-interval of the logits, through the logistic
+    _, lo, hi = metrics.t_interval(logits)
+    assert low == pytest.approx(1 / (1 + math.exp(-lo))) and high == pytest.approx(1 / (1 + math.exp(-hi)))
+
+
+def test_mmd2_unbiased_of_two_small_sets_against_its_closed_form():
+    # d = 1, k(a, b) = (ab + 1)^3; x = (0, 1), y = (1, 2): K_xx off-diagonal 1 (twice) / 2 = 1,
+    # K_yy off-diagonal 27 (twice) / 2 = 27, K_xy 1 + 1 + 8 + 27 = 37, times 2 / 4 = 18.5: MMD^2 = 9.5
+    assert metrics.mmd2_unbiased([[0.0], [1.0]], [[1.0], [2.0]]) == pytest.approx(9.5)
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(5, 3)), rng.normal(1.0, 1.0, size=(4, 3))
+    k = lambda a, b: (a @ b / 3 + 1) ** 3  # noqa: E731
+    by_hand = (sum(k(x[i], x[j]) for i in range(5) for j in range(5) if i != j) / 20
+               + sum(k(y[i], y[j]) for i in range(4) for j in range(4) if i != j) / 12
+               - 2 * sum(k(a, b) for a in x for b in y) / 20)
+    assert metrics.mmd2_unbiased(x, y) == pytest.approx(by_hand)
+
+
+def test_kid_averages_the_unbiased_mmd_over_subsets():
+    rng = np.random.default_rng(1)
+    x, y = rng.normal(size=(30, 4)), rng.normal(0.5, 1.0, size=(40, 4))
+    whole = metrics.kid(x[:20], y[:20], subsets=3, subset_size=20)  # a subset of every row: the same value 3 times
+    assert whole["kid"] == pytest.approx(metrics.mmd2_unbiased(x[:20], y[:20])) and whole["std"] < 1e-9
+    part = metrics.kid(x, y, subsets=50, subset_size=10, seed=3)
+    assert part["subset_size"] == 10 and part["std"] > 0 and part["kid"] > 0  # two different distributions
+    same = metrics.kid(rng.normal(size=(400, 4)), rng.normal(size=(400, 4)), subsets=20, subset_size=100)
+    assert abs(same["kid"]) < 3 * same["std"]  # one distribution: KID near 0, either sign
+
+
+def test_at_matched_share_interpolates_the_curve_by_hand():
+    shares, fids = [0.90, 0.96, 0.99], [4.0, 6.0, 9.0]
+    assert metrics.at_matched_share(shares, fids, 0.95) == pytest.approx(4 + 2 * 5 / 6)  # 5/6 of the way 0.90 -> 0.96
+    assert metrics.at_matched_share(shares, fids, 0.98) == pytest.approx(8.0)  # 2/3 of the way 0.96 -> 0.99
+    assert metrics.at_matched_share(shares, fids, 0.96) == 6.0
+    assert metrics.at_matched_share(shares, fids, 0.995) is None and metrics.at_matched_share(shares, fids, 0.8) is None
+
+
+def test_diversity_by_class_groups_by_the_class_given():
+    f = np.array([[0.0], [1.0], [10.0], [10.0]])
+    assert metrics.diversity_by_class(f, np.array([0, 0, 1, 1])) == pytest.approx(0.5)  # (1 + 0) / 2
+    assert metrics.diversity_by_class(f, np.array([0, 0, 0, 1])) == pytest.approx((1 + 10 + 9) / 3)
