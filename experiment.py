@@ -8,9 +8,10 @@ into 4,000 training digits (400 per class) and 1,000 test digits (100 per class)
 Every diffusion model, feature space and classifier here trains on training
 digits only; the test digits are only ever scored against: FID and IS are
 computed against them, in the features of the **evaluator** (classifier.py's
-small classifier, trained with shifts and intensity maps on the 4,000 training
-digits, seed 0). The **noise floor** is 1,000 real training digits (100 per
-class) scored exactly like a generated set. Each model is trained with seeds
+small classifier, trained with shifts and intensity maps on 3,000 of the
+training digits, seed 0). The **noise floor** is the other 1,000 training
+digits (100 per class, `Digits.floor`), which the evaluator never trained on,
+scored exactly like a generated set (the diffusion models do train on them). Each model is trained with seeds
 0, 1, 2 (train.py's defaults otherwise); replicate r is sampled with its own
 noise seed and its own reference draws; every cell gives the per-seed numbers,
 their mean, standard deviation and 95% t-interval (metrics.t_interval).
@@ -23,11 +24,18 @@ Four sections, each a function below, each answering one question of PAPER.md:
             model) and at sample.py's default w; the position models under two
             reference protocols (per-class: one reference per class, the
             report's; per-sample: a fresh reference per sample). FID, IS,
-            requested digit, within-class diversity and a memorisation check
-            per set; the headline ratio label+pos / label FID with a bootstrap
-            interval over samples and seeds (metrics.bootstrap_fid_ratio); the
-            guidance curve, FID against requested digit for w in 1, 1.5, 2, 3
-            (seed 0, 1,000 samples), with each model's best w. Guidance takes
+            KID, requested digit (t-interval of the per-seed logits, inside
+            [0, 1]), diversity by the class the evaluator reads and a
+            memorisation check per set, FID minus the floor's; the headline
+            ratio label+pos / label FID, seed r over seed r, with a t-interval
+            on the per-seed log-ratios (metrics.log_ratio_t_interval); the
+            guidance curve, FID and KID against requested digit for w in 1,
+            1.5, 2, 3 (every seed, 1,000 samples), also for label+pos with
+            guidance only at the noise levels of GUIDANCE_INTERVALS
+            (Kynkaanniemi et al. 2024); each curve's FID and KID at 95% and 98%
+            requested digit (metrics.at_matched_share, per seed); the best
+            guidance setting (`best_setting`: lowest FID at no fewer requested
+            digits than sample.py's default). Guidance takes
             sample.py's default form at weight w (`guidance_at`: on the label
             given the position; for `pos`, on the position).
   control   Do the samples follow their reference? Two references per class,
@@ -74,7 +82,11 @@ else running): 1 h 49 min; compare 64.5 min, control 6.8, between 4.6,
 augment 32.8. 16 models (9 compare, 1 control, 6 augment) at train.py's
 defaults (600 steps, about 3.5 min each at 170 images/s, plus the UMAP fit);
 about 41,000 guided images and 15,000 at w = 1 (DPM-Solver++ 10 steps); 26
-small classifiers; the scoring. Each section's wall time is printed and kept
+small classifiers; the scoring. The compare section now also samples the
+curve's w = 1.5 and 2 for seeds 1 and 2 (12 guided sets of 1,000, about 43 s
+each: +8.6 min) and label+pos's interval curves (12 sets, 2 or 5 of the 10
+steps guided: about 26 and 32 s each, +5.8 min), so it should take about 79
+min from nothing (estimated from these counts, not measured). Each section's wall time is printed and kept
 in results.json; AUGMENT_REPLICATES = ((0, 0), (0, 1), (0, 2)) (one scarce set
 per size, three seeds of generation and classifier) would save 4 models,
 about 15 minutes.
@@ -109,12 +121,20 @@ CLASSIFIER_ARGS: dict = {}  # extra arguments of classifier.train_classifier: no
 MODELS = {"label": "label", "label-pos": "label+pos", "pos": "pos"}  # run-name stem -> --cond
 SEEDS = (0, 1, 2)  # training seeds, and replicate r's noise and reference draws
 N_EVAL = 1000  # samples per scored set, class-balanced
-FLOOR_PER_CLASS = 100  # the noise floor: as many real training digits as a set has samples
+FLOOR_PER_CLASS = 100  # the noise floor: as many held-out training digits as a set has samples
+FLOOR_SEED = 0  # which training digits are held out of the evaluator for the floor
 DEFAULT_W = float(sample.DEFAULT_GUIDANCE)  # sample.py's guidance weight
 TABLE_WEIGHTS = tuple(sorted({1.0, DEFAULT_W}))  # every seed and protocol at these w (1: no guidance)
-CURVE_WEIGHTS = (1.0, 1.5, 2.0, 3.0)  # the guidance curve: seed 0, per-sample protocol, CURVE_N samples
+CURVE_WEIGHTS = (1.0, 1.5, 2.0, 3.0)  # the guidance curve: every seed, per-sample protocol, CURVE_N samples
 CURVE_N = 1000
-N_BOOT = 200  # bootstrap draws of the FID ratio
+# Guidance in a limited interval of noise levels (Kynkaanniemi et al. 2024): (lo, hi] of sigma_t =
+# sqrt((1 - abar_t) / abar_t). On train.py's linear schedule the 10 DPM-Solver++ steps sit at sigma 157, 53.6,
+# 18.3, 6.29, 2.15, 0.73, 0.25, 0.086, 0.030, 0.010: (0.28, 5.42] (the paper's EDM2 interval) guides 2 of them,
+# (0.2, 20] 5 (no guidance at the two highest noise levels nor at the three lowest).
+GUIDANCE_INTERVALS = ((0.28, 5.42), (0.2, 20.0))
+INTERVAL_WEIGHTS = (3.0, 5.0)  # the interval curve's w (with w = 1, no guidance, as its first point)
+INTERVAL_STEMS = ("label-pos",)  # the interval curve's models: the main command's (sample.py's default is measured there)
+MATCHED_SHARES = (0.95, 0.98)  # requested-digit shares at which the models' FID and KID are compared
 PER_REFERENCE = 10  # control: two references per class, this many samples each
 PAIRS = ((4, 9), (3, 5), (7, 1))  # the boundary walks' class pairs
 WALKS, POINTS = 20, 9  # walks per pair and method; points per walk (odd: s = 0.5 is one)
@@ -127,9 +147,11 @@ N_PAIRS = 3  # confused class pairs that get boundary samples
 N_AUGMENT = 500  # generated digits added per kind
 BOUNDARY_S = (0.2, 0.45)  # a boundary sample's place on its walk, on its own class's side of the midpoint
 BOUNDARY_PER_WALK = 5  # boundary samples per walk (each with its own noise and s)
+KID_SUBSETS = 100  # KID's subsets of min(1000, N) rows (torch-fidelity's defaults; N = 1000: the whole sets)
 SETS_VERSION = 1  # part of every kept set's key: raise it when the way sets are made changes
 SECTIONS = ("compare", "control", "between", "augment")
-RESULTS_FORMAT = "experiment-2"  # results.json of this protocol (held-out digits, 3 seeds); older ones are not kept
+# results.json of this protocol (held-out digits, 3 seeds, an evaluator without the floor's digits); older ones are not kept
+RESULTS_FORMAT = "experiment-3"
 
 
 def sampler(guidance: float | dict) -> dict:
@@ -179,9 +201,15 @@ class Digits:
         """`count` indices of each class among `among`, drawn as train.py's --per-class draws them."""
         return among[choose_per_class(self.labels[among], count, seed, [str(k) for k in range(10)])]
 
-    def floor(self, replicate: int) -> np.ndarray:
-        """Replicate r's noise-floor digits: FLOOR_PER_CLASS training digits per class."""
-        return self.per_class(self.train, FLOOR_PER_CLASS, replicate)
+    def floor(self) -> np.ndarray:
+        """The noise floor's digits: FLOOR_PER_CLASS training digits per class, held out of the evaluator's
+        training (`evaluator_train`), so that the floor is what held-out real digits score (the diffusion
+        models still train on them: they are training digits)."""
+        return self.per_class(self.train, FLOOR_PER_CLASS, FLOOR_SEED)
+
+    def evaluator_train(self) -> np.ndarray:
+        """The evaluator's training digits: the training split without the floor's digits."""
+        return np.setdiff1d(self.train, self.floor())
 
     def scarce(self, per_class: int, data_seed: int) -> np.ndarray:
         """The scarce training set: exactly the digits of train.py --per-class N --data-seed S."""
@@ -263,15 +291,18 @@ class Context:
 # ---------------------------------------------------------------------------
 # Scoring: the evaluator against the test digits
 # ---------------------------------------------------------------------------
+EVALUATOR_FILE = "evaluator-without-floor.pt"  # (the older evaluator.pt trained on the floor's digits too)
+
+
 class Scorer:
     """FID and IS against the 1,000 test digits in the evaluator's features, requested digit, diversity, memorisation."""
 
     def __init__(self, runs: str, digits: Digits, inception_weights: str | None):
-        self.net = kept_classifier(os.path.join(runs, "evaluator.pt"), digits.images[digits.train],
-                                   digits.labels[digits.train], seed=0)  # trained on the training digits only
+        fit = digits.evaluator_train()  # the training digits without the floor's
+        self.net = kept_classifier(os.path.join(runs, EVALUATOR_FILE), digits.images[fit], digits.labels[fit], seed=0)
         self.test_images, self.test_labels = digits.images[digits.test], digits.labels[digits.test]
         self.test_features, self.test_logits = self.net.features_and_logits(self.test_images)  # (1000, 128), (1000, 10)
-        self.test_diversity = diversity(self.test_features, self.test_labels)
+        self.test_diversity = diversity(self.test_features, self.test_logits.argmax(axis=1))
         self.test_accuracy = metrics.conditioning_accuracy(self.test_logits, self.test_labels)  # the evaluator's own
         self.inception = metrics.inception_network(inception_weights) if inception_weights else None
         if self.inception:
@@ -300,9 +331,11 @@ class Scorer:
         training digits, for the memorisation check) and its evaluator features."""
         features, logits = self.net.features_and_logits(images)
         out = dict(n=len(images), fid=metrics.fid_from_features(self.test_features, features),
+                   kid=metrics.kid(self.test_features, features, subsets=KID_SUBSETS)["kid"],
                    is_mean=metrics.inception_score(logits)[0],
                    accuracy=metrics.conditioning_accuracy(logits, requested),
-                   diversity=diversity(features, requested) / self.test_diversity)
+                   correct=int((logits.argmax(axis=1) == requested).sum()),
+                   diversity=diversity(features, logits.argmax(axis=1)) / self.test_diversity)
         if train_images is not None:
             out["memorisation"] = self.memorisation(images, features, train_images, own_reference)
         if self.inception:
@@ -328,11 +361,11 @@ def pixels(images: np.ndarray) -> np.ndarray:
 
 
 def diversity(features: np.ndarray, labels: np.ndarray) -> float:
-    """Mean distance between two images of one class in the evaluator's features, averaged over the classes.
-    Divided by the test digits' own, 1 is as diverse as real digits; a set of near-copies of one digit is near 0."""
-    per_class = [scipy.spatial.distance.pdist(features[labels == k]).mean()
-                 for k in np.unique(labels) if (labels == k).sum() > 1]
-    return float(np.mean(per_class)) if per_class else float("nan")
+    """Mean distance between two images of one class in the evaluator's features, averaged over the classes
+    (metrics.diversity_by_class). Scorer passes the class the evaluator reads, so that wrong-class samples do
+    not count as spread of the class they were asked for. Divided by the test digits' own (grouped the same
+    way), 1 is as diverse as real digits; a set of near-copies of one digit is near 0."""
+    return metrics.diversity_by_class(features, labels)
 
 
 def spread(values: list[float]) -> dict:
@@ -428,12 +461,16 @@ def requests(run: sample.Run, protocol: str, replicate: int) -> tuple[np.ndarray
 
 
 def comparison_set(ctx: Context, run: sample.Run, name: str, protocol: str, w: float, replicate: int,
-                   rows: np.ndarray | None = None, section: str = "compare") -> dict:
-    """The set NAME: the requests of (protocol, replicate), or their `rows`, sampled at guidance w."""
+                   rows: np.ndarray | None = None, section: str = "compare",
+                   guidance_interval: tuple[float, float] | None = None) -> dict:
+    """The set NAME: the requests of (protocol, replicate), or their `rows`, sampled at guidance w
+    (only at the steps whose sigma lies in guidance_interval, if given)."""
     want, refs = requests(run, protocol, replicate)
     if rows is not None:
         want, refs = want[rows], refs[rows]
     chosen = sampler(guidance_at(conditions_of(run), w))
+    if guidance_interval is not None:  # (a key without it stays the key of the sets made before the option)
+        chosen["guidance_interval"] = list(guidance_interval)
     key = set_key(run, sampler=chosen, protocol=protocol, n=len(want), noise_seed=noise_seed(replicate),
                   reference_seed=reference_seed(replicate), rows=None if rows is None else len(rows))
     return kept_set(os.path.join(ctx.out, section, name), key,
@@ -446,11 +483,9 @@ def curve_rows() -> np.ndarray:
 
 
 def compare(ctx: Context) -> dict:
-    scorer, result = ctx.scorer, {"sets": {}, "floor": {}, "evaluator_test_accuracy": ctx.scorer.test_accuracy}
-    for seed in SEEDS:  # the noise floor: real training digits scored like a set
-        floor = ctx.digits.floor(seed)
-        result["floor"][str(seed)] = flat(scorer.score(ctx.digits.images[floor], ctx.digits.labels[floor], None)[0])
-    features = {}  # set name -> evaluator features (N, 128), for the bootstrap
+    scorer, result = ctx.scorer, {"sets": {}, "evaluator_test_accuracy": ctx.scorer.test_accuracy}
+    floor = ctx.digits.floor()  # the noise floor: held-out real training digits scored like a set
+    result["floor"] = flat(scorer.score(ctx.digits.images[floor], ctx.digits.labels[floor], None)[0])
     for stem in MODELS:
         for seed in SEEDS:
             run = ctx.model(stem, seed)
@@ -458,51 +493,157 @@ def compare(ctx: Context) -> dict:
                 for protocol in protocols(run):
                     name = f"{stem}-s{seed}-{protocol}-w{w:g}"
                     part = comparison_set(ctx, run, name, protocol, w, seed)
-                    result["sets"][name], features[name] = scorer.score(part["images"], part["labels"], run.images)
+                    result["sets"][name] = scorer.score(part["images"], part["labels"], run.images)[0]
                     print(name, json.dumps(flat(result["sets"][name])), flush=True)
-    result["summary"] = {f"{stem} {protocol} w{w:g}": summarise([result["sets"][f"{stem}-s{s}-{protocol}-w{w:g}"]
-                                                                 for s in SEEDS])
+    result["summary"] = {f"{stem} {protocol} w{w:g}": summary_of([result["sets"][f"{stem}-s{s}-{protocol}-w{w:g}"]
+                                                                  for s in SEEDS], result["floor"])
                          for stem in MODELS for protocol in protocols(ctx.model(stem, 0)) for w in TABLE_WEIGHTS}
-    result["floor_summary"] = summarise(list(result["floor"].values()))
-    result["ratios"] = fid_ratios(scorer, features, {stem: protocols(ctx.model(stem, 0)) for stem in MODELS})
+    result["ratios"] = fid_ratios(result["sets"], {stem: protocols(ctx.model(stem, 0)) for stem in MODELS})
     result["curve"] = guidance_curve(ctx)
-    result["best_w"] = {stem: min(c, key=lambda w: c[w]["fid"]) for stem, c in result["curve"].items()}
+    result["best_w"] = {stem: min(c, key=lambda w: c[w]["fid"]["mean"]) for stem, c in result["curve"].items()}
+    result["interval_curve"] = interval_curve(ctx)
+    result["matched"] = matched_accuracy(result["curve"], result["interval_curve"])
+    result["best_setting"] = best_setting(result["curve"], result["interval_curve"], result["summary"])
     figures_of_compare(ctx, result)
     return result
 
 
-def fid_ratios(scorer: Scorer, features: dict, stem_protocols: dict) -> dict:
+def summary_of(per_seed: list[dict], floor: dict) -> dict:
+    """`summarise` of one cell, plus FID minus the floor's FID per seed (fid_over_floor) and the requested-digit
+    share's interval inside [0, 1] (accuracy_logit: metrics.logit_t_interval of the per-seed counts)."""
+    out = summarise([dict(s, fid_over_floor=s["fid"] - floor["fid"]) for s in per_seed])
+    if len(per_seed) > 1:
+        share, low, high = metrics.logit_t_interval([s["correct"] for s in per_seed], [s["n"] for s in per_seed])
+        out["accuracy_logit"] = dict(share=share, low=low, high=high)
+    return out
+
+
+def fid_ratios(sets: dict, stem_protocols: dict) -> dict:
     """FID of each position model over the label model's (the report: label+umap 0.77x), per protocol and w,
-    with a 95% bootstrap interval over the seeds and the samples of each (metrics.bootstrap_fid_ratio)."""
+    seed r over seed r: the geometric mean of the per-seed ratios with a 95% t-interval on their logarithms
+    (metrics.log_ratio_t_interval, seeds as the replicates); and KID's difference per seed, with its t-interval."""
     out = {}
     for w in TABLE_WEIGHTS:
-        label = [features[f"label-s{s}-per-sample-w{w:g}"] for s in SEEDS]
+        label = [sets[f"label-s{s}-per-sample-w{w:g}"] for s in SEEDS]
         for stem in ("label-pos", "pos"):
             for protocol in stem_protocols[stem]:
-                ratio, low, high = metrics.bootstrap_fid_ratio(
-                    scorer.test_features, [features[f"{stem}-s{s}-{protocol}-w{w:g}"] for s in SEEDS], label,
-                    n_boot=N_BOOT, seed=0)
-                out[f"{stem} {protocol} w{w:g}"] = dict(ratio=ratio, low=low, high=high)
+                model = [sets[f"{stem}-s{s}-{protocol}-w{w:g}"] for s in SEEDS]
+                ratio, low, high = metrics.log_ratio_t_interval([m["fid"] for m in model], [m["fid"] for m in label])
+                out[f"{stem} {protocol} w{w:g}"] = dict(ratio=ratio, low=low, high=high, kid_difference=spread(
+                    [m["kid"] - b["kid"] for m, b in zip(model, label)]))
+    return out
+
+
+def curve_point(ctx: Context, run: sample.Run, stem: str, seed: int, w: float,
+                guidance_interval: tuple[float, float] | None = None) -> dict:
+    """One point of a guidance curve: the CURVE_N curve requests of seed `seed`, per-sample protocol, at w
+    (at a table weight without an interval: those rows of the table's set), scored."""
+    rows = curve_rows()
+    if guidance_interval is None and w in TABLE_WEIGHTS:
+        part = comparison_set(ctx, run, f"{stem}-s{seed}-per-sample-w{w:g}", "per-sample", w, seed)
+        images, labels = part["images"][rows], part["labels"][rows]
+    else:
+        where = "" if guidance_interval is None else "-interval{:g}-{:g}".format(*guidance_interval)
+        part = comparison_set(ctx, run, f"{stem}-s{seed}-per-sample-w{w:g}{where}-curve", "per-sample", w, seed, rows,
+                              guidance_interval=guidance_interval)
+        images, labels = part["images"], part["labels"]
+    scores = ctx.scorer.score(images, labels, None)[0]
+    return {k: scores[k] for k in ("fid", "kid", "is_mean", "accuracy", "correct", "diversity", "n")}
+
+
+def curve_cell(points: list[dict]) -> dict:
+    """A curve point over the seeds: a `spread` per measure, the share's logit interval, the per-seed points."""
+    out = {k: spread([p[k] for p in points]) for k in ("fid", "kid", "is_mean", "accuracy", "diversity")}
+    out["n"] = points[0]["n"]
+    if len(points) > 1:
+        share, low, high = metrics.logit_t_interval([p["correct"] for p in points], [p["n"] for p in points])
+        out["accuracy_logit"] = dict(share=share, low=low, high=high)
     return out
 
 
 def guidance_curve(ctx: Context) -> dict:
-    """FID against requested digit over CURVE_WEIGHTS: seed 0, per-sample protocol, the same CURVE_N
-    requests and noise seed at every w (at a table weight: those rows of the table's set)."""
-    curve, rows = {}, curve_rows()
+    """FID and KID against requested digit over CURVE_WEIGHTS for every model and seed: per-sample protocol,
+    the same CURVE_N requests and noise seed at every w. stem -> w -> curve_cell."""
+    curve = {}
     for stem in MODELS:
-        run = ctx.model(stem, 0)
-        curve[stem] = {}
-        for w in CURVE_WEIGHTS:
-            if w in TABLE_WEIGHTS:
-                part = comparison_set(ctx, run, f"{stem}-s0-per-sample-w{w:g}", "per-sample", w, 0)
-                images, labels = part["images"][rows], part["labels"][rows]
-            else:
-                part = comparison_set(ctx, run, f"{stem}-s0-per-sample-w{w:g}-curve", "per-sample", w, 0, rows)
-                images, labels = part["images"], part["labels"]
-            scores = ctx.scorer.score(images, labels, None)[0]
-            curve[stem][f"{w:g}"] = {k: scores[k] for k in ("fid", "is_mean", "accuracy", "diversity", "n")}
+        curve[stem] = {f"{w:g}": curve_cell([curve_point(ctx, ctx.model(stem, seed), stem, seed, w) for seed in SEEDS])
+                       for w in CURVE_WEIGHTS}
     return curve
+
+
+def interval_name(guidance_interval) -> str:
+    return "sigma in ({:g}, {:g}]".format(*guidance_interval)
+
+
+def interval_curve(ctx: Context) -> dict:
+    """The guidance curve of INTERVAL_STEMS with guidance only at the noise levels of each of
+    GUIDANCE_INTERVALS, at INTERVAL_WEIGHTS, every seed: stem -> interval_name -> {"interval": [lo, hi],
+    "points": w -> curve_cell} (its w = 1 is the plain curve's point: no guidance at any step)."""
+    return {stem: {interval_name(interval): {"interval": list(interval), "points": {
+        f"{w:g}": curve_cell([curve_point(ctx, ctx.model(stem, seed), stem, seed, w, tuple(interval)) for seed in SEEDS])
+        for w in INTERVAL_WEIGHTS}} for interval in GUIDANCE_INTERVALS} for stem in INTERVAL_STEMS}
+
+
+def curves_of(curve: dict, interval_curves: dict) -> dict:
+    """Every curve as (stem, setting) -> (guidance interval or None, [(w, cell)] in increasing w): the plain
+    curves (setting "every step") and the interval ones (which start at the plain curve's w = 1)."""
+    def ordered(points):
+        return sorted(((float(w), cell) for w, cell in points.items()), key=lambda p: p[0])
+    out = {(stem, "every step"): (None, ordered(points)) for stem, points in curve.items()}
+    for stem, intervals in interval_curves.items():
+        for name, c in intervals.items():
+            plain = [(1.0, curve[stem]["1"])] if "1" in curve[stem] and "1" not in c["points"] else []
+            out[(stem, name)] = (c["interval"], ordered(dict(c["points"], **{f"{w:g}": x for w, x in plain})))
+    return out
+
+
+def matched_accuracy(curve: dict, interval_curves: dict) -> dict:
+    """Each curve's FID and KID where its requested-digit share reaches each of MATCHED_SHARES, interpolated
+    per seed on that seed's curve (metrics.at_matched_share), then a `spread` over the seeds (None where a
+    seed's curve never reaches the share); and each curve's FID over the label model's at the same share
+    (metrics.log_ratio_t_interval, seed r over seed r)."""
+    out, per_seed = {}, {}
+    for (stem, setting), (_, points) in curves_of(curve, interval_curves).items():
+        key = f"{stem} {setting}"
+        out[key], per_seed[key] = {}, {}
+        for share in MATCHED_SHARES:
+            cell = {}
+            for measure in ("fid", "kid"):
+                values = [metrics.at_matched_share([c["accuracy"]["values"][r] for _, c in points],
+                                                   [c[measure]["values"][r] for _, c in points], share)
+                          for r in range(len(SEEDS))]
+                per_seed[key][(share, measure)] = values
+                cell[measure] = None if None in values else spread(values)
+            out[key][f"{share:g}"] = cell
+    for key in out:
+        for share in MATCHED_SHARES:
+            mine, label = per_seed[key][(share, "fid")], per_seed["label every step"][(share, "fid")]
+            ratio = None
+            if not key.startswith("label ") and None not in mine + label and len(SEEDS) > 1:
+                r, low, high = metrics.log_ratio_t_interval(mine, label)
+                ratio = dict(ratio=r, low=low, high=high)
+            out[key][f"{share:g}"]["fid_over_label"] = ratio
+    return out
+
+
+def best_setting(curve: dict, interval_curves: dict, summary: dict) -> dict:
+    """Per model of the interval curve: the guidance setting (w, guidance interval or None) of lowest mean FID
+    among those whose mean requested-digit share is at least sample.py's default's (w = DEFAULT_W at every step,
+    from the curve, or from the table's per-sample sets where the curve lacks it): the candidate for sample.py's
+    default."""
+    out = {}
+    for stem in interval_curves:
+        w = f"{DEFAULT_W:g}"
+        default = curve[stem][w] if w in curve[stem] else summary[f"{stem} per-sample w{w}"]
+        floor_share = default["accuracy"]["mean"]
+        candidates = [(default["fid"]["mean"], DEFAULT_W, None)] + [
+            (cell["fid"]["mean"], w, interval)
+            for (s, _), (interval, points) in curves_of(curve, interval_curves).items() if s == stem
+            for w, cell in points if cell["accuracy"]["mean"] >= floor_share]
+        fid, w, interval = min(candidates, key=lambda c: c[0])
+        out[stem] = dict(w=w, guidance_interval=interval, fid=fid, default_fid=default["fid"]["mean"],
+                         default_accuracy=floor_share)
+    return out
 
 
 def figures_of_compare(ctx: Context, result: dict) -> None:
@@ -522,17 +663,18 @@ def figures_of_compare(ctx: Context, result: dict) -> None:
     plot_positions(run.space.positions, run.labels, os.path.join(ctx.out, "compare", "positions_pixels.png"))
 
     from matplotlib.figure import Figure
-    figure = Figure(figsize=(5.5, 4))
+    figure = Figure(figsize=(6, 4.2))
     axes = figure.subplots()
-    for stem, points in result["curve"].items():
-        ws = sorted(points, key=float)
-        axes.plot([100 * points[x]["accuracy"] for x in ws], [points[x]["fid"] for x in ws], "o-", label=MODELS[stem])
-        for x in ws:
-            axes.annotate(f"w={x}", (100 * points[x]["accuracy"], points[x]["fid"]), fontsize=7,
-                          textcoords="offset points", xytext=(3, 3))
+    for (stem, setting), (_, points) in curves_of(result["curve"], result["interval_curve"]).items():
+        x = [100 * c["accuracy"]["mean"] for _, c in points]
+        y = [c["fid"]["mean"] for _, c in points]
+        label = MODELS[stem] if setting == "every step" else f"{MODELS[stem]}, guided at {setting}"
+        axes.plot(x, y, "o-" if setting == "every step" else "s--", label=label)
+        for (w, _), xi, yi in zip(points, x, y):
+            axes.annotate(f"w={w:g}", (xi, yi), fontsize=7, textcoords="offset points", xytext=(3, 3))
     axes.set(xlabel="requested digit (%)", ylabel="classifier-FID (vs test digits)",
-             title=f"guidance curve (seed 0, {CURVE_N} samples, per-sample references)")
-    axes.legend()
+             title=f"guidance curve (mean of seeds {', '.join(map(str, SEEDS))}, {CURVE_N} samples, per-sample)")
+    axes.legend(fontsize=7)
     write_figure(os.path.join(ctx.out, "compare", "guidance_curve.png"), figure)
 
 
@@ -852,42 +994,76 @@ def cell(m: dict, digits: int = 2, scale: float = 1.0, unit: str = "") -> str:
     return text
 
 
+def share_cell(m: dict | None) -> str:
+    """A requested-digit share (the interval's centre) with its interval inside [0, 1] (metrics.logit_t_interval
+    over the seeds)."""
+    return "-" if m is None else f"{100 * m['share']:.1f}% [{100 * m['low']:.1f}, {100 * m['high']:.1f}]"
+
+
+def ratio_cell(r: dict | None) -> str:
+    """ratio [low, high] of metrics.log_ratio_t_interval, or - where there is none."""
+    return "-" if r is None else f"{r['ratio']:.2f}x [{r['low']:.2f}, {r['high']:.2f}]"
+
+
 def compare_tables(c: dict) -> list[str]:
-    text = []
+    f, text = c["floor"], []
+    share, low, high = metrics.wilson_interval(f["correct"], f["n"])
     for w in TABLE_WEIGHTS:
-        text += [f"Guidance w = {w:g}: mean ± std [95% t-interval] over seeds {', '.join(map(str, SEEDS))}; FID and IS "
-                 "against the 1,000 test digits; diversity and nearest-training distance relative to the test digits",
-                 "", "| model | protocol | classifier-FID | classifier-IS | requested digit | diversity "
-                 "| nearest training digit (features / pixels) | near-copies (features) |", "|---|---|---|---|---|---|---|---|"]
+        text += [f"Guidance w = {w:g}: mean ± std [95% t-interval] over seeds {', '.join(map(str, SEEDS))}; FID, KID "
+                 "and IS against the 1,000 test digits (KID x 1000: the unbiased MMD^2 of the evaluator's features, "
+                 "cubic kernel); FID - floor: each seed's FID minus the noise floor's; requested digit with the 95% "
+                 "t-interval of the per-seed logits (inside [0, 1]); diversity by the class the evaluator reads, "
+                 "and nearest-training distance, relative to the test digits",
+                 "", "| model | protocol | classifier-FID | FID - floor | KID x 1000 | classifier-IS | requested digit "
+                 "| diversity | nearest training digit (features / pixels) | near-copies (features) |",
+                 "|---|---|---|---|---|---|---|---|---|---|"]
         for key, m in c["summary"].items():
             stem, protocol, kw = key.split()
             if kw != f"w{w:g}":
                 continue
             text.append(f"| {MODELS[stem]} | {protocol if stem != 'label' else '(no reference)'} | {cell(m['fid'])} | "
-                        f"{cell(m['is_mean'])} | {cell(m['accuracy'], 1, 100, '%')} | {cell(m['diversity'])} | "
+                        f"{cell(m['fid_over_floor'])} | {cell(m['kid'], 2, 1000)} | {cell(m['is_mean'])} | "
+                        f"{share_cell(m.get('accuracy_logit'))} | {cell(m['diversity'])} | "
                         f"{cell(m['mem_features_median_ratio'])} / {cell(m['mem_pixels_median_ratio'])} | "
                         f"{cell(m['mem_features_near_copy_share'], 1, 100, '%')} |")
-        f = c["floor_summary"]
-        text += [f"| real training digits (noise floor) | | {cell(f['fid'])} | {cell(f['is_mean'])} | "
-                 f"{cell(f['accuracy'], 1, 100, '%')} | {cell(f['diversity'])} | | |", ""]
-    text += [f"The evaluator reads {100 * c['evaluator_test_accuracy']:.1f}% of the test digits right (the noise "
-             "floor's digits are among its training digits, so its accuracy there is not a held-out one).", ""]
-    text += ["FID over the label model's at the same w (the report: label+umap 0.77x), 95% bootstrap interval over "
-             "seeds and samples:", "", "| model | protocol | w | FID ratio |", "|---|---|---|---|"]
+        text += [f"| held-out real training digits (noise floor) | | {f['fid']:.2f} | 0 | {1000 * f['kid']:.2f} | "
+                 f"{f['is_mean']:.2f} | {100 * share:.1f}% [{100 * low:.1f}, {100 * high:.1f}] | {f['diversity']:.2f} "
+                 "| | |", ""]
+    text += [f"The noise floor is {f['n']} training digits held out of the evaluator's training (one set; its "
+             f"requested digit is the evaluator's accuracy on them, 95% Wilson interval); the evaluator reads "
+             f"{100 * c['evaluator_test_accuracy']:.1f}% of the test digits right.", ""]
+    text += ["FID over the label model's at the same w (the report: label+umap 0.77x), seed r over seed r: geometric "
+             "mean of the per-seed ratios, 95% t-interval on their logarithms; KID difference (x 1000) with its "
+             "t-interval over seeds:", "", "| model | protocol | w | FID ratio | KID difference x 1000 |",
+             "|---|---|---|---|---|"]
     for key, r in c["ratios"].items():
         stem, protocol, w = key.split()
-        text.append(f"| {MODELS[stem]} | {protocol} | {w[1:]} | {r['ratio']:.2f}x [{r['low']:.2f}, {r['high']:.2f}] |")
-    text += ["", f"Guidance curve (seed 0, per-sample references, {CURVE_N} samples): FID / requested digit", "",
-             "| model | " + " | ".join(f"w = {w:g}" for w in CURVE_WEIGHTS) + " | best w |",
-             "|---" * (len(CURVE_WEIGHTS) + 2) + "|"]
-    for stem, points in c["curve"].items():
-        text.append(f"| {MODELS[stem]} | " + " | ".join(f"{points[f'{w:g}']['fid']:.2f} / "
-                                                        f"{100 * points[f'{w:g}']['accuracy']:.1f}%" for w in CURVE_WEIGHTS)
-                    + f" | {c['best_w'][stem]} |")
-    curve, text = c["curve"], text + [""]
-    for stem in ("label-pos", "pos"):
-        text.append(f"{MODELS[stem]} / label FID on the curve: " + ", ".join(
-            f"w = {w:g} {curve[stem][f'{w:g}']['fid'] / curve['label'][f'{w:g}']['fid']:.2f}x" for w in CURVE_WEIGHTS))
+        text.append(f"| {MODELS[stem]} | {protocol} | {w[1:]} | {ratio_cell(r)} | {cell(r['kid_difference'], 2, 1000)} |")
+    text += ["", f"Guidance curves (mean over seeds {', '.join(map(str, SEEDS))}, per-sample references, {CURVE_N} "
+             "samples each): FID / KID x 1000 / requested digit", "", "| model | guided steps | w | FID | KID x 1000 "
+             "| requested digit |", "|---|---|---|---|---|---|"]
+    for (stem, setting), (_, points) in curves_of(c["curve"], c["interval_curve"]).items():
+        for w, m in points:
+            text.append(f"| {MODELS[stem]} | {setting} | {w:g} | {cell(m['fid'])} | {cell(m['kid'], 2, 1000)} | "
+                        f"{share_cell(m.get('accuracy_logit'))} |")
+    text += ["", "Best w on each plain curve (lowest mean FID): " + ", ".join(
+        f"{MODELS[stem]} w = {w}" for stem, w in c["best_w"].items()), ""]
+    text += ["At matched requested digit (each seed's curve interpolated linearly to the share, then over seeds; "
+             "- : a seed's curve does not reach it); FID over the label model's at the same share, 95% t-interval "
+             "on the per-seed log-ratios:", "", "| model | guided steps | share | FID | KID x 1000 | FID / label |",
+             "|---|---|---|---|---|---|"]
+    for key, shares in c["matched"].items():
+        stem, setting = key.split(" ", 1)
+        for target, m in shares.items():
+            text.append(f"| {MODELS[stem]} | {setting} | {100 * float(target):g}% | "
+                        f"{'-' if m['fid'] is None else cell(m['fid'])} | "
+                        f"{'-' if m['kid'] is None else cell(m['kid'], 2, 1000)} | {ratio_cell(m['fid_over_label'])} |")
+    text.append("")
+    for stem, b in c["best_setting"].items():
+        where = "every step" if b["guidance_interval"] is None else interval_name(b["guidance_interval"])
+        text.append(f"Best guidance setting of {MODELS[stem]} (lowest mean FID at a requested-digit share of at least "
+                    f"the default's, w = {DEFAULT_W:g} at every step: {100 * b['default_accuracy']:.1f}%, FID "
+                    f"{b['default_fid']:.2f}): w = {b['w']:g}, guided at {where}, FID {b['fid']:.2f}.")
     text.append("")
     return text
 

@@ -31,7 +31,7 @@ def fake_run(images, labels, space=None, conditions=("label", "pos"), root="data
 def test_test_digits_are_in_no_training_set_and_the_sets_are_train_pys(digits):
     test = digits.test
     assert len(test) == 1000 and (np.bincount(digits.labels[test]) == 100).all()
-    used = {"train": digits.train, "floor": digits.floor(0)}
+    used = {"train": digits.train, "floor": digits.floor()}
     for per_class in experiment.SCARCE:
         for data_seed, _ in experiment.AUGMENT_REPLICATES:
             used[f"scarce {per_class} {data_seed}"] = digits.scarce(per_class, data_seed)
@@ -44,8 +44,9 @@ def test_test_digits_are_in_no_training_set_and_the_sets_are_train_pys(digits):
     np.testing.assert_array_equal(images, digits.images[digits.train])
     images, labels, _ = load_dataset("mnist-sample", per_class=10, data_seed=1)
     np.testing.assert_array_equal(images, digits.images[digits.scarce(10, 1)])
-    assert (np.bincount(digits.labels[digits.floor(1)]) == 100).all()
-    assert not np.array_equal(digits.floor(0), digits.floor(1))  # each replicate its own floor digits
+    floor, fit = digits.floor(), digits.evaluator_train()  # the floor: training digits the evaluator never sees
+    assert (np.bincount(digits.labels[floor]) == 100).all() and np.intersect1d(floor, digits.train).size == 1000
+    assert np.intersect1d(floor, fit).size == 0 and np.union1d(floor, fit).size == len(digits.train)
 
 
 @pytest.mark.parametrize("protocol", ["per-class", "per-sample"])
@@ -78,6 +79,36 @@ def test_spread_is_the_student_t_interval_of_the_replicates():
     assert m["mean"] == 2.0 and m["std"] == 1.0 and m["values"] == [1.0, 2.0, 3.0]
     assert m["low"] == pytest.approx(2 - half) and m["high"] == pytest.approx(2 + half)
     assert experiment.spread([5.0])["low"] is None  # one replicate: no interval
+
+
+def curve_cell(accuracy, fid):
+    """A curve point over two seeds, as experiment.curve_cell makes it (KID = FID / 1000 here)."""
+    return {"accuracy": experiment.spread(accuracy), "fid": experiment.spread(fid),
+            "kid": experiment.spread([f / 1000 for f in fid])}
+
+
+def test_matched_accuracy_and_the_best_setting_by_hand(monkeypatch):
+    monkeypatch.setattr(experiment, "SEEDS", (0, 1))
+    monkeypatch.setattr(experiment, "MATCHED_SHARES", (0.95,))
+    curve = {"label": {"1": curve_cell([0.90, 0.92], [4.0, 4.0]), "3": curve_cell([0.96, 0.98], [6.0, 8.0])},
+             "label-pos": {"1": curve_cell([0.90, 0.90], [3.0, 3.0]), "3": curve_cell([0.99, 0.96], [6.0, 5.0])}}
+    intervals = {"label-pos": {"mid": {"interval": [0.2, 20.0], "points": {"3": curve_cell([0.97, 0.97], [4.0, 4.0])}}}}
+    m = experiment.matched_accuracy(curve, intervals)
+    # label: seed 0 5/6 of the way 0.90 -> 0.96 (4 + 2 * 5/6), seed 1 half way 0.92 -> 0.98 (4 + 4 / 2)
+    assert m["label every step"]["0.95"]["fid"]["values"] == pytest.approx([4 + 2 * 5 / 6, 6.0])
+    # label+pos: 5/9 of the way 0.90 -> 0.99 (3 + 3 * 5/9); seed 1 5/6 of 0.90 -> 0.96 (3 + 2 * 5/6)
+    fid = [3 + 3 * 5 / 9, 3 + 2 * 5 / 6]
+    assert m["label-pos every step"]["0.95"]["fid"]["values"] == pytest.approx(fid)
+    assert m["label-pos every step"]["0.95"]["kid"]["values"] == pytest.approx([f / 1000 for f in fid])
+    assert m["label-pos mid"]["0.95"]["fid"]["values"] == pytest.approx([3 + 5 / 7, 3 + 5 / 7])  # 0.90 -> 0.97
+    ratio = m["label-pos every step"]["0.95"]["fid_over_label"]["ratio"]
+    assert ratio == pytest.approx(np.sqrt(fid[0] / (4 + 2 * 5 / 6) * fid[1] / 6.0))  # the geometric mean
+    assert m["label every step"]["0.95"]["fid_over_label"] is None
+    best = experiment.best_setting(curve, intervals, {})["label-pos"]  # default w = 3: 97.5%, FID 5.5
+    assert (best["w"], best["guidance_interval"], best["fid"]) == (3.0, None, 5.5)  # 97% < 97.5%: the default
+    intervals["label-pos"]["mid"]["points"]["3"] = curve_cell([0.98, 0.98], [4.0, 4.0])
+    best = experiment.best_setting(curve, intervals, {})["label-pos"]
+    assert (best["w"], best["guidance_interval"], best["fid"]) == (3.0, [0.2, 20.0], 4.0)
 
 
 def walk_stats(mean_b, crossing=0.5, kept=0.95, ambiguity=0.3):
@@ -163,7 +194,8 @@ def test_every_section_runs_end_to_end_and_no_test_digit_trains_anything(tmp_pat
     tiny = dict(TRAIN_FLAGS=("--steps", "2", "--per-class", "20", "--save-every", "2", "--warmup", "1",
                              "--root", str(tmp_path / "data")),
                 SAMPLER=dict(experiment.SAMPLER, steps=2), CLASSIFIER_ARGS={"steps": 2}, SEEDS=(0, 1), N_EVAL=20,
-                FLOOR_PER_CLASS=2, CURVE_WEIGHTS=(1.0, 2.0), CURVE_N=10, N_BOOT=2, PER_REFERENCE=2, PAIRS=((4, 9),), WALKS=2, POINTS=3, SCARCE=(10,),
+                FLOOR_PER_CLASS=2, CURVE_WEIGHTS=(1.0, 2.0), CURVE_N=10,
+                INTERVAL_WEIGHTS=(3.0,), GUIDANCE_INTERVALS=((0.2, 20.0),), KID_SUBSETS=2, PER_REFERENCE=2, PAIRS=((4, 9),), WALKS=2, POINTS=3, SCARCE=(10,),
                 AUGMENT_REPLICATES=((0, 0), (0, 1)), VAL_PER_CLASS=5, N_PAIRS=2, N_AUGMENT=10)
     for name, value in tiny.items():
         monkeypatch.setattr(experiment, name, value)
@@ -193,6 +225,16 @@ def test_every_section_runs_end_to_end_and_no_test_digit_trains_anything(tmp_pat
     assert len(cell["values"]) == 2 and cell["low"] <= cell["mean"] <= cell["high"]
     assert {"ratio", "low", "high"} <= set(c["ratios"]["label-pos per-sample w3"])
     assert set(c["curve"]["pos"]) == {"1", "2"} and c["curve"]["pos"]["2"]["n"] == c["curve"]["pos"]["1"]["n"] == 10
+    assert len(c["curve"]["pos"]["2"]["fid"]["values"]) == 2  # the curve over every seed
+    interval = c["interval_curve"]["label-pos"]["sigma in (0.2, 20]"]
+    assert interval["interval"] == [0.2, 20.0] and set(interval["points"]) == {"3"}
+    key = json.loads((out / "compare" / "label-pos-s1-per-sample-w3-interval0.2-20-curve" / "set.json").read_text())
+    assert key["sampler"]["guidance_interval"] == [0.2, 20.0]
+    assert set(c["matched"]["label-pos sigma in (0.2, 20]"]) == {"0.95", "0.98"}
+    assert set(c["best_setting"]["label-pos"]) >= {"w", "guidance_interval", "fid"}
+    accuracy = c["summary"]["label-pos per-sample w3"]["accuracy_logit"]
+    assert 0 <= accuracy["low"] <= accuracy["share"] <= accuracy["high"] <= 1
+    assert "kid" in c["sets"]["pos-s0-per-class-w3"] and "fid_over_floor" in c["summary"]["pos per-class w3"]
     s0, s1 = (np.load(out / "compare" / f"label-pos-s{s}-per-sample-w3" / "samples.npz") for s in (0, 1))
     assert (s0["reference"] != s1["reference"]).any()  # each replicate its own references
     assert "own_median_ratio" in results["control"]["runs"]["pos-s1"]["memorisation"]["pixels"]
