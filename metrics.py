@@ -1,5 +1,5 @@
-"""Image metrics, hand-written: FID, IS, conditioning accuracy, controllability, class-boundary
-walks, memorisation, and intervals over replicates.
+"""Image metrics, hand-written: FID, KID, IS, conditioning accuracy, controllability, class-boundary
+walks, memorisation, intervals over replicates (seeds) and shares, and comparisons at matched accuracy.
 
     net = load_feature_network("classifier", classifier_path="runs/clf.pt", train_images=x, train_labels=y)
     scores = evaluate_images(real_images, generated_images, generated_labels, net)
@@ -424,6 +424,8 @@ def bootstrap_fid_ratio(real_features, features_a: list, features_b: list, n_boo
     and low, high are the percentiles of ratio*. A ratio means little when
     F_b is near the noise floor (FID of real vs real). The cost is
     n_boot * (R_a + R_b) FIDs: keep D small (e.g. the classifier's 128 features).
+    With as few as three replicates the percentiles hold about (R - 1) / R of the seed variance and no
+    small-sample correction: compare models seed by seed with log_ratio_t_interval instead (experiment.py does).
     """
     real = np.asarray(real_features, np.float64)
     if real.ndim != 2 or len(real) < 2:

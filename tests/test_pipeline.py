@@ -654,3 +654,21 @@ def test_torchrun_with_two_cpu_processes(folder, tmp_path):
     assert config["world_size"] == 2
     assert state(out)["step"] == 3
     assert [p for p in os.listdir(out) if p.endswith(".tmp")] == []
+
+
+def test_guidance_interval_is_passed_on_and_recorded_and_bad_values_are_one_line_errors(run_dir, tmp_path, capsys,
+                                                                                        monkeypatch):
+    seen = []
+    sample_of = sample.Diffusion.sample
+    monkeypatch.setattr(sample.Diffusion, "sample", lambda self, *a, **k: seen.append(k["guidance_interval"])
+                        or sample_of(self, *a, **k))
+    sample.main([str(run_dir), "--out", str(tmp_path / "i"), "--sampling-steps", "2", "--grid-per-class", "1",
+                 "--guidance-interval", "0.2,inf"])
+    assert seen and all(g == (0.2, float("inf")) for g in seen)
+    assert json.loads((tmp_path / "i" / "meta.json").read_text())["guidance_interval"] == [0.2, float("inf")]
+    for bad, match in (("3,1", "0 <= LO < HI"), ("abc", "two numbers LO,HI"), ("1,2,3", "two numbers LO,HI")):
+        with pytest.raises(SystemExit) as stop:
+            sample.main([str(run_dir), "--out", str(tmp_path / "bad"), "--guidance-interval", bad])
+        last = capsys.readouterr().err.strip().splitlines()[-1]
+        assert stop.value.code == 2 and "--guidance-interval" in last and match in last, last
+    assert not (tmp_path / "bad").exists()
