@@ -7,7 +7,6 @@ import pytest
 from PIL import Image
 
 import classifier
-import metrics
 import sample
 from test_pipeline import copy_run, fails, folder, run_dir, snapshot  # noqa: F401 (fixtures)
 
@@ -53,8 +52,8 @@ def test_transition_width_from_the_evaluated_points():
 # ---------------------------------------------------------------- the guide
 def test_the_guide_is_never_the_evaluator(run_dir, tmp_path):  # noqa: F811
     run = sample.load_run(str(copy_run(run_dir, tmp_path)))
-    evaluator = metrics.load_feature_network("classifier", classifier_path=os.path.join(run.dir, "classifier.pt"),
-                                             train_images=run.images, train_labels=run.labels, num_classes=2)
+    evaluator = classifier.train_classifier(run.images, run.labels, 2, steps=5)  # seed 0, as --eval's classifier.pt
+    classifier.save_classifier(evaluator, os.path.join(run.dir, "classifier.pt"))
     guide = sample.boundary_guide(run, steps=5)
     assert len(guide.members) == sample.GUIDE_SEEDS and 0 not in guide.seeds
     assert not any(classifier.same_weights(m, evaluator) for m in guide.members)
