@@ -455,13 +455,14 @@ GUIDE_FILE, GUIDE_SEEDS, GUIDE_STEPS = "guide.pt", 3, 300  # members, each train
 EVALUATOR_SEED = 0  # train_classifier's default seed: the run's classifier.pt, which scores; never a guide's
 
 
-def boundary_guide(run: Run, seed: int = 1, members: int = GUIDE_SEEDS, steps: int = GUIDE_STEPS):
+def boundary_guide(run: Run, seed: int = 1, members: int = GUIDE_SEEDS, steps: int | None = None):
     """The guide of boundary_samples: `members` small classifiers (classifier.train_ensemble) trained on the
     run's training digits with seeds seed .. seed + members - 1 (never the evaluator's 0), mean softmax.
 
-    Kept in the run directory as guide.pt (atomically; reloaded with weights_only) for this run, seeds and steps.
+    steps: each member's training steps (None: GUIDE_STEPS). Kept in the run directory as guide.pt (atomically;
+    reloaded with weights_only) for this run, seeds and steps.
     """
-    seeds = list(range(seed, seed + members))
+    seeds, steps = list(range(seed, seed + members)), GUIDE_STEPS if steps is None else steps
     if EVALUATOR_SEED in seeds or members < 1:
         raise ValueError(f"the guide's seeds {seeds} must not include the evaluator's seed {EVALUATOR_SEED}: "
                          "use seed >= 1")
