@@ -137,3 +137,12 @@ def test_a_method_the_model_cannot_run_is_one_line(folder, tmp_path):  # noqa: F
     for method in ("soft", "compose"):
         fails(sample, [str(pos_only), "--out", str(tmp_path / "s"), "--boundary", "0", "1", "--boundary-method",
                        method], rf"--boundary-method {method} moves the label .*use --boundary-method position")
+
+
+def test_bench_boundary_runs_on_a_tiny_run(run_dir, tmp_path, monkeypatch, capsys):  # noqa: F811
+    import bench
+    monkeypatch.setattr(sample, "GUIDE_STEPS", 2)
+    monkeypatch.setattr(sample, "DEFAULT_STEPS", 2)
+    bench.bench_boundary(str(copy_run(run_dir, tmp_path)), 0, 1, n=2, methods=("soft", "position"))
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].startswith("soft | ") and lines[2].startswith("position | ")
