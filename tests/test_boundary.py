@@ -71,6 +71,7 @@ def test_the_guide_is_never_the_evaluator(run_dir, tmp_path):  # noqa: F811
 # ---------------------------------------------------------------- boundary_samples and --boundary
 class Ramp:
     """A toy guide: P(class 1) = the image's mean brightness in its upper half (class 'top' is bright there)."""
+    seeds = [1]
 
     def prob(self, images):
         top = images[:, : images.shape[1] // 2].mean(axis=(1, 2, 3)) / 255.0
@@ -103,7 +104,7 @@ def test_boundary_samples_keep_each_walks_noise_and_report_what_they_found(run_d
 
 def test_the_boundary_command_end_to_end(run_dir, tmp_path, monkeypatch):  # noqa: F811
     run = copy_run(run_dir, tmp_path)
-    monkeypatch.setattr(sample, "GUIDE_STEPS", 5)
+    monkeypatch.setattr(sample, "boundary_guide", lambda run: Ramp())  # a guide that reads these tiny images
     out = tmp_path / "b"
     sample.main([str(run), "--out", str(out), "--boundary", "0", "1", "--n", "3", "--sampling-steps", "2",
                  "--boundary-method", "compose"])
