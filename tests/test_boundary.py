@@ -147,3 +147,17 @@ def test_bench_boundary_runs_on_a_tiny_run(run_dir, tmp_path, monkeypatch, capsy
     bench.bench_boundary(str(copy_run(run_dir, tmp_path)), 0, 1, n=2, methods=("soft", "position"))
     lines = capsys.readouterr().out.splitlines()
     assert lines[1].startswith("soft | ") and lines[2].startswith("position | ")
+
+
+def test_walk_modes_mix_or_drop_only_the_label_a_forks_integer_condition_stays_image_as(run_dir, monkeypatch):  # noqa: F811
+    run = sample.load_run(str(run_dir))
+    ends = dict(label=np.array([0, 1]), style=np.array([5, 7]), pos=np.array([[0.0, 2.0], [1.0, 0.0]], np.float32))
+    monkeypatch.setattr(sample, "request_conditions", lambda *a, **k: ends)
+    s = np.array([0.0, 0.25, 1.0], np.float32)
+    for mode in sample.WALK_LABELS:
+        cond = sample.walk_conditions(run, 0, 1, s, mode, 1, "line")
+        assert cond["style"].tolist() == [5, 5, 5] and cond["style"].dtype == ends["style"].dtype, mode
+        assert np.allclose(cond["pos"][1], [0.25, 1.5])
+    assert np.allclose(sample.walk_conditions(run, 0, 1, s, "soft", 0, "line")["label"][1], [0.75, 0.25])
+    assert "label" not in sample.walk_conditions(run, 0, 1, s, "none", 0, "line")
+    assert sample.walk_conditions(run, 0, 1, s, "fixed", 1, "line")["label"].tolist() == [1, 1, 1]
