@@ -36,14 +36,27 @@ Four sections, each a function below, each answering one question of PAPER.md:
             features, `--backbone classifier`): control in the conditioning
             space and in the evaluator's features, each sample's distance to
             its own reference (copying shows as copying), cluster tightness.
-  between   Generation at a class boundary (issue 16): walks from a class-A to
-            a class-B training digit (pairs 4-9, 3-5, 7-1; 20 walks each, 9
-            points, one noise per walk) by ten methods (METHODS); per method
-            and pair the evaluator's P(A), P(B) along the walk, the crossing,
-            monotonicity, mass kept on A and B, ambiguity near the crossing,
-            nearest-training distance per point against test digits' own,
-            diversity at the midpoint, and issue 16's success criterion
-            (`boundary_success`), printed yes / no.
+  between   Samples at a class boundary (sample.boundary_samples): per walk
+            (one noise; only the conditions move from a class-A to a
+            class-B training digit) the point s* where a guide (classifiers
+            with seeds other than the evaluator's) reads P(B) = 0.5, by a
+            5-point grid and bisection to 1/64; pairs 4-9, 3-5, 7-1 and the
+            two a classifier confuses most on a validation split of training
+            digits; 20 walks per pair on each of the comparison's three
+            label+pos models; methods soft labels, the position alone and
+            product composition, each with eta 1 and 0 at w = 1 and the
+            default w, and with guidance over the middle noise range only
+            (where the sampler has guidance_interval). Read at s* by the
+            evaluator and by a second classifier (another seed and width):
+            mean min(P(A), P(B)), the share at 0.2 or more, P(A) + P(B), the
+            transition width, the crossing share, the nearest-training ratio;
+            the held-out test digits of A and B the evaluator finds ambiguous;
+            the success criterion (`boundary_success`), printed yes / no.
+            Estimated time from nothing on the 2-core CPU: 15 variants x 5
+            pairs x 3 seeds x 20 walks x 9 images = 40,500 images, about
+            90,000 network rows (1 per image at w = 1, 2 with label or
+            position guidance, 3 with composition) at about 0.025 s each:
+            about 35 min, plus 9 guide members and 2 classifiers (3 min).
   augment   Does generated data help a scarce-data classifier? 10 and 20 real
             training digits per class, three draws of them (data seeds 0, 1,
             2), each with a label+pos model trained on them alone (with
