@@ -54,9 +54,9 @@ Four sections, each a function below, each answering one question of PAPER.md:
             the success criterion (`boundary_success`), printed yes / no.
             Estimated time from nothing on the 2-core CPU: 15 variants x 5
             pairs x 3 seeds x 20 walks x 9 images = 40,500 images, about
-            90,000 network rows (1 per image at w = 1, 2 with label or
+            80,000 network rows (1 per image at w = 1, 2 with label or
             position guidance, 3 with composition) at about 0.025 s each:
-            about 35 min, plus 9 guide members and 2 classifiers (3 min).
+            about 33 min, plus 9 guide members and 2 classifiers (3 min).
   augment   Does generated data help a scarce-data classifier? 10 and 20 real
             training digits per class, three draws of them (data seeds 0, 1,
             2), each with a label+pos model trained on them alone (with

@@ -4,6 +4,7 @@
     python sample.py runs/quick --out DIR --references 2                 # reference control (Figs 5-6)
     python sample.py runs/quick --out DIR --between 4 9                  # a walk from a 4 to a 9
     python sample.py runs/quick --out DIR --references 2 --eval          # + metrics.json
+    python sample.py runs/quick --out DIR --boundary 4 9 --n 16          # digits between a 4 and a 9
 
 PAPER.md, Method step 4: to generate, take a reference image, compute its
 conditions (its class; its position: features, then the fitted UMAP's
@@ -12,7 +13,8 @@ conditions (its class; its position: features, then the fitted UMAP's
 per class as the reference (the report's protocol), `--references K` draws
 K per class and shows each at the left of its row, `--between A B` walks
 the conditions from a class-A training image to a class-B one (the
-class-boundary samples that motivate the method; `walks`). A model that does
+class-boundary samples that motivate the method; `walks`); `--boundary A B`
+finds on each walk the point where a guide's P(B) = 0.5 (`boundary_samples`). A model that does
 not take a condition simply ignores it.
 
 The sampler is DPM-Solver++(2M) (Lu et al. 2022) with `--sampling-steps` steps and
