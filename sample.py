@@ -618,6 +618,8 @@ def boundary_samples(run: Run, a: int, b: int, walks: int, method: str = DEFAULT
     s*, width (N,) (transition_width); and crossed (walks,) bool for every walk tried.
     """
     check_boundary(run, a, b, method)
+    if walks < 1 or first_walk < 0:
+        raise ValueError(f"boundary_samples needs walks >= 1 and first_walk >= 0, got {walks} and {first_walk}")
     guide = boundary_guide(run) if guide is None else guide
     check_guide(guide, run_evaluator(run) if evaluators is None else evaluators)
     sampler = {**dict(name=DEFAULT_SAMPLER, steps=DEFAULT_STEPS, eta=DEFAULT_ETA, guidance=None), **(sampler or {})}
