@@ -1,4 +1,4 @@
-"""Speed and recipe benchmarks: `python bench.py [diffusion|recipe|sampler|walks|features|metrics|quality|gpu ...]`.
+"""Speed and recipe benchmarks: `python bench.py [diffusion|recipe|sampler|walks|boundary|features|metrics|quality|gpu ...]`.
 
 Targets live here, not in timed tests (timings on shared machines are noisy:
 compare ratios measured in one run). Each section prints what it measured;
@@ -276,6 +276,28 @@ def bench_walks(run_dirs: list[str] | None = None, a: int = 4, b: int = 9, walks
 
 
 # ---------------------------------------------------------------------------
+# Boundary samples: the time of `python sample.py RUN --boundary A B --n 100` (target: within 3 minutes on 2 CPU cores)
+# ---------------------------------------------------------------------------
+def bench_boundary(run_dir: str = "runs/quick", a: int = 4, b: int = 9, n: int = 100,
+                   methods: tuple[str, ...] | None = None) -> None:
+    """Seconds for n boundary samples per method on a trained run (the guide trained first, once, not timed), with
+    the share of walks that crossed and the images generated (sample.BOUNDARY_GRID + halvings + 1 per walk)."""
+    import sample
+
+    run = sample.load_run(run_dir)
+    guide = sample.boundary_guide(run)  # kept as guide.pt: later calls only load it
+    print(f"{run_dir}, {a} -> {b}, {n} walks | method | seconds | crossed | guide mean P({b}) at s*")
+    for method in methods or sample.BOUNDARY_METHODS:
+        if sample.BOUNDARY_NEEDS[method] not in run.config["unet"]["conditions"]:
+            continue
+        start = time.perf_counter()
+        part = sample.boundary_samples(run, a, b, n, method, seed=0, guide=guide)
+        seconds = time.perf_counter() - start
+        prob = f"{part['prob'][:, 1].mean():.2f}" if len(part["prob"]) else "-"
+        print(f"{method} | {seconds:.1f} | {part['crossed'].mean():.2f} | {prob}", flush=True)
+
+
+# ---------------------------------------------------------------------------
 # The GPU check: one command for a session that has a GPU machine (CI has none)
 # ---------------------------------------------------------------------------
 def bench_gpu() -> None:
@@ -483,10 +505,11 @@ def bench_metrics() -> None:
 
 
 SECTIONS = {"diffusion": bench_diffusion, "features": bench_features, "metrics": bench_metrics,
-            "quality": bench_quality, "recipe": bench_recipe, "sampler": bench_sampler, "walks": bench_walks, "gpu": bench_gpu}
+            "quality": bench_quality, "recipe": bench_recipe, "sampler": bench_sampler, "walks": bench_walks, "boundary": bench_boundary,
+            "gpu": bench_gpu}
 
 if __name__ == "__main__":
-    names = sys.argv[1:] or ["diffusion", "features", "metrics"]  # quality, recipe, sampler, walks and gpu only when asked for
+    names = sys.argv[1:] or ["diffusion", "features", "metrics"]  # quality, recipe, sampler, walks, boundary and gpu only when asked for
     for name in names:
         if name not in SECTIONS:
             sys.exit(f"bench.py: unknown section {name!r}; choose from {', '.join(SECTIONS)}")

@@ -28,6 +28,7 @@ from data import write_atomically
 # The name and version its files carry. The name is the class's old address (metrics.py); it is
 # kept so that the files written before the move, the same format, still load.
 CLASSIFIER_FORMAT, CLASSIFIER_VERSION = "metrics.SmallClassifier", 1
+ENSEMBLE_FORMAT = "classifier.Ensemble"  # save_ensemble's files: several SmallClassifiers
 # The training recipe, saved with the weights: files without one were trained with SHIFT_PIXELS shifts alone.
 RECIPE = "shift+intensity"
 SHIFT_PIXELS = 2  # random shifts of up to +-2 px
@@ -204,14 +205,15 @@ def intensity(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
 
 
 def train_classifier(images, labels, num_classes=None, steps: int = 300, batch_size: int = 64,
-                     lr: float = 2e-3, seed: int = 0, device=None) -> FeatureNetwork:
+                     lr: float = 2e-3, seed: int = 0, device=None, width: int = 16) -> FeatureNetwork:
     """Train the small classifier on uint8 images (N, H, W, C) and integer labels (N,).
 
     Adam with a one-cycle schedule; each batch is shifted (`shift`) and half its
     images get a random background and contrast (`intensity`). Images above
     64 px are downscaled to 64 px. device: where it trains and stays (None: see
     `choose_device`). The defaults reach 97-98% held-out accuracy on the
-    MNIST sample in well under a minute on a 2-core CPU.
+    MNIST sample in well under a minute on a 2-core CPU. width: SmallClassifier's channels (another width
+    and seed give an independent second reader of the same digits).
     """
     x, y = check_images(images, "training images"), np.asarray(labels)
     if y.shape != (len(x),) or not np.issubdtype(y.dtype, np.integer):
@@ -224,7 +226,7 @@ def train_classifier(images, labels, num_classes=None, steps: int = 300, batch_s
     device = choose_device(device)
     with torch.random.fork_rng(devices=[]):  # seeded, without touching the caller's generator
         torch.manual_seed(seed)
-        model = SmallClassifier(x.shape[3], num_classes, min(x.shape[1], 64))
+        model = SmallClassifier(x.shape[3], num_classes, min(x.shape[1], 64), width)
     net = model.network().to(device)
     generator = torch.Generator().manual_seed(seed)  # on the CPU: the same draws on every device
     pixels, targets = torch.from_numpy(x).to(device), torch.from_numpy(y.astype(np.int64)).to(device)
@@ -268,3 +270,62 @@ def load_classifier(path, device=None) -> FeatureNetwork:
         raise ValueError(f"{path} is not a classifier file of this classifier.py; delete it "
                          "(or pass another --classifier) to train a new one") from None
     return model.network().to(device)
+
+
+# ---------------------------------------------------------------------------
+# 6. An ensemble of small classifiers (the guide of sample.boundary_samples)
+# ---------------------------------------------------------------------------
+class Ensemble:
+    """A few classifiers read together: prob(images) = the mean of their softmax outputs, (N, K)."""
+
+    def __init__(self, members: list[FeatureNetwork], seeds: list[int], tag: str = ""):
+        self.members, self.seeds, self.tag = members, list(seeds), tag  # tag: what they were trained on
+
+    def prob(self, images) -> np.ndarray:
+        """uint8 (N, H, W, C) -> (N, K) float: mean over members of softmax(logits)."""
+        probs = [torch.softmax(torch.from_numpy(member.logits(images)).double(), 1).numpy()
+                 for member in self.members]  # each (N, K)
+        return np.mean(probs, axis=0)
+
+
+def train_ensemble(images, labels, seeds: list[int], num_classes=None, steps: int = 300, device=None,
+                   tag: str = "") -> Ensemble:
+    """One train_classifier per seed, on the same images and labels."""
+    return Ensemble([train_classifier(images, labels, num_classes, steps=steps, seed=seed, device=device)
+                     for seed in seeds], seeds, tag)
+
+
+def save_ensemble(ensemble: Ensemble, path) -> None:
+    """Write an ensemble as one file of numbers, strings and tensors (as save_classifier), atomically."""
+    payload = {"format": ENSEMBLE_FORMAT, "version": CLASSIFIER_VERSION, "seeds": ensemble.seeds,
+               "tag": ensemble.tag, "members": [
+                   {"config": m.model.config, "recipe": m.model.recipe,
+                    "state_dict": {k: v.cpu() for k, v in m.model.state_dict().items()}} for m in ensemble.members]}
+    write_atomically(str(path), lambda f: torch.save(payload, f))
+
+
+def load_ensemble(path, device=None) -> Ensemble:
+    """Read a file written by save_ensemble (torch.load with weights_only=True)."""
+    device = choose_device(device)
+    try:
+        payload = torch.load(str(path), map_location="cpu", weights_only=True)
+        if payload["format"] != ENSEMBLE_FORMAT or payload["version"] != CLASSIFIER_VERSION:
+            raise ValueError(payload["format"])
+        members = []
+        for member in payload["members"]:
+            model = SmallClassifier(**{k: int(member["config"][k]) for k in
+                                       ("in_channels", "num_classes", "image_size", "width")})
+            model.load_state_dict(member["state_dict"])
+            model.recipe = str(member["recipe"])
+            members.append(model.network().to(device).eval())
+    except Exception:
+        raise ValueError(f"{path} is not a classifier ensemble file of this classifier.py; delete it "
+                         "to train a new one") from None
+    return Ensemble(members, [int(s) for s in payload["seeds"]], str(payload["tag"]))
+
+
+def same_weights(a: FeatureNetwork, b: FeatureNetwork) -> bool:
+    """Do two classifiers hold the same weights (the same network, whatever the file)?"""
+    sa, sb = a.model.state_dict(), b.model.state_dict()
+    return sa.keys() == sb.keys() and all(sa[k].shape == sb[k].shape and torch.equal(sa[k].cpu(), sb[k].cpu())
+                                          for k in sa)

@@ -26,6 +26,7 @@ improved-diffusion.
 """
 import math
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -59,8 +60,25 @@ def extract(a: torch.Tensor, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return out.view(-1, *([1] * (x.dim() - 1)))
 
 
-def randn(shape, generator: torch.Generator | None, device) -> torch.Tensor:
+class RowNoise:
+    """Noise drawn per row from the row's own seed: each row's noise sequence is the same whatever rows it is
+    batched with (sample.boundary_samples: one walk's noise at every s, over search calls of any make-up).
+    Rows with one seed share every draw. Pass it as `generator` to Diffusion.sample (noise_index None)."""
+
+    def __init__(self, seeds):
+        unique, self.row = np.unique(np.asarray(seeds, np.int64), return_inverse=True)  # row (B,): index into unique
+        self.generators = [torch.Generator().manual_seed(int(s)) for s in unique]  # on the CPU: same on every device
+
+    def draw(self, shape, device) -> torch.Tensor:
+        """(B, ...) standard normal: each seed's next draw of shape[1:], for every row of that seed."""
+        one = torch.stack([torch.randn(tuple(shape[1:]), generator=g) for g in self.generators])  # (seeds, ...)
+        return one[torch.as_tensor(self.row)].to(device)
+
+
+def randn(shape, generator: torch.Generator | RowNoise | None, device) -> torch.Tensor:
     """Standard normal noise; drawn from `generator` (on its device) when one is given."""
+    if isinstance(generator, RowNoise):
+        return generator.draw(shape, device)
     gen_device = generator.device if generator is not None else device
     return torch.randn(shape, generator=generator, device=gen_device).to(device)
 
@@ -223,6 +241,8 @@ class Diffusion:
         The sum of the coefficients is 1, so guiding v is the same as guiding eps.
         """
         cond = cond or {}
+        if isinstance(guidance, dict) and COMPOSE in guidance:
+            return self.composed_output(model, x_t, t, cond, float(guidance[COMPOSE]))
         b = x_t.shape[0]
         base, terms = guidance_terms(list(cond), guidance)
         if not terms and base == len(cond):  # no guidance: the plain conditional model, B rows
@@ -239,6 +259,34 @@ class Diffusion:
         for w, start, end in terms:
             guided = guided + w * (of[end] - of[start])
         return guided
+
+    def composed_output(self, model, x_t: torch.Tensor, t: torch.Tensor, cond: dict, w: float) -> torch.Tensor:
+        """Product composition of classes (Liu et al. 2022, "Compositional Visual Generation with Composable
+        Diffusion Models", eq. 9 with weights w p_k):
+
+            out = out(none) + w sum_k p_k (out(k) - out(none)),
+
+        guidance {"compose": w}; cond["label"] a soft label p (B, K) with at most two classes of weight > 0
+        per row (a walk's (1 - s) e_A + s e_B: out(none) + w ((1 - s)(out(A) - out(none)) + s (out(B) - out(none))).
+        "none" drops the label alone: every other condition (the position) is shared by all three outputs.
+        ONE network call of 3B rows: label dropped, the row's first class, its second (one-hot).
+        """
+        if LABEL not in cond or not cond[LABEL].is_floating_point() or cond[LABEL].dim() != 2:
+            raise ValueError("composition guidance needs cond['label'] as class weights (B, K)")
+        p = cond[LABEL].float()  # (B, K)
+        if int((p > 0).sum(1).max()) > 2:
+            raise ValueError("composition guidance composes at most two classes per row")
+        b, k = p.shape
+        weight, classes = p.topk(2, dim=1)  # (B, 2): the two classes of each row and their weights p_k
+        onehot = torch.eye(k, device=p.device, dtype=p.dtype)
+        labels = torch.cat([p, onehot[classes[:, 0]], onehot[classes[:, 1]]])  # (3B, K); the first B are dropped
+        drop = {name: torch.zeros(3 * b, dtype=torch.bool, device=x_t.device) for name in cond}
+        drop[LABEL][:b] = True
+        shared = {name: torch.cat([v] * 3) for name, v in cond.items() if name != LABEL}
+        none, first, second = model(torch.cat([x_t] * 3), torch.cat([t] * 3), {**shared, LABEL: labels},
+                                    drop).float().chunk(3)  # 3 x (B, C, H, W)
+        wa, wb = (w * weight[:, j].view(b, *([1] * (x_t.dim() - 1))).to(none.dtype) for j in (0, 1))  # (B, 1, 1, 1)
+        return none + wa * (first - none) + wb * (second - none)
 
     def p_mean_variance(self, model, x_t: torch.Tensor, t: torch.Tensor, cond: dict | None = None,
                         guidance: float | dict = 1.0, clip_denoised: bool = True):
@@ -346,7 +394,10 @@ class Diffusion:
         if guidance_interval is None:
             return guidance
         lo, hi = guidance_interval
-        return guidance if lo < self.sigma(t) <= hi else 1.0
+        if lo < self.sigma(t) <= hi:
+            return guidance
+        # outside: weight 1, in the composition form too ((1 - s) out(A) + s out(B), not out(soft label))
+        return {COMPOSE: 1.0} if isinstance(guidance, dict) and COMPOSE in guidance else 1.0
 
     @torch.no_grad()
     def sample(self, model, shape, cond: dict | None = None, steps: int | None = None, eta: float = 0.0,
@@ -398,6 +449,8 @@ class Diffusion:
 
 
 PREDICTIONS = ("eps", "v")
+# guidance {COMPOSE: w}: product composition of the classes of a soft label (Diffusion.composed_output)
+COMPOSE, LABEL = "compose", "label"
 SAMPLERS = ("ddim", "dpm++2m", "ddpm")
 
 

@@ -44,14 +44,27 @@ Four sections, each a function below, each answering one question of PAPER.md:
             features, `--backbone classifier`): control in the conditioning
             space and in the evaluator's features, each sample's distance to
             its own reference (copying shows as copying), cluster tightness.
-  between   Generation at a class boundary (issue 16): walks from a class-A to
-            a class-B training digit (pairs 4-9, 3-5, 7-1; 20 walks each, 9
-            points, one noise per walk) by ten methods (METHODS); per method
-            and pair the evaluator's P(A), P(B) along the walk, the crossing,
-            monotonicity, mass kept on A and B, ambiguity near the crossing,
-            nearest-training distance per point against test digits' own,
-            diversity at the midpoint, and issue 16's success criterion
-            (`boundary_success`), printed yes / no.
+  between   Samples at a class boundary (sample.boundary_samples): per walk
+            (one noise; only the conditions move from a class-A to a
+            class-B training digit) the point s* where a guide (classifiers
+            with seeds other than the evaluator's) reads P(B) = 0.5, by a
+            5-point grid and bisection to 1/64; pairs 4-9, 3-5, 7-1 and the
+            two a classifier confuses most on a validation split of training
+            digits; 20 walks per pair on each of the comparison's three
+            label+pos models; methods soft labels, the position alone and
+            product composition, each with eta 1 and 0 at w = 1 and the
+            default w, and with guidance over the middle noise range only
+            (where the sampler has guidance_interval). Read at s* by the
+            evaluator and by a second classifier (another seed and width):
+            mean min(P(A), P(B)), the share at 0.2 or more, P(A) + P(B), the
+            transition width, the crossing share, the nearest-training ratio;
+            the held-out test digits of A and B the evaluator finds ambiguous;
+            the success criterion (`boundary_success`), printed yes / no.
+            Estimated time from nothing on the 2-core CPU: 15 variants x 5
+            pairs x 3 seeds x 20 walks x 9 images = 40,500 images, about
+            80,000 network rows (1 per image at w = 1, 2 with label or
+            position guidance, 3 with composition) at about 0.025 s each:
+            about 33 min, plus 9 guide members and 2 classifiers (3 min).
   augment   Does generated data help a scarce-data classifier? 10 and 20 real
             training digits per class, three draws of them (data seeds 0, 1,
             2), each with a label+pos model trained on them alone (with
@@ -416,7 +429,8 @@ def kept_set(directory: str, key: dict, make) -> dict:
 def load_part(path: str) -> dict:
     """samples.npz -> the part sample.py made (images, labels, reference, cond, walk, s, endpoints)."""
     with np.load(path, allow_pickle=False) as f:
-        part = {k: f[k] for k in ("images", "labels", "reference", "walk", "s", "endpoints")}
+        part = {k: f[k] for k in ("images", "labels", "reference", "walk", "s", "endpoints", "prob", "width")
+                if k in f.files}
         part["cond"] = {k[len("cond_"):]: f[k] for k in f.files if k.startswith("cond_")}
     return part
 
@@ -746,86 +760,166 @@ def control_summary(m: dict) -> dict:
 
 
 # ---------------------------------------------------------------------------
-# 3. Class-boundary samples: ten ways to walk from class A to class B
+# 3. Class-boundary samples: each walk's own crossing (sample.boundary_samples), read by readers that did not choose it
 # ---------------------------------------------------------------------------
-# method -> (model stem, walk label, walk path, guidance); sample.walks does the walk. Guidance None: sample.py's
-# default for the conditions the walk gives (`sample.walk_guidance`): w on the label given the position, and
-# with the label dropped ("none") w on the position, as for the pos model.
+# The walk methods of the previous protocol, kept for augment's scarce_method: (model stem, walk label, path, guidance).
 METHODS = {
-    "label fixed": ("label-pos", "fixed", "line", None),  # (a) the shipped walk: label A (and a row with B), pos moves
-    "per-condition guidance": ("label-pos", "fixed", "line", POS_GUIDANCE),  # (b) the position's own weight 3
-    "position alone": ("label-pos", "none", "line", None),  # (c) the label dropped on every row
-    "soft labels": ("label", "soft", "line", None),  # (d) the report's alternative: the label model, e_A -> e_B
-    "on-data positions": ("label-pos", "fixed", "features", None),  # (e) features interpolated, placed by UMAP
-    "per-condition guidance, on data": ("label-pos", "fixed", "features", POS_GUIDANCE),  # (b) + (e)
-    "position alone, on data": ("label-pos", "none", "features", None),  # (c) + (e)
-    "soft label and position, on data": ("label-pos", "soft", "features", None),  # (d) + (e), the label+pos model
-    "pos model": ("pos", "none", "line", None),  # a model trained on positions alone, for (c)
+    "label fixed": ("label-pos", "fixed", "line", None),
+    "per-condition guidance": ("label-pos", "fixed", "line", POS_GUIDANCE),
+    "position alone": ("label-pos", "none", "line", None),
+    "soft labels": ("label", "soft", "line", None),
+    "on-data positions": ("label-pos", "fixed", "features", None),
+    "per-condition guidance, on data": ("label-pos", "fixed", "features", POS_GUIDANCE),
+    "position alone, on data": ("label-pos", "none", "features", None),
+    "soft label and position, on data": ("label-pos", "soft", "features", None),
+    "pos model": ("pos", "none", "line", None),
     "pos model, on data": ("pos", "none", "features", None),
 }
-SHOWN_WALKS = 3  # walks per pair in each method's figure
+WALK_METHOD_OF = {"soft": "soft labels", "position": "position alone", "compose": "soft labels"}  # for augment
+# The interval of noise levels sigma_t = sqrt((1 - abar_t) / abar_t) where the middle-range variant guides
+# (Kynkaanniemi et al. 2024, their EDM interval); sampler key "guidance_interval" of ddpm.Diffusion.sample.
+GUIDANCE_INTERVAL = (0.28, 5.42)
+BOUNDARY_STEM = "label-pos"  # every method on the label+pos models (position shared; soft label or composition)
+CONFUSED_PAIRS = 2  # pairs added to PAIRS: the most confused on a validation split of training digits
+# The search, coarser than sample.py's: 5 grid points, 3 halvings to 1/64: 9 images per walk (the budget, below).
+BETWEEN_GRID, BETWEEN_TOLERANCE = 5, 1 / 64
+SECOND_READER_SEED, SECOND_READER_WIDTH = 7, 32  # the independent second classifier: another seed and width
+SHOWN_REAL = 6  # most ambiguous real test digits (and boundary samples) per pair in the figure
 
 
-def boundary_success(stats: dict, nn_ratio: list[float]) -> dict:
-    """Issue 16's criterion for one method and pair: P(B) <= 0.1 at A's end and >= 0.9 at B's end, crossing
-    0.5 between s = 0.3 and 0.7, P(A) + P(B) >= 0.9 at every point, mean min(P(A), P(B)) >= 0.2 at the point
-    nearest the crossing, and every point at most 1.3x the test digits' nearest-training distance.
-    stats: metrics.walk_statistics; nn_ratio (P,): each point's median nearest-training distance over theirs."""
-    checks = dict(starts_at_a=stats["mean_b"][0] <= 0.1, ends_at_b=stats["mean_b"][-1] >= 0.9,
-                  crosses_midway=stats["crossing"] is not None and 0.3 <= stats["crossing"] <= 0.7,
-                  stays_on_a_and_b=stats["kept_mass"] >= 0.9,
-                  ambiguous_at_crossing=stats["ambiguity"] is not None and stats["ambiguity"] >= 0.2,
-                  near_the_data=max(nn_ratio) <= 1.3)
-    return dict(checks, success=all(checks.values()))
+def interval_available() -> bool:
+    """Does ddpm.Diffusion.sample take guidance_interval (the middle-range variant)?"""
+    import inspect
+    return "guidance_interval" in inspect.signature(sample.Diffusion.sample).parameters
 
 
-def walk_scores(ctx: Context, run: sample.Run, part: dict, a: int, b: int) -> dict:
-    """The evaluator's view of one method's walks from A to B, per row label (fixed: A and B; else one row)."""
-    features, prob = ctx.scorer.features(part["images"])
-    train_features = ctx.scorer.training_features(run.images)
-    baseline = ctx.scorer.nearest_baseline(run.images)
-    real_spread = np.mean([scipy.spatial.distance.pdist(ctx.scorer.test_features[ctx.scorer.test_labels == k]).mean()
-                           for k in (a, b)])  # the test digits' mean distance within class A, within class B
+def between_methods() -> dict:
+    """name -> (boundary method, eta, w, guidance interval): each method with eta 1 and 0 at every TABLE_WEIGHTS w,
+    and with guidance over the middle noise range only (eta 1, the default w) where the sampler has it."""
     out = {}
-    for row_label in np.unique(part["labels"]):
-        rows = part["labels"] == row_label  # (N,): this row of every walk, walk by walk, point by point
-        shape = (-1, POINTS)  # (walks, points)
-        s = part["s"][rows].reshape(shape)[0]
-        stats = metrics.walk_statistics(prob[rows, a].reshape(shape), prob[rows, b].reshape(shape), s)
-        nn = metrics.nearest_distance(features[rows], train_features).reshape(shape) / baseline  # (walks, points)
-        nn_ratio = np.median(nn, axis=0).round(3).tolist()
-        middle = features[rows].reshape(-1, POINTS, features.shape[1])[:, POINTS // 2]  # (walks, 128) at s = 0.5
-        out[f"label {row_label}"] = dict(
-            stats, nn_ratio=nn_ratio, s=s.tolist(),
-            midpoint_diversity=float(scipy.spatial.distance.pdist(middle).mean() / real_spread) if len(middle) > 1 else None,
-            **boundary_success(stats, nn_ratio))
+    for method in sample.BOUNDARY_METHODS:
+        for w in TABLE_WEIGHTS:
+            for eta in (1.0, 0.0):
+                out[f"{method}, w {w:g}, eta {eta:g}"] = (method, eta, w, None)
+        if interval_available():
+            out[f"{method}, w {DEFAULT_W:g}, eta 1, middle-range guidance"] = (method, 1.0, DEFAULT_W, GUIDANCE_INTERVAL)
     return out
 
 
+def boundary_success(reader: dict, nn_ratio: float | None) -> dict:
+    """The criterion for one method and pair, read by the evaluator (not the guide) at each walk's s*: mean
+    min(P(A), P(B)) >= 0.25, at least 60% of walks at 0.2 or more, mean P(A) + P(B) >= 0.9, and median
+    nearest-training ratio <= 1.3. reader: metrics.boundary_statistics; nn_ratio: median over the samples."""
+    checks = dict(ambiguous=reader["ambiguity"] is not None and reader["ambiguity"] >= 0.25,
+                  mostly_ambiguous=reader["ambiguous_share"] is not None and reader["ambiguous_share"] >= 0.6,
+                  stays_on_a_and_b=reader["kept_mass"] is not None and reader["kept_mass"] >= 0.9,
+                  near_the_data=nn_ratio is not None and nn_ratio <= 1.3)
+    return dict(checks, success=all(checks.values()))
+
+
+CHECKS = ("ambiguous", "mostly_ambiguous", "stays_on_a_and_b", "near_the_data")
+
+
+def second_reader(ctx: Context) -> classifier.FeatureNetwork:
+    """An independent digit classifier: the training digits, another seed and width (not the evaluator, no guide)."""
+    path = os.path.join(ctx.runs, "second_reader.pt")
+    if os.path.exists(path):
+        return classifier.load_classifier(path)
+    net = classifier.train_classifier(ctx.digits.images[ctx.digits.train], ctx.digits.labels[ctx.digits.train], 10,
+                                      seed=SECOND_READER_SEED, width=SECOND_READER_WIDTH, **CLASSIFIER_ARGS)
+    classifier.save_classifier(net, path)
+    return net
+
+
+def between_pairs(ctx: Context) -> list[tuple[int, int]]:
+    """PAIRS and the CONFUSED_PAIRS pairs a classifier trained on the other training digits confuses most on a
+    validation split (VAL_PER_CLASS per class) of the training digits."""
+    val = ctx.digits.per_class(ctx.digits.train, VAL_PER_CLASS, WALK_SEED)
+    rest = np.setdiff1d(ctx.digits.train, val)
+    net = kept_classifier(os.path.join(ctx.runs, "pairs_classifier.pt"), ctx.digits.images[rest],
+                          ctx.digits.labels[rest], seed=0)
+    prob = scipy.special.softmax(net.logits(ctx.digits.images[val]), axis=1)
+    taken = {tuple(sorted(p)) for p in PAIRS}
+    extra = [p for p in confused_pairs(soft_confusion(prob, ctx.digits.labels[val]), 45) if p not in taken]
+    return [tuple(p) for p in PAIRS] + [tuple(int(c) for c in p) for p in extra[:CONFUSED_PAIRS]]
+
+
+def walk_scores(ctx: Context, run: sample.Run, part: dict, a: int, b: int, second) -> dict:
+    """One method, pair and seed: the evaluator's and the second reader's boundary_statistics at each walk's s*,
+    the guide's, and each sample's nearest-training ratio (evaluator features, over the test digits')."""
+    crossed = np.isin(np.arange(WALKS), part["walk"])
+    features, prob = ctx.scorer.features(part["images"]) if len(part["images"]) else (None, np.zeros((0, 10)))
+    second_prob = (scipy.special.softmax(second.logits(part["images"]), axis=1) if len(part["images"])
+                   else np.zeros((0, 10)))
+    out = dict(evaluator=metrics.boundary_statistics(prob[:, a], prob[:, b], crossed, part.get("width")),
+               second=metrics.boundary_statistics(second_prob[:, a], second_prob[:, b], crossed),
+               guide=metrics.boundary_statistics(part["prob"][:, 0], part["prob"][:, 1], crossed),
+               s_median=float(np.median(part["s"])) if len(part["s"]) else None, nn_ratio=[])
+    if features is not None:
+        nn = metrics.nearest_distance(features, ctx.scorer.training_features(run.images))
+        out["nn_ratio"] = (nn / ctx.scorer.nearest_baseline(run.images)).round(3).tolist()
+    out["min_evaluator"] = np.minimum(prob[:, a], prob[:, b]).round(4).tolist()
+    return out
+
+
+def pooled(per_seed: list[dict], crossed_total: int, walks_total: int) -> dict:
+    """The seeds' samples together: means weighted by samples, shares over all walks."""
+    def mean(reader, key):
+        pairs = [(r[reader][key], r[reader]["n_samples"]) for r in per_seed if r[reader][key] is not None]
+        n = sum(k for _, k in pairs)
+        return float(sum(v * k for v, k in pairs) / n) if n else None
+    out = {reader: {key: mean(reader, key) for key in ("ambiguity", "ambiguous_share", "kept_mass", "width_median")}
+           for reader in ("evaluator", "second", "guide")}
+    for reader in out:
+        out[reader]["crossing_share"] = crossed_total / walks_total
+    ratios = [v for r in per_seed for v in r["nn_ratio"]]
+    out["nn_ratio_median"] = float(np.median(ratios)) if ratios else None
+    return out
+
+
+def ambiguous_real(ctx: Context, a: int, b: int) -> dict:
+    """The held-out test digits of A and B the evaluator finds ambiguous: min(P(A), P(B)) >= 0.2, and the most so."""
+    rows = np.flatnonzero(np.isin(ctx.scorer.test_labels, [a, b]))
+    prob = scipy.special.softmax(ctx.scorer.test_logits[rows], axis=1)
+    low = np.minimum(prob[:, a], prob[:, b])
+    return dict(share=float((low >= metrics.AMBIGUOUS).mean()), n=int(len(rows)),
+                most=rows[np.argsort(-low)[:SHOWN_REAL]].tolist(), most_min=np.sort(low)[::-1][:SHOWN_REAL].round(3).tolist())
+
+
 def between(ctx: Context) -> dict:
-    result = {"methods": {}}
-    for method, (stem, label, path, guidance) in METHODS.items():
-        run = ctx.model(stem, 0)
-        chosen = sampler(sample.walk_guidance(conditions_of(run), label, guidance))
-        result["methods"][method], figure_rows = {}, []
-        for a, b in PAIRS:
-            key = set_key(run, sampler=chosen, pair=[a, b], walks=WALKS, points=POINTS, label=label, path=path,
-                          seed=WALK_SEED)
-            part = kept_set(os.path.join(ctx.out, "between", f"{slug(method)}-{a}-{b}"), key,
-                            lambda: sample.walks(run, a, b, POINTS, chosen, WALK_SEED, WALKS, label, path))
-            scores = walk_scores(ctx, run, part, a, b)
-            result["methods"][method][f"{a}-{b}"] = dict(rows=scores, criterion_row=f"label {a}",
-                                                         success=scores[f"label {a}"]["success"])
-            print(method, f"{a}-{b}", "success" if scores[f"label {a}"]["success"] else "no", flush=True)
-            rows_per_walk = len(part["labels"]) // (WALKS * POINTS)  # 2 with a fixed label (A and B), else 1
-            for start in range(0, min(SHOWN_WALKS, WALKS) * rows_per_walk * POINTS, POINTS):
-                ref_a, ref_b = part["endpoints"][start]
-                figure_rows.append(np.concatenate([run.images[[ref_a]], part["images"][start:start + POINTS],
-                                                   run.images[[ref_b]]]))
-        write_png(os.path.join(ctx.out, "between", f"{slug(method)}.png"), sample.grid_png(figure_rows))
-    result["works_on_pairs"] = {m: sum(p["success"] for p in pairs.values()) for m, pairs in result["methods"].items()}
-    result["best_method"] = best_method(result["methods"])
-    walk_figure(ctx, result["methods"])
+    second = second_reader(ctx)
+    pairs, methods = between_pairs(ctx), between_methods()
+    result = {"pairs": [f"{a}-{b}" for a, b in pairs], "methods": {}, "real": {},
+              "interval_variant": interval_available(), "grid": BETWEEN_GRID, "tolerance": BETWEEN_TOLERANCE}
+    kept_parts = {}
+    for name, (method, eta, w, interval) in methods.items():
+        result["methods"][name] = {}
+        for a, b in pairs:
+            per_seed, found = [], 0
+            for seed in SEEDS:
+                run = ctx.model(BOUNDARY_STEM, seed)
+                guide = sample.boundary_guide(run)
+                chosen = dict(SAMPLER, eta=eta, guidance=w, guidance_interval=interval)
+                key = set_key(run, method=method, sampler=chosen, pair=[a, b], walks=WALKS, grid=BETWEEN_GRID,
+                              tolerance=BETWEEN_TOLERANCE, seed=WALK_SEED, guide=guide.seeds)
+                part = kept_set(os.path.join(ctx.out, "between", f"{slug(name)}-{a}-{b}-s{seed}"), key,
+                                lambda: sample.boundary_samples(run, a, b, WALKS, method, WALK_SEED, guide, chosen,
+                                                                BETWEEN_TOLERANCE, grid=BETWEEN_GRID,
+                                                                evaluators=[ctx.scorer.net, second]))
+                per_seed.append(walk_scores(ctx, run, part, a, b, second))
+                found += len(part["walk"])
+                kept_parts[name, a, b, seed] = part
+            both = pooled(per_seed, found, WALKS * len(SEEDS))
+            verdict = boundary_success(both["evaluator"], both["nn_ratio_median"])
+            result["methods"][name][f"{a}-{b}"] = dict(both, seeds=per_seed, **verdict)
+            print(name, f"{a}-{b}", "success" if verdict["success"] else "no", flush=True)
+    for a, b in pairs:
+        result["real"][f"{a}-{b}"] = ambiguous_real(ctx, a, b)
+    result["works_on_pairs"] = {m: sum(p["success"] for p in ps.values()) for m, ps in result["methods"].items()}
+    result["best"] = best_method(result["methods"])
+    result["best_boundary_method"] = methods[result["best"]][0]
+    result["best_method"] = WALK_METHOD_OF[result["best_boundary_method"]]  # what augment's scarce_method reads
+    walk_figure(ctx, result, kept_parts, pairs)
     return result
 
 
@@ -836,28 +930,36 @@ def slug(text: str) -> str:
 def best_method(methods: dict) -> str:
     """The method that works on most pairs; among equals, the one that passes most checks, then the most ambiguous."""
     def rank(name):
-        rows = [p["rows"][p["criterion_row"]] for p in methods[name].values()]
+        rows = list(methods[name].values())
         checks = sum(sum(bool(r[c]) for c in CHECKS) for r in rows)
-        return sum(r["success"] for r in rows), checks, float(np.mean([r["ambiguity"] or 0.0 for r in rows]))
+        return sum(r["success"] for r in rows), checks, float(np.mean([r["evaluator"]["ambiguity"] or 0.0 for r in rows]))
     return max(methods, key=rank)
 
 
-CHECKS = ("starts_at_a", "ends_at_b", "crosses_midway", "stays_on_a_and_b", "ambiguous_at_crossing", "near_the_data")
-
-
-def walk_figure(ctx: Context, methods: dict) -> None:
-    """P(B) along the walk (the criterion row), one panel per pair, a line per method."""
+def walk_figure(ctx: Context, result: dict, parts: dict, pairs: list) -> None:
+    """between/boundary_vs_real.png: per pair a row of the most ambiguous real test digits of A and B, then the best
+    method's boundary samples (seed 0) the evaluator reads as most ambiguous; between/ambiguity.png: per pair and
+    method, the evaluator's mean min(P(A), P(B)) at s*."""
     from matplotlib.figure import Figure
-    figure = Figure(figsize=(4 * len(PAIRS), 3.6))
-    panels = np.atleast_1d(figure.subplots(1, len(PAIRS), sharey=True))
-    for axes, (a, b) in zip(panels, PAIRS):
-        for method, pairs in methods.items():
-            row = pairs[f"{a}-{b}"]["rows"][pairs[f"{a}-{b}"]["criterion_row"]]
-            axes.plot(row["s"], row["mean_b"], "o-" if pairs[f"{a}-{b}"]["success"] else ".-", ms=3, lw=1, label=method)
-        axes.axhline(0.5, color="grey", lw=0.5)
-        axes.set(title=f"{a} to {b}", xlabel="s (0: A's digit, 1: B's)", ylabel="P(B), evaluator")
-    panels[-1].legend(fontsize=6)
-    write_figure(os.path.join(ctx.out, "between", "walks_p_b.png"), figure)
+    rows = []
+    for a, b in pairs:
+        real = ctx.scorer.test_images[result["real"][f"{a}-{b}"]["most"]]
+        part = parts[result["best"], a, b, SEEDS[0]]
+        low = np.array(result["methods"][result["best"]][f"{a}-{b}"]["seeds"][0]["min_evaluator"])
+        found = part["images"][np.argsort(-low)[:SHOWN_REAL]] if len(low) else real[:0]
+        rows.append(np.concatenate([real, found]))
+    write_png(os.path.join(ctx.out, "between", "boundary_vs_real.png"), sample.grid_png(rows))
+    figure = Figure(figsize=(1.2 * len(result["methods"]) + 2, 3.6))
+    axes = figure.subplots()
+    names = list(result["methods"])
+    for j, (a, b) in enumerate(pairs):
+        values = [result["methods"][m][f"{a}-{b}"]["evaluator"]["ambiguity"] or 0.0 for m in names]
+        axes.plot(range(len(names)), values, "o-", ms=3, lw=1, label=f"{a}-{b}")
+    axes.axhline(0.25, color="grey", lw=0.5)
+    axes.set_xticks(range(len(names)), names, rotation=75, fontsize=6)
+    axes.set(ylabel="evaluator mean min(P(A), P(B)) at s*")
+    axes.legend(fontsize=6)
+    write_figure(os.path.join(ctx.out, "between", "ambiguity.png"), figure)
 
 
 # ---------------------------------------------------------------------------
@@ -1094,32 +1196,35 @@ def control_tables(c: dict) -> list[str]:
 
 
 def between_tables(b: dict) -> list[str]:
-    text = ["Issue 16's criterion on the row that starts at A's label (label A; for soft labels and the position "
-            "alone, the only row): P(B) at A's end <= 0.1, at B's end >= 0.9, crossing in [0.3, 0.7], "
-            "P(A) + P(B) >= 0.9 everywhere, ambiguity >= 0.2, nearest-training ratio <= 1.3 everywhere. Ambiguity: "
-            "mean min(P(A), P(B)) at the point nearest the crossing; nearest-training ratio: a point's median distance "
-            "to its nearest training digit over the test digits' (evaluator features); midpoint diversity: mean "
-            "distance between the walks' s = 0.5 samples over the test digits' within-class distance.", "",
-            "| method | pair | P(B) at A / at B | crossing | monotonic | min P(A)+P(B) | ambiguity | max nearest-training "
-            "ratio | midpoint diversity | success |", "|---|---|---|---|---|---|---|---|---|---|"]
+    def cell(v, digits=2):
+        return "-" if v is None else f"{v:.{digits}f}"
+    text = ["Boundary samples: per walk (one noise; only the conditions move from a class-A to a class-B training "
+            f"digit) the point s* where the guide (an ensemble of classifiers with seeds other than the evaluator's) "
+            f"reads P(B) = 0.5: a {b['grid']}-point grid, then bisection to |s* - crossing| <= {b['tolerance']:.4f}. "
+            f"{WALKS} walks per pair and seed, seeds {', '.join(map(str, SEEDS))} pooled. Read at s* by the evaluator "
+            "and by a second independent classifier: mean min(P(A), P(B)), share of walks at 0.2 or more, mean "
+            "P(A) + P(B); crossed: share of walks the guide saw cross; width: median s range of the guide's P(B) from "
+            "0.1 to 0.9; nearest-training ratio: median over the samples (evaluator features, over the test digits'). "
+            "Success: evaluator mean min >= 0.25, share >= 60%, P(A) + P(B) >= 0.9, ratio <= 1.3."
+            + ("" if b["interval_variant"] else " (The middle-range guidance variant: not run, the sampler lacks "
+               "guidance_interval.)"), "",
+            "| method | pair | crossed | evaluator min | evaluator share >= 0.2 | evaluator P(A)+P(B) | second min | "
+            "second share | second P(A)+P(B) | width | nearest-training ratio | success |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for method, pairs in b["methods"].items():
         for pair, p in pairs.items():
-            r = p["rows"][p["criterion_row"]]
-            crossing = "none" if r["crossing"] is None else f"{r['crossing']:.2f}"
-            ambiguity = "-" if r["ambiguity"] is None else f"{r['ambiguity']:.2f}"
-            midpoint = "-" if r["midpoint_diversity"] is None else f"{r['midpoint_diversity']:.2f}"
-            text.append(f"| {method} | {pair} | {r['mean_b'][0]:.2f} / {r['mean_b'][-1]:.2f} | {crossing} | "
-                        f"{'yes' if r['monotonic'] else 'no'} | {r['kept_mass']:.2f} | {ambiguity} | "
-                        f"{max(r['nn_ratio']):.2f} | {midpoint} | {'yes' if p['success'] else 'no'} |")
-    text += ["", "Works (the criterion on at least two pairs): " + ", ".join(
-        f"{m} {'yes' if n >= 2 else 'no'} ({n} of {len(PAIRS)})" for m, n in b["works_on_pairs"].items()),
-        f"Best method (used by augment): {b['best_method']}", "",
-        "| method | pair | row | P(A) along the walk | P(B) along the walk | nearest-training ratio |", "|---|---|---|---|---|---|"]
-    for method, pairs in b["methods"].items():
-        for pair, p in pairs.items():
-            for row, r in p["rows"].items():
-                text.append(f"| {method} | {pair} | {row} | {' '.join(f'{v:.2f}' for v in r['mean_a'])} | "
-                            f"{' '.join(f'{v:.2f}' for v in r['mean_b'])} | {' '.join(f'{v:.2f}' for v in r['nn_ratio'])} |")
+            e, s2 = p["evaluator"], p["second"]
+            text.append(f"| {method} | {pair} | {cell(e['crossing_share'])} | {cell(e['ambiguity'])} | "
+                        f"{cell(e['ambiguous_share'])} | {cell(e['kept_mass'])} | {cell(s2['ambiguity'])} | "
+                        f"{cell(s2['ambiguous_share'])} | {cell(s2['kept_mass'])} | {cell(p['guide']['width_median'], 3)} | "
+                        f"{cell(p['nn_ratio_median'])} | {'yes' if p['success'] else 'no'} |")
+    text += ["", "Works (the criterion on at least three pairs): " + ", ".join(
+        f"{m} {'yes' if n >= 3 else 'no'} ({n} of {len(b['pairs'])})" for m, n in b["works_on_pairs"].items()),
+        f"Best method: {b['best']} (sample.py --boundary-method {b['best_boundary_method']}; augment's walk method: "
+        f"{b['best_method']})", "", "Held-out test digits of A and B the evaluator finds ambiguous (min(P(A), P(B)) >= 0.2):",
+        "", "| pair | test digits of A and B | ambiguous share | the most ambiguous (min) |", "|---|---|---|---|"]
+    for pair, r in b["real"].items():
+        text.append(f"| {pair} | {r['n']} | {100 * r['share']:.1f}% | {' '.join(f'{v:.2f}' for v in r['most_min'])} |")
     return text + [""]
 
 

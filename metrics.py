@@ -202,9 +202,9 @@ def walk_statistics(prob_a, prob_b, s) -> dict:
     between the two points (None if it never does); monotonic: mean_b never
     falls from one point to the next; kept_mass: min over points of
     mean(P(A) + P(B)), how much of the evaluator's belief stays on A and B (1:
-    all of it; low: the walk passes through other classes); ambiguity: the
-    mean over walks of min(P(A), P(B)) at the point nearest the crossing (0.5
-    at most: both classes equally likely; None without a crossing).
+    all of it; low: the walk passes through other classes). How ambiguous the
+    walks are where each switches is boundary_statistics' question (at each
+    walk's own crossing s*, not at the mean curve's: walks switch at different s).
     """
     a, b, s = np.asarray(prob_a, np.float64), np.asarray(prob_b, np.float64), np.asarray(s, np.float64)
     if a.ndim != 2 or a.shape != b.shape or s.shape != (a.shape[1],) or a.size == 0:
@@ -218,15 +218,44 @@ def walk_statistics(prob_a, prob_b, s) -> dict:
         raise ValueError("the positions s must increase along the walk")
     mean_a, mean_b = a.mean(axis=0), b.mean(axis=0)  # (P,)
     rises = np.flatnonzero((mean_b[:-1] < 0.5) & (mean_b[1:] >= 0.5))  # i: the crossing lies in [s_i, s_i+1]
-    crossing = ambiguity = None
+    crossing = None
     if len(rises):
         i = rises[0]
         crossing = float(s[i] + (0.5 - mean_b[i]) / (mean_b[i + 1] - mean_b[i]) * (s[i + 1] - s[i]))
-        nearest = int(np.argmin(np.abs(s - crossing)))
-        ambiguity = float(np.minimum(a[:, nearest], b[:, nearest]).mean())
     return {"mean_a": mean_a.tolist(), "mean_b": mean_b.tolist(), "crossing": crossing,
             "monotonic": bool((np.diff(mean_b) >= 0).all()), "kept_mass": float((mean_a + mean_b).min()),
-            "ambiguity": ambiguity, "n_walks": int(a.shape[0])}
+            "n_walks": int(a.shape[0])}
+
+
+AMBIGUOUS = 0.2  # min(P(A), P(B)) from which a digit counts as ambiguous between A and B
+
+
+def boundary_statistics(prob_a, prob_b, crossed, width=None) -> dict:
+    """How a reader sees boundary samples, one per walk that crossed, each at its own s* (sample.boundary_samples):
+    prob_a, prob_b (N,) the reader's P(A), P(B) of the N samples; crossed (W,) bool for every walk tried;
+    width (N,) each walk's transition width (NaN: P(B) does not reach a level).
+
+    ambiguity: mean min(P(A), P(B)) (0.5 at most: both equally likely); ambiguous_share: the share of samples
+    with min(P(A), P(B)) >= AMBIGUOUS; kept_mass: mean P(A) + P(B) (1: the reader sees A or B, nothing else);
+    crossing_share: the share of walks that crossed; width_median over the finite widths. None where N = 0.
+    """
+    a, b = np.asarray(prob_a, np.float64), np.asarray(prob_b, np.float64)
+    crossed = np.asarray(crossed, bool)
+    if a.shape != b.shape or a.ndim != 1 or crossed.ndim != 1 or int(crossed.sum()) != len(a):
+        raise ValueError(f"need prob_a and prob_b of shape (N,) with N the crossed walks ({int(crossed.sum())}), "
+                         f"got {a.shape} and {b.shape}")
+    if (a < 0).any() or (b < 0).any() or (a + b > 1 + 1e-6).any():
+        raise ValueError("prob_a and prob_b must be probabilities of two classes: >= 0, with P(A) + P(B) <= 1")
+    low = np.minimum(a, b)  # (N,)
+    widths = np.asarray([] if width is None else width, np.float64)
+    finite = widths[np.isfinite(widths)]
+    some = len(a) > 0
+    return {"ambiguity": float(low.mean()) if some else None,
+            "ambiguous_share": float((low >= AMBIGUOUS).mean()) if some else None,
+            "kept_mass": float((a + b).mean()) if some else None,
+            "crossing_share": float(crossed.mean()) if len(crossed) else None,
+            "width_median": float(np.median(finite)) if len(finite) else None,
+            "n_samples": int(len(a)), "n_walks": int(len(crossed))}
 
 
 # ---------------------------------------------------------------------------

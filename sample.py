@@ -4,6 +4,7 @@
     python sample.py runs/quick --out DIR --references 2                 # reference control (Figs 5-6)
     python sample.py runs/quick --out DIR --between 4 9                  # a walk from a 4 to a 9
     python sample.py runs/quick --out DIR --references 2 --eval          # + metrics.json
+    python sample.py runs/quick --out DIR --boundary 4 9 --n 16          # digits between a 4 and a 9
 
 PAPER.md, Method step 4: to generate, take a reference image, compute its
 conditions (its class; its position: features, then the fitted UMAP's
@@ -12,7 +13,8 @@ conditions (its class; its position: features, then the fitted UMAP's
 per class as the reference (the report's protocol), `--references K` draws
 K per class and shows each at the left of its row, `--between A B` walks
 the conditions from a class-A training image to a class-B one (the
-class-boundary samples that motivate the method; `walks`). A model that does
+class-boundary samples that motivate the method; `walks`); `--boundary A B`
+finds on each walk the point where a guide's P(B) = 0.5 (`boundary_samples`). A model that does
 not take a condition simply ignores it.
 
 The sampler is DPM-Solver++(2M) (Lu et al. 2022) with `--sampling-steps` steps and
@@ -40,11 +42,12 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+import classifier
 import conditions
 import metrics
 import rundir
 from data import choose_per_class, load_dataset, open_image, write_atomically
-from ddpm import SAMPLERS, Diffusion, check_guidance_interval
+from ddpm import COMPOSE, SAMPLERS, Diffusion, RowNoise, check_guidance_interval
 from features import FeatureSpace, WeightsUnavailableError, extract_features, pick_device
 from rundir import SAMPLE_FILES, RunError
 from unet import UNet
@@ -343,8 +346,9 @@ def walk_conditions(run: Run, ref_a: int, ref_b: int, s: np.ndarray, label: str,
     Float conditions (pos, a fork's own) move as c(s) = (1 - s) c_A + s c_B; with path "features" the
     position is instead UMAP's transform of the interpolated features (1 - s) f_A + s f_B, which lands
     among the training positions (transform places a point by its neighbours in the training data).
-    Integer conditions (label): "fixed" keeps row_label, "soft" mixes the one-hot vectors
-    (1 - s) e_A + s e_B (the report's soft-label alternative), "none" drops the label (the model without it).
+    The label: "fixed" keeps row_label, "soft" mixes the one-hot vectors (1 - s) e_A + s e_B (the report's
+    soft-label alternative), "none" drops the label (the model without it). Any other integer condition (a
+    fork's own) is not the label: it keeps image A's value in every mode.
     """
     refs = np.array([ref_a, ref_b])
     ends = request_conditions(run, run.labels[refs], run.images[refs], refs)  # name -> (2, ...)
@@ -353,11 +357,13 @@ def walk_conditions(run: Run, ref_a: int, ref_b: int, s: np.ndarray, label: str,
     for name, value in ends.items():
         if value.dtype.kind == "f":
             cond[name] = ((1 - w) * value[0] + w * value[1]).astype(np.float32)  # (P, d)
+        elif name != "label":
+            cond[name] = np.full(len(s), value[0], dtype=value.dtype)  # (P,) image A's
         elif label == "soft":
             onehot = np.eye(run.config["unet"]["conditions"][name], dtype=np.float32)[value]  # (2, K)
             cond[name] = (1 - w) * onehot[0] + w * onehot[1]  # (P, K)
         elif label == "fixed":
-            cond[name] = np.full(len(s), row_label if name == "label" else value[0], dtype=np.int64)
+            cond[name] = np.full(len(s), row_label, dtype=np.int64)
     if path == "features" and "pos" in cond:
         features = (1 - w) * run.space.features[ref_a] + w * run.space.features[ref_b]  # (P, D)
         cond["pos"] = run.space.standardize(run.space.transform(features)).astype(np.float32)
@@ -398,7 +404,9 @@ def between_grid(run: Run, a: int, b: int, points: int, sampler: dict, seed: int
     return part, grid_png(rows)
 
 
-WALK_FIELDS = dict(walk=(np.int64, -1), s=(np.float32, np.nan), endpoints=(np.int64, -1))  # what no walk has
+# What no walk has (dtype, value, shape of a row); prob and width: boundary samples only (boundary_samples).
+WALK_FIELDS = dict(walk=(np.int64, -1, ()), s=(np.float32, np.nan, ()), endpoints=(np.int64, -1, (2,)),
+                   prob=(np.float32, np.nan, (2,)), width=(np.float32, np.nan, ()))
 
 
 def concatenate_parts(parts: list[dict]) -> dict:
@@ -408,8 +416,7 @@ def concatenate_parts(parts: list[dict]) -> dict:
                reference=np.concatenate([p["reference"] for p in parts]).astype(np.int64),
                cond={name: stack_condition([p["cond"].get(name) for p in parts], [len(p["labels"]) for p in parts])
                      for name in dict.fromkeys(name for p in parts for name in p["cond"])})
-    for field, (dtype, missing) in WALK_FIELDS.items():
-        shape = (2,) if field == "endpoints" else ()
+    for field, (dtype, missing, shape) in WALK_FIELDS.items():
         out[field] = np.concatenate([np.asarray(p[field], dtype) if field in p
                                      else np.full((len(p["labels"]), *shape), missing, dtype) for p in parts])
     return out
@@ -436,13 +443,236 @@ def samples_npz(part: dict) -> bytes:
     for every condition the model saw (e.g. cond_label (N,), or (N, K) soft labels, cond_pos (N, 20); -1 or
     NaN where an image was made without it),
     and for walks: walk (N,) the walk each image is on (-1: none), s (N,) its place along it (0: A, 1: B)
-    and endpoints (N, 2) the two training images the walk goes between."""
+    and endpoints (N, 2) the two training images the walk goes between; for boundary samples prob (N, 2) the
+    guide's (P(A), P(B)) at s = s* and width (N,) the walk's transition width (NaN for other images)."""
     part = concatenate_parts([part])  # fills the walk fields of a part without walks
     buffer = io.BytesIO()
     np.savez_compressed(buffer, images=part["images"], labels=part["labels"], reference=part["reference"],
-                        walk=part["walk"], s=part["s"], endpoints=part["endpoints"],
+                        walk=part["walk"], s=part["s"], endpoints=part["endpoints"], prob=part["prob"],
+                        width=part["width"],
                         **{f"cond_{name}": value for name, value in part["cond"].items()})
     return buffer.getvalue()
+
+
+# ---------------------------------------------------------------------------
+# Boundary samples: each walk's own crossing of the class boundary, found by a guide
+# ---------------------------------------------------------------------------
+# How a walk's conditions move (walk_conditions' label mode) and how it is guided, per method:
+# "soft": soft labels (1 - s) e_A + s e_B, the label guided at w given the position;
+# "position": the position alone (label dropped), guided at w; "compose": product composition of A and B
+# (ddpm.Diffusion.composed_output), out(none) + w ((1 - s)(out(A) - out(none)) + s (out(B) - out(none))).
+BOUNDARY_METHODS = ("soft", "position", "compose")
+DEFAULT_BOUNDARY_METHOD = "soft"
+BOUNDARY_LABEL_MODE = dict(soft="soft", position="none", compose="soft")
+BOUNDARY_NEEDS = dict(soft="label", position="pos", compose="label")  # the condition each method moves
+# The search: a coarse grid of BOUNDARY_GRID points (steps of 1/8), then bisection inside the first bracket
+# where the guide's P(B) reaches 0.5, until |s* - crossing| <= tolerance: 1/8 / 2^5 = 1/256 after 4 halvings.
+# Cost per walk: 9 + 4 + 1 (the image at s*) = 14 images.
+BOUNDARY_GRID, BOUNDARY_TOLERANCE = 9, 1 / 256
+DEFAULT_BOUNDARY_N, DEFAULT_EVAL_N = 16, 1000  # --n without a value: --boundary, --eval
+MAX_WALKS_PER_SAMPLE = 4  # --boundary tries up to 4 N walks for N samples
+WIDTH_LEVELS = (0.1, 0.9)  # the transition width: the s range over which P(B) goes from 0.1 to 0.9
+GUIDE_FILE, GUIDE_SEEDS, GUIDE_STEPS = "guide.pt", 3, 300  # members, each train_classifier's default steps
+EVALUATOR_SEED = 0  # train_classifier's default seed: the run's classifier.pt, which scores; never a guide's
+
+
+def boundary_guide(run: Run, seed: int = 1, members: int = GUIDE_SEEDS, steps: int | None = None):
+    """The guide of boundary_samples: `members` small classifiers (classifier.train_ensemble) trained on the
+    run's training digits with seeds seed .. seed + members - 1 (never the evaluator's 0), mean softmax.
+
+    steps: each member's training steps (None: GUIDE_STEPS). Kept in the run directory as guide.pt (atomically;
+    reloaded with weights_only) for this run, seeds and steps.
+    """
+    seeds, steps = list(range(seed, seed + members)), GUIDE_STEPS if steps is None else steps
+    if EVALUATOR_SEED in seeds or members < 1:
+        raise ValueError(f"the guide's seeds {seeds} must not include the evaluator's seed {EVALUATOR_SEED}: "
+                         "use seed >= 1")
+    tag = f"{run.config['run_id']} steps={steps}"
+    path = os.path.join(run.dir, GUIDE_FILE)
+    if os.path.exists(path):
+        try:
+            guide = classifier.load_ensemble(path, run.device)
+            if guide.seeds == seeds and guide.tag == tag:
+                return guide
+        except ValueError:
+            pass  # a damaged guide.pt (ours: RUN_FILES) is trained again and replaced
+    guide = classifier.train_ensemble(run.images, run.labels, seeds, len(run.config["data"]["class_names"]),
+                                      steps=steps, device=run.device, tag=tag)
+    classifier.save_ensemble(guide, path)
+    return guide
+
+
+def check_guide(guide, evaluators: list) -> None:
+    """The guide must not be (or contain) a network that scores its samples: same weights is an error."""
+    for evaluator in evaluators:
+        if any(classifier.same_weights(member, evaluator) for member in getattr(guide, "members", [])):
+            raise ValueError("the boundary guide holds the evaluator's weights: a point chosen by the classifier "
+                             "that scores it says nothing; train the guide with other seeds (boundary_guide)")
+
+
+def run_evaluator(run: Run) -> list:
+    """The run's classifier.pt (what sample.py --eval scores with), where there is one."""
+    path = os.path.join(run.dir, "classifier.pt")
+    return [classifier.load_classifier(path, run.device)] if os.path.exists(path) else []
+
+
+def check_boundary(run: Run, a: int, b: int, method: str) -> None:
+    """--boundary A B and --boundary-method against the run: two different classes, a method it can run."""
+    k = len(run.config["data"]["class_names"])
+    for c in (a, b):
+        if not 0 <= c < k:
+            raise RunError(f"--boundary {a} {b}: class {c} does not exist; {run.dir} has classes 0..{k - 1}")
+    if a == b:
+        raise RunError(f"--boundary {a} {b}: a boundary lies between two different classes; give two")
+    if method not in BOUNDARY_METHODS:
+        raise RunError(f"--boundary-method {method}: unknown; choose one of {', '.join(BOUNDARY_METHODS)}")
+    names = run.config["unet"]["conditions"]
+    if BOUNDARY_NEEDS[method] not in names:
+        others = [m for m in BOUNDARY_METHODS if BOUNDARY_NEEDS[m] in names]
+        raise RunError(f"--boundary-method {method} moves the {BOUNDARY_NEEDS[method]} condition, and {run.dir} "
+                       f"was trained without it (its conditions: {', '.join(names) or 'none'}); "
+                       + (f"use --boundary-method {others[0]}" if others else "no method can walk this run"))
+
+
+def method_guidance(method: str, guidance: float | dict | None) -> float | dict:
+    """A method's guidance: None -> w = DEFAULT_GUIDANCE; a number w -> the method's form at weight w
+    (soft: {"label": w}, position: {"pos": w}, compose: {"compose": w}); a dict is used as given."""
+    if isinstance(guidance, dict):
+        return guidance
+    w = DEFAULT_GUIDANCE if guidance is None else float(guidance)
+    return {dict(soft="label", position="pos", compose=COMPOSE)[method]: w}
+
+
+def walk_seed(seed: int, walk: int) -> int:
+    """The noise seed of walk `walk` of a call with `seed`: the same walk, the same noise, in any batch."""
+    return int(np.random.SeedSequence([seed, walk]).generate_state(1)[0])
+
+
+def boundary_endpoints(run: Run, a: int, b: int, seed: int, walk_ids: np.ndarray) -> np.ndarray:
+    """(W, 2) training images walk i goes between: the i-th draw of walk_endpoints from rng(seed), path "line"."""
+    rng = np.random.default_rng(seed)
+    drawn = [walk_endpoints(run, a, b, "line", rng) for _ in range(int(walk_ids.max()) + 1)]
+    return np.array(drawn, np.int64)[walk_ids]
+
+
+@torch.no_grad()
+def walk_images(run: Run, endpoints: np.ndarray, walk: np.ndarray, s: np.ndarray, method: str, a: int,
+                sampler: dict, seed: int) -> tuple[np.ndarray, dict]:
+    """Images at points s (M,) of walks walk (M,) (endpoints (W, 2) by walk id): uint8 (M, H, W, C), cond.
+
+    Each row's noise comes from walk_seed(seed, its walk) (ddpm.RowNoise): a walk's image is a function of s
+    alone, whichever other rows share its batch."""
+    cond = {}
+    for w in np.unique(walk):
+        rows = np.flatnonzero(walk == w)
+        part = walk_conditions(run, *endpoints[w], s[rows], BOUNDARY_LABEL_MODE[method], a, "line")
+        for name, value in part.items():
+            cond.setdefault(name, np.zeros((len(s), *value.shape[1:]), value.dtype))[rows] = value
+    device, shape = run.device, (run.model.image_channels, run.model.image_size, run.model.image_size)
+    interval = {} if sampler.get("guidance_interval") is None else {"guidance_interval": sampler["guidance_interval"]}
+    out = []
+    for rows in batches(len(s), sampler.get("batch_size", 64), None):
+        part = {name: torch.as_tensor(value[rows], device=device) for name, value in cond.items()}
+        noise = RowNoise([walk_seed(seed, int(w)) for w in walk[rows]])
+        with autocast(device, run.precision):
+            x = run.diffusion.sample(run.model, (len(rows), *shape), cond=part, steps=sampler["steps"],
+                                     eta=sampler["eta"], guidance=sampler["guidance"], generator=noise,
+                                     device=device, sampler=sampler["name"], **interval)
+        out.append(to_uint8(x))
+    return np.concatenate(out), cond
+
+
+def find_crossings(prob_b, walks: int, grid: int = BOUNDARY_GRID, tolerance: float = BOUNDARY_TOLERANCE) -> dict:
+    """Each walk's s* where P(B) first reaches 0.5, for prob_b(walk (M,), s (M,)) -> (M,), batched across walks.
+
+    A coarse grid s = 0, 1/(grid-1), .. 1 (one call, walks * grid rows), then bisection inside each walk's
+    first bracket [s_i, s_i+1] with P(B)(s_i) < 0.5 <= P(B)(s_i+1) (one call per halving, one row per walk),
+    until the bracket is at most 2 tolerance wide; s* = its midpoint, so |s* - crossing| <= tolerance.
+    A walk without such a bracket (P(B) never reaches 0.5, or is there at s = 0) is not crossed (s* NaN).
+    Returns s (W,), crossed (W,) bool, and points: per walk the (s, P(B)) pairs evaluated, for the width.
+    """
+    s_grid = np.linspace(0, 1, grid)
+    p = np.asarray(prob_b(np.repeat(np.arange(walks), grid), np.tile(s_grid, walks)), np.float64).reshape(walks, grid)
+    points = [list(zip(s_grid, p[w])) for w in range(walks)]
+    up = (p[:, :-1] < 0.5) & (p[:, 1:] >= 0.5)  # (W, grid - 1): brackets of an upward crossing
+    crossed = up.any(1)
+    first = up.argmax(1)
+    lo, hi = s_grid[first], s_grid[first + 1]  # (W,)
+    live = np.flatnonzero(crossed)
+    halvings = max(0, int(np.ceil(np.log2(1 / (grid - 1) / (2 * tolerance) - 1e-12))))
+    for _ in range(halvings if len(live) else 0):
+        mid = (lo[live] + hi[live]) / 2
+        pm = np.asarray(prob_b(live, mid), np.float64)
+        for w, sm, pw in zip(live, mid, pm):
+            points[w].append((sm, pw))
+        hi[live], lo[live] = np.where(pm >= 0.5, mid, hi[live]), np.where(pm >= 0.5, lo[live], mid)
+    return dict(s=np.where(crossed, (lo + hi) / 2, np.nan), crossed=crossed, points=points)
+
+
+def transition_width(points: list[tuple[float, float]], s_star: float, levels=WIDTH_LEVELS) -> float:
+    """The s range over which P(B) goes from levels[0] to levels[1] around s*, by linear interpolation between
+    the evaluated points: from the last point before s* at or below 0.1 to the first after it at or above 0.9.
+    NaN where P(B) does not reach a level on its side (a walk that ends below 0.9)."""
+    s, p = (np.array(v, np.float64) for v in zip(*sorted(points)))
+    low = np.flatnonzero((s <= s_star) & (p <= levels[0]))
+    high = np.flatnonzero((s >= s_star) & (p >= levels[1]))
+    if not len(low) or not len(high):
+        return float("nan")
+    i, j = low[-1], high[0]
+    s_low = s[i] + (levels[0] - p[i]) * (s[i + 1] - s[i]) / (p[i + 1] - p[i]) if p[i + 1] != p[i] else s[i]
+    s_high = s[j - 1] + (levels[1] - p[j - 1]) * (s[j] - s[j - 1]) / (p[j] - p[j - 1]) if p[j] != p[j - 1] else s[j]
+    return float(s_high - s_low)
+
+
+def boundary_samples(run: Run, a: int, b: int, walks: int, method: str = DEFAULT_BOUNDARY_METHOD, seed: int = 0,
+                     guide=None, sampler: dict | None = None, tolerance: float = BOUNDARY_TOLERANCE,
+                     first_walk: int = 0, evaluators: list | None = None, grid: int = BOUNDARY_GRID) -> dict:
+    """Samples on the boundary between classes a and b: `walks` walks (ids first_walk ..) from a class-a to a
+    class-b training image, each with one noise; for each, find_crossings' s* where the guide's P(b) = 0.5.
+
+    guide: an object with .prob(images) -> (N, K) (None: boundary_guide(run)); never one of `evaluators` (None:
+    the run's classifier.pt), which score the result. sampler: as generate's, guidance None or a number w for
+    the method's own form (method_guidance). Returns a part with ONE row per walk that crossed: images, labels
+    (= a), reference -1, cond at s*, walk, s (= s*), endpoints (N, 2), prob (N, 2) the guide's (P(a), P(b)) at
+    s*, width (N,) (transition_width); and crossed (walks,) bool for every walk tried.
+    """
+    check_boundary(run, a, b, method)
+    if walks < 1 or first_walk < 0:
+        raise ValueError(f"boundary_samples needs walks >= 1 and first_walk >= 0, got {walks} and {first_walk}")
+    guide = boundary_guide(run) if guide is None else guide
+    check_guide(guide, run_evaluator(run) if evaluators is None else evaluators)
+    sampler = {**dict(name=DEFAULT_SAMPLER, steps=DEFAULT_STEPS, eta=DEFAULT_ETA, guidance=None), **(sampler or {})}
+    sampler["guidance"] = method_guidance(method, sampler["guidance"])
+    ids = np.arange(first_walk, first_walk + walks)
+    endpoints = np.zeros((ids[-1] + 1, 2), np.int64)
+    endpoints[ids] = boundary_endpoints(run, a, b, seed, ids)
+
+    def prob_b(walk, s):  # walk (M,) local index, s (M,) -> the guide's P(b) (M,)
+        images, _ = walk_images(run, endpoints, ids[walk], np.asarray(s, np.float32), method, a, sampler, seed)
+        return guide.prob(images)[:, b]
+
+    found = find_crossings(prob_b, walks, grid, tolerance)
+    live = np.flatnonzero(found["crossed"])
+    s_star = found["s"][live].astype(np.float32)
+    if len(live):
+        images, cond = walk_images(run, endpoints, ids[live], s_star, method, a, sampler, seed)
+        prob = guide.prob(images)[:, [a, b]].astype(np.float32)  # (N, 2)
+    else:
+        images, prob = np.zeros((0, *run.images.shape[1:]), np.uint8), np.zeros((0, 2), np.float32)
+        cond = walk_conditions(run, *endpoints[ids[0]], np.zeros(0, np.float32), BOUNDARY_LABEL_MODE[method], a,
+                               "line")
+    width = np.array([transition_width(found["points"][w] + [(s, p)], s) for w, s, p in
+                      zip(live, s_star, prob[:, 1])], np.float32).reshape(-1)
+    return dict(images=images, labels=np.full(len(live), a, np.int64), reference=np.full(len(live), -1, np.int64),
+                cond=cond, walk=ids[live].astype(np.int64), s=s_star, endpoints=endpoints[ids[live]], prob=prob,
+                width=width, crossed=found["crossed"], method=method, guidance=sampler["guidance"])
+
+
+def boundary_grid(run: Run, part: dict) -> bytes:
+    """boundary.png: a row per sample: image A, the found sample, image B."""
+    rows = [np.stack([run.images[ref_a], image, run.images[ref_b]])
+            for image, (ref_a, ref_b) in zip(part["images"], part["endpoints"])]
+    return grid_png(rows)
 
 
 # ---------------------------------------------------------------------------
@@ -560,8 +790,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--walk-path", default="line", choices=WALK_PATHS,
                    help="--between: line (a straight line between two random positions) or features "
                    "(nearest cross-class pair, features interpolated, placed by UMAP's transform)")
+    p.add_argument("--boundary", nargs=2, type=int, metavar=("A", "B"),
+                   help="boundary samples between classes A and B: per walk the point where a guide (not the "
+                   "evaluator) reads P(B) = 0.5; writes boundary.png and samples.npz (with s*, walk, endpoints, prob)")
+    p.add_argument("--boundary-method", default=DEFAULT_BOUNDARY_METHOD, metavar="|".join(BOUNDARY_METHODS),
+                   help="--boundary: soft (soft labels), position (the position alone) or compose (product "
+                   f"composition of A and B); default {DEFAULT_BOUNDARY_METHOD}")
     p.add_argument("--eval", action="store_true", help="also write metrics.json and eval_samples.npz")
-    p.add_argument("--n", type=int, default=1000, help="--eval: number of class-balanced samples")
+    p.add_argument("--n", type=int, default=None, help=f"--eval: number of class-balanced samples (default "
+                   f"{DEFAULT_EVAL_N}); --boundary: boundary samples, one per walk (default {DEFAULT_BOUNDARY_N})")
     p.add_argument("--inception-weights", default=None,
                    help="--eval: local Inception weights file for Inception FID/IS (else from the hub, or skipped)")
     p.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available)")
@@ -593,7 +830,7 @@ def check_args(args) -> None:
                   per_reference=args.per_reference, points=args.points, walks=args.walks, n=args.n,
                   sampling_batch_size=args.sampling_batch_size)
     for name, value in counts.items():
-        if value < 1:
+        if value is not None and value < 1:
             raise RunError(f"--{name.replace('_', '-')} must be a positive count, got {value}")
     if args.references < 0:
         raise RunError(f"--references must be 0 (none) or a positive count, got {args.references}")
@@ -605,6 +842,13 @@ def check_args(args) -> None:
         raise RunError("pass either --references K or --reference-images FILES, not both")
     if args.reference_images and (args.reference_labels is None or len(args.reference_labels) != len(args.reference_images)):
         raise RunError("give one --reference-labels value per --reference-images file")
+    if args.boundary:
+        others = [flag for flag, given in (("--between", args.between), ("--references", args.references),
+                                           ("--reference-images", args.reference_images), ("--eval", args.eval)) if given]
+        if others:
+            raise RunError(f"--boundary writes its own samples.npz: run it without {', '.join(others)}")
+    if args.boundary_method not in BOUNDARY_METHODS:
+        raise RunError(f"--boundary-method {args.boundary_method}: unknown; choose one of {', '.join(BOUNDARY_METHODS)}")
     if args.inception_weights and not os.path.isfile(args.inception_weights):
         raise RunError(f"--inception-weights {args.inception_weights}: file not found")
     rundir.check_device(args.device)
@@ -631,6 +875,8 @@ def check_against_run(args, run: Run) -> None:
             if not 0 <= c < k:
                 raise RunError(f"{flag} {' '.join(map(str, classes))}: class {c} does not exist; "
                                f"{run.dir} has classes 0..{k - 1}")
+    if args.boundary:
+        check_boundary(run, *args.boundary, args.boundary_method)
     fewest = int(np.bincount(run.labels, minlength=k).min())
     if args.references > fewest:
         raise RunError(f"--references {args.references} is more than the {fewest} training images of the smallest class")
@@ -662,6 +908,8 @@ def run_command(args) -> dict:
     check_args(args)
     run = load_run(args.run, args.device, args.precision)
     check_against_run(args, run)
+    if args.boundary:
+        return boundary_command(args, run)
     ref_images = load_reference_files(run, args.reference_images) if args.reference_images else None
     names = run.config["unet"]["conditions"]
     guidance = default_guidance(names) if args.guidance is None else args.guidance
@@ -695,7 +943,7 @@ def run_command(args) -> dict:
 
     result = {}
     if args.eval:
-        result, evaluated = evaluate(run, args.n, sampler, args.seed, references, args.inception_weights)
+        result, evaluated = evaluate(run, args.n or DEFAULT_EVAL_N, sampler, args.seed, references, args.inception_weights)
         result["settings"] = meta
         files["metrics.json"] = json.dumps(result, indent=2).encode()
         files["eval_samples.npz"] = samples_npz(evaluated)
@@ -703,6 +951,38 @@ def run_command(args) -> dict:
     if args.eval:
         print(json.dumps({k: v for k, v in result.items() if k != "settings"}, indent=2))
     return result
+
+
+def boundary_command(args, run: Run) -> dict:
+    """--boundary A B: --n boundary samples, one per walk that crossed (walks tried in rounds, up to
+    MAX_WALKS_PER_SAMPLE per sample asked for); boundary.png, samples.npz and meta.json."""
+    a, b = args.boundary
+    n = args.n or DEFAULT_BOUNDARY_N
+    sampler = dict(name=args.sampler, steps=args.sampling_steps, eta=args.eta, guidance=args.guidance,
+                   batch_size=args.sampling_batch_size)
+    guide = boundary_guide(run)
+    parts, tried, found = [], 0, 0
+    while found < n and tried < MAX_WALKS_PER_SAMPLE * n:
+        part = boundary_samples(run, a, b, n - found, args.boundary_method, args.seed, guide, sampler,
+                                first_walk=tried)
+        tried, found = tried + n - found, found + len(part["walk"])
+        parts.append(part)
+    if not found:
+        raise RunError(f"--boundary {a} {b}: none of {tried} walks crossed the guide's P({b}) = 0.5; "
+                       "try another --boundary-method or --guidance")
+    if found < n:
+        print(f"note: {found} of {tried} walks crossed; {found} boundary samples, not {n}", file=sys.stderr)
+    part = concatenate_parts([p for p in parts if len(p["walk"])])
+    files = {"boundary.png": boundary_grid(run, part), "samples.npz": samples_npz(part)}
+    meta = dict(vars(args), n=n, guidance=parts[0]["guidance"], boundary_method=args.boundary_method,
+                boundary=dict(tried=tried, found=found, grid=BOUNDARY_GRID, tolerance=BOUNDARY_TOLERANCE,
+                              guide_seeds=guide.seeds),
+                written_by="sample.py", files=sorted([*files, "meta.json"]),
+                conditions=sorted(run.config["unet"]["conditions"]), class_names=run.config["data"]["class_names"],
+                run_id=run.config["run_id"])
+    files["meta.json"] = json.dumps(meta, indent=2).encode()
+    write_outputs(args.out, files)
+    return meta
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -395,3 +395,48 @@ def test_a_bad_guidance_interval_is_a_one_line_error(interval):
     d = Diffusion(beta_schedule("linear", 50))
     with pytest.raises(ValueError, match="guidance interval"):
         d.sample(CountingModel(), (1, 1, 2, 2), cond=label_cond(1), steps=2, guidance_interval=interval)
+
+
+class ClassModel(torch.nn.Module):
+    """out = pos.sum() + (v . label unless the label is dropped), with v = (2, 5, -3) per class: known outputs."""
+    v = torch.tensor([2.0, 5.0, -3.0])
+
+    def __init__(self):
+        super().__init__()
+        self.calls, self.rows, self.pos_dropped = 0, 0, False
+
+    def forward(self, x, t, cond, drop):
+        self.calls, self.rows = self.calls + 1, self.rows + x.shape[0]
+        self.pos_dropped |= bool(drop["pos"].any())
+        label = cond["label"].float() @ self.v  # (N,): a soft or one-hot label's mix of the class values
+        value = cond["pos"].sum(1) + torch.where(drop["label"], torch.zeros_like(label), label)
+        return value.view(-1, 1, 1, 1).expand_as(x)
+
+
+@pytest.mark.parametrize("w", [1.0, 3.0])
+def test_composition_guidance_against_its_closed_form(w):
+    """out = out(none) + w ((1 - s)(out(A) - out(none)) + s (out(B) - out(none))) (Liu et al. 2022), the position
+    shared by all three outputs, in ONE call of 3B rows."""
+    d = Diffusion(beta_schedule("linear", 100))
+    m = ClassModel()
+    s = torch.tensor([0.0, 0.3, 1.0])
+    a, b = 0, 2
+    label = (1 - s)[:, None] * torch.eye(3)[a] + s[:, None] * torch.eye(3)[b]  # (3, 3) a walk's soft labels
+    pos = torch.tensor([[1.0, 0.5], [0.0, -2.0], [3.0, 0.0]])
+    out = d.guided_output(m, torch.zeros(3, 1, 2, 2), torch.tensor([5, 6, 7]), {"label": label, "pos": pos},
+                          {"compose": w})
+    none = pos.sum(1)
+    expected = none + w * ((1 - s) * (none + m.v[a] - none) + s * (none + m.v[b] - none))
+    assert torch.allclose(out[:, 0, 0, 0], expected)
+    assert (m.calls, m.rows) == (1, 9) and not m.pos_dropped
+    with pytest.raises(ValueError, match="at most two classes"):
+        d.guided_output(m, torch.zeros(1, 1, 2, 2), torch.tensor([5]),
+                        {"label": torch.full((1, 3), 1 / 3), "pos": pos[:1]}, {"compose": w})
+
+
+def test_row_noise_is_the_same_whatever_the_batch():
+    from ddpm import RowNoise
+    alone = RowNoise([7]).draw((1, 1, 2, 2), "cpu"), RowNoise([7]).draw((1, 1, 2, 2), "cpu")
+    mixed = RowNoise([3, 7, 7, 9])
+    first = mixed.draw((4, 1, 2, 2), "cpu")
+    assert torch.equal(first[1], alone[0][0]) and torch.equal(first[2], first[1]) and not torch.equal(first[0], first[1])

@@ -111,34 +111,30 @@ def test_matched_accuracy_and_the_best_setting_by_hand(monkeypatch):
     assert (best["w"], best["guidance_interval"], best["fid"]) == (3.0, [0.2, 20.0], 4.0)
 
 
-def walk_stats(mean_b, crossing=0.5, kept=0.95, ambiguity=0.3):
-    return dict(mean_a=[1 - b for b in mean_b], mean_b=mean_b, crossing=crossing, monotonic=True, kept_mass=kept,
-                ambiguity=ambiguity, n_walks=20)
+def reader(ambiguity=0.3, share=0.7, kept=0.95):
+    return dict(ambiguity=ambiguity, ambiguous_share=share, kept_mass=kept, crossing_share=1.0, width_median=0.1,
+                n_samples=20, n_walks=20)
 
 
-def test_the_boundary_criterion_needs_every_part_of_issue_16():
-    good = walk_stats([0.05, 0.2, 0.5, 0.8, 0.95])
-    assert experiment.boundary_success(good, [1.0, 1.1, 1.2, 1.1, 1.0])["success"]
+def test_the_boundary_criterion_needs_every_part():
+    assert experiment.boundary_success(reader(), 1.2)["success"]
     failures = {
-        "starts_at_a": (walk_stats([0.15, 0.2, 0.5, 0.8, 0.95]), [1.0] * 5),
-        "ends_at_b": (walk_stats([0.05, 0.2, 0.5, 0.8, 0.85]), [1.0] * 5),
-        "crosses_midway": (walk_stats([0.05, 0.6, 0.8, 0.9, 0.95], crossing=0.2), [1.0] * 5),
-        "stays_on_a_and_b": (walk_stats([0.05, 0.2, 0.5, 0.8, 0.95], kept=0.8), [1.0] * 5),
-        "ambiguous_at_crossing": (walk_stats([0.05, 0.2, 0.5, 0.8, 0.95], ambiguity=0.1), [1.0] * 5),
-        "near_the_data": (good, [1.0, 1.1, 1.4, 1.1, 1.0]),
+        "ambiguous": (reader(ambiguity=0.24), 1.0),
+        "mostly_ambiguous": (reader(share=0.55), 1.0),
+        "stays_on_a_and_b": (reader(kept=0.85), 1.0),
+        "near_the_data": (reader(), 1.4),
     }
     for check, (stats, nn) in failures.items():
         verdict = experiment.boundary_success(stats, nn)
         assert not verdict["success"] and not verdict[check]
         assert all(verdict[c] for c in experiment.CHECKS if c != check), check
-    never = experiment.boundary_success(walk_stats([0.0] * 5, crossing=None, ambiguity=None), [1.0] * 5)
-    assert not never["crosses_midway"] and not never["ambiguous_at_crossing"]
+    never = experiment.boundary_success(reader(ambiguity=None, share=None, kept=None), None)  # no walk crossed
+    assert not any(never.values())
 
 
 def test_the_best_method_works_on_most_pairs():
     def pair(success, ambiguity):
-        row = dict({c: success for c in experiment.CHECKS}, success=success, ambiguity=ambiguity)
-        return dict(rows={"label 4": row}, criterion_row="label 4", success=success)
+        return dict({c: success for c in experiment.CHECKS}, success=success, evaluator=reader(ambiguity=ambiguity))
     methods = {"a": {"4-9": pair(True, 0.3), "3-5": pair(False, 0.4)},
                "b": {"4-9": pair(True, 0.2), "3-5": pair(True, 0.2)}}
     assert experiment.best_method(methods) == "b"
@@ -196,9 +192,11 @@ def test_every_section_runs_end_to_end_and_no_test_digit_trains_anything(tmp_pat
                 SAMPLER=dict(experiment.SAMPLER, steps=2), CLASSIFIER_ARGS={"steps": 2}, SEEDS=(0, 1), N_EVAL=20,
                 FLOOR_PER_CLASS=2, CURVE_WEIGHTS=(1.0, 2.0), CURVE_N=10,
                 INTERVAL_WEIGHTS=(3.0,), GUIDANCE_INTERVALS=((0.2, 20.0),), KID_SUBSETS=2, PER_REFERENCE=2, PAIRS=((4, 9),), WALKS=2, POINTS=3, SCARCE=(10,),
+                BETWEEN_GRID=3, BETWEEN_TOLERANCE=0.25, CONFUSED_PAIRS=1,
                 AUGMENT_REPLICATES=((0, 0), (0, 1)), VAL_PER_CLASS=5, N_PAIRS=2, N_AUGMENT=10)
     for name, value in tiny.items():
         monkeypatch.setattr(experiment, name, value)
+    monkeypatch.setattr(sample, "GUIDE_STEPS", 2)
     monkeypatch.setattr(train, "write_grid", lambda run, step: None)  # figures tested elsewhere: not needed here
     monkeypatch.setattr(experiment, "plot_positions", lambda *args: None)
     seen = []  # every classifier's training images, every diffusion model (its images and feature space)
@@ -239,16 +237,21 @@ def test_every_section_runs_end_to_end_and_no_test_digit_trains_anything(tmp_pat
     assert (s0["reference"] != s1["reference"]).any()  # each replicate its own references
     assert "own_median_ratio" in results["control"]["runs"]["pos-s1"]["memorisation"]["pixels"]
     between = results["between"]["methods"]
-    assert set(between) == set(experiment.METHODS) and results["between"]["best_method"] in experiment.METHODS
-    walk = np.load(out / "between" / "position-alone-on-data-4-9" / "samples.npz")
-    assert walk["walk"].tolist() == [0, 0, 0, 1, 1, 1] and walk["s"].tolist() == [0, 0.5, 1] * 2
+    assert set(between) == set(experiment.between_methods()) and results["between"]["best_method"] in experiment.METHODS
+    assert len(results["between"]["pairs"]) == 2 and results["between"]["pairs"][0] == "4-9"
+    assert results["between"]["best_boundary_method"] in sample.BOUNDARY_METHODS
+    walk = np.load(out / "between" / "compose-w-3-eta-0-4-9-s1" / "samples.npz")
+    assert set(walk["walk"].tolist()) <= {0, 1} and walk["prob"].shape == (len(walk["walk"]), 2)
+    assert ((walk["s"] > 0) & (walk["s"] < 1)).all()
+    cell = between["soft, w 3, eta 1"]["4-9"]
+    assert {"evaluator", "second", "guide", "nn_ratio_median", "success"} <= set(cell) and len(cell["seeds"]) == 2
     assert results["augment"]["method"] == results["between"]["best_method"]
     gain = results["augment"]["sizes"]["10"]["gain_over_real"]["boundary"]
     assert len(gain["values"]) == 2
     tables = (out / "tables.md").read_text()
     assert "noise floor" in tables and "Best method" in tables and "confused pairs" in tables
-    for figure in ("compare/class_grids.png", "compare/guidance_curve.png", "between/walks_p_b.png",
-                   "between/soft-labels.png", "control/label-pos-s0.png"):
+    for figure in ("compare/class_grids.png", "compare/guidance_curve.png", "between/boundary_vs_real.png",
+                   "between/ambiguity.png", "control/label-pos-s0.png"):
         assert os.path.getsize(out / figure) > 0
 
     # Run again: every model and set is reused (nothing trains or samples), and the numbers are the same.

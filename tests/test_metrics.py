@@ -22,7 +22,7 @@ import classifier
 import metrics
 from metrics import (bootstrap_fid_ratio, conditioning_accuracy, controllability, feature_statistics,
                      fid_from_features, frechet_distance, inception_score, load_feature_network,
-                     memorisation, t_interval, walk_statistics)
+                     memorisation, t_interval, walk_statistics, boundary_statistics)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -563,15 +563,13 @@ def test_walk_statistics_of_known_walks():
     np.testing.assert_allclose(out["mean_a"], [1.0, 0.8, 0.4, 0.2, 0.0])
     assert out["crossing"] == pytest.approx(0.5 + (0.5 - 0.4) / (0.8 - 0.4) * 0.25)  # between s = .5 and .75
     assert out["monotonic"] is True and out["n_walks"] == 2
-    assert out["kept_mass"] == pytest.approx(0.8)
-    # nearest point to the crossing: s = 0.5, where min(P(A), P(B)) is 0.3 on both walks
-    assert out["ambiguity"] == pytest.approx(0.3)
+    assert out["kept_mass"] == pytest.approx(0.8) and "ambiguity" not in out  # per walk: boundary_statistics
 
 
 def test_walk_statistics_without_a_crossing_or_with_a_dip():
     s = np.array([0.0, 1.0, 2.0, 3.0])
     never = walk_statistics(np.full((3, 4), 0.8), np.full((3, 4), 0.2), s)
-    assert never["crossing"] is None and never["ambiguity"] is None and never["kept_mass"] == pytest.approx(1.0)
+    assert never["crossing"] is None and never["kept_mass"] == pytest.approx(1.0)
     assert walk_statistics(np.full((1, 4), 0.1), np.full((1, 4), 0.9), s)["crossing"] is None  # B from the start
     dip = np.array([[0.0, 0.6, 0.4, 1.0]])
     out = walk_statistics(1.0 - dip, dip, s)
@@ -583,6 +581,23 @@ def test_walk_statistics_without_a_crossing_or_with_a_dip():
         walk_statistics(dip, dip + 0.5, s)
     with pytest.raises(ValueError, match="shape"):
         walk_statistics(dip, dip, s[:3])
+
+
+def test_boundary_statistics_at_each_walks_own_crossing():
+    # three samples of four walks (walk 2 never crossed); min(P(A), P(B)) = 0.4, 0.1, 0.25
+    prob_a, prob_b = np.array([0.4, 0.9, 0.25]), np.array([0.6, 0.1, 0.7])
+    out = boundary_statistics(prob_a, prob_b, [True, True, False, True], width=[0.1, np.nan, 0.3])
+    assert out["ambiguity"] == pytest.approx((0.4 + 0.1 + 0.25) / 3)
+    assert out["ambiguous_share"] == pytest.approx(2 / 3)  # 0.4 and 0.25 are >= 0.2
+    assert out["kept_mass"] == pytest.approx((1.0 + 1.0 + 0.95) / 3)
+    assert out["crossing_share"] == pytest.approx(0.75) and out["width_median"] == pytest.approx(0.2)
+    assert (out["n_samples"], out["n_walks"]) == (3, 4)
+    none = boundary_statistics([], [], [False, False])
+    assert none["ambiguity"] is None and none["crossing_share"] == 0.0 and none["width_median"] is None
+    with pytest.raises(ValueError, match="crossed walks"):
+        boundary_statistics(prob_a, prob_b, [True, False])
+    with pytest.raises(ValueError, match="probabilities"):
+        boundary_statistics(prob_a, prob_b + 0.5, [True, True, True])
 
 
 # ---------------------------------------------------------------------------
