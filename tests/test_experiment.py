@@ -158,15 +158,46 @@ def test_a_kept_set_is_made_once_per_key(tmp_path):
 # ---------------------------------------------------------------------------
 # All four sections, tiny
 # ---------------------------------------------------------------------------
+def fake_boundary(monkeypatch):
+    """sample.boundary_guide / boundary_samples as the interface gives them, faked: training digits of class a
+    as the 'crossed' rows (every walk crosses, at s = 0.4), so augment runs without the real search."""
+    class Guide:
+        def prob(self, images):
+            return np.full((len(images), 10), 0.1)
+
+    def boundary_samples(run, a, b, walks, method=None, seed=0, guide=None, sampler=None, tolerance=0.01):
+        rows = np.flatnonzero(run.labels == a)[np.arange(walks) % (run.labels == a).sum()]
+        return dict(images=run.images[rows], labels=np.full(walks, a, np.int64), reference=np.full(walks, -1),
+                    cond={"label": np.full(walks, a, np.int64)}, walk=np.arange(walks), s=np.full(walks, 0.4),
+                    endpoints=np.tile([rows[0], rows[0]], (walks, 1)), prob=np.full((walks, 2), 0.5),
+                    width=np.full(walks, 0.1), crossed=np.ones(walks, bool))
+
+    monkeypatch.setattr(sample, "BOUNDARY_METHODS", ("fake-crossing",), raising=False)
+    monkeypatch.setattr(sample, "DEFAULT_BOUNDARY_METHOD", "fake-crossing", raising=False)
+    monkeypatch.setattr(sample, "boundary_guide", lambda run, seed=0: Guide(), raising=False)
+    monkeypatch.setattr(sample, "boundary_samples", boundary_samples, raising=False)
+
+
+def test_soft_labels_come_from_the_labeller_and_sum_to_one():
+    class Labeller:
+        def logits(self, images):
+            return np.log(np.tile(np.arange(1, 11, dtype=np.float64), (len(images), 1)))
+
+    soft = experiment.soft_labels(Labeller(), np.zeros((3, 28, 28, 1), np.uint8))
+    assert np.allclose(soft.sum(1), 1) and np.allclose(soft[0], np.arange(1, 11) / 55, atol=1e-6)
+
+
 def test_every_section_runs_end_to_end_and_no_test_digit_trains_anything(tmp_path, monkeypatch, digits, small_space):
     # (small_space: the session's one UMAP fit, which compiles umap's kernels for the fits here too)
     tiny = dict(TRAIN_FLAGS=("--steps", "2", "--per-class", "20", "--save-every", "2", "--warmup", "1",
                              "--root", str(tmp_path / "data")),
                 SAMPLER=dict(experiment.SAMPLER, steps=2), CLASSIFIER_ARGS={"steps": 2}, SEEDS=(0, 1), N_EVAL=20,
                 FLOOR_PER_CLASS=2, CURVE_WEIGHTS=(1.0, 2.0), CURVE_N=10, N_BOOT=2, PER_REFERENCE=2, PAIRS=((4, 9),), WALKS=2, POINTS=3, SCARCE=(10,),
-                AUGMENT_REPLICATES=((0, 0), (0, 1)), VAL_PER_CLASS=5, N_PAIRS=2, N_AUGMENT=10)
+                AUGMENT_REPLICATES=((0, 0), (0, 1)), VAL_PER_CLASS=5, N_PAIRS=2, N_AUGMENT=10,
+                AUGMENT_SWEEP=(6,), AUGMENT_STEPS=2)
     for name, value in tiny.items():
         monkeypatch.setattr(experiment, name, value)
+    fake_boundary(monkeypatch)
     monkeypatch.setattr(train, "write_grid", lambda run, step: None)  # figures tested elsewhere: not needed here
     monkeypatch.setattr(experiment, "plot_positions", lambda *args: None)
     seen = []  # every classifier's training images, every diffusion model (its images and feature space)
@@ -200,12 +231,21 @@ def test_every_section_runs_end_to_end_and_no_test_digit_trains_anything(tmp_pat
     assert set(between) == set(experiment.METHODS) and results["between"]["best_method"] in experiment.METHODS
     walk = np.load(out / "between" / "position-alone-on-data-4-9" / "samples.npz")
     assert walk["walk"].tolist() == [0, 0, 0, 1, 1, 1] and walk["s"].tolist() == [0, 0.5, 1] * 2
-    assert results["augment"]["method"] == results["between"]["best_method"]
-    gain = results["augment"]["sizes"]["10"]["gain_over_real"]["boundary"]
-    assert len(gain["values"]) == 2
+    a = results["augment"]
+    assert a["method"] == "fake-crossing"
+    for r in a["sizes"]["10"]["replicates"].values():  # every arm: the same images added, the same real passes
+        arms = [k for k in r["added"] if k != "real only" and "@" not in k]
+        assert {r["added"][k] for k in arms} == {10} and len(set(r["real_passes"].values())) == 1
+        assert {"scarce boundary soft @6", "full ordinary soft @6", "more real", "mixup", "classic"} <= set(r["added"])
+    gain = a["sizes"]["10"]["gain_over_real"]["scarce boundary soft"]
+    assert gain["n"] == 2 and gain["low"] <= gain["mean"] <= gain["high"]
+    assert set(a["sizes"]["10"]["boundary_over_ordinary"]) == {"scarce ordinary soft", "full ordinary soft",
+                                                                "scarce ordinary soft @6", "full ordinary soft @6"}
+    kept = np.load(out / "augment" / "scarce10-d0-s0-scarce-boundary" / "samples.npz")
+    assert kept["soft"].shape == (10, 10) and np.allclose(kept["soft"].sum(1), 1) and (kept["labels"] >= 0).all()
     tables = (out / "tables.md").read_text()
     assert "noise floor" in tables and "Best method" in tables and "confused pairs" in tables
-    for figure in ("compare/class_grids.png", "compare/guidance_curve.png", "between/walks_p_b.png",
+    for figure in ("augment.png", "compare/class_grids.png", "compare/guidance_curve.png", "between/walks_p_b.png",
                    "between/soft-labels.png", "control/label-pos-s0.png"):
         assert os.path.getsize(out / figure) > 0
 
