@@ -44,17 +44,25 @@ Four sections, each a function below, each answering one question of PAPER.md:
             nearest-training distance per point against test digits' own,
             diversity at the midpoint, and issue 16's success criterion
             (`boundary_success`), printed yes / no.
-  augment   Does generated data help a scarce-data classifier? 10 and 20 real
-            training digits per class, three draws of them (data seeds 0, 1,
-            2), each with a label+pos model trained on them alone (with
-            independent condition dropout it is also their label model: the
-            position dropped); the scarce classifier's most confused class
-            pairs, found on a validation split of other training digits
-            (never the test digits); the classifier trained on the real digits
-            alone, plus label-model samples, plus label-model samples of the
-            confused classes, plus boundary samples between the confused pairs
-            made by the best walk method of `between`; accuracy on the test
-            digits, and the gain over real only with its interval.
+  augment   At an equal number of added images, do boundary samples with soft
+            labels raise a scarce classifier's test accuracy more than
+            ordinary generated samples with soft labels? 10 and 20 real
+            training digits per class, five draws (data seeds 0-4); the
+            scarce classifier's confused pairs found on a validation split of
+            other training digits. Arms, each adding N_AUGMENT images, each
+            300 classifier steps with half of every batch real digits (so the
+            same passes over them): real only; classic augmentation (elastic,
+            rotation, shift); mixup of real A/B pairs; N more real digits (the
+            positive control); from each of two generators (a label+pos model
+            trained on the scarce digits alone, and compare's label+pos on all
+            4,000) ordinary samples (fresh references, w = ORDINARY_W) and
+            boundary samples (sample.boundary_samples at each walk's own
+            crossing s*), each with hard labels and with soft labels from a
+            labeller trained on the scarce real digits only; the soft arms
+            also at AUGMENT_SWEEP images. Test accuracy, accuracy on the
+            confused pairs' classes, ECE; paired gains over real only and
+            boundary minus ordinary with 95% t-intervals over draws; the
+            distribution of s*. Runs on its own (no need of `between`).
 
 Outputs: --out (results/experiment/) gets results.json (every per-seed number),
 tables.md (every table, as printed), the figures, and every scored set as
