@@ -65,17 +65,25 @@ Four sections, each a function below, each answering one question of PAPER.md:
             80,000 network rows (1 per image at w = 1, 2 with label or
             position guidance, 3 with composition) at about 0.025 s each:
             about 33 min, plus 9 guide members and 2 classifiers (3 min).
-  augment   Does generated data help a scarce-data classifier? 10 and 20 real
-            training digits per class, three draws of them (data seeds 0, 1,
-            2), each with a label+pos model trained on them alone (with
-            independent condition dropout it is also their label model: the
-            position dropped); the scarce classifier's most confused class
-            pairs, found on a validation split of other training digits
-            (never the test digits); the classifier trained on the real digits
-            alone, plus label-model samples, plus label-model samples of the
-            confused classes, plus boundary samples between the confused pairs
-            made by the best walk method of `between`; accuracy on the test
-            digits, and the gain over real only with its interval.
+  augment   At an equal number of added images, do boundary samples with soft
+            labels raise a scarce classifier's test accuracy more than
+            ordinary generated samples with soft labels? 10 and 20 real
+            training digits per class, five draws (data seeds 0-4); the
+            scarce classifier's confused pairs found on a validation split of
+            other training digits. Arms, each adding N_AUGMENT images, each
+            300 classifier steps with half of every batch real digits (so the
+            same passes over them): real only; classic augmentation (elastic,
+            rotation, shift); mixup of real A/B pairs; N more real digits (the
+            positive control); from each of two generators (a label+pos model
+            trained on the scarce digits alone, and compare's label+pos on all
+            4,000) ordinary samples (fresh references, w = ORDINARY_W) and
+            boundary samples (sample.boundary_samples at each walk's own
+            crossing s*), each with hard labels and with soft labels from a
+            labeller trained on the scarce real digits only; the soft arms
+            also at AUGMENT_SWEEP images. Test accuracy, accuracy on the
+            confused pairs' classes, ECE; paired gains over real only and
+            boundary minus ordinary with 95% t-intervals over draws; the
+            distribution of s*. Runs on its own (no need of `between`).
 
 Outputs: --out (results/experiment/) gets results.json (every per-seed number),
 tables.md (every table, as printed), the figures, and every scored set as
@@ -107,6 +115,7 @@ about 15 minutes.
 import argparse
 import dataclasses
 import hashlib
+import io
 import json
 import os
 import sys
@@ -154,12 +163,16 @@ WALKS, POINTS = 20, 9  # walks per pair and method; points per walk (odd: s = 0.
 WALK_SEED = 0
 POS_GUIDANCE = {"label": 1.0, "pos": 3.0}  # per-condition guidance: out(label) + 3 (out(label, pos) - out(label))
 SCARCE = (10, 20)  # real training digits per class in the augmentation experiment
-AUGMENT_REPLICATES = ((0, 0), (1, 1), (2, 2))  # (data seed: which scarce digits, seed: generation and classifier)
+AUGMENT_REPLICATES = tuple((d, d) for d in range(5))  # (data seed: which scarce digits, seed: generation and classifier)
 VAL_PER_CLASS = 50  # validation digits per class (training digits outside the scarce set) to find confusions
-N_PAIRS = 3  # confused class pairs that get boundary samples
-N_AUGMENT = 500  # generated digits added per kind
-BOUNDARY_S = (0.2, 0.45)  # a boundary sample's place on its walk, on its own class's side of the midpoint
-BOUNDARY_PER_WALK = 5  # boundary samples per walk (each with its own noise and s)
+N_PAIRS = 3  # confused class pairs that get boundary samples (and mixup)
+N_AUGMENT = 500  # images added in every arm
+AUGMENT_SWEEP = (200, 1000)  # further numbers added, for the arms of the question (ordinary / boundary, soft labels)
+ORDINARY_W = 1.5  # the ordinary samples' guidance: not the narrowest w of the guidance curve
+AUGMENT_STEPS, AUGMENT_BATCH, REAL_SHARE = 300, 64, 0.5  # every arm: 300 steps, half of each batch real digits
+LABELLER_SEED = 100  # the soft-label classifier: the scarce real digits only, a seed no arm's classifier has
+GENERATORS = ("scarce", "full")  # (i) label+pos trained on the scarce digits, (ii) compare's on all 4,000
+BOUNDARY_ROUNDS = 3  # rounds of walks asked for until a boundary set has its count of crossed walks
 KID_SUBSETS = 100  # KID's subsets of min(1000, N) rows (torch-fidelity's defaults; N = 1000: the whole sets)
 SETS_VERSION = 1  # part of every kept set's key: raise it when the way sets are made changes
 SECTIONS = ("compare", "control", "between", "augment")
@@ -762,20 +775,6 @@ def control_summary(m: dict) -> dict:
 # ---------------------------------------------------------------------------
 # 3. Class-boundary samples: each walk's own crossing (sample.boundary_samples), read by readers that did not choose it
 # ---------------------------------------------------------------------------
-# The walk methods of the previous protocol, kept for augment's scarce_method: (model stem, walk label, path, guidance).
-METHODS = {
-    "label fixed": ("label-pos", "fixed", "line", None),
-    "per-condition guidance": ("label-pos", "fixed", "line", POS_GUIDANCE),
-    "position alone": ("label-pos", "none", "line", None),
-    "soft labels": ("label", "soft", "line", None),
-    "on-data positions": ("label-pos", "fixed", "features", None),
-    "per-condition guidance, on data": ("label-pos", "fixed", "features", POS_GUIDANCE),
-    "position alone, on data": ("label-pos", "none", "features", None),
-    "soft label and position, on data": ("label-pos", "soft", "features", None),
-    "pos model": ("pos", "none", "line", None),
-    "pos model, on data": ("pos", "none", "features", None),
-}
-WALK_METHOD_OF = {"soft": "soft labels", "position": "position alone", "compose": "soft labels"}  # for augment
 # The interval of noise levels sigma_t = sqrt((1 - abar_t) / abar_t) where the middle-range variant guides
 # (Kynkaanniemi et al. 2024, their EDM interval); sampler key "guidance_interval" of ddpm.Diffusion.sample.
 GUIDANCE_INTERVAL = (0.28, 5.42)
@@ -918,7 +917,6 @@ def between(ctx: Context) -> dict:
     result["works_on_pairs"] = {m: sum(p["success"] for p in ps.values()) for m, ps in result["methods"].items()}
     result["best"] = best_method(result["methods"])
     result["best_boundary_method"] = methods[result["best"]][0]
-    result["best_method"] = WALK_METHOD_OF[result["best_boundary_method"]]  # what augment's scarce_method reads
     walk_figure(ctx, result, kept_parts, pairs)
     return result
 
@@ -965,11 +963,11 @@ def walk_figure(ctx: Context, result: dict, parts: dict, pairs: list) -> None:
 # ---------------------------------------------------------------------------
 # 4. Does generated data help a scarce-data classifier?
 # ---------------------------------------------------------------------------
-def scarce_method(method: str) -> tuple[str, str, float | dict | None, bool]:
-    """A walk method as a scarce label+pos model does it: (label, path, guidance, drop pos). Independent
-    condition dropout makes that model a label model too (pos dropped) and a position model (label dropped)."""
-    stem, label, path, guidance = METHODS[method]
-    return label, path, guidance, stem == "label"
+def scarce_method(method: str) -> str:
+    """The boundary search's method name for the augmentation arms (sample.BOUNDARY_METHODS), checked."""
+    if method not in sample.BOUNDARY_METHODS:
+        sys.exit(f"experiment.py: {method} is not a boundary method; use one of {', '.join(sample.BOUNDARY_METHODS)}")
+    return method
 
 
 def soft_confusion(prob: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -985,104 +983,228 @@ def confused_pairs(confusion: np.ndarray, count: int) -> list[tuple[int, int]]:
 
 
 def boundary_set(run: sample.Run, method: str, pairs: list, count: int, seed: int) -> dict:
-    """`count` samples between the class pairs: on walks from a class-A to a class-B training digit (A and B in
-    turn for each pair) at s ~ U(BOUNDARY_S), A's side of the midpoint, so each stands for class A."""
-    label, path, guidance, drop_pos = scarce_method(method)
-    rng = np.random.default_rng(seed)
-    parts = []
-    for walk in range(count // BOUNDARY_PER_WALK):
-        a, b = pairs[walk % len(pairs)][::1 if walk // len(pairs) % 2 == 0 else -1]
-        ref_a, ref_b = sample.walk_endpoints(run, a, b, path, rng)
-        s = np.sort(rng.uniform(*BOUNDARY_S, BOUNDARY_PER_WALK)).astype(np.float32)
-        cond = sample.walk_conditions(run, ref_a, ref_b, s, label, a, path)
-        if drop_pos:
-            cond.pop("pos")
-        parts.append(dict(cond=cond, labels=np.full(len(s), a), walk=np.full(len(s), walk), s=s,
-                          endpoints=np.tile([ref_a, ref_b], (len(s), 1))))
-    cond = {name: np.concatenate([p["cond"][name] for p in parts]) for name in parts[0]["cond"]}
-    n = sum(len(p["s"]) for p in parts)
-    chosen = sampler(sample.walk_guidance(list(cond), label, guidance))
-    return dict(images=sample.generate(run, n, cond, chosen, seed), cond=cond,
-                reference=np.full(n, -1), **{k: np.concatenate([p[k] for p in parts]) for k in ("labels", "walk", "s",
-                                                                                                  "endpoints")})
+    """`count` boundary samples (sample.boundary_samples: one per walk that crossed, at the walk's own crossing s*
+    of the guide's P(B) = 0.5), the pairs' two directions in turn, each labelled with its walk's start class A.
+    Walks that never cross are asked for again (BOUNDARY_ROUNDS rounds at most) and counted in `crossed`."""
+    directions = [d for a, b in pairs for d in ((a, b), (b, a))]
+    guide = sample.boundary_guide(run, seed=seed)
+    parts, crossed, have = [], [], 0
+    for round_ in range(BOUNDARY_ROUNDS):
+        walks = -(-(count - have) // len(directions))  # walks per direction still wanted, rounded up
+        for i, (a, b) in enumerate(directions):
+            part = sample.boundary_samples(run, a, b, walks, method=method, seed=seed + 1000 * round_ + i,
+                                           guide=guide, sampler=SAMPLER)
+            crossed.append(np.asarray(part.pop("crossed"), bool))
+            parts.append(part)
+            have += len(part["labels"])
+        if have >= count:
+            break
+    if have < count:
+        sys.exit(f"experiment.py: only {have} of {count} boundary walks crossed on {run.dir}; raise BOUNDARY_ROUNDS")
+    fields = ("images", "labels", "reference", "walk", "s", "endpoints", "prob", "width")
+    out = {k: np.concatenate([p[k] for p in parts]) for k in fields}
+    out["cond"] = {name: np.concatenate([p["cond"][name] for p in parts]) for name in parts[0]["cond"]}
+    keep = np.random.default_rng(seed).permutation(have)[:count]  # every direction in about equal shares
+    out = {k: (v[keep] if k != "cond" else {n: c[keep] for n, c in v.items()}) for k, v in out.items()}
+    out["crossed_share"] = float(np.concatenate(crossed).mean())
+    return out
 
 
-def label_mode_set(run: sample.Run, want: np.ndarray, seed: int) -> dict:
-    """Samples of the classes `want` from a label+pos model with its position dropped: its label model."""
-    cond = {"label": np.asarray(want, np.int64)}
-    return dict(images=sample.generate(run, len(want), cond, sampler(guidance_at(cond)), seed), labels=cond["label"],
-                reference=np.full(len(want), -1), cond=cond)
+def label_mode_set(run: sample.Run, want: np.ndarray, seed: int, w: float = ORDINARY_W) -> dict:
+    """Ordinary samples of the classes `want` from a label+pos model, each with a fresh reference: a random
+    training digit of its class (sample.reference_of_each over the generator's own training digits), at w."""
+    want = np.asarray(want, np.int64)
+    reference = sample.reference_of_each(run.labels, want, np.random.default_rng(seed))
+    cond = sample.request_conditions(run, want, run.images[reference], reference)
+    return dict(images=sample.generate(run, len(want), cond, sampler(guidance_at(list(cond), w)), seed), labels=want,
+                reference=np.asarray(reference, np.int64), cond=cond)
 
 
-def augment_replicate(ctx: Context, run: sample.Run, per_class: int, data_seed: int, seed: int, method: str) -> dict:
-    """One scarce set, one seed: the confused pairs, the generated sets, and the classifier's test accuracy with each."""
-    digits, scorer = ctx.digits, ctx.scorer
-    scarce = digits.scarce(per_class, data_seed)
-    if not np.array_equal(digits.images[scarce], run.images):  # the model trained on exactly these digits
+def soft_labels(labeller: classifier.FeatureNetwork, images: np.ndarray) -> np.ndarray:
+    """The labeller's softmax (N, 10) float32, rows summing to 1."""
+    prob = scipy.special.softmax(labeller.logits(images), axis=1)
+    return (prob / prob.sum(1, keepdims=True)).astype(np.float32)
+
+
+def kept_augment_set(directory: str, key: dict, make, labeller: classifier.FeatureNetwork) -> dict:
+    """kept_set with the soft labels of `labeller` kept next to the hard ones: samples.npz gains `soft` (N, 10)."""
+    npz, meta = os.path.join(directory, "samples.npz"), os.path.join(directory, "set.json")
+    key = json.loads(json.dumps(key))
+    if os.path.exists(npz) and os.path.exists(meta):
+        with open(meta) as f:
+            if json.load(f) == key:
+                with np.load(npz, allow_pickle=False) as kept:
+                    extra = {k: kept[k] for k in ("soft", "crossed_share", "prob", "width") if k in kept.files}
+                return {**load_part(npz), **extra}
+    part = make()
+    part["soft"] = soft_labels(labeller, part["images"])
+    with np.load(io.BytesIO(sample.samples_npz(part)), allow_pickle=False) as f:
+        arrays = {k: f[k] for k in f.files}
+    arrays.update({k: np.asarray(part[k]) for k in ("soft", "crossed_share", "prob", "width") if k in part})
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    write_atomically(npz, lambda f: f.write(buffer.getvalue()))
+    write_atomically(meta, lambda f: f.write(json.dumps(key, indent=1).encode()))  # last: the set is complete
+    return part
+
+
+def one_hot(labels: np.ndarray) -> np.ndarray:
+    return np.eye(10, dtype=np.float32)[np.asarray(labels)]
+
+
+def fit(real: np.ndarray, real_labels: np.ndarray, added: np.ndarray | None, added_targets: np.ndarray | None,
+        seed: int) -> tuple[classifier.FeatureNetwork, float]:
+    """One arm's classifier and its passes over the real digits: AUGMENT_STEPS steps, a share REAL_SHARE of each
+    batch real digits (real only: batches of that many real digits alone), so every arm sees them equally often.
+    Targets: (N, 10) probabilities (hard labels one-hot)."""
+    real_rows = int(round(REAL_SHARE * AUGMENT_BATCH))
+    if added is None:
+        net = classifier.train_classifier(real, one_hot(real_labels), num_classes=10, steps=AUGMENT_STEPS,
+                                          batch_size=real_rows, seed=seed)
+        return net, classifier.real_passes(AUGMENT_STEPS, real_rows, len(real), 1.0)
+    targets = added_targets if added_targets.ndim == 2 else one_hot(added_targets)
+    net = classifier.train_classifier(np.concatenate([real, added]), np.concatenate([one_hot(real_labels), targets]),
+                                      num_classes=10, steps=AUGMENT_STEPS, batch_size=AUGMENT_BATCH, seed=seed,
+                                      real_count=len(real), real_share=REAL_SHARE)
+    return net, classifier.real_passes(AUGMENT_STEPS, AUGMENT_BATCH, len(real), REAL_SHARE)
+
+
+def test_measures(net: classifier.FeatureNetwork, scorer: "Scorer", confused_classes: list) -> dict:
+    """Test accuracy, accuracy on the test digits of the confused pairs' classes, and ECE (metrics.py)."""
+    prob = scipy.special.softmax(net.logits(scorer.test_images), axis=1)
+    right = prob.argmax(1) == scorer.test_labels
+    confused = np.isin(scorer.test_labels, confused_classes)
+    return dict(all=float(right.mean()), confused_pairs=float(right[confused].mean()),
+                ece=float(metrics.expected_calibration_error(prob, scorer.test_labels)))
+
+
+def generators(ctx: Context, per_class: int, data_seed: int, seed: int) -> dict:
+    """(i) "scarce": label+pos trained on this scarce set; (ii) "full": compare's label+pos on all 4,000 digits."""
+    run = trained(ctx.runs, f"scarce{per_class}-d{data_seed}-label-pos", "--cond", "label+pos",
+                  "--per-class", str(per_class), "--data-seed", str(data_seed), "--seed", str(data_seed))
+    if not np.array_equal(ctx.digits.images[ctx.digits.scarce(per_class, data_seed)], run.images):
         sys.exit(f"experiment.py: {run.dir} was not trained on the scarce set it is named after; move it away")
-    real = train_classifier(run.images, run.labels, seed)
-    validation = digits.validation(per_class, data_seed)
-    prob = scipy.special.softmax(real.logits(digits.images[validation]), axis=1)
+    return {"scarce": run, "full": ctx.model("label-pos", SEEDS[seed % len(SEEDS)])}
+
+
+def augment_replicate(ctx: Context, per_class: int, data_seed: int, seed: int, method: str) -> dict:
+    """One scarce set, one seed: every arm at N_AUGMENT added images (the question's arms also at AUGMENT_SWEEP),
+    each arm's test measures and passes over the real digits, and the crossings s* of the boundary walks."""
+    digits, scorer = ctx.digits, ctx.scorer
+    scarce, validation = digits.scarce(per_class, data_seed), digits.validation(per_class, data_seed)
+    real, labels = digits.images[scarce], digits.labels[scarce]
+    labeller = classifier.train_classifier(real, labels, num_classes=10, seed=LABELLER_SEED)  # real digits only
+    base, passes = fit(real, labels, None, None, seed)
+    prob = scipy.special.softmax(base.logits(digits.images[validation]), axis=1)
     pairs = confused_pairs(soft_confusion(prob, digits.labels[validation]), N_PAIRS)
     confused_classes = sorted({c for p in pairs for c in p})
+    out = {"pairs": [list(p) for p in pairs], "accuracy": {"real only": test_measures(base, scorer, confused_classes)},
+           "real_passes": {"real only": passes}, "added": {"real only": 0}, "crossing": {}, "crossed_share": {}}
+
+    def arm(name: str, images: np.ndarray, targets: np.ndarray) -> None:
+        net, out["real_passes"][name] = fit(real, labels, images, targets, seed)
+        out["accuracy"][name], out["added"][name] = test_measures(net, scorer, confused_classes), len(images)
 
     def where(kind: str) -> str:
         return os.path.join(ctx.out, "augment", f"scarce{per_class}-d{data_seed}-s{seed}-{kind}")
 
-    balanced = np.repeat(np.arange(10), N_AUGMENT // 10)
-    boundary = kept_set(where("boundary"), set_key(run, method=method, pairs=pairs, n=N_AUGMENT, seed=seed,
-                                                   s=BOUNDARY_S, sampler=SAMPLER),
-                        lambda: boundary_set(run, method, pairs, N_AUGMENT, seed))
-    sets = {
-        "label model": kept_set(where("label-model"), set_key(run, kind="label", want=balanced.tolist(), seed=seed,
-                                                              sampler=sampler(guidance_at(["label"]))),
-                                lambda: label_mode_set(run, balanced, seed)),
-        "label model, confused classes": kept_set(
-            where("label-model-confused"), set_key(run, kind="label", want=boundary["labels"].tolist(), seed=seed,
-                                                   sampler=sampler(guidance_at(["label"]))),
-            lambda: label_mode_set(run, boundary["labels"], seed)),
-        "boundary": boundary,
-    }
-    confused_test = np.isin(scorer.test_labels, confused_classes)
-
-    def accuracy(net) -> dict:
-        predicted = net.logits(scorer.test_images).argmax(1)
-        return dict(all=float((predicted == scorer.test_labels).mean()),
-                    confused_classes=float((predicted == scorer.test_labels)[confused_test].mean()))
-
-    out = {"pairs": [list(p) for p in pairs], "validation_accuracy": float((prob.argmax(1) == digits.labels[validation]).mean()),
-           "accuracy": {"real only": accuracy(real)}, "generated": {}}
-    for kind, part in sets.items():
-        net = train_classifier(np.concatenate([run.images, part["images"]]),
-                               np.concatenate([run.labels, part["labels"]]), seed)
-        out["accuracy"][kind] = accuracy(net)
-        out["generated"][kind] = {k: v for k, v in flat(scorer.score(part["images"], part["labels"], run.images)[0]).items()
-                                  if k in ("accuracy", "fid", "diversity", "mem_features_median_ratio",
-                                           "mem_features_near_copy_share")}
+    arm("classic", (moved := classifier.classic_augment(real, N_AUGMENT, seed))[0], labels[moved[1]])
+    arm("mixup", *classifier.mixup_pairs(real, labels, pairs, N_AUGMENT, seed=seed))
+    outside = np.setdiff1d(digits.train, np.concatenate([scarce, validation]))
+    more = digits.per_class(outside, N_AUGMENT // 10, data_seed)
+    arm("more real", digits.images[more], digits.labels[more])
+    largest = max((N_AUGMENT, *AUGMENT_SWEEP))
+    for gen, run in generators(ctx, per_class, data_seed, seed).items():
+        boundary = kept_augment_set(where(f"{gen}-boundary"), set_key(
+            run, method=method, pairs=pairs, n=largest, seed=seed, sampler=SAMPLER, labeller=LABELLER_SEED),
+            lambda: boundary_set(run, method, pairs, largest, seed), labeller)
+        ordinary = kept_augment_set(where(f"{gen}-ordinary"), set_key(
+            run, kind="label+pos, fresh references", want=boundary["labels"].tolist(), seed=seed, w=ORDINARY_W,
+            sampler=SAMPLER, labeller=LABELLER_SEED), lambda: label_mode_set(run, boundary["labels"], seed), labeller)
+        out["crossing"][gen] = boundary["s"].tolist()
+        out["crossed_share"][gen] = float(boundary.get("crossed_share", float("nan")))
+        for n in (N_AUGMENT, *AUGMENT_SWEEP):
+            rows = np.random.default_rng(seed).permutation(largest)[:n]  # the same rows for both kinds
+            for kind, part in (("ordinary", ordinary), ("boundary", boundary)):
+                suffix = "" if n == N_AUGMENT else f" @{n}"
+                arm(f"{gen} {kind} soft{suffix}", part["images"][rows], part["soft"][rows])
+                if n == N_AUGMENT:
+                    arm(f"{gen} {kind} hard", part["images"][rows], part["labels"][rows])
     return out
 
 
-def augment(ctx: Context, method: str) -> dict:
-    result = {"method": method, "sizes": {}}
+def paired(replicates: dict, a: str, b: str, measure: str = "all") -> dict:
+    """mean and 95% t-interval over draws of the paired difference arm a - arm b (metrics.paired_t_interval)."""
+    x = [r["accuracy"][a][measure] for r in replicates.values()]
+    y = [r["accuracy"][b][measure] for r in replicates.values()]
+    mean, low, high = metrics.paired_t_interval(x, y)
+    return dict(mean=mean, low=low, high=high, n=len(x))
+
+
+def augment_minutes() -> float:
+    """The section's time from nothing on a 2-core CPU, from its counts: a scarce generator 3.5 min (600 steps),
+    1,000 ordinary samples 43 s, 100 boundary samples 2 min, a classifier about 5 s."""
+    draws, largest = len(SCARCE) * len(AUGMENT_REPLICATES), max((N_AUGMENT, *AUGMENT_SWEEP))
+    arms = 5 + len(GENERATORS) * (4 + 2 * len(AUGMENT_SWEEP))
+    return draws * (3.5 + len(GENERATORS) * (largest / 1000 * 43 / 60 + largest / 100 * 2) + arms * 5 / 60)
+
+
+def augment(ctx: Context, method: str | None = None) -> dict:
+    """Section 4: every arm on every scarce draw (kept per draw), paired gains, crossings, figure. method: the
+    boundary search's (None: sample.DEFAULT_BOUNDARY_METHOD)."""
+    method = scarce_method(sample.DEFAULT_BOUNDARY_METHOD if method is None else method)
+    result = {"method": method, "ordinary_w": ORDINARY_W, "n": N_AUGMENT, "sweep": list(AUGMENT_SWEEP), "sizes": {}}
     for per_class in SCARCE:
         replicates = {}
         for data_seed, seed in AUGMENT_REPLICATES:
-            run = trained(ctx.runs, f"scarce{per_class}-d{data_seed}-label-pos", "--cond", "label+pos",
-                          "--per-class", str(per_class), "--data-seed", str(data_seed), "--seed", str(data_seed))
-            key = dict(run_id=run.config["run_id"], steps=run.config["settings"]["steps"], method=method,
-                       sampler=SAMPLER, classifier=CLASSIFIER_ARGS, n=N_AUGMENT, pairs=N_PAIRS, version=SETS_VERSION,
-                       validation=VAL_PER_CLASS)
+            key = dict(method=method, sampler=SAMPLER, n=N_AUGMENT, sweep=AUGMENT_SWEEP, pairs=N_PAIRS,
+                       version=SETS_VERSION, validation=VAL_PER_CLASS, steps=AUGMENT_STEPS, batch=AUGMENT_BATCH,
+                       share=REAL_SHARE, labeller=LABELLER_SEED, w=ORDINARY_W, generators=GENERATORS)
             path = os.path.join(ctx.out, "augment", f"scarce{per_class}-d{data_seed}-s{seed}.json")
             replicates[f"d{data_seed}-s{seed}"] = kept_json(path, key, lambda: augment_replicate(
-                ctx, run, per_class, data_seed, seed, method))
+                ctx, per_class, data_seed, seed, method))
             print(per_class, data_seed, seed, json.dumps(replicates[f"d{data_seed}-s{seed}"]["accuracy"]), flush=True)
-        kinds = list(next(iter(replicates.values()))["accuracy"])
-        result["sizes"][str(per_class)] = dict(replicates=replicates, summary={
-            kind: {measure: spread([r["accuracy"][kind][measure] for r in replicates.values()]) for measure in
-                   ("all", "confused_classes")} for kind in kinds}, gain_over_real={
-            kind: spread([r["accuracy"][kind]["all"] - r["accuracy"]["real only"]["all"] for r in replicates.values()])
-            for kind in kinds[1:]})
+        arms = list(next(iter(replicates.values()))["accuracy"])
+        result["sizes"][str(per_class)] = dict(
+            replicates=replicates,
+            summary={arm: {m: spread([r["accuracy"][arm][m] for r in replicates.values()])
+                           for m in ("all", "confused_pairs", "ece")} for arm in arms},
+            gain_over_real={arm: paired(replicates, arm, "real only") for arm in arms[1:]},
+            gain_over_real_confused={arm: paired(replicates, arm, "real only", "confused_pairs") for arm in arms[1:]},
+            boundary_over_ordinary={name: paired(replicates, name.replace(" ordinary", " boundary"), name)
+                                    for name in arms if " ordinary soft" in name},
+            crossing={gen: dict(zip(("q10", "q50", "q90"), np.quantile(
+                np.concatenate([r["crossing"][gen] for r in replicates.values()]), [0.1, 0.5, 0.9]).tolist()))
+                for gen in GENERATORS})
+    augment_figure(ctx, result)
     return result
+
+
+def augment_figure(ctx: Context, result: dict) -> None:
+    """gain over real only per arm, with 95% t-intervals over draws (one panel per scarce size), and the
+    distribution of the boundary walks' crossings s*."""
+    import matplotlib.pyplot as plt
+    sizes = list(result["sizes"])
+    figure, axes = plt.subplots(1, len(sizes) + 1, figsize=(6 * len(sizes) + 4, 5), squeeze=False)
+    for ax, size in zip(axes[0], sizes):
+        gains = result["sizes"][size]["gain_over_real"]
+        names = list(gains)
+        mean = np.array([gains[n]["mean"] for n in names]) * 100
+        err = np.array([[gains[n]["mean"] - gains[n]["low"], gains[n]["high"] - gains[n]["mean"]] for n in names]).T * 100
+        ax.barh(range(len(names)), mean, xerr=err, color="tab:blue", alpha=0.7)
+        ax.axvline(0, color="k", lw=0.8)
+        ax.set_yticks(range(len(names)), names, fontsize=7)
+        ax.set_xlabel("test accuracy gain over real only (points, 95% t-interval)")
+        ax.set_title(f"{size} real digits per class")
+    ax = axes[0][-1]
+    for size in sizes:
+        for gen in GENERATORS:
+            s = np.concatenate([r["crossing"][gen] for r in result["sizes"][size]["replicates"].values()])
+            ax.hist(s, bins=20, range=(0, 1), histtype="step", label=f"{size}/class, {gen} generator")
+    ax.set_xlabel("crossing s* (guide's P(B) = 0.5)")
+    ax.legend(fontsize=7)
+    figure.tight_layout()
+    write_figure(os.path.join(ctx.out, "augment.png"), figure)
 
 
 # ---------------------------------------------------------------------------
@@ -1220,8 +1342,7 @@ def between_tables(b: dict) -> list[str]:
                         f"{cell(p['nn_ratio_median'])} | {'yes' if p['success'] else 'no'} |")
     text += ["", "Works (the criterion on at least three pairs): " + ", ".join(
         f"{m} {'yes' if n >= 3 else 'no'} ({n} of {len(b['pairs'])})" for m, n in b["works_on_pairs"].items()),
-        f"Best method: {b['best']} (sample.py --boundary-method {b['best_boundary_method']}; augment's walk method: "
-        f"{b['best_method']})", "", "Held-out test digits of A and B the evaluator finds ambiguous (min(P(A), P(B)) >= 0.2):",
+        f"Best method: {b['best']} (sample.py --boundary-method {b['best_boundary_method']})", "", "Held-out test digits of A and B the evaluator finds ambiguous (min(P(A), P(B)) >= 0.2):",
         "", "| pair | test digits of A and B | ambiguous share | the most ambiguous (min) |", "|---|---|---|---|"]
     for pair, r in b["real"].items():
         text.append(f"| {pair} | {r['n']} | {100 * r['share']:.1f}% | {' '.join(f'{v:.2f}' for v in r['most_min'])} |")
@@ -1229,17 +1350,32 @@ def between_tables(b: dict) -> list[str]:
 
 
 def augment_tables(a: dict) -> list[str]:
-    text = [f"Boundary samples by: {a['method']}. Test accuracy (1,000 test digits), mean ± std [95% t-interval] over "
-            f"replicates {', '.join(f'(data seed {d}, seed {s})' for d, s in AUGMENT_REPLICATES)}", "",
-            "| real digits per class | training data | test accuracy | gain over real only | accuracy on the confused classes |",
-            "|---|---|---|---|---|"]
+    def interval(m: dict) -> str:
+        return f"{100 * m['mean']:+.1f} pts [{100 * m['low']:+.1f}, {100 * m['high']:+.1f}]"
+
+    text = [f"Every arm adds {a['n']} images (the question's arms also {', '.join(map(str, a['sweep']))}) and makes the "
+            f"same passes over the real digits ({AUGMENT_STEPS} steps, {100 * REAL_SHARE:.0f}% of each batch real). "
+            f"Boundary samples: {a['method']}, at each walk's own crossing; ordinary samples: label+pos with fresh "
+            f"references at w = {a['ordinary_w']:g}; soft labels: a classifier of the real digits alone (seed "
+            f"{LABELLER_SEED}). Generators: scarce (trained on the scarce digits), full (on all 4,000). Mean ± std over "
+            f"{len(AUGMENT_REPLICATES)} draws; gains: paired differences with 95% t-intervals over draws.", "",
+            "| real digits per class | arm | test accuracy | gain over real only | confused pairs | gain on confused pairs | ECE |",
+            "|---|---|---|---|---|---|---|"]
     for size, m in a["sizes"].items():
-        for kind, s in m["summary"].items():
-            gain = cell(m["gain_over_real"][kind], 1, 100, " pts") if kind in m["gain_over_real"] else ""
-            text.append(f"| {size} | {'real' if kind == 'real only' else 'real + ' + kind} | "
-                        f"{cell(s['all'], 1, 100, '%')} | {gain} | {cell(s['confused_classes'], 1, 100, '%')} |")
+        for arm, s in m["summary"].items():
+            gain = interval(m["gain_over_real"][arm]) if arm in m["gain_over_real"] else ""
+            gain_c = interval(m["gain_over_real_confused"][arm]) if arm in m["gain_over_real_confused"] else ""
+            text.append(f"| {size} | {arm} | {cell(s['all'], 1, 100, '%')} | {gain} | "
+                        f"{cell(s['confused_pairs'], 1, 100, '%')} | {gain_c} | {cell(s['ece'], 3)} |")
+        for name, d in m["boundary_over_ordinary"].items():
+            text.append(f"| {size} | boundary soft - ordinary soft ({name.replace(' ordinary soft', '')}) | | "
+                        f"{interval(d)} | | | |")
+        for gen, q in m["crossing"].items():
+            text.append(f"| {size} | crossing s* ({gen} generator): 10/50/90% | {q['q10']:.2f} / {q['q50']:.2f} / "
+                        f"{q['q90']:.2f} | | | | |")
         text.append(f"| {size} | confused pairs (validation split) | " + "; ".join(
-            f"{r}: {', '.join('-'.join(map(str, p)) for p in rep['pairs'])}" for r, rep in m["replicates"].items()) + " | | |")
+            f"{r}: {', '.join('-'.join(map(str, p)) for p in rep['pairs'])}" for r, rep in m["replicates"].items())
+            + " | | | | |")
     return text + [""]
 
 
@@ -1289,13 +1425,11 @@ def main(argv: list[str] | None = None) -> None:
     results["format"] = RESULTS_FORMAT
     if {"between", "augment"} & set(args.sections):
         check_independent_dropout()
-    if "augment" in args.sections and "between" not in args.sections and "best_method" not in results.get("between", {}):
-        sys.exit("experiment.py: augment uses the best walk method of between: run --sections between augment")
     os.makedirs(args.runs, exist_ok=True)
     digits = Digits.load()
     ctx = Context(args.runs, args.out, digits, Scorer(args.runs, digits, args.inception_weights))
     sections = {"compare": compare, "control": control, "between": between,
-                "augment": lambda c: augment(c, results["between"]["best_method"])}
+                "augment": augment}
     for name in SECTIONS:  # in this order: later sections reuse the models (and augment the walks) of earlier ones
         if name in args.sections:
             start = time.perf_counter()

@@ -437,6 +437,34 @@ def diversity_by_class(features, classes) -> float:
     return float(np.mean(per_class)) if per_class else float("nan")
 
 
+def paired_t_interval(a, b, level: float = 0.95) -> tuple[float, float, float]:
+    """(mean, low, high) of the paired differences d_i = a_i - b_i (the same draw i in both arms): the
+    Student t interval of `t_interval` on d, which removes the draw-to-draw spread the two arms share."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"paired values need the same shape, got {a.shape} and {b.shape}")
+    return t_interval(a - b, level)
+
+
+def expected_calibration_error(prob, labels, bins: int = 15) -> float:
+    """ECE (Guo et al. 2017, eq. 3): sum_m |B_m| / n |acc(B_m) - conf(B_m)| over `bins` equal-width
+    confidence bins (0, 1/M], (1/M, 2/M], ...; the confidence of a row is max_k p_k (N, K), its
+    prediction argmax_k p_k, acc and conf the bin's mean correctness and mean confidence."""
+    p, y = np.asarray(prob, np.float64), np.asarray(labels)
+    if p.ndim != 2 or y.shape != (len(p),) or len(p) == 0:
+        raise ValueError(f"prob must be (N, K) and labels (N,) with N > 0, got {p.shape} and {y.shape}")
+    if bins < 1:
+        raise ValueError(f"bins must be >= 1, got {bins}")
+    confidence, correct = p.max(1), (p.argmax(1) == y).astype(np.float64)  # (N,), (N,)
+    which = np.clip(np.ceil(confidence * bins).astype(int) - 1, 0, bins - 1)  # bin m holds ((m) / M, (m + 1) / M]
+    ece = 0.0
+    for m in range(bins):
+        inside = which == m
+        if inside.any():
+            ece += inside.mean() * abs(correct[inside].mean() - confidence[inside].mean())
+    return float(ece)
+
+
 def bootstrap_fid_ratio(real_features, features_a: list, features_b: list, n_boot: int = 200,
                         seed: int = 0, level: float = 0.95) -> tuple[float, float, float]:
     """(ratio, low, high): ratio = F_a / F_b, F = mean_r FID(real, x_r) over the replicates (seeds)

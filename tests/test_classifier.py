@@ -66,3 +66,59 @@ def test_choose_device():
     else:
         with pytest.raises(ValueError, match="no such device"):
             classifier.choose_device(f"cuda:{torch.cuda.device_count()}")
+
+
+# ---------------------------------------------------------------------------
+# Training arms: soft labels, the real share per batch, classic augmentation, mixup
+# ---------------------------------------------------------------------------
+import numpy as np  # noqa: E402
+
+
+def blobs(n: int, seed: int = 0):
+    """Two classes of 28 px images: a bright square on the left (0) or on the right (1)."""
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % 2
+    x = np.zeros((n, 28, 28, 1), np.uint8)
+    for i, c in enumerate(y):
+        x[i, 8:18, (3 if c == 0 else 17):(3 if c == 0 else 17) + 8] = rng.integers(150, 256)
+    return x, y
+
+
+def test_batches_hold_the_real_share_and_equal_steps_make_equal_real_passes():
+    g = torch.Generator().manual_seed(0)
+    rows = classifier.batch_rows(100, 20, 0.5, 64, g)
+    assert (rows[:32] < 20).all() and (rows[32:] >= 20).all()
+    # the passes over the 20 real digits do not depend on how many images are added
+    assert classifier.real_passes(300, 64, 20, 0.5) == 300 * 32 / 20
+    assert (classifier.batch_rows(20, None, 0.5, 64, g) < 20).all()
+
+
+def test_soft_labels_train_and_bad_soft_labels_are_refused():
+    x, y = blobs(40)
+    soft = np.eye(2, dtype=np.float32)[y] * 0.9 + 0.05  # rows sum to 1
+    net = classifier.train_classifier(x, soft, steps=30, batch_size=16, device="cpu", real_count=20)
+    assert (net.logits(x).argmax(1) == y).mean() > 0.9
+    with pytest.raises(ValueError, match="soft labels"):
+        classifier.train_classifier(x, soft * 2, steps=1, device="cpu")
+
+
+def test_classic_augment_moves_each_source_image_a_little():
+    x, y = blobs(6)
+    out, source = classifier.classic_augment(x, 12, seed=0)
+    assert out.shape == (12, 28, 28, 1) and out.dtype == np.uint8 and np.bincount(source).tolist() == [2] * 6
+    assert not np.array_equal(out, x[source])  # moved
+    # a small move: each still nearer its own class's mean image than the other's
+    means = [x[y == c].astype(float).mean(0) for c in (0, 1)]
+    near = [np.argmin([np.abs(o.astype(float) - m).sum() for m in means]) for o in out]
+    assert (np.array(near) == y[source]).all()
+
+
+def test_mixup_pairs_mix_the_pixels_and_the_labels_alike():
+    x, y = blobs(8)
+    out, soft = classifier.mixup_pairs(x, y, [(0, 1)], 5, num_classes=3, seed=0)
+    assert out.shape == (5, 28, 28, 1) and np.allclose(soft.sum(1), 1) and (soft[:, 2] == 0).all()
+    lam = soft[:, 0]
+    # the left half holds only class 0's square, scaled by lam
+    left = out[:, 8:18, 3:11, 0].astype(float).mean((1, 2))
+    lo, hi = x[y == 0][:, 8:18, 3:11, 0].astype(float).mean((1, 2)).min(), 255
+    assert ((left >= lam * lo - 1) & (left <= lam * hi + 1)).all()

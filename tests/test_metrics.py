@@ -657,6 +657,30 @@ def test_t_interval_against_a_hand_computed_one():
         t_interval([1.0, 2.0], level=95)
 
 
+def test_paired_t_interval_against_a_hand_computed_one():
+    # a - b = (1, 2, 3, 4) while a and b themselves spread widely: the interval is that of the differences
+    a, b = [11.0, 102.0, 53.0, 1004.0], [10.0, 100.0, 50.0, 1000.0]
+    mean, low, high = metrics.paired_t_interval(a, b)
+    half = 3.182 * math.sqrt(5.0 / 3.0) / 2.0  # n = 4, s = sqrt(5/3), t_{0.975, 3} = 3.182
+    assert mean == 2.5 and low == pytest.approx(2.5 - half, rel=1e-3) and high == pytest.approx(2.5 + half, rel=1e-3)
+    with pytest.raises(ValueError, match="same shape"):
+        metrics.paired_t_interval([1.0, 2.0], [1.0, 2.0, 3.0])
+
+
+def test_expected_calibration_error_against_a_hand_computed_case():
+    # 4 rows, 2 bins (0, 0.5], (0.5, 1]: confidences 0.5, 0.5 (bin 1, both right: |1 - 0.5| = 0.5) and
+    # 0.9, 0.7 (bin 2, one right: |0.5 - 0.8| = 0.3); ECE = 2/4 * 0.5 + 2/4 * 0.3 = 0.4
+    prob = np.array([[0.5, 0.5], [0.5, 0.5], [0.9, 0.1], [0.3, 0.7]])
+    labels = np.array([0, 0, 0, 0])
+    assert metrics.expected_calibration_error(prob, labels, bins=2) == pytest.approx(0.4)
+    # perfectly calibrated: confidence 1 and always right
+    assert metrics.expected_calibration_error(np.eye(3), np.arange(3)) == 0.0
+    # confident and always wrong: ECE = 1
+    assert metrics.expected_calibration_error(np.eye(3), np.array([1, 2, 0])) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="prob"):
+        metrics.expected_calibration_error(np.ones(3), np.zeros(3))
+
+
 def test_bootstrap_fid_ratio_of_identical_and_of_shifted_sets():
     rng = np.random.default_rng(16)
     real = rng.normal(size=(400, 4))
