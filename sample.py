@@ -606,6 +606,9 @@ def check_against_run(args, run: Run) -> None:
     if args.between and args.walk_path == "features" and run.space is None:
         raise RunError(f"--walk-path features walks through the run's feature space, and {run.dir} has none "
                        "(trained without pos): use --walk-path line")
+    if args.between and args.walk_label != "fixed" and "label" not in run.config["unet"]["conditions"]:
+        raise RunError(f"--walk-label {args.walk_label} changes the label along a walk, and {run.dir} was trained "
+                       "without one: leave --walk-label at fixed")
     if args.sampler == "dpm++2m" and args.eta not in (0, 1):
         raise RunError(f"--eta must be 0 (ODE) or 1 (SDE) with --sampler dpm++2m, got {args.eta}")
     for flag, classes in (("--between", args.between), ("--reference-labels", args.reference_labels)):

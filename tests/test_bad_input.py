@@ -34,3 +34,18 @@ def test_a_cut_off_config_json_is_called_cut_off(label_run, tmp_path):  # noqa: 
     text = (run / "config.json").read_text()
     (run / "config.json").write_text(text[: len(text) // 2])
     fails(sample, [str(run), "--out", str(tmp_path / "o")], r"config.json is cut off .*move it away")
+
+
+@pytest.mark.parametrize("mode", ["soft", "none"])
+def test_walk_label_soft_or_none_on_a_model_without_a_label_is_one_line(mode):
+    import types
+
+    import numpy as np
+    from rundir import RunError
+    args = sample.build_parser().parse_args(["run", "--out", "x", "--between", "0", "1", "--walk-label", mode])
+    run = types.SimpleNamespace(config={"unet": {"conditions": {"pos": 20}}, "data": {"class_names": ["a", "b"]}},
+                                diffusion=types.SimpleNamespace(num_timesteps=100), dir="run", space=object(),
+                                labels=np.array([0, 1]))
+    with pytest.raises(RunError, match=f"--walk-label {mode} .* without one: leave --walk-label at fixed"):
+        sample.check_against_run(args, run)
+    sample.check_against_run(sample.build_parser().parse_args(["run", "--out", "x", "--between", "0", "1"]), run)
