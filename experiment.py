@@ -3,7 +3,7 @@
     python experiment.py                                # every section, in this order
     python experiment.py --sections compare control     # some of them (a later section reuses earlier models)
 
-The protocol (issue 18). The 5,000 digits are split once (data.mnist_sample_split)
+The protocol: held-out test digits. The 5,000 digits are split once (data.mnist_sample_split)
 into 4,000 training digits (400 per class) and 1,000 test digits (100 per class).
 Every diffusion model, feature space and classifier here trains on training
 digits only; the test digits are only ever scored against: FID and IS are
@@ -15,7 +15,7 @@ class) scored exactly like a generated set. Each model is trained with seeds
 noise seed and its own reference draws; every cell gives the per-seed numbers,
 their mean, standard deviation and 95% t-interval (metrics.t_interval).
 
-Four sections, each a function below, each answering one question of PAPER.md:
+Four sections, each a function below, each answering one question of the report (docs/METHOD.md):
 
   compare   Do positions improve the samples? `label`, `label+pos`, `pos` (the
             report's label, label+umap, umap) x 3 seeds, 1,000 class-balanced
@@ -36,13 +36,13 @@ Four sections, each a function below, each answering one question of PAPER.md:
             features, `--backbone classifier`): control in the conditioning
             space and in the evaluator's features, each sample's distance to
             its own reference (copying shows as copying), cluster tightness.
-  between   Generation at a class boundary (issue 16): walks from a class-A to
+  between   Generation at a class boundary (the method's motivation): walks from a class-A to
             a class-B training digit (pairs 4-9, 3-5, 7-1; 20 walks each, 9
             points, one noise per walk) by ten methods (METHODS); per method
             and pair the evaluator's P(A), P(B) along the walk, the crossing,
             monotonicity, mass kept on A and B, ambiguity near the crossing,
             nearest-training distance per point against test digits' own,
-            diversity at the midpoint, and issue 16's success criterion
+            diversity at the midpoint, and the boundary success criterion
             (`boundary_success`), printed yes / no.
   augment   Does generated data help a scarce-data classifier? 10 and 20 real
             training digits per class, three draws of them (data seeds 0, 1,
@@ -625,7 +625,7 @@ SHOWN_WALKS = 3  # walks per pair in each method's figure
 
 
 def boundary_success(stats: dict, nn_ratio: list[float]) -> dict:
-    """Issue 16's criterion for one method and pair: P(B) <= 0.1 at A's end and >= 0.9 at B's end, crossing
+    """The boundary success criterion for one method and pair: P(B) <= 0.1 at A's end and >= 0.9 at B's end, crossing
     0.5 between s = 0.3 and 0.7, P(A) + P(B) >= 0.9 at every point, mean min(P(A), P(B)) >= 0.2 at the point
     nearest the crossing, and every point at most 1.3x the test digits' nearest-training distance.
     stats: metrics.walk_statistics; nn_ratio (P,): each point's median nearest-training distance over theirs."""
@@ -918,7 +918,7 @@ def control_tables(c: dict) -> list[str]:
 
 
 def between_tables(b: dict) -> list[str]:
-    text = ["Issue 16's criterion on the row that starts at A's label (label A; for soft labels and the position "
+    text = ["The boundary success criterion on the row that starts at A's label (label A; for soft labels and the position "
             "alone, the only row): P(B) at A's end <= 0.1, at B's end >= 0.9, crossing in [0.3, 0.7], "
             "P(A) + P(B) >= 0.9 everywhere, ambiguity >= 0.2, nearest-training ratio <= 1.3 everywhere. Ambiguity: "
             "mean min(P(A), P(B)) at the point nearest the crossing; nearest-training ratio: a point's median distance "

@@ -1,6 +1,6 @@
 """Where an image sits in a pretrained feature space: its position `pos` (the report's `umap_loc`).
 
-The paper's new condition (PAPER.md, Method steps 1, 2 and 4):
+The paper's new condition (docs/METHOD.md, steps 1, 2 and 4):
 
 1. every training image goes through an ImageNet-pretrained Swin Transformer
    V2 (timm `swinv2_base_window12to16_192to256.ms_in22k_ft_in1k`); its pooled

@@ -5,7 +5,7 @@
         --backbone swinv2_base_window12to16_192to256.ms_in22k_ft_in1k \\
         --size paper --lr 1e-5 --epochs 500 --out runs/paper   # the report's setting, for a GPU
 
-PAPER.md, Method steps 1-3: every training image gets a position in a
+The method (docs/METHOD.md, steps 1-3): every training image gets a position in a
 pretrained feature space (features.py: features -> 20-d UMAP, standardised),
 and the U-Net (unet.py) learns to denoise with the DDPM loss (ddpm.py,
 Algorithm 1 of Ho et al. 2020), predicting v = sqrt(abar) eps - sqrt(1 - abar) x_0
