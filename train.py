@@ -57,7 +57,7 @@ from rundir import CHECKPOINT_FORMAT, CONFIG_FORMAT, RunError, save_checkpoint
 from sample import PRECISIONS, autocast
 from unet import condition_encoder, count_parameters
 
-DEFAULT_P_DROP = 0.1  # chosen by measurement: README, "Why v-prediction and 600 steps"
+DEFAULT_P_DROP = 0.1  # chosen by measurement: docs/EXPERIMENT.md, "Why v-prediction and 600 steps"
 NOT_SETTINGS = ("out", "resume", "overwrite", "eval")  # the command's flags; every other flag is a setting of the run
 # The sampler of the progress grids: sample.py's defaults (the guidance, sample.default_guidance, set in write_grid).
 GRID_SAMPLER = dict(name=sample.DEFAULT_SAMPLER, steps=sample.DEFAULT_STEPS, eta=sample.DEFAULT_ETA)
