@@ -323,14 +323,15 @@ def save_checkpoint(path: str, checkpoint: dict) -> bool:
     """
     if not healthy(checkpoint):
         return False
+    earlier = os.path.isfile(path)  # what the message can promise
     try:
         write_atomically(path, lambda f: torch.save(checkpoint, f))
     except (OSError, RuntimeError) as error:  # torch.save reports a failed write as a RuntimeError about its position
         if not disk_full(error):
             raise
-        raise RunError(f"the disk is full: {path} (step {checkpoint['step']}) could not be written; the checkpoint "
-                       f"there before it is intact. Free some space, then: python train.py --out "
-                       f"{os.path.dirname(path) or '.'} --resume") from None
+        kept = "the checkpoint there before it is intact" if earlier else "no earlier checkpoint existed"
+        raise RunError(f"the disk is full: {path} (step {checkpoint['step']}) could not be written; {kept}. Free "
+                       f"some space, then: python train.py --out {os.path.dirname(path) or '.'} --resume") from None
     return True
 
 
