@@ -637,10 +637,46 @@ def check_out_dir(out: str) -> None:
 
 
 def write_outputs(out: str, files: dict[str, bytes]) -> None:
-    """Write this call's files, each atomically; earlier outputs this call does not make stay (meta.json lists ours)."""
+    """Write this call's files, each atomically, then remove the earlier call's outputs this one does not remake.
+
+    Only files an earlier sample.py call listed in its meta.json are removed (an old between.png would not match
+    the new samples.npz); anything else in --out stays. A full disk is a one-line RunError, and a folder this
+    call made is removed again with what it wrote there.
+    """
+    made = not os.path.isdir(out)
+    stale = [name for name in earlier_outputs(out) if name not in files and name in SAMPLE_FILES]
     os.makedirs(out, exist_ok=True)
-    for name, content in files.items():
-        write_atomically(os.path.join(out, name), lambda f: f.write(content))
+    written = []
+    try:
+        for name, content in files.items():
+            write_atomically(os.path.join(out, name), lambda f: f.write(content))
+            written.append(name)
+    except OSError as error:
+        if made:
+            for name in written:
+                os.remove(os.path.join(out, name))
+            try:
+                os.rmdir(out)
+            except OSError:  # something else appeared in it meanwhile: it stays
+                pass
+        if not rundir.disk_full(error):
+            raise
+        raise RunError(f"the disk is full: --out {out} could not be written ({len(written)} of {len(files)} files "
+                       f"done{'; the folder is removed again' if made else ''}); free some space and run it again") from None
+    for name in stale:
+        if os.path.isfile(os.path.join(out, name)):
+            os.remove(os.path.join(out, name))
+
+
+def earlier_outputs(out: str) -> list[str]:
+    """The files an earlier sample.py call wrote in --out, as its meta.json lists them ([] if none or unreadable)."""
+    try:
+        with open(os.path.join(out, "meta.json")) as f:
+            meta = json.load(f)
+    except (OSError, ValueError):
+        return []
+    files = meta.get("files") if isinstance(meta, dict) and meta.get("written_by") == "sample.py" else None
+    return [name for name in files if isinstance(name, str)] if isinstance(files, list) else []
 
 
 def run_command(args) -> dict:

@@ -49,3 +49,35 @@ def test_walk_label_soft_or_none_on_a_model_without_a_label_is_one_line(mode):
     with pytest.raises(RunError, match=f"--walk-label {mode} .* without one: leave --walk-label at fixed"):
         sample.check_against_run(args, run)
     sample.check_against_run(sample.build_parser().parse_args(["run", "--out", "x", "--between", "0", "1"]), run)
+
+
+def test_a_plain_call_removes_the_earlier_calls_between_png_and_nothing_else(tmp_path):
+    import json
+    out = tmp_path / "o"
+    sample.write_outputs(str(out), {"between.png": b"old", "samples.npz": b"old", "meta.json": json.dumps(
+        dict(written_by="sample.py", files=["between.png", "meta.json", "samples.npz"])).encode()})
+    (out / "notes.txt").write_text("mine")
+    sample.write_outputs(str(out), {"samples.npz": b"new", "meta.json": json.dumps(
+        dict(written_by="sample.py", files=["meta.json", "samples.npz"])).encode()})
+    assert sorted(os.listdir(out)) == ["meta.json", "notes.txt", "samples.npz"]
+    assert (out / "samples.npz").read_bytes() == b"new"
+
+
+def test_a_full_disk_while_sampling_is_one_line_and_leaves_no_empty_folder(tmp_path, monkeypatch):
+    import errno
+
+    from rundir import RunError
+    real, calls = sample.write_atomically, {"n": 0}
+
+    def fills_up(path, write):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise OSError(errno.ENOSPC, "No space left on device", path)
+        return real(path, write)
+
+    monkeypatch.setattr(sample, "write_atomically", fills_up)
+    out = tmp_path / "new"
+    with pytest.raises(RunError, match=r"the disk is full: --out \S+ could not be written \(1 of 2 files done; the "
+                                       r"folder is removed again\)") as error:
+        sample.write_outputs(str(out), {"class_grid.png": b"png", "samples.npz": b"npz"})
+    assert "\n" not in str(error.value) and not out.exists()
