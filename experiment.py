@@ -988,6 +988,23 @@ def check_independent_dropout() -> None:
                  f"or leave out those sections")
 
 
+def read_results(path: str) -> dict:
+    """The results.json of an earlier run of this protocol ({} if none); anything else stops in one line, untouched."""
+    if not os.path.exists(path):
+        return {}
+    try:
+        with open(path) as f:
+            results = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        sys.exit(f"experiment.py: {path} cannot be read ({type(error).__name__}: cut off or not JSON); "
+                 "move it away or choose another --out")
+    found = results.get("format") if isinstance(results, dict) else None
+    if found != RESULTS_FORMAT:
+        sys.exit(f"experiment.py: {path} holds results of another configuration (format {found!r}, not "
+                 f"{RESULTS_FORMAT!r}); move it away or choose another --out (it is kept as it is)")
+    return results
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--sections", nargs="+", default=list(SECTIONS), choices=SECTIONS)
@@ -1000,11 +1017,7 @@ def main(argv: list[str] | None = None) -> None:
     if os.path.isfile(args.out) or os.path.isfile(args.runs):
         sys.exit("experiment.py: --out and --runs must be directories")
     path = os.path.join(args.out, "results.json")
-    results = {}
-    if os.path.exists(path):  # a rerun of some sections keeps the others' results (of this protocol)
-        with open(path) as f:
-            results = json.load(f)
-        results = results if results.get("format") == RESULTS_FORMAT else {}
+    results = read_results(path)  # a rerun of some sections keeps the others' results (of this protocol)
     results["format"] = RESULTS_FORMAT
     if {"between", "augment"} & set(args.sections):
         check_independent_dropout()
@@ -1015,14 +1028,18 @@ def main(argv: list[str] | None = None) -> None:
     ctx = Context(args.runs, args.out, digits, Scorer(args.runs, digits, args.inception_weights))
     sections = {"compare": compare, "control": control, "between": between,
                 "augment": lambda c: augment(c, results["between"]["best_method"])}
-    for name in SECTIONS:  # in this order: later sections reuse the models (and augment the walks) of earlier ones
-        if name in args.sections:
-            start = time.perf_counter()
+    todo = [name for name in SECTIONS if name in args.sections]  # in this order: later sections reuse earlier models
+    for i, name in enumerate(todo):
+        start = time.perf_counter()
+        try:
             results[name] = sections[name](ctx)
-            results[name]["wall_s"] = round(time.perf_counter() - start)
-            print(f"{name}: {results[name]['wall_s'] / 60:.1f} min", flush=True)
-            text = json.dumps(results, indent=1)
-            write_atomically(path, lambda f: f.write(text.encode()))
+        except KeyboardInterrupt:  # results.json holds every section finished before this one; the models stay
+            sys.exit(f"experiment.py: interrupted in section {name}; {path} keeps the sections finished before it "
+                     f"and {args.runs} its trained models: python experiment.py --sections {' '.join(todo[i:])}")
+        results[name]["wall_s"] = round(time.perf_counter() - start)
+        print(f"{name}: {results[name]['wall_s'] / 60:.1f} min", flush=True)
+        text = json.dumps(results, indent=1)
+        write_atomically(path, lambda f: f.write(text.encode()))
     markdown = tables(results)
     write_atomically(os.path.join(args.out, "tables.md"), lambda f: f.write(markdown.encode()))
     print(markdown)

@@ -22,7 +22,7 @@ The sampler is DPM-Solver++(2M) (Lu et al. 2022) with `--sampling-steps` steps a
 guided given the other conditions; ddpm.Diffusion.guided_output). Every call writes, in --out, a PNG per figure, `samples.npz` and
 `meta.json` (and `metrics.json`, `eval_samples.npz` with --eval), all at the
 end, after every argument has been checked and every image made; meta.json
-lists the files this call wrote (earlier outputs it does not remake stay).
+lists the files this call wrote (an earlier call's outputs it does not remake are removed: they would not match).
 
 `load_run` reads a run directory back (rundir.py's files and rules); the
 conditions of a request come from conditions.py, as in training. train.py

@@ -81,3 +81,35 @@ def test_a_full_disk_while_sampling_is_one_line_and_leaves_no_empty_folder(tmp_p
                                        r"folder is removed again\)") as error:
         sample.write_outputs(str(out), {"class_grid.png": b"png", "samples.npz": b"npz"})
     assert "\n" not in str(error.value) and not out.exists()
+
+
+# ---------------------------------------------------------------- experiment.py: its results.json and Ctrl-C
+def test_experiment_refuses_a_broken_or_foreign_results_json_in_one_line_and_keeps_it(tmp_path):
+    import experiment
+    for name, text, match in [("cut", '{"format": "x", "compare": {', "cannot be read .*cut off or not JSON"),
+                              ("other", '{"format": "another", "compare": {}}', "another configuration")]:
+        out = tmp_path / name
+        out.mkdir()
+        (out / "results.json").write_text(text)
+        fails(experiment, ["--out", str(out), "--runs", str(tmp_path / "runs"), "--sections", "compare"], match)
+        assert (out / "results.json").read_text() == text and not (tmp_path / "runs").exists()
+
+
+def test_ctrl_c_in_experiment_is_one_line_naming_the_sections_to_rerun_and_keeps_finished_ones(tmp_path, monkeypatch):
+    import json
+
+    import experiment
+    out, runs = tmp_path / "out", tmp_path / "runs"
+    out.mkdir()
+    earlier = {"format": experiment.RESULTS_FORMAT, "between": {"best_method": "m", "wall_s": 1}}
+    (out / "results.json").write_text(json.dumps(earlier))
+    monkeypatch.setattr(experiment.Digits, "load", staticmethod(lambda: None))
+    monkeypatch.setattr(experiment, "Scorer", lambda *a: None)
+
+    def interrupted(ctx):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(experiment, "compare", interrupted)
+    message = fails(experiment, ["--out", str(out), "--runs", str(runs), "--sections", "compare", "control"],
+                    r"interrupted in section compare; .*python experiment.py --sections compare control")
+    assert "Traceback" not in message and json.loads((out / "results.json").read_text()) == earlier

@@ -85,7 +85,7 @@ def walk_stats(mean_b, crossing=0.5, kept=0.95, ambiguity=0.3):
                 ambiguity=ambiguity, n_walks=20)
 
 
-def test_the_boundary_criterion_needs_every_part_of_issue_16():
+def test_the_boundary_criterion_needs_every_part():
     good = walk_stats([0.05, 0.2, 0.5, 0.8, 0.95])
     assert experiment.boundary_success(good, [1.0, 1.1, 1.2, 1.1, 1.0])["success"]
     failures = {
