@@ -1,6 +1,6 @@
 """The conditions of a set of images: what the U-Net is told about each image, in training and in sampling.
 
-PAPER.md, Method: an image's conditions are its class, `label`, and its
+The method: an image's conditions are its class, `label`, and its
 position in a pretrained feature space, `pos`:
 
     f(x)       features of the image: pixels, a small classifier or a timm model (the report: SwinV2)
@@ -13,8 +13,10 @@ Training fits the UMAP on the features of every training image
 - a training image (its index in the training set known) gets the position
   UMAP fitted for it, u_i = space.positions[i]: the very position the model
   was trained with. A training image used as a reference (sample.py's class
-  grids, --references, --between) is therefore at its training position, and
-  its features are not extracted again;
+  grids, --references, the endpoints of --between) is therefore at its
+  training position, and its features are not extracted again (the inner
+  points of a `--walk-path features` walk are UMAP transforms of mixed
+  features, sample.py);
 - a new image (a reference file of the user's) gets UMAP's transform of its
   features, `space.transform(f(x))` (Method step 4).
 
@@ -46,7 +48,8 @@ def image_conditions(names: list[str], images: np.ndarray, labels: np.ndarray, s
     missing = [name for name in names if name not in cond]
     if missing:
         raise ValueError(f"condition {missing[0]!r} has no value: compute it in conditions.image_conditions")
-    return cond
+    # float conditions in float32, the U-Net's dtype: a float64 one would fail in nn.Linear in fp32 but pass under autocast
+    return {name: value.astype(np.float32) if value.dtype.kind == "f" else value for name, value in cond.items()}
 
 
 def positions(images: np.ndarray, space: FeatureSpace, settings: dict,
@@ -87,6 +90,9 @@ def condition_sizes(cond: dict[str, np.ndarray]) -> dict[str, int]:
         if value.dtype.kind in "iu" and value.ndim == 1:
             sizes[name] = int(value.max()) + 1
         elif value.dtype.kind == "f" and value.ndim == 2:
+            if value.dtype != np.float32:  # nn.Linear in fp32 refuses other floats; bf16 autocast would hide it
+                raise ValueError(f"condition {name!r} is {value.dtype}: give float32 (value.astype(np.float32)), "
+                                 "the U-Net's dtype")
             sizes[name] = value.shape[1]
         else:
             kind = "a float" if value.dtype.kind == "f" else "an integer" if value.dtype.kind in "iu" else "a"

@@ -1,6 +1,6 @@
 """Training images: MNIST, the embedded MNIST sample, and image folders.
 
-The paper (PAPER.md, Experiments) trains on two datasets: MNIST, 1,000 images
+The report (docs/METHOD.md) trains on two datasets: MNIST, 1,000 images
 per class drawn from the train split, and a private 9-class inspection set.
 Every loader here returns the same three things, for the "train" split (the
 images a model learns from) or the "test" split (held-out images it never sees),

@@ -34,7 +34,7 @@ SCHEDULES = ("linear", "cosine")
 
 
 def beta_schedule(name: str, timesteps: int) -> torch.Tensor:
-    """The variances beta_1..beta_T, float64 of shape (T,)."""
+    """The variances beta_t of t = 1..T, float64 of shape (T,): beta_t at index t - 1 (timesteps here count 0..T-1)."""
     if name == "linear":
         # Ho et al. 2020: beta from 1e-4 to 0.02 for T = 1000; for other T both
         # ends scale by 1000/T so that abar_T stays near zero (improved-diffusion).
@@ -312,7 +312,11 @@ class Diffusion:
     # Sampling
     # ------------------------------------------------------------------
     def p_sample(self, model, x_t, t, cond=None, guidance=1.0, clip_denoised=True, z=None):
-        """One step of Algorithm 2 of Ho et al. 2020: x_{t-1} = mu_theta + sqrt(beta~_t) z, no noise at t = 0."""
+        """One ancestral step, x_{t-1} = mu_theta + sqrt(beta~_t) z, no noise at t = 0 (Ho et al. 2020, Algorithm 2's form).
+
+        Departs from Algorithm 2's mean (1/sqrt(alpha_t)) (x_t - beta_t / sqrt(1 - abar_t) eps): mu_theta is the
+        posterior mean mu~_t(x0_hat, x_t) of eq. 7 at the predicted x0_hat, clipped to [-1, 1] when clip_denoised
+        (improved-diffusion's form; without clipping the two are equal)."""
         mean, _, log_var, _ = self.p_mean_variance(model, x_t, t, cond, guidance, clip_denoised)
         nonzero = (t != 0).float().view(-1, *([1] * (x_t.dim() - 1)))  # (B, 1, 1, 1)
         return mean + nonzero * torch.exp(0.5 * log_var) * z

@@ -3,7 +3,7 @@
     python experiment.py                                # every section, in this order
     python experiment.py --sections compare control     # some of them (a later section reuses earlier models)
 
-The protocol (issue 18). The 5,000 digits are split once (data.mnist_sample_split)
+The protocol: held-out test digits. The 5,000 digits are split once (data.mnist_sample_split)
 into 4,000 training digits (400 per class) and 1,000 test digits (100 per class).
 Every diffusion model, feature space and classifier here trains on training
 digits only; the test digits are only ever scored against: FID and IS are
@@ -16,7 +16,7 @@ scored exactly like a generated set (the diffusion models do train on them). Eac
 noise seed and its own reference draws; every cell gives the per-seed numbers,
 their mean, standard deviation and 95% t-interval (metrics.t_interval).
 
-Four sections, each a function below, each answering one question of PAPER.md:
+Four sections, each a function below, each answering one question of the report (docs/METHOD.md):
 
   compare   Do positions improve the samples? `label`, `label+pos`, `pos` (the
             report's label, label+umap, umap) x 3 seeds, 1,000 class-balanced
@@ -1405,6 +1405,23 @@ def check_independent_dropout() -> None:
                  f"or leave out those sections")
 
 
+def read_results(path: str) -> dict:
+    """The results.json of an earlier run of this protocol ({} if none); anything else stops in one line, untouched."""
+    if not os.path.exists(path):
+        return {}
+    try:
+        with open(path) as f:
+            results = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        sys.exit(f"experiment.py: {path} cannot be read ({type(error).__name__}: cut off or not JSON); "
+                 "move it away or choose another --out")
+    found = results.get("format") if isinstance(results, dict) else None
+    if found != RESULTS_FORMAT:
+        sys.exit(f"experiment.py: {path} holds results of another configuration (format {found!r}, not "
+                 f"{RESULTS_FORMAT!r}); move it away or choose another --out (it is kept as it is)")
+    return results
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--sections", nargs="+", default=list(SECTIONS), choices=SECTIONS)
@@ -1417,11 +1434,7 @@ def main(argv: list[str] | None = None) -> None:
     if os.path.isfile(args.out) or os.path.isfile(args.runs):
         sys.exit("experiment.py: --out and --runs must be directories")
     path = os.path.join(args.out, "results.json")
-    results = {}
-    if os.path.exists(path):  # a rerun of some sections keeps the others' results (of this protocol)
-        with open(path) as f:
-            results = json.load(f)
-        results = results if results.get("format") == RESULTS_FORMAT else {}
+    results = read_results(path)  # a rerun of some sections keeps the others' results (of this protocol)
     results["format"] = RESULTS_FORMAT
     if {"between", "augment"} & set(args.sections):
         check_independent_dropout()
@@ -1430,14 +1443,18 @@ def main(argv: list[str] | None = None) -> None:
     ctx = Context(args.runs, args.out, digits, Scorer(args.runs, digits, args.inception_weights))
     sections = {"compare": compare, "control": control, "between": between,
                 "augment": augment}
-    for name in SECTIONS:  # in this order: later sections reuse the models (and augment the walks) of earlier ones
-        if name in args.sections:
-            start = time.perf_counter()
+    todo = [name for name in SECTIONS if name in args.sections]  # in this order: later sections reuse earlier models
+    for i, name in enumerate(todo):
+        start = time.perf_counter()
+        try:
             results[name] = sections[name](ctx)
-            results[name]["wall_s"] = round(time.perf_counter() - start)
-            print(f"{name}: {results[name]['wall_s'] / 60:.1f} min", flush=True)
-            text = json.dumps(results, indent=1)
-            write_atomically(path, lambda f: f.write(text.encode()))
+        except KeyboardInterrupt:  # results.json holds every section finished before this one; the models stay
+            sys.exit(f"experiment.py: interrupted in section {name}; {path} keeps the sections finished before it "
+                     f"and {args.runs} its trained models: python experiment.py --sections {' '.join(todo[i:])}")
+        results[name]["wall_s"] = round(time.perf_counter() - start)
+        print(f"{name}: {results[name]['wall_s'] / 60:.1f} min", flush=True)
+        text = json.dumps(results, indent=1)
+        write_atomically(path, lambda f: f.write(text.encode()))
     markdown = tables(results)
     write_atomically(os.path.join(args.out, "tables.md"), lambda f: f.write(markdown.encode()))
     print(markdown)

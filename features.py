@@ -1,6 +1,6 @@
 """Where an image sits in a pretrained feature space: its position `pos` (the report's `umap_loc`).
 
-The paper's new condition (PAPER.md, Method steps 1, 2 and 4):
+The paper's new condition (docs/METHOD.md, steps 1, 2 and 4):
 
 1. every training image goes through an ImageNet-pretrained Swin Transformer
    V2 (timm `swinv2_base_window12to16_192to256.ms_in22k_ft_in1k`); its pooled
@@ -64,7 +64,7 @@ def extract_features(
     """Feature vectors of uint8 images (N, H, W, C) -> float32 (N, D).
 
     backbone: "pixels" (flattened pixels in [0, 1]), "classifier" (the 128-d
-      penultimate features of a small digit classifier saved by metrics.py,
+      penultimate features of a small digit classifier saved by classifier.py,
       given as `weights`: a semantic space) or any timm model name, such as
       the report's PAPER_BACKBONE. No default: every caller says which.
     weights: see `create_backbone` (None: the hub; a path: a local file;
@@ -117,7 +117,7 @@ def classifier_features(images: np.ndarray, weights: str | None, device: str | N
     classifier.save_classifier, run on `device` (None: the best available). Its distances follow the
     labels it was trained on, not the pixels."""
     if weights is None:
-        raise FileNotFoundError("--backbone classifier needs --weights FILE, a classifier saved by metrics.py "
+        raise FileNotFoundError("--backbone classifier needs --weights FILE, a classifier saved by classifier.py "
                                 "(metrics.py REAL GENERATED --features classifier --classifier FILE)")
     if not os.path.isfile(weights):
         raise FileNotFoundError(f"--weights {weights}: file not found (the classifier of --backbone classifier)")
@@ -413,8 +413,6 @@ class FeatureSpace:
         backbone: str = "unknown",
     ) -> "FeatureSpace":
         """Fit UMAP on training features (N, D) -> a space whose .positions are (N, n_components)."""
-        import umap
-
         features = np.ascontiguousarray(features, dtype=np.float32)
         if features.ndim != 2:
             raise ValueError(f"features must be (N, D), got shape {features.shape}")
@@ -422,6 +420,11 @@ class FeatureSpace:
             raise ValueError(
                 f"need more than {n_neighbors} training images (UMAP's n_neighbors), got {len(features)}"
             )
+        if len(features) <= n_components + 1:  # UMAP's spectral start needs n_components + 1 eigenvectors of an N x N graph
+            raise ValueError(f"need more than {n_components + 1} training images for a {n_components}-d position "
+                             f"(--pos-dim {n_components}), got {len(features)}: add images or pass a smaller --pos-dim")
+        import umap  # (slow to import: after the checks)
+
         reducer = umap.UMAP(  # random_state makes the fit deterministic (and single-threaded)
             n_components=n_components, n_neighbors=n_neighbors, min_dist=min_dist, random_state=seed, n_jobs=1
         )

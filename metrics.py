@@ -71,9 +71,9 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
     """d^2 = |mu1 - mu2|^2 + tr(S1) + tr(S2) - 2 tr sqrt(S1 S2), in float64.
 
     pytorch-fid's safeguards: a square root that is not finite is retried with
-    eps added to both diagonals; a non-negligible imaginary part (above 1e-3,
-    relative to the largest root, so that scaling the features by c scales FID
-    by c^2) is an error, because the inputs are then not covariances.
+    eps added to both diagonals; a non-negligible imaginary part (above 1e-3
+    times max(1, the largest root's size): relative for large roots, so that
+    scaling the features by c scales FID by c^2, absolute below 1) is an error, because the inputs are then not covariances.
     """
     mu1, mu2 = (np.atleast_1d(np.asarray(m, np.float64)) for m in (mu1, mu2))  # (D,)
     sigma1, sigma2 = (np.atleast_2d(np.asarray(s, np.float64)) for s in (sigma1, sigma2))  # (D, D)

@@ -72,12 +72,22 @@ class RunError(Exception):
 def read_config(run_dir: str) -> dict:
     """config.json of a run written by train.py; anything else is a one-line error."""
     path = os.path.join(run_dir, "config.json")
+    has_checkpoint = os.path.isfile(os.path.join(run_dir, "checkpoint.pt"))
     if not os.path.isfile(path):
+        if has_checkpoint:  # train.py --resume rewrites config.json from the checkpoint's copy (read_run)
+            raise RunError(f"{path} not found, but {run_dir} has a checkpoint.pt: python train.py --out {run_dir} "
+                           "--resume restores config.json from the checkpoint's copy")
         raise RunError(f"{path} not found: {run_dir} is not a run directory (train one: python train.py --out {run_dir})")
     try:
         with open(path) as f:
             config = json.load(f)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+    except json.JSONDecodeError as error:
+        cut = not error.doc.rstrip().endswith("}")  # a config is one object: the text ended before it did
+        fix = (f"move it away, then python train.py --out {run_dir} --resume restores it from checkpoint.pt"
+               if has_checkpoint else f"is {run_dir} a run made by train.py?")
+        raise RunError(f"{path} is {'cut off' if cut else 'not valid JSON'} ({error.msg}, line {error.lineno}): "
+                       f"{fix}") from None
+    except (OSError, UnicodeDecodeError) as error:
         raise RunError(f"cannot read {path} ({type(error).__name__}); is {run_dir} a run made by train.py?") from error
     return in_todays_format(config, path)
 
@@ -313,14 +323,15 @@ def save_checkpoint(path: str, checkpoint: dict) -> bool:
     """
     if not healthy(checkpoint):
         return False
+    earlier = os.path.isfile(path)  # what the message can promise
     try:
         write_atomically(path, lambda f: torch.save(checkpoint, f))
     except (OSError, RuntimeError) as error:  # torch.save reports a failed write as a RuntimeError about its position
         if not disk_full(error):
             raise
-        raise RunError(f"the disk is full: {path} (step {checkpoint['step']}) could not be written; the checkpoint "
-                       f"there before it is intact. Free some space, then: python train.py --out "
-                       f"{os.path.dirname(path) or '.'} --resume") from None
+        kept = "the checkpoint there before it is intact" if earlier else "no earlier checkpoint existed"
+        raise RunError(f"the disk is full: {path} (step {checkpoint['step']}) could not be written; {kept}. Free "
+                       f"some space, then: python train.py --out {os.path.dirname(path) or '.'} --resume") from None
     return True
 
 

@@ -6,7 +6,7 @@
     python sample.py runs/quick --out DIR --references 2 --eval          # + metrics.json
     python sample.py runs/quick --out DIR --boundary 4 9 --n 16          # digits between a 4 and a 9
 
-PAPER.md, Method step 4: to generate, take a reference image, compute its
+The method's generation step: take a reference image, compute its
 conditions (its class; its position: features, then the fitted UMAP's
 `transform`) and sample from the model with them. Every request here is
 "a class and a reference image": the class grid draws one training image
@@ -24,7 +24,7 @@ The sampler is DPM-Solver++(2M) (Lu et al. 2022) with `--sampling-steps` steps a
 guided given the other conditions; ddpm.Diffusion.guided_output). Every call writes, in --out, a PNG per figure, `samples.npz` and
 `meta.json` (and `metrics.json`, `eval_samples.npz` with --eval), all at the
 end, after every argument has been checked and every image made; meta.json
-lists the files this call wrote (earlier outputs it does not remake stay).
+lists the files this call wrote (an earlier call's outputs it does not remake are removed: they would not match).
 
 `load_run` reads a run directory back (rundir.py's files and rules); the
 conditions of a request come from conditions.py, as in training. train.py
@@ -52,8 +52,9 @@ from features import FeatureSpace, WeightsUnavailableError, extract_features, pi
 from rundir import SAMPLE_FILES, RunError
 from unet import UNet
 
-# The sampler a user gets without flags: DPM-Solver++(2M), SDE form (eta 1), 10 steps, guidance 3: as good as
-# DDIM with 25 steps at 40% of the network calls (README, "Sampling"; python bench.py sampler).
+# The sampler a user gets without flags: DPM-Solver++(2M), SDE form (eta 1), 10 steps. `python bench.py sampler`
+# compares samplers at guidance 3 on both conditions (not this default guidance, the label alone): there 10 of these
+# steps matched DDIM with 25 (docs/SPEED.md).
 DEFAULT_SAMPLER, DEFAULT_STEPS, DEFAULT_ETA, DEFAULT_GUIDANCE = "dpm++2m", 10, 1.0, 3.0
 # ... with that guidance weight on the label alone, given the other conditions (default_guidance; README).
 # The default --guidance-interval: guidance at every step until experiment.py's guidance curve says otherwise.
@@ -166,9 +167,12 @@ def walk_guidance(conditions, label: str, guidance: float | dict | None) -> floa
 def parse_guidance(text: str) -> float | dict[str, float]:
     """--guidance: a bare number (every condition that weight) or a weight per condition, "label=1,pos=3"."""
     try:
-        return float(text)
+        weights = float(text)
     except ValueError:
-        return parse_condition_numbers(text)
+        weights = parse_condition_numbers(text)
+    if not all(np.isfinite(w) for w in (weights.values() if isinstance(weights, dict) else [weights])):
+        raise argparse.ArgumentTypeError(f"every weight must be a finite number (1: no guidance, 3: the default), got {text!r}")
+    return weights
 
 
 def parse_guidance_interval(text: str) -> tuple[float, float]:
@@ -836,8 +840,9 @@ def check_args(args) -> None:
         raise RunError(f"--references must be 0 (none) or a positive count, got {args.references}")
     if not 0 <= args.eta <= 1:
         raise RunError(f"--eta must lie in [0, 1] (0: deterministic DDIM, 1: DDPM's noise), got {args.eta}")
-    if args.guidance is not None and min(args.guidance.values() if isinstance(args.guidance, dict) else [args.guidance]) < 0:
-        raise RunError(f"--guidance weights must be >= 0 (1: no guidance, 3: the default), got {args.guidance}")
+    weights = [] if args.guidance is None else list(args.guidance.values()) if isinstance(args.guidance, dict) else [args.guidance]
+    if not all(np.isfinite(w) and w >= 0 for w in weights):  # NaN passes a bare `< 0` test, and makes black images
+        raise RunError(f"--guidance weights must be finite and >= 0 (1: no guidance, 3: the default), got {args.guidance}")
     if args.references and args.reference_images:
         raise RunError("pass either --references K or --reference-images FILES, not both")
     if args.reference_images and (args.reference_labels is None or len(args.reference_labels) != len(args.reference_images)):
@@ -868,6 +873,9 @@ def check_against_run(args, run: Run) -> None:
     if args.between and args.walk_path == "features" and run.space is None:
         raise RunError(f"--walk-path features walks through the run's feature space, and {run.dir} has none "
                        "(trained without pos): use --walk-path line")
+    if args.between and args.walk_label != "fixed" and "label" not in run.config["unet"]["conditions"]:
+        raise RunError(f"--walk-label {args.walk_label} changes the label along a walk, and {run.dir} was trained "
+                       "without one: leave --walk-label at fixed")
     if args.sampler == "dpm++2m" and args.eta not in (0, 1):
         raise RunError(f"--eta must be 0 (ODE) or 1 (SDE) with --sampler dpm++2m, got {args.eta}")
     for flag, classes in (("--between", args.between), ("--reference-labels", args.reference_labels)):
@@ -898,10 +906,46 @@ def check_out_dir(out: str) -> None:
 
 
 def write_outputs(out: str, files: dict[str, bytes]) -> None:
-    """Write this call's files, each atomically; earlier outputs this call does not make stay (meta.json lists ours)."""
+    """Write this call's files, each atomically, then remove the earlier call's outputs this one does not remake.
+
+    Only files an earlier sample.py call listed in its meta.json are removed (an old between.png would not match
+    the new samples.npz); anything else in --out stays. A full disk is a one-line RunError, and a folder this
+    call made is removed again with what it wrote there.
+    """
+    made = not os.path.isdir(out)
+    stale = [name for name in earlier_outputs(out) if name not in files and name in SAMPLE_FILES]
     os.makedirs(out, exist_ok=True)
-    for name, content in files.items():
-        write_atomically(os.path.join(out, name), lambda f: f.write(content))
+    written = []
+    try:
+        for name, content in files.items():
+            write_atomically(os.path.join(out, name), lambda f: f.write(content))
+            written.append(name)
+    except OSError as error:
+        if made:
+            for name in written:
+                os.remove(os.path.join(out, name))
+            try:
+                os.rmdir(out)
+            except OSError:  # something else appeared in it meanwhile: it stays
+                pass
+        if not rundir.disk_full(error):
+            raise
+        raise RunError(f"the disk is full: --out {out} could not be written ({len(written)} of {len(files)} files "
+                       f"done{'; the folder is removed again' if made else ''}); free some space and run it again") from None
+    for name in stale:
+        if os.path.isfile(os.path.join(out, name)):
+            os.remove(os.path.join(out, name))
+
+
+def earlier_outputs(out: str) -> list[str]:
+    """The files an earlier sample.py call wrote in --out, as its meta.json lists them ([] if none or unreadable)."""
+    try:
+        with open(os.path.join(out, "meta.json")) as f:
+            meta = json.load(f)
+    except (OSError, ValueError):
+        return []
+    files = meta.get("files") if isinstance(meta, dict) and meta.get("written_by") == "sample.py" else None
+    return [name for name in files if isinstance(name, str)] if isinstance(files, list) else []
 
 
 def run_command(args) -> dict:

@@ -5,7 +5,7 @@
         --backbone swinv2_base_window12to16_192to256.ms_in22k_ft_in1k \\
         --size paper --lr 1e-5 --epochs 500 --out runs/paper   # the report's setting, for a GPU
 
-PAPER.md, Method steps 1-3: every training image gets a position in a
+The method (docs/METHOD.md, steps 1-3): every training image gets a position in a
 pretrained feature space (features.py: features -> 20-d UMAP, standardised),
 and the U-Net (unet.py) learns to denoise with the DDPM loss (ddpm.py,
 Algorithm 1 of Ho et al. 2020), predicting v = sqrt(abar) eps - sqrt(1 - abar) x_0
@@ -57,7 +57,7 @@ from rundir import CHECKPOINT_FORMAT, CONFIG_FORMAT, RunError, save_checkpoint
 from sample import PRECISIONS, autocast
 from unet import condition_encoder, count_parameters
 
-DEFAULT_P_DROP = 0.1  # chosen by measurement: README, "Why v-prediction and 600 steps"
+DEFAULT_P_DROP = 0.1  # chosen by measurement: docs/EXPERIMENT.md, "Why v-prediction and 600 steps"
 NOT_SETTINGS = ("out", "resume", "overwrite", "eval")  # the command's flags; every other flag is a setting of the run
 # The sampler of the progress grids: sample.py's defaults (the guidance, sample.default_guidance, set in write_grid).
 GRID_SAMPLER = dict(name=sample.DEFAULT_SAMPLER, steps=sample.DEFAULT_STEPS, eta=sample.DEFAULT_ETA)
@@ -81,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--channels", type=int, default=None, choices=(1, 3), help="force grey (1) or RGB (3)")
     g.add_argument("--cond", default="label+pos", help="conditions joined by +: label, pos; or none")
     g.add_argument("--backbone", default="pixels",
-                   help="pixels, classifier (--weights FILE: a metrics.py classifier), or a timm model name "
+                   help="pixels, classifier (--weights FILE: a classifier.py classifier), or a timm model name "
                    "(the report: swinv2_base_...)")
     g.add_argument("--weights", default=None, help="local weights file for the backbone (offline use)")
     g.add_argument("--pos-dim", type=int, default=20, help="dimension of the UMAP position (the report: 20)")
@@ -173,7 +173,7 @@ def check_settings(s: dict) -> None:
     if s["weights"] is not None and s["backbone"] != "pixels" and not os.path.isfile(s["weights"]):
         raise RunError(f"--weights {s['weights']}: file not found")
     if s["backbone"] == "classifier" and s["weights"] is None:
-        raise RunError("--backbone classifier needs --weights FILE, a classifier file written by metrics.py "
+        raise RunError("--backbone classifier needs --weights FILE, a classifier file written by classifier.py "
                        "(python metrics.py REAL GENERATED --features classifier --classifier FILE trains one on "
                        "the labelled images REAL and saves it as FILE)")
 
@@ -240,7 +240,7 @@ def prepare(args: argparse.Namespace, typed: set[str], rank: int, world: int) ->
     if rank == 0:
         write_run(args.out, config, space, args.overwrite)
     return dict(out=args.out, config=config, start=start, images=images, labels=labels, cond=cond, space=space,
-                net=net, ema=ema, optimizer=optimizer)
+                net=net, ema=ema, optimizer=optimizer, scaler=checkpoint.get("scaler") if checkpoint is not None else None)
 
 
 def existing_run(out: str, resume: bool, overwrite: bool) -> tuple[dict | None, dict | None]:
@@ -439,6 +439,43 @@ def distributed(net: nn.Module, world: int, compile_net: bool) -> nn.Module:
     return torch.compile(model) if compile_net else model
 
 
+def training_step(diffusion: Diffusion, model: nn.Module, net: nn.Module, ema: nn.Module,
+                  optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, settings: dict, step: int,
+                  x0: torch.Tensor, cond: dict, generator: torch.Generator, p_drop: dict,
+                  precision: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """One step of Algorithm 1 (Ho et al. 2020): the loss, its gradient, clipping, AdamW, the EMA.
+
+    x0: (B, C, H, W) in [-1, 1]; cond: name -> (B, ...). `model` is `net` as called
+    (DDP / compiled); the forward pass runs in `precision` (autocast), and
+    `scaler` is a no-op outside fp16. Returns the per-example
+    loss (B,) and the timesteps t (B,). Everything else (batches, precision,
+    logging, checkpoints) is the caller's, `train`.
+    """
+    with autocast(x0.device, precision):
+        per_example, t = diffusion.losses(model, x0, cond, settings["p_uncond"], generator, p_drop)  # (B,), (B,)
+    loss = per_example.mean()
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.unscale_(optimizer)  # clip the true gradient, not the scaled one
+    nn.utils.clip_grad_norm_(net.parameters(), settings["grad_clip"])
+    scaler.step(optimizer)  # skipped when fp16 gradients overflowed
+    scaler.update()
+    update_ema(ema, net, settings["ema"], step)
+    return per_example.detach(), t
+
+
+def make_scaler(device: torch.device, precision: torch.dtype, state: dict | None) -> torch.amp.GradScaler:
+    """fp16's loss scaler (disabled in other precisions), continuing from a checkpoint's `scaler` state on --resume.
+
+    The scale and its growth tracker decide which fp16 steps are skipped, so a
+    resume that restarted them would not replay the run that never stopped.
+    """
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == torch.float16)
+    if state and scaler.is_enabled():
+        scaler.load_state_dict(state)
+    return scaler
+
+
 def train(setup: dict, rank: int, world: int, device: torch.device) -> str:
     """Run the training that `prepare` set up (`setup`: its dict of data, conditions, models); returns the run directory."""
     config, settings = setup["config"], setup["config"]["settings"]
@@ -450,7 +487,7 @@ def train(setup: dict, rank: int, world: int, device: torch.device) -> str:
     diffusion = rundir.make_diffusion(settings).to(device)
     model = distributed(net, world, settings["compile"])
     precision = sample.resolve_precision(settings["precision"], device)
-    scaler = torch.amp.GradScaler(device.type, enabled=precision == torch.float16)  # fp16 needs loss scaling
+    scaler = make_scaler(device, precision, setup.get("scaler"))  # fp16 needs loss scaling
     grid_run = sample.Run(out, config, ema, diffusion, setup["space"], setup["images"], setup["labels"], precision)
     p_drop = settings.get("p_drop") or {}
     T, log_every = diffusion.num_timesteps, settings.get("log_every", 50)
@@ -478,17 +515,10 @@ def train(setup: dict, rank: int, world: int, device: torch.device) -> str:
             lr = learning_rate(step, settings)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            with autocast(device, precision):
-                per_example, t = diffusion.losses(model, to_model_range(images[idx]), {k: v[idx] for k, v in cond_all.items()},
-                                                  settings["p_uncond"], generator, p_drop)  # (B,), (B,)
+            per_example, t = training_step(diffusion, model, net, ema, optimizer, scaler, settings, step,
+                                           to_model_range(images[idx]), {k: v[idx] for k, v in cond_all.items()},
+                                           generator, p_drop, precision)  # (B,), (B,)
             loss = per_example.mean()
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-            nn.utils.clip_grad_norm_(net.parameters(), settings["grad_clip"])
-            scaler.step(optimizer)
-            scaler.update()
-            update_ema(ema, net, settings["ema"], step)
             first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss.detach()), step, first_bad)  # no host sync
             band = (t * 4 // T).clamp(max=3)
             band_sum.index_add_(0, band, per_example.detach())
@@ -517,7 +547,8 @@ def train(setup: dict, rank: int, world: int, device: torch.device) -> str:
                 if saving:
                     if save_checkpoint(os.path.join(out, "checkpoint.pt"), dict(
                             format=CHECKPOINT_FORMAT, run_id=config["run_id"], step=done, config=config, loss=mean,
-                            model=net.state_dict(), ema=ema.state_dict(), optimizer=optimizer.state_dict())):
+                            model=net.state_dict(), ema=ema.state_dict(), optimizer=optimizer.state_dict(),
+                            scaler=scaler.state_dict())):
                         last_saved = done  # (a checkpoint with non-finite weights is never written)
                 if (settings["sample_every"] and done % settings["sample_every"] == 0) or done == settings["steps"]:
                     write_grid(grid_run, done)

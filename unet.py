@@ -2,7 +2,7 @@
 
 The network predicts the noise in x_t, or v = sqrt(abar_t) eps - sqrt(1 - abar_t) x_0
 (ddpm.py converts either). Besides the timestep t it takes the
-conditions of PAPER.md, Method step 3, as one dict `cond`:
+conditions of the method (docs/METHOD.md, step 3) as one dict `cond`:
 
 - cond["label"]: the class, an integer tensor (B,) in [0, num_classes), or
                  a soft label, float (B, num_classes) class probabilities

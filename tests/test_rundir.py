@@ -164,3 +164,13 @@ def test_overwrite_removes_only_files_of_a_proven_run(tmp_path):
         rundir.check_ours(str(out))
     torch.save(tiny_checkpoint(), out / "checkpoint.pt")
     rundir.check_ours(str(out))  # a damaged config.json beside an intact checkpoint of ours
+
+
+def test_a_full_disk_at_the_first_checkpoint_does_not_promise_an_earlier_one(tmp_path, monkeypatch):
+    def full(obj, f, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full)
+    with pytest.raises(RunError, match=r"could not be written; no earlier checkpoint existed\. Free some space"):
+        rundir.save_checkpoint(str(tmp_path / "checkpoint.pt"), tiny_checkpoint())
+    assert os.listdir(tmp_path) == []

@@ -152,3 +152,42 @@ def test_log_lines_instead_of_a_bar_when_the_output_is_not_a_terminal(folder, tm
     captured = capsys.readouterr()
     assert "step 2/4 loss" in captured.out and "step 4/4 loss" in captured.out
     assert "\r" not in captured.err  # no tqdm bar in a file
+
+
+# ---------------------------------------------------------------- fp16: the loss scaler's state survives a resume
+def test_an_fp16_resume_restores_the_loss_scaler_and_replays_exactly(folder, tmp_path, monkeypatch):  # noqa: F811
+    import rundir
+    from test_pipeline import advice, fails, state
+    monkeypatch.setattr(sample, "resolve_precision", lambda name, device: torch.float16)  # fp16 + GradScaler on CPU
+    straight, broken = tmp_path / "straight", tmp_path / "broken"
+    args = ["--cond", "label", "--steps", "6", "--save-every", "3"]
+    train.main(tiny(folder, straight, *args))
+    real_step = torch.optim.AdamW.step
+    calls = {"n": 0}
+
+    def ctrl_c_on_fifth(self, *a, **k):  # Ctrl-C during step 5, after the step-3 checkpoint
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt
+        return real_step(self, *a, **k)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", ctrl_c_on_fifth)
+    message = fails(train, tiny(folder, broken, *args), r"interrupted at step 4")
+    monkeypatch.setattr(torch.optim.AdamW, "step", real_step)
+    assert state(broken)["step"] == 3 and state(broken)["scaler"]["_growth_tracker"] > 0  # the state a fresh scaler lacks
+    train.main(advice(message))
+    a, b = state(straight), state(broken)
+    assert a["scaler"] == b["scaler"]  # a fresh scaler would count its growth from 0 again
+    for key in ("model", "ema"):
+        assert all(torch.equal(a[key][name], b[key][name]) for name in a[key])
+    assert not (broken / rundir.LOCK_FILE).exists()
+
+
+def test_make_scaler_continues_from_a_saved_state_and_is_off_outside_fp16():
+    saved = torch.amp.GradScaler("cpu", init_scale=8.0)
+    saved._lazy_init_scale_growth_tracker(torch.device("cpu"))
+    saved._growth_tracker.fill_(5)
+    restored = train.make_scaler(torch.device("cpu"), torch.float16, saved.state_dict())
+    assert restored.state_dict() == saved.state_dict() and restored.get_scale() == 8.0
+    assert train.make_scaler(torch.device("cpu"), torch.float16, None).get_scale() == 2.0 ** 16
+    assert not train.make_scaler(torch.device("cpu"), torch.bfloat16, saved.state_dict()).is_enabled()
