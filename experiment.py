@@ -98,19 +98,18 @@ generated again, and so is an augmentation replicate's json; everything else
 (scoring, intervals, tables) is recomputed, in minutes. A killed command, run
 again, continues where it stopped.
 
-Time from nothing, measured on the project's 2-core CPU (2026-12-01, nothing
-else running): 1 h 49 min; compare 64.5 min, control 6.8, between 4.6,
-augment 32.8. 16 models (9 compare, 1 control, 6 augment) at train.py's
-defaults (600 steps, about 3.5 min each at 170 images/s, plus the UMAP fit);
-about 41,000 guided images and 15,000 at w = 1 (DPM-Solver++ 10 steps); 26
-small classifiers; the scoring. The compare section now also samples the
-curve's w = 1.5 and 2 for seeds 1 and 2 (12 guided sets of 1,000, about 43 s
-each: +8.6 min) and label+pos's interval curves (12 sets, 2 or 5 of the 10
-steps guided: about 26 and 32 s each, +5.8 min), so it should take about 79
-min from nothing (estimated from these counts, not measured). Each section's wall time is printed and kept
-in results.json; AUGMENT_REPLICATES = ((0, 0), (0, 1), (0, 2)) (one scarce set
-per size, three seeds of generation and classifier) would save 4 models,
-about 15 minutes.
+Time from nothing on the project's 2-core CPU, estimated from counts for this
+protocol (not yet measured; the previous protocol took 1 h 49 min): compare
+about 79 min (9 models at train.py's defaults, about 3.5 min each, the curve
+over three seeds and label+pos's interval curves), control about 7, between
+about 36 (15 variants x 5 pairs x 3 seeds x 20 walks x 9 images, about 80,000
+network rows), augment about 156 (`augment_minutes()`: 10 scarce generators,
+two generators x 10 draws x 500 ordinary and 500 boundary samples, 17 arms of
+classifiers per draw): about 4.6 h in all, more than one sitting. Every
+section runs on its own (`--sections`) and resumes from its kept models, sets
+and per-draw json, so the run can be spread over sittings as long as no code
+it depends on changes between them. Each section's wall time is printed and
+kept in results.json.
 """
 import argparse
 import dataclasses
@@ -167,7 +166,7 @@ AUGMENT_REPLICATES = tuple((d, d) for d in range(5))  # (data seed: which scarce
 VAL_PER_CLASS = 50  # validation digits per class (training digits outside the scarce set) to find confusions
 N_PAIRS = 3  # confused class pairs that get boundary samples (and mixup)
 N_AUGMENT = 500  # images added in every arm
-AUGMENT_SWEEP = (200, 1000)  # further numbers added, for the arms of the question (ordinary / boundary, soft labels)
+AUGMENT_SWEEP = (200,)  # further numbers added, for the arms of the question (ordinary / boundary, soft labels)
 ORDINARY_W = 1.5  # the ordinary samples' guidance: not the narrowest w of the guidance curve
 AUGMENT_STEPS, AUGMENT_BATCH, REAL_SHARE = 300, 64, 0.5  # every arm: 300 steps, half of each batch real digits
 LABELLER_SEED = 100  # the soft-label classifier: the scarce real digits only, a seed no arm's classifier has
@@ -987,13 +986,13 @@ def boundary_set(run: sample.Run, method: str, pairs: list, count: int, seed: in
     of the guide's P(B) = 0.5), the pairs' two directions in turn, each labelled with its walk's start class A.
     Walks that never cross are asked for again (BOUNDARY_ROUNDS rounds at most) and counted in `crossed`."""
     directions = [d for a, b in pairs for d in ((a, b), (b, a))]
-    guide = sample.boundary_guide(run, seed=seed)
+    guide = sample.boundary_guide(run, seed=1 + seed * sample.GUIDE_SEEDS)  # never seed 0 (the evaluator's seed)
     parts, crossed, have = [], [], 0
     for round_ in range(BOUNDARY_ROUNDS):
         walks = -(-(count - have) // len(directions))  # walks per direction still wanted, rounded up
         for i, (a, b) in enumerate(directions):
             part = sample.boundary_samples(run, a, b, walks, method=method, seed=seed + 1000 * round_ + i,
-                                           guide=guide, sampler=SAMPLER)
+                                           guide=guide, sampler=SAMPLER, grid=BETWEEN_GRID, tolerance=BETWEEN_TOLERANCE)
             crossed.append(np.asarray(part.pop("crossed"), bool))
             parts.append(part)
             have += len(part["labels"])
@@ -1143,10 +1142,11 @@ def paired(replicates: dict, a: str, b: str, measure: str = "all") -> dict:
 
 def augment_minutes() -> float:
     """The section's time from nothing on a 2-core CPU, from its counts: a scarce generator 3.5 min (600 steps),
-    1,000 ordinary samples 43 s, 100 boundary samples 2 min, a classifier about 5 s."""
+    1,000 ordinary samples 43 s, 100 boundary samples 1 min (between's grid and tolerance: about 9 guided images a
+    walk at 0.025 s per network row, retries and the guide's training), a classifier about 5 s."""
     draws, largest = len(SCARCE) * len(AUGMENT_REPLICATES), max((N_AUGMENT, *AUGMENT_SWEEP))
     arms = 5 + len(GENERATORS) * (4 + 2 * len(AUGMENT_SWEEP))
-    return draws * (3.5 + len(GENERATORS) * (largest / 1000 * 43 / 60 + largest / 100 * 2) + arms * 5 / 60)
+    return draws * (3.5 + len(GENERATORS) * (largest / 1000 * 43 / 60 + largest / 100 * 1) + arms * 5 / 60)
 
 
 def augment(ctx: Context, method: str | None = None) -> dict:
@@ -1157,7 +1157,7 @@ def augment(ctx: Context, method: str | None = None) -> dict:
     for per_class in SCARCE:
         replicates = {}
         for data_seed, seed in AUGMENT_REPLICATES:
-            key = dict(method=method, sampler=SAMPLER, n=N_AUGMENT, sweep=AUGMENT_SWEEP, pairs=N_PAIRS,
+            key = dict(method=method, evaluator=EVALUATOR_FILE, sampler=SAMPLER, n=N_AUGMENT, sweep=AUGMENT_SWEEP, pairs=N_PAIRS,
                        version=SETS_VERSION, validation=VAL_PER_CLASS, steps=AUGMENT_STEPS, batch=AUGMENT_BATCH,
                        share=REAL_SHARE, labeller=LABELLER_SEED, w=ORDINARY_W, generators=GENERATORS)
             path = os.path.join(ctx.out, "augment", f"scarce{per_class}-d{data_seed}-s{seed}.json")

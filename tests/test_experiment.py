@@ -194,6 +194,28 @@ def test_soft_labels_come_from_the_labeller_and_sum_to_one():
     assert np.allclose(soft.sum(1), 1) and np.allclose(soft[0], np.arange(1, 11) / 55, atol=1e-6)
 
 
+def crossing_everywhere(run, a, b, walks, method=None, seed=0, guide=None, sampler=None, **search):
+    """sample.boundary_samples faked for augment's tiny 2-step models, whose walks the real guide never sees
+    cross: training digits of class a as the 'crossed' rows (every walk crosses, at s = 0.4)."""
+    rows = np.flatnonzero(run.labels == a)[np.arange(walks) % (run.labels == a).sum()]
+    return dict(images=run.images[rows], labels=np.full(walks, a, np.int64), reference=np.full(walks, -1),
+                cond={"label": np.full(walks, a, np.int64)}, walk=np.arange(walks), s=np.full(walks, 0.4),
+                endpoints=np.tile([rows[0], rows[0]], (walks, 1)), prob=np.full((walks, 2), 0.5),
+                width=np.full(walks, 0.1), crossed=np.ones(walks, bool))
+
+
+def fake_augment_crossings(monkeypatch):
+    """augment's boundary_set with the faked search (the between section keeps the real one)."""
+    real_set = experiment.boundary_set
+
+    def boundary_set(*args, **kwargs):
+        with pytest.MonkeyPatch.context() as m:
+            m.setattr(sample, "boundary_samples", crossing_everywhere)
+            return real_set(*args, **kwargs)
+
+    monkeypatch.setattr(experiment, "boundary_set", boundary_set)
+
+
 def test_every_section_runs_end_to_end_and_no_test_digit_trains_anything(tmp_path, monkeypatch, digits, small_space):
     # (small_space: the session's one UMAP fit, which compiles umap's kernels for the fits here too)
     tiny = dict(TRAIN_FLAGS=("--steps", "2", "--per-class", "20", "--save-every", "2", "--warmup", "1",
@@ -207,6 +229,7 @@ def test_every_section_runs_end_to_end_and_no_test_digit_trains_anything(tmp_pat
     for name, value in tiny.items():
         monkeypatch.setattr(experiment, name, value)
     monkeypatch.setattr(sample, "GUIDE_STEPS", 2)
+    fake_augment_crossings(monkeypatch)
     monkeypatch.setattr(train, "write_grid", lambda run, step: None)  # figures tested elsewhere: not needed here
     monkeypatch.setattr(experiment, "plot_positions", lambda *args: None)
     seen = []  # every classifier's training images, every diffusion model (its images and feature space)
