@@ -268,23 +268,30 @@ def test_eval_works_for_a_label_only_run(label_run, tmp_path, monkeypatch):
 # ---------------------------------------------------------------------------
 # Resume, overwrite, belonging
 # ---------------------------------------------------------------------------
-def test_resume_after_an_interruption_gives_identical_weights(folder, tmp_path, monkeypatch):
-    straight, broken = tmp_path / "straight", tmp_path / "broken"
-    args = ["--cond", "label+pos", "--steps", "6", "--save-every", "3", "--dropout", "0.1"]
-    train.main(tiny(folder, straight, *args))
-
+def interrupted_at_step_5(monkeypatch, argv: list[str], match: str) -> str:
+    """train.main(argv) stopped by Ctrl-C during step 5 (after a step-3 checkpoint): its one-line message."""
     real_step = torch.optim.AdamW.step
     calls = {"n": 0}
 
-    def ctrl_c_on_fifth(self, *a, **k):  # Ctrl-C during step 5, after the step-3 checkpoint
+    def ctrl_c_on_fifth(self, *a, **k):
         calls["n"] += 1
         if calls["n"] == 5:
             raise KeyboardInterrupt
         return real_step(self, *a, **k)
 
     monkeypatch.setattr(torch.optim.AdamW, "step", ctrl_c_on_fifth)
-    message = fails(train, tiny(folder, broken, *args), r"interrupted at step 4; \S+checkpoint.pt \(step 3\) is intact")
-    monkeypatch.undo()
+    message = fails(train, argv, match)
+    monkeypatch.setattr(torch.optim.AdamW, "step", real_step)
+    return message
+
+
+def test_resume_after_an_interruption_gives_identical_weights(folder, tmp_path, monkeypatch):
+    straight, broken = tmp_path / "straight", tmp_path / "broken"
+    args = ["--cond", "label+pos", "--steps", "6", "--save-every", "3", "--dropout", "0.1"]
+    train.main(tiny(folder, straight, *args))
+
+    message = interrupted_at_step_5(monkeypatch, tiny(folder, broken, *args),
+                                    r"interrupted at step 4; \S+checkpoint.pt \(step 3\) is intact")
     assert state(broken)["step"] == 3 and not (broken / rundir.LOCK_FILE).exists()
     assert advice(message) == ["--out", str(broken), "--resume"]  # every setting comes from the run's config.json
     train.main(advice(message))
@@ -556,7 +563,7 @@ def test_bad_data_is_a_one_line_error(tmp_path):
     (["--references", "-1"], "--references must be 0"),
     (["--references", "50"], "more than the 20 training images"),
     (["--eta", "2"], r"--eta must lie in \[0, 1\]"),
-    (["--guidance", "-1"], "--guidance .*must be >= 0"),
+    (["--guidance", "-1"], "--guidance .*>= 0"),
     (["--between", "0", "5"], "--between 0 5: class 5 does not exist"),
     (["--reference-images", "a.png", "--reference-labels", "7"], "--reference-labels 7: class 7 does not exist"),
     (["--sampling-steps", "5000"], "at most the run's 1000 timesteps"),
@@ -634,9 +641,14 @@ def test_the_readmes_python_section_runs(run_dir, folder, tmp_path, monkeypatch)
     shutil.copytree(run_dir, tmp_path / "runs" / "quick")
     shutil.copy(os.path.join(folder, "top", "0.png"), tmp_path / "a.png")
     monkeypatch.chdir(tmp_path)
-    [block] = readme_blocks("From Python")
+    [block, boundary_block] = readme_blocks("From Python")
     names = {}
     exec(compile(block, "README.md", "exec"), names)
+    # The boundary block on the tiny run's two classes (0 and 1 stand for the README's 4 and 9), a 2-step guide.
+    monkeypatch.setattr(sample, "GUIDE_STEPS", 2)
+    exec(compile(boundary_block.replace("4, 9", "0, 1"), "README.md", "exec"), names)
+    assert names["part"]["crossed"].shape == (20,) and len(names["part"]["s"]) == names["part"]["crossed"].sum()
+    assert (tmp_path / "boundary.npz").stat().st_size > 0
     assert names["images"].shape == (8, 8, 8, 1) and names["like_mine"].shape == (8, 8, 8, 1)
     assert (names["cond"]["pos"] == sample.request_conditions(names["run"], names["labels"], names["run"].images[names["refs"]], names["refs"])["pos"]).all()
     assert np.isfinite(names["scores"]["fid"]) and 0 <= names["scores"]["conditioning_accuracy"] <= 1

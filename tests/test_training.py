@@ -157,23 +157,12 @@ def test_log_lines_instead_of_a_bar_when_the_output_is_not_a_terminal(folder, tm
 # ---------------------------------------------------------------- fp16: the loss scaler's state survives a resume
 def test_an_fp16_resume_restores_the_loss_scaler_and_replays_exactly(folder, tmp_path, monkeypatch):  # noqa: F811
     import rundir
-    from test_pipeline import advice, fails, state
+    from test_pipeline import advice, interrupted_at_step_5, state
     monkeypatch.setattr(sample, "resolve_precision", lambda name, device: torch.float16)  # fp16 + GradScaler on CPU
     straight, broken = tmp_path / "straight", tmp_path / "broken"
     args = ["--cond", "label", "--steps", "6", "--save-every", "3"]
     train.main(tiny(folder, straight, *args))
-    real_step = torch.optim.AdamW.step
-    calls = {"n": 0}
-
-    def ctrl_c_on_fifth(self, *a, **k):  # Ctrl-C during step 5, after the step-3 checkpoint
-        calls["n"] += 1
-        if calls["n"] == 5:
-            raise KeyboardInterrupt
-        return real_step(self, *a, **k)
-
-    monkeypatch.setattr(torch.optim.AdamW, "step", ctrl_c_on_fifth)
-    message = fails(train, tiny(folder, broken, *args), r"interrupted at step 4")
-    monkeypatch.setattr(torch.optim.AdamW, "step", real_step)
+    message = interrupted_at_step_5(monkeypatch, tiny(folder, broken, *args), r"interrupted at step 4")
     assert state(broken)["step"] == 3 and state(broken)["scaler"]["_growth_tracker"] > 0  # the state a fresh scaler lacks
     train.main(advice(message))
     a, b = state(straight), state(broken)
