@@ -53,9 +53,8 @@ Four sections, each a function below, each answering one question of the report 
             digits; 20 walks per pair on each of the comparison's three
             label+pos models; methods soft labels, the position alone and
             product composition, each with eta 1 and 0 at w = 1 and the
-            default w, and with guidance over the middle noise range only
-            (where the sampler has guidance_interval). Read at s* by the
-            evaluator and by a second classifier (another seed and width):
+            default w, and with guidance over the middle noise range only.
+            Read at s* by the evaluator and by a second classifier (another seed and width):
             mean min(P(A), P(B)), the share at 0.2 or more, P(A) + P(B), the
             transition width, the crossing share, the nearest-training ratio;
             the held-out test digits of A and B the evaluator finds ambiguous;
@@ -785,22 +784,15 @@ SECOND_READER_SEED, SECOND_READER_WIDTH = 7, 32  # the independent second classi
 SHOWN_REAL = 6  # most ambiguous real test digits (and boundary samples) per pair in the figure
 
 
-def interval_available() -> bool:
-    """Does ddpm.Diffusion.sample take guidance_interval (the middle-range variant)?"""
-    import inspect
-    return "guidance_interval" in inspect.signature(sample.Diffusion.sample).parameters
-
-
 def between_methods() -> dict:
     """name -> (boundary method, eta, w, guidance interval): each method with eta 1 and 0 at every TABLE_WEIGHTS w,
-    and with guidance over the middle noise range only (eta 1, the default w) where the sampler has it."""
+    and with guidance over the middle noise range only (eta 1, the default w)."""
     out = {}
     for method in sample.BOUNDARY_METHODS:
         for w in TABLE_WEIGHTS:
             for eta in (1.0, 0.0):
                 out[f"{method}, w {w:g}, eta {eta:g}"] = (method, eta, w, None)
-        if interval_available():
-            out[f"{method}, w {DEFAULT_W:g}, eta 1, middle-range guidance"] = (method, 1.0, DEFAULT_W, GUIDANCE_INTERVAL)
+        out[f"{method}, w {DEFAULT_W:g}, eta 1, middle-range guidance"] = (method, 1.0, DEFAULT_W, GUIDANCE_INTERVAL)
     return out
 
 
@@ -888,7 +880,7 @@ def between(ctx: Context) -> dict:
     second = second_reader(ctx)
     pairs, methods = between_pairs(ctx), between_methods()
     result = {"pairs": [f"{a}-{b}" for a, b in pairs], "methods": {}, "real": {},
-              "interval_variant": interval_available(), "grid": BETWEEN_GRID, "tolerance": BETWEEN_TOLERANCE}
+              "grid": BETWEEN_GRID, "tolerance": BETWEEN_TOLERANCE}
     kept_parts = {}
     for name, (method, eta, w, interval) in methods.items():
         result["methods"][name] = {}
@@ -1311,7 +1303,7 @@ def control_tables(c: dict) -> list[str]:
                     f"(evaluator {cell(s['eval_own_reference_rate'], 3)}), own-reference distance ratio "
                     f"{cell(s['mem_features_own_median_ratio'])} (features)")
     quality = c["runs"]["label-pos-classifier-s0"]["quality"]
-    text += [f"label-pos-classifier-s0 quality: " + ", ".join(
+    text += ["label-pos-classifier-s0 quality: " + ", ".join(
         f"{p} FID {q['fid']:.2f}, IS {q['is_mean']:.2f}, requested digit {100 * q['accuracy']:.1f}%, "
         f"diversity {q['diversity']:.2f}" for p, q in quality.items()), ""]
     return text
@@ -1327,9 +1319,7 @@ def between_tables(b: dict) -> list[str]:
             "and by a second independent classifier: mean min(P(A), P(B)), share of walks at 0.2 or more, mean "
             "P(A) + P(B); crossed: share of walks the guide saw cross; width: median s range of the guide's P(B) from "
             "0.1 to 0.9; nearest-training ratio: median over the samples (evaluator features, over the test digits'). "
-            "Success: evaluator mean min >= 0.25, share >= 60%, P(A) + P(B) >= 0.9, ratio <= 1.3."
-            + ("" if b["interval_variant"] else " (The middle-range guidance variant: not run, the sampler lacks "
-               "guidance_interval.)"), "",
+            "Success: evaluator mean min >= 0.25, share >= 60%, P(A) + P(B) >= 0.9, ratio <= 1.3.", "",
             "| method | pair | crossed | evaluator min | evaluator share >= 0.2 | evaluator P(A)+P(B) | second min | "
             "second share | second P(A)+P(B) | width | nearest-training ratio | success |",
             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
