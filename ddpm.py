@@ -392,7 +392,7 @@ class Diffusion:
 
     def step_guidance(self, t: int, guidance: float | dict, guidance_interval: tuple[float, float] | None):
         """The guidance of step t: `guidance` where sigma_t lies in (lo, hi] of guidance_interval (or always,
-        None), else 1.0, the plain conditional model (one B-row call). Kynkaanniemi et al. 2024, "Applying
+        None), else weight 1: the plain conditional model (one B-row call), or for composition {"compose": 1}. Kynkaanniemi et al. 2024, "Applying
         Guidance in a Limited Interval Improves Sample and Distribution Quality in Diffusion Models", sec. 3:
         guidance at the highest noise levels only narrows the classes' modes, at the lowest it does little."""
         if guidance_interval is None:
