@@ -748,6 +748,7 @@ def control(ctx: Context) -> dict:
             result["runs"][f"{stem}-s{seed}"] = control_of(ctx, ctx.model(stem, seed), f"{stem}-s{seed}", seed)
             print(f"{stem}-s{seed}", json.dumps(flat(result["runs"][f"{stem}-s{seed}"])), flush=True)
         result[f"{stem} summary"] = summarise([control_summary(result["runs"][f"{stem}-s{s}"]) for s in SEEDS])
+        result[f"{stem} own-reference"] = own_reference_intervals([result["runs"][f"{stem}-s{s}"] for s in SEEDS])
     # The same in a semantic space: UMAP of a second classifier's features (trained like the evaluator, seed 1).
     name = "label-pos-classifier-s0"
     run = trained(ctx.runs, name, "--cond", "label+pos", "--backbone", "classifier",
@@ -760,6 +761,17 @@ def control(ctx: Context) -> dict:
     plot_positions(run.space.positions, run.labels, os.path.join(ctx.out, "control", "positions_classifier.png"))
     print(name, json.dumps(flat(result["runs"][name])), flush=True)
     return result
+
+
+def own_reference_intervals(per_seed: list[dict]) -> dict | None:
+    """The own-reference rate over seeds in each space (conditioning, evaluator): a share of a run's samples,
+    so its interval is metrics.logit_t_interval of the per-seed counts (inside [0, 1]). None with one seed."""
+    if len(per_seed) < 2:
+        return None
+    n = [m["n"] for m in per_seed]
+    return {space: dict(zip(("share", "low", "high"), metrics.logit_t_interval(
+                [round(m[space]["own_reference_rate"] * m["n"]) for m in per_seed], n)))
+            for space in ("conditioning_space", "evaluator_space")}
 
 
 def control_summary(m: dict) -> dict:
@@ -841,9 +853,10 @@ def walk_scores(ctx: Context, run: sample.Run, part: dict, a: int, b: int, secon
     features, prob = ctx.scorer.features(part["images"]) if len(part["images"]) else (None, np.zeros((0, 10)))
     second_prob = (scipy.special.softmax(second.logits(part["images"]), axis=1) if len(part["images"])
                    else np.zeros((0, 10)))
-    out = dict(evaluator=metrics.boundary_statistics(prob[:, a], prob[:, b], crossed, part.get("width")),
+    out = dict(evaluator=metrics.boundary_statistics(prob[:, a], prob[:, b], crossed),
                second=metrics.boundary_statistics(second_prob[:, a], second_prob[:, b], crossed),
-               guide=metrics.boundary_statistics(part["prob"][:, 0], part["prob"][:, 1], crossed),
+               # the width is the guide's: the s range of ITS P(B) from 0.1 to 0.9 (sample.transition_width)
+               guide=metrics.boundary_statistics(part["prob"][:, 0], part["prob"][:, 1], crossed, part.get("width")),
                s_median=float(np.median(part["s"])) if len(part["s"]) else None, nn_ratio=[])
     if features is not None:
         nn = metrics.nearest_distance(features, ctx.scorer.training_features(run.images))
@@ -862,9 +875,23 @@ def pooled(per_seed: list[dict], crossed_total: int, walks_total: int) -> dict:
            for reader in ("evaluator", "second", "guide")}
     for reader in out:
         out[reader]["crossing_share"] = crossed_total / walks_total
+        out[reader].update(seed_intervals([r[reader] for r in per_seed]))
     ratios = [v for r in per_seed for v in r["nn_ratio"]]
     out["nn_ratio_median"] = float(np.median(ratios)) if ratios else None
     return out
+
+
+def seed_intervals(per_seed: list[dict]) -> dict:
+    """95% intervals over the seeds (each seed its own model, noise and walks) of one reader's boundary_statistics:
+    the mean min(P(A), P(B)) by a t-interval on the per-seed means, the share at 0.2 or more by
+    metrics.logit_t_interval of the per-seed counts (inside [0, 1]). Empty where a seed has no sample or
+    there is one seed."""
+    if len(per_seed) < 2 or any(r["n_samples"] == 0 for r in per_seed):
+        return {}
+    _, low, high = metrics.t_interval([r["ambiguity"] for r in per_seed])
+    counts = [round(r["ambiguous_share"] * r["n_samples"]) for r in per_seed]
+    _, share_low, share_high = metrics.logit_t_interval(counts, [r["n_samples"] for r in per_seed])
+    return dict(ambiguity_interval=[low, high], ambiguous_share_interval=[share_low, share_high])
 
 
 def ambiguous_real(ctx: Context, a: int, b: int) -> dict:
@@ -1299,8 +1326,12 @@ def control_tables(c: dict) -> list[str]:
     text.append("")
     for stem in ("label-pos", "pos"):
         s = c[f"{stem} summary"]
-        text.append(f"{MODELS[stem]}, pixel space, over seeds: own-reference rate {cell(s['cond_own_reference_rate'], 3)} "
-                    f"(evaluator {cell(s['eval_own_reference_rate'], 3)}), own-reference distance ratio "
+        rate = c.get(f"{stem} own-reference")  # the share's interval on the per-seed logits (None: one seed)
+        cond, evaluator = ((f"{rate[k]['share']:.3f} [{rate[k]['low']:.3f}, {rate[k]['high']:.3f}]"
+                            for k in ("conditioning_space", "evaluator_space")) if rate else
+                           (cell(s["cond_own_reference_rate"], 3), cell(s["eval_own_reference_rate"], 3)))
+        text.append(f"{MODELS[stem]}, pixel space, over seeds: own-reference rate {cond} (evaluator {evaluator}; "
+                    f"95% t-interval on the per-seed logits), own-reference distance ratio "
                     f"{cell(s['mem_features_own_median_ratio'])} (features)")
     quality = c["runs"]["label-pos-classifier-s0"]["quality"]
     text += ["label-pos-classifier-s0 quality: " + ", ".join(
@@ -1312,11 +1343,16 @@ def control_tables(c: dict) -> list[str]:
 def between_tables(b: dict) -> list[str]:
     def cell(v, digits=2):
         return "-" if v is None else f"{v:.{digits}f}"
+
+    def with_interval(reader, key):
+        interval = reader.get(f"{key}_interval")
+        return cell(reader[key]) + (f" [{interval[0]:.2f}, {interval[1]:.2f}]" if interval else "")
     text = ["Boundary samples: per walk (one noise; only the conditions move from a class-A to a class-B training "
             f"digit) the point s* where the guide (an ensemble of classifiers with seeds other than the evaluator's) "
             f"reads P(B) = 0.5: a {b['grid']}-point grid, then bisection to |s* - crossing| <= {b['tolerance']:.4f}. "
             f"{WALKS} walks per pair and seed, seeds {', '.join(map(str, SEEDS))} pooled. Read at s* by the evaluator "
-            "and by a second independent classifier: mean min(P(A), P(B)), share of walks at 0.2 or more, mean "
+            "and by a second independent classifier: mean min(P(A), P(B)), share of walks at 0.2 or more (each "
+            "with its 95% interval over the seeds: t on the per-seed means, t on the per-seed logits), mean "
             "P(A) + P(B); crossed: share of walks the guide saw cross; width: median s range of the guide's P(B) from "
             "0.1 to 0.9; nearest-training ratio: median over the samples (evaluator features, over the test digits'). "
             "Success: evaluator mean min >= 0.25, share >= 60%, P(A) + P(B) >= 0.9, ratio <= 1.3.", "",
@@ -1326,8 +1362,8 @@ def between_tables(b: dict) -> list[str]:
     for method, pairs in b["methods"].items():
         for pair, p in pairs.items():
             e, s2 = p["evaluator"], p["second"]
-            text.append(f"| {method} | {pair} | {cell(e['crossing_share'])} | {cell(e['ambiguity'])} | "
-                        f"{cell(e['ambiguous_share'])} | {cell(e['kept_mass'])} | {cell(s2['ambiguity'])} | "
+            text.append(f"| {method} | {pair} | {cell(e['crossing_share'])} | {with_interval(e, 'ambiguity')} | "
+                        f"{with_interval(e, 'ambiguous_share')} | {cell(e['kept_mass'])} | {cell(s2['ambiguity'])} | "
                         f"{cell(s2['ambiguous_share'])} | {cell(s2['kept_mass'])} | {cell(p['guide']['width_median'], 3)} | "
                         f"{cell(p['nn_ratio_median'])} | {'yes' if p['success'] else 'no'} |")
     text += ["", "Works (the criterion on at least three pairs): " + ", ".join(

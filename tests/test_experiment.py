@@ -132,6 +132,47 @@ def test_the_boundary_criterion_needs_every_part():
     assert not any(never.values())
 
 
+def test_the_guide_reports_the_walks_widths_and_the_seeds_give_intervals():
+    """walk_scores gives the transition width to the guide's statistics (it is the guide's P(B) that was
+    searched), and seed_intervals puts seed-level intervals on what the readers see."""
+    from types import SimpleNamespace
+    rng = np.random.default_rng(0)
+    prob = np.full((3, 10), 0.0)
+    prob[:, 4], prob[:, 9] = [0.5, 0.7, 0.9], [0.5, 0.3, 0.1]
+    scorer = SimpleNamespace(features=lambda images: (rng.normal(size=(len(images), 4)), prob),
+                             training_features=lambda images: rng.normal(size=(len(images), 4)),
+                             nearest_baseline=lambda images: 1.0)
+    second = SimpleNamespace(logits=lambda images: np.log(prob + 1e-9))
+    part = dict(images=np.zeros((3, 28, 28, 1), np.uint8), walk=np.array([0, 2, 3]), s=np.array([0.4, 0.5, 0.6]),
+                prob=np.array([[0.5, 0.5], [0.45, 0.55], [0.5, 0.5]]), width=np.array([0.1, np.nan, 0.3]))
+    run = SimpleNamespace(images=np.zeros((5, 28, 28, 1), np.uint8))
+    monkey = SimpleNamespace(scorer=scorer)
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(experiment, "WALKS", 4)
+        scores = experiment.walk_scores(monkey, run, part, 4, 9, second)
+    assert scores["guide"]["width_median"] == pytest.approx(0.2)  # the finite widths 0.1 and 0.3
+    assert scores["evaluator"]["ambiguity"] == pytest.approx(0.3) and scores["evaluator"]["crossing_share"] == 0.75
+
+    seeds = [dict(ambiguity=a, ambiguous_share=k / 20, n_samples=20) for a, k in ((0.2, 8), (0.3, 12), (0.25, 10))]
+    out = experiment.seed_intervals(seeds)
+    half = 4.302653 * 0.05 / np.sqrt(3)  # t(0.975, 2) s / sqrt(3), s = 0.05
+    assert out["ambiguity_interval"] == pytest.approx([0.25 - half, 0.25 + half], abs=1e-5)
+    low, high = out["ambiguous_share_interval"]
+    assert 0 < low < 0.5 < high < 1
+    assert experiment.seed_intervals(seeds[:1]) == {} and experiment.seed_intervals(
+        seeds[:2] + [dict(ambiguity=None, ambiguous_share=None, n_samples=0)]) == {}
+
+
+def test_the_own_reference_rate_interval_stays_inside_0_and_1():
+    runs = [dict(n=200, conditioning_space=dict(own_reference_rate=r), evaluator_space=dict(own_reference_rate=e))
+            for r, e in ((0.955, 0.76), (0.855, 0.61), (0.875, 0.63))]
+    out = experiment.own_reference_intervals(runs)
+    for space in ("conditioning_space", "evaluator_space"):
+        assert 0 < out[space]["low"] < out[space]["share"] < out[space]["high"] < 1
+    assert out["conditioning_space"]["high"] < 1.0 and out["conditioning_space"]["share"] == pytest.approx(0.90, abs=0.02)
+    assert experiment.own_reference_intervals(runs[:1]) is None
+
+
 def test_the_best_method_works_on_most_pairs():
     def pair(success, ambiguity):
         return dict({c: success for c in experiment.CHECKS}, success=success, evaluator=reader(ambiguity=ambiguity))
@@ -278,6 +319,12 @@ def test_every_section_runs_end_to_end_and_no_test_digit_trains_anything(tmp_pat
     assert ((walk["s"] > 0) & (walk["s"] < 1)).all()
     cell = between["soft, w 3, eta 1"]["4-9"]
     assert {"evaluator", "second", "guide", "nn_ratio_median", "success"} <= set(cell) and len(cell["seeds"]) == 2
+    for seed, scores in enumerate(cell["seeds"]):  # the guide's width is the kept walks' width
+        widths = np.load(out / "between" / f"soft-w-3-eta-1-4-9-s{seed}" / "samples.npz")["width"]
+        finite = widths[np.isfinite(widths)]
+        assert scores["guide"]["width_median"] == (pytest.approx(np.median(finite)) if len(finite) else None)
+    own = results["control"]["pos own-reference"]["evaluator_space"]
+    assert 0 <= own["low"] <= own["share"] <= own["high"] <= 1
     a = results["augment"]
     assert a["method"] in sample.BOUNDARY_METHODS
     for r in a["sizes"]["10"]["replicates"].values():  # every arm: the same images added, the same real passes
