@@ -59,11 +59,11 @@ Four sections, each a function below, each answering one question of the report 
             transition width, the crossing share, the nearest-training ratio;
             the held-out test digits of A and B the evaluator finds ambiguous;
             the success criterion (`boundary_success`), printed yes / no.
-            Estimated time from nothing on the 2-core CPU: 15 variants x 5
-            pairs x 3 seeds x 20 walks x 9 images = 40,500 images, about
-            80,000 network rows (1 per image at w = 1, 2 with label or
-            position guidance, 3 with composition) at about 0.025 s each:
-            about 33 min, plus 9 guide members and 2 classifiers (3 min).
+            Time from nothing on the 2-core CPU: 15 variants x 5 pairs x 3
+            seeds x 20 walks x 9 images = 40,500 images, about 80,000 network
+            rows (1 per image at w = 1, 2 with label or position guidance, 3
+            with composition), plus 9 guide members and 2 classifiers:
+            26.4 min measured (2026-12-02; 33 estimated from the counts).
   augment   At an equal number of added images, do boundary samples with soft
             labels raise a scarce classifier's test accuracy more than
             ordinary generated samples with soft labels? 10 and 20 real
@@ -97,14 +97,14 @@ generated again, and so is an augmentation replicate's json; everything else
 (scoring, intervals, tables) is recomputed, in minutes. A killed command, run
 again, continues where it stopped.
 
-Time from nothing on the project's 2-core CPU, estimated from counts for this
-protocol (not yet measured; the previous protocol took 1 h 49 min): compare
-about 79 min (9 models at train.py's defaults, about 3.5 min each, the curve
-over three seeds and label+pos's interval curves), control about 7, between
-about 36 (15 variants x 5 pairs x 3 seeds x 20 walks x 9 images, about 80,000
-network rows), augment about 156 (`augment_minutes()`: 10 scarce generators,
-two generators x 10 draws x 500 ordinary and 500 boundary samples, 17 arms of
-classifiers per draw): about 4.6 h in all, more than one sitting. Every
+Time from nothing on the project's 2-core CPU, measured for this protocol
+(2026-12-02): compare 64.3 min (9 models at train.py's defaults, about 4.5 min
+each with their sets, the curve over three seeds and label+pos's interval
+curves), control 7.4, between 26.4 (15 variants x 5 pairs x 3 seeds x 20 walks
+x 9 images); augment about 156, estimated from counts (`augment_minutes()`: 10
+scarce generators, two generators x 10 draws x 500 ordinary and 500 boundary
+samples, 17 arms of classifiers per draw): about 4.2 h in all, more than one
+sitting. Every
 section runs on its own (`--sections`) and resumes from its kept models, sets
 and per-draw json, so the run can be spread over sittings as long as no code
 it depends on changes between them. Each section's wall time is printed and
