@@ -1159,6 +1159,43 @@ def paired(replicates: dict, a: str, b: str, measure: str = "all") -> dict:
     return dict(mean=mean, low=low, high=high, n=len(x))
 
 
+def set_mechanism(scorer: "Scorer", part: dict, real: np.ndarray) -> dict:
+    """What one added set brings a classifier, read by the evaluator (which no arm trains on):
+    read_as_label   share of images the evaluator reads as their hard label (1 - label noise; real test digits:
+                    the evaluator's own accuracy),
+    soft_distance   mean total variation 0.5 sum_k |soft_k - p_eval_k| between the labeller's soft labels and the
+                    evaluator's reading (how wrong the soft labels are),
+    diversity       within-class spread / the test digits' own (narrowness: 1 as wide as real digits),
+    nearest_ratio   median distance of a sample to its nearest scarce real digit / the test digits' own, in pixels
+                    and in evaluator features, and near_copy_share (metrics.memorisation; copies of the few digits)."""
+    features, prob = scorer.features(part["images"])  # (N, 128), (N, 10)
+    memo = scorer.memorisation(part["images"], features, real)
+    return dict(read_as_label=float((prob.argmax(1) == part["labels"]).mean()),
+                soft_distance=float(0.5 * np.abs(part["soft"] - prob).sum(1).mean()),
+                diversity=diversity(features, prob.argmax(1)) / scorer.test_diversity,
+                nearest_ratio_pixels=memo["pixels"]["median_ratio"],
+                nearest_ratio_features=memo["features"]["median_ratio"],
+                near_copy_share=memo["pixels"]["near_copy_share"])
+
+
+def augment_mechanism(ctx: Context, per_class: int, data_seed: int, seed: int) -> dict:
+    """set_mechanism of every kept generated set of one draw, and the labeller's soft_distance on the test digits
+    (what the soft labels' error is on real digits)."""
+    scarce = ctx.digits.scarce(per_class, data_seed)
+    real, labels = ctx.digits.images[scarce], ctx.digits.labels[scarce]
+    labeller = classifier.train_classifier(real, labels, num_classes=10, seed=LABELLER_SEED)  # augment_replicate's
+    _, prob = ctx.scorer.features(ctx.scorer.test_images)
+    out = {"labeller on test digits": dict(soft_distance=float(
+        0.5 * np.abs(soft_labels(labeller, ctx.scorer.test_images) - prob).sum(1).mean()))}
+    for gen in GENERATORS:
+        for kind in ("ordinary", "boundary"):
+            npz = os.path.join(ctx.out, "augment", f"scarce{per_class}-d{data_seed}-s{seed}-{gen}-{kind}", "samples.npz")
+            with np.load(npz, allow_pickle=False) as kept:
+                part = dict(images=kept["images"], labels=kept["labels"], soft=kept["soft"])
+            out[f"{gen} {kind}"] = set_mechanism(ctx.scorer, part, real)
+    return out
+
+
 def augment_minutes() -> float:
     """The section's time from nothing on a 2-core CPU, from its counts: a scarce generator 3.5 min (600 steps),
     1,000 ordinary samples 43 s, 100 boundary samples 1 min (between's grid and tolerance: about 9 guided images a
@@ -1172,7 +1209,8 @@ def augment(ctx: Context, method: str | None = None) -> dict:
     """Section 4: every arm on every scarce draw (kept per draw), paired gains, crossings, figure. method: the
     boundary search's (None: sample.DEFAULT_BOUNDARY_METHOD)."""
     method = scarce_method(sample.DEFAULT_BOUNDARY_METHOD if method is None else method)
-    result = {"method": method, "ordinary_w": ORDINARY_W, "n": N_AUGMENT, "sweep": list(AUGMENT_SWEEP), "sizes": {}}
+    result = {"method": method, "ordinary_w": ORDINARY_W, "n": N_AUGMENT, "sweep": list(AUGMENT_SWEEP), "sizes": {},
+              "evaluator_accuracy": float(ctx.scorer.test_accuracy)}
     for per_class in SCARCE:
         replicates = {}
         for data_seed, seed in AUGMENT_REPLICATES:
@@ -1183,6 +1221,7 @@ def augment(ctx: Context, method: str | None = None) -> dict:
             replicates[f"d{data_seed}-s{seed}"] = kept_json(path, key, lambda: augment_replicate(
                 ctx, per_class, data_seed, seed, method))
             print(per_class, data_seed, seed, json.dumps(replicates[f"d{data_seed}-s{seed}"]["accuracy"]), flush=True)
+        mechanism = {f"d{d}-s{s}": augment_mechanism(ctx, per_class, d, s) for d, s in AUGMENT_REPLICATES}
         arms = list(next(iter(replicates.values()))["accuracy"])
         result["sizes"][str(per_class)] = dict(
             replicates=replicates,
@@ -1192,6 +1231,8 @@ def augment(ctx: Context, method: str | None = None) -> dict:
             gain_over_real_confused={arm: paired(replicates, arm, "real only", "confused_pairs") for arm in arms[1:]},
             boundary_over_ordinary={name: paired(replicates, name.replace(" ordinary", " boundary"), name)
                                     for name in arms if " ordinary soft" in name},
+            mechanism={name: {m: spread([r[name][m] for r in mechanism.values()]) for m in measures}
+                       for name, measures in next(iter(mechanism.values())).items()},
             crossing={gen: dict(zip(("q10", "q50", "q90"), np.quantile(
                 np.concatenate([r["crossing"][gen] for r in replicates.values()]), [0.1, 0.5, 0.9]).tolist()))
                 for gen in GENERATORS})
@@ -1402,6 +1443,18 @@ def augment_tables(a: dict) -> list[str]:
         text.append(f"| {size} | confused pairs (validation split) | " + "; ".join(
             f"{r}: {', '.join('-'.join(map(str, p)) for p in rep['pairs'])}" for r, rep in m["replicates"].items())
             + " | | | | |")
+    text += ["", f"What the added sets carry (set_mechanism; mean ± std [95% t-interval] over the draws): read as its "
+             f"label by the evaluator (real test digits: {100 * a['evaluator_accuracy']:.1f}%, its own accuracy), the soft labels' total-variation "
+             f"distance from the evaluator's reading, diversity (real digits 1), nearest scarce digit / the test digits' "
+             f"own (pixels; copies near 0, new digits about 1), near-copy share (new digits about 0.01).", "",
+             "| real digits per class | set | read as its label | soft-label distance | diversity | nearest-digit ratio "
+             "(pixels) | nearest-digit ratio (features) | near copies |", "|---|---|---|---|---|---|---|---|"]
+    for size, m in a["sizes"].items():
+        for name, r in m["mechanism"].items():
+            cells = [cell(r[key], *form) if key in r else "" for key, form in (
+                ("read_as_label", (1, 100, "%")), ("soft_distance", (3,)), ("diversity", ()),
+                ("nearest_ratio_pixels", ()), ("nearest_ratio_features", ()), ("near_copy_share", (1, 100, "%")))]
+            text.append(f"| {size} | {name} | " + " | ".join(cells) + " |")
     return text + [""]
 
 

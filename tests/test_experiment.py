@@ -235,6 +235,44 @@ def test_soft_labels_come_from_the_labeller_and_sum_to_one():
     assert np.allclose(soft.sum(1), 1) and np.allclose(soft[0], np.arange(1, 11) / 55, atol=1e-6)
 
 
+class TruthReader:
+    """An evaluator that knows every digit's class (a lookup) and whose features are its pixels."""
+
+    def __init__(self, images, labels):
+        self.truth = {image.tobytes(): label for image, label in zip(images, labels)}
+
+    def features_and_logits(self, images):
+        classes = np.array([self.truth[image.tobytes()] for image in images])
+        return experiment.pixels(images), 10.0 * np.eye(10)[classes]
+
+
+def test_set_mechanism_sees_copies_label_noise_and_wrong_soft_labels(digits):
+    """Copies of the scarce digits with their own labels: read as labelled, copies (ratio 0, near-copy share 1);
+    other digits labelled one class off with uniform soft labels: none read as labelled, soft labels far from
+    the evaluator's reading, as new as the test digits (ratio about 1)."""
+    scorer = object.__new__(experiment.Scorer)
+    scorer.net = TruthReader(digits.images, digits.labels)
+    scorer.test_images = digits.images[digits.test]
+    scorer.test_features, logits = scorer.net.features_and_logits(scorer.test_images)
+    scorer.test_diversity = experiment.diversity(scorer.test_features, logits.argmax(1))
+    scorer.training_sets = {}
+    scarce = digits.scarce(10, 0)
+    real, labels = digits.images[scarce], digits.labels[scarce]
+    copies = experiment.set_mechanism(scorer, dict(images=real, labels=labels, soft=np.eye(10)[labels]), real)
+    assert copies["read_as_label"] == 1 and copies["soft_distance"] < 0.01
+    assert copies["nearest_ratio_pixels"] == 0 and copies["nearest_ratio_features"] == 0
+    assert copies["near_copy_share"] == 1
+    other = digits.validation(10, 0)
+    wrong = experiment.set_mechanism(scorer, dict(images=digits.images[other], labels=(digits.labels[other] + 1) % 10,
+                                                  soft=np.full((len(other), 10), 0.1)), real)
+    assert wrong["read_as_label"] == 0 and wrong["soft_distance"] > 0.85
+    assert 0.8 < wrong["nearest_ratio_pixels"] < 1.25 and wrong["near_copy_share"] < 0.05
+    assert 0.8 < wrong["diversity"] < 1.25
+    one = experiment.set_mechanism(scorer, dict(images=np.repeat(real[:1], 5, 0), labels=np.repeat(labels[:1], 5),
+                                                soft=np.eye(10)[np.repeat(labels[:1], 5)]), real)
+    assert one["diversity"] == 0  # five copies of one digit: no spread
+
+
 def crossing_everywhere(run, a, b, walks, method=None, seed=0, guide=None, sampler=None, **search):
     """sample.boundary_samples faked for augment's tiny 2-step models, whose walks the real guide never sees
     cross: training digits of class a as the 'crossed' rows (every walk crosses, at s = 0.4)."""
@@ -335,6 +373,11 @@ def test_every_section_runs_end_to_end_and_no_test_digit_trains_anything(tmp_pat
     assert gain["n"] == 2 and gain["low"] <= gain["mean"] <= gain["high"]
     assert set(a["sizes"]["10"]["boundary_over_ordinary"]) == {"scarce ordinary soft", "full ordinary soft",
                                                                 "scarce ordinary soft @6", "full ordinary soft @6"}
+    mechanism = a["sizes"]["10"]["mechanism"]
+    assert set(mechanism) == {"labeller on test digits", "scarce ordinary", "scarce boundary", "full ordinary",
+                              "full boundary"}
+    assert len(mechanism["scarce boundary"]["read_as_label"]["values"]) == 2 and "What the added sets" in (
+        out / "tables.md").read_text()
     kept = np.load(out / "augment" / "scarce10-d0-s0-scarce-boundary" / "samples.npz")
     assert kept["soft"].shape == (10, 10) and np.allclose(kept["soft"].sum(1), 1) and (kept["labels"] >= 0).all()
     tables = (out / "tables.md").read_text()
