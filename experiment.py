@@ -82,7 +82,9 @@ Four sections, each a function below, each answering one question of the report 
             also at AUGMENT_SWEEP images. Test accuracy, accuracy on the
             confused pairs' classes, ECE; paired gains over real only and
             boundary minus ordinary with 95% t-intervals over draws; the
-            distribution of s*. Runs on its own (no need of `between`).
+            distribution of s*; what each generated set carries
+            (`set_mechanism`: label noise, soft labels' error, diversity,
+            copies of the scarce digits). Runs on its own (no need of `between`).
 
 Outputs: --out (results/experiment/) gets results.json (every per-seed number),
 tables.md (every table, as printed), the figures, and every scored set as
@@ -101,10 +103,10 @@ Time from nothing on the project's 2-core CPU, measured for this protocol
 (2026-12-02): compare 64.3 min (9 models at train.py's defaults, about 4.5 min
 each with their sets, the curve over three seeds and label+pos's interval
 curves), control 7.4, between 26.4 (15 variants x 5 pairs x 3 seeds x 20 walks
-x 9 images); augment about 156, estimated from counts (`augment_minutes()`: 10
-scarce generators, two generators x 10 draws x 500 ordinary and 500 boundary
-samples, 17 arms of classifiers per draw): about 4.2 h in all, more than one
-sitting. Every
+x 9 images); augment 148.5 (one of its 10 scarce generators trained before;
+156 estimated from counts by `augment_minutes()`: 10 scarce generators, two
+generators x 10 draws x 500 ordinary and 500 boundary samples, 17 arms of
+classifiers per draw): about 4.1 h in all, more than one sitting. Every
 section runs on its own (`--sections`) and resumes from its kept models, sets
 and per-draw json, so the run can be spread over sittings as long as no code
 it depends on changes between them. Each section's wall time is printed and
