@@ -1107,13 +1107,23 @@ def generators(ctx: Context, per_class: int, data_seed: int, seed: int) -> dict:
     return {"scarce": run, "full": ctx.model("label-pos", SEEDS[seed % len(SEEDS)])}
 
 
+def augment_set_dir(ctx: Context, per_class: int, data_seed: int, seed: int, kind: str) -> str:
+    """Where one draw's generated set is kept (kind: "GENERATOR ordinary|boundary" joined by a dash)."""
+    return os.path.join(ctx.out, "augment", f"scarce{per_class}-d{data_seed}-s{seed}-{kind}")
+
+
+def scarce_labeller(real: np.ndarray, labels: np.ndarray) -> classifier.FeatureNetwork:
+    """The soft labels' classifier: the scarce real digits only, seed LABELLER_SEED (no arm's classifier has it)."""
+    return classifier.train_classifier(real, labels, num_classes=10, seed=LABELLER_SEED)
+
+
 def augment_replicate(ctx: Context, per_class: int, data_seed: int, seed: int, method: str) -> dict:
     """One scarce set, one seed: every arm at N_AUGMENT added images (the question's arms also at AUGMENT_SWEEP),
     each arm's test measures and passes over the real digits, and the crossings s* of the boundary walks."""
     digits, scorer = ctx.digits, ctx.scorer
     scarce, validation = digits.scarce(per_class, data_seed), digits.validation(per_class, data_seed)
     real, labels = digits.images[scarce], digits.labels[scarce]
-    labeller = classifier.train_classifier(real, labels, num_classes=10, seed=LABELLER_SEED)  # real digits only
+    labeller = scarce_labeller(real, labels)
     base, passes = fit(real, labels, None, None, seed)
     prob = scipy.special.softmax(base.logits(digits.images[validation]), axis=1)
     pairs = confused_pairs(soft_confusion(prob, digits.labels[validation]), N_PAIRS)
@@ -1126,7 +1136,7 @@ def augment_replicate(ctx: Context, per_class: int, data_seed: int, seed: int, m
         out["accuracy"][name], out["added"][name] = test_measures(net, scorer, confused_classes), len(images)
 
     def where(kind: str) -> str:
-        return os.path.join(ctx.out, "augment", f"scarce{per_class}-d{data_seed}-s{seed}-{kind}")
+        return augment_set_dir(ctx, per_class, data_seed, seed, kind)
 
     arm("classic", (moved := classifier.classic_augment(real, N_AUGMENT, seed))[0], labels[moved[1]])
     arm("mixup", *classifier.mixup_pairs(real, labels, pairs, N_AUGMENT, seed=seed))
@@ -1161,6 +1171,11 @@ def paired(replicates: dict, a: str, b: str, measure: str = "all") -> dict:
     return dict(mean=mean, low=low, high=high, n=len(x))
 
 
+def total_variation(p: np.ndarray, q: np.ndarray) -> float:
+    """Mean over rows of the total-variation distance 0.5 sum_k |p_k - q_k| of two (N, K) probability arrays."""
+    return float(0.5 * np.abs(p - q).sum(1).mean())
+
+
 def set_mechanism(scorer: "Scorer", part: dict, real: np.ndarray) -> dict:
     """What one added set brings a classifier, read by the evaluator (which no arm trains on):
     read_as_label   share of images the evaluator reads as their hard label (1 - label noise; real test digits:
@@ -1173,7 +1188,7 @@ def set_mechanism(scorer: "Scorer", part: dict, real: np.ndarray) -> dict:
     features, prob = scorer.features(part["images"])  # (N, 128), (N, 10)
     memo = scorer.memorisation(part["images"], features, real)
     return dict(read_as_label=float((prob.argmax(1) == part["labels"]).mean()),
-                soft_distance=float(0.5 * np.abs(part["soft"] - prob).sum(1).mean()),
+                soft_distance=total_variation(part["soft"], prob),
                 diversity=diversity(features, prob.argmax(1)) / scorer.test_diversity,
                 nearest_ratio_pixels=memo["pixels"]["median_ratio"],
                 nearest_ratio_features=memo["features"]["median_ratio"],
@@ -1185,13 +1200,12 @@ def augment_mechanism(ctx: Context, per_class: int, data_seed: int, seed: int) -
     (what the soft labels' error is on real digits)."""
     scarce = ctx.digits.scarce(per_class, data_seed)
     real, labels = ctx.digits.images[scarce], ctx.digits.labels[scarce]
-    labeller = classifier.train_classifier(real, labels, num_classes=10, seed=LABELLER_SEED)  # augment_replicate's
-    _, prob = ctx.scorer.features(ctx.scorer.test_images)
-    out = {"labeller on test digits": dict(soft_distance=float(
-        0.5 * np.abs(soft_labels(labeller, ctx.scorer.test_images) - prob).sum(1).mean()))}
+    test_prob = scipy.special.softmax(ctx.scorer.test_logits, axis=1)  # (1000, 10)
+    out = {"labeller on test digits": dict(soft_distance=total_variation(
+        soft_labels(scarce_labeller(real, labels), ctx.scorer.test_images), test_prob))}
     for gen in GENERATORS:
         for kind in ("ordinary", "boundary"):
-            npz = os.path.join(ctx.out, "augment", f"scarce{per_class}-d{data_seed}-s{seed}-{gen}-{kind}", "samples.npz")
+            npz = os.path.join(augment_set_dir(ctx, per_class, data_seed, seed, f"{gen}-{kind}"), "samples.npz")
             with np.load(npz, allow_pickle=False) as kept:
                 part = dict(images=kept["images"], labels=kept["labels"], soft=kept["soft"])
             out[f"{gen} {kind}"] = set_mechanism(ctx.scorer, part, real)
