@@ -381,11 +381,14 @@ class Ensemble:
     def __init__(self, members: list[FeatureNetwork], seeds: list[int], tag: str = ""):
         self.members, self.seeds, self.tag = members, list(seeds), tag  # tag: what they were trained on
 
+    def member_prob(self, images) -> np.ndarray:
+        """uint8 (N, H, W, C) -> (M, N, K) float: each member's softmax(logits)."""
+        return np.stack([torch.softmax(torch.from_numpy(member.logits(images)).double(), 1).numpy()
+                         for member in self.members])
+
     def prob(self, images) -> np.ndarray:
         """uint8 (N, H, W, C) -> (N, K) float: mean over members of softmax(logits)."""
-        probs = [torch.softmax(torch.from_numpy(member.logits(images)).double(), 1).numpy()
-                 for member in self.members]  # each (N, K)
-        return np.mean(probs, axis=0)
+        return self.member_prob(images).mean(axis=0)
 
 
 def train_ensemble(images, labels, seeds: list[int], num_classes=None, steps: int = 300, device=None,

@@ -413,6 +413,7 @@ def between_grid(run: Run, a: int, b: int, points: int, sampler: dict, seed: int
 # What no walk has (dtype, value, shape of a row); prob and width: boundary samples only (boundary_samples).
 WALK_FIELDS = dict(walk=(np.int64, -1, ()), s=(np.float32, np.nan, ()), endpoints=(np.int64, -1, (2,)),
                    prob=(np.float32, np.nan, (2,)), width=(np.float32, np.nan, ()))
+BOUNDARY_FIELDS = ("guide_prob", "trusted")  # boundary samples only: each guide member's reading, the filter
 
 
 def concatenate_parts(parts: list[dict]) -> dict:
@@ -425,6 +426,16 @@ def concatenate_parts(parts: list[dict]) -> dict:
     for field, (dtype, missing, shape) in WALK_FIELDS.items():
         out[field] = np.concatenate([np.asarray(p[field], dtype) if field in p
                                      else np.full((len(p["labels"]), *shape), missing, dtype) for p in parts])
+    for field in BOUNDARY_FIELDS:  # kept where every part is a boundary part
+        if all(field in p for p in parts):
+            out[field] = np.concatenate([p[field] for p in parts])
+    return out
+
+
+def take_rows(part: dict, rows: np.ndarray) -> dict:
+    """The images `rows` of a part, with every per-image array and condition (not `crossed`, which is per walk)."""
+    out = {k: v[rows] for k, v in part.items() if isinstance(v, np.ndarray) and k != "crossed"}
+    out["cond"] = {name: value[rows] for name, value in part["cond"].items()}
     return out
 
 
@@ -450,12 +461,14 @@ def samples_npz(part: dict) -> bytes:
     NaN where an image was made without it),
     and for walks: walk (N,) the walk each image is on (-1: none), s (N,) its place along it (0: A, 1: B)
     and endpoints (N, 2) the two training images the walk goes between; for boundary samples prob (N, 2) the
-    guide's (P(A), P(B)) at s = s* and width (N,) the walk's transition width (NaN for other images)."""
+    guide's (P(A), P(B)) at s = s* and width (N,) the walk's transition width (NaN for other images); and, in
+    a file of boundary samples only, guide_prob (N, M, 2) each guide member's (P(A), P(B)) at s* and trusted (N,)
+    whether the sample passed `trusted`."""
     part = concatenate_parts([part])  # fills the walk fields of a part without walks
     buffer = io.BytesIO()
     np.savez_compressed(buffer, images=part["images"], labels=part["labels"], reference=part["reference"],
                         walk=part["walk"], s=part["s"], endpoints=part["endpoints"], prob=part["prob"],
-                        width=part["width"],
+                        width=part["width"], **{field: part[field] for field in BOUNDARY_FIELDS if field in part},
                         **{f"cond_{name}": value for name, value in part["cond"].items()})
     return buffer.getvalue()
 
@@ -476,7 +489,11 @@ BOUNDARY_NEEDS = dict(soft="label", position="pos", compose="label")  # the cond
 # Cost per walk: 9 + 4 + 1 (the image at s*) = 14 images.
 BOUNDARY_GRID, BOUNDARY_TOLERANCE = 9, 1 / 256
 DEFAULT_BOUNDARY_N, DEFAULT_EVAL_N = 16, 1000  # --n without a value: --boundary, --eval
-MAX_WALKS_PER_SAMPLE = 4  # --boundary tries up to 4 N walks for N samples
+MAX_WALKS_PER_SAMPLE = 8  # --boundary tries up to 8 N walks for N trusted samples
+# A found point is trusted (kept by --boundary) when the guide's members agree that it is ambiguous, each
+# reading min(P(A), P(B)) >= metrics.AMBIGUOUS, and the guide sees A or B, nothing else: the members' mean
+# P(A) + P(B) >= TRUST_MASS (a third class there is a wrong boundary). `trusted`.
+TRUST_MASS = 0.9
 WIDTH_LEVELS = (0.1, 0.9)  # the transition width: the s range over which P(B) goes from 0.1 to 0.9
 GUIDE_FILE, GUIDE_SEEDS, GUIDE_STEPS = "guide.pt", 3, 300  # members, each train_classifier's default steps
 EVALUATOR_SEED = 0  # train_classifier's default seed: the run's classifier.pt, which scores; never a guide's
@@ -620,17 +637,27 @@ def transition_width(points: list[tuple[float, float]], s_star: float, levels=WI
     return float(s_high - s_low)
 
 
+def trusted(guide_prob: np.ndarray) -> np.ndarray:
+    """guide_prob (N, M, 2): each guide member's (P(A), P(B)) at a found point -> (N,) bool: every member reads it
+    as ambiguous (min(P(A), P(B)) >= metrics.AMBIGUOUS) and the members' mean P(A) + P(B) >= TRUST_MASS."""
+    members_agree = guide_prob.min(axis=2).min(axis=1) >= metrics.AMBIGUOUS  # (N,)
+    on_a_and_b = guide_prob.sum(axis=2).mean(axis=1) >= TRUST_MASS  # (N,)
+    return members_agree & on_a_and_b
+
+
 def boundary_samples(run: Run, a: int, b: int, walks: int, method: str = DEFAULT_BOUNDARY_METHOD, seed: int = 0,
                      guide=None, sampler: dict | None = None, tolerance: float = BOUNDARY_TOLERANCE,
                      first_walk: int = 0, evaluators: list | None = None, grid: int = BOUNDARY_GRID) -> dict:
     """Samples on the boundary between classes a and b: `walks` walks (ids first_walk ..) from a class-a to a
     class-b training image, each with one noise; for each, find_crossings' s* where the guide's P(b) = 0.5.
 
-    guide: an object with .prob(images) -> (N, K) (None: boundary_guide(run)); never one of `evaluators` (None:
-    the run's classifier.pt), which score the result. sampler: as generate's, guidance None or a number w for
-    the method's own form (method_guidance). Returns a part with ONE row per walk that crossed: images, labels
-    (= a), reference -1, cond at s*, walk, s (= s*), endpoints (N, 2), prob (N, 2) the guide's (P(a), P(b)) at
-    s*, width (N,) (transition_width); and crossed (walks,) bool for every walk tried.
+    guide: an object with .prob(images) -> (N, K) and .member_prob(images) -> (M, N, K) (classifier.Ensemble;
+    None: boundary_guide(run)); never one of `evaluators` (None: the run's classifier.pt), which score the
+    result. sampler: as generate's, guidance None or a number w for the method's own form (method_guidance).
+    Returns a part with ONE row per walk that crossed: images, labels (= a), reference -1, cond at s*, walk,
+    s (= s*), endpoints (N, 2), prob (N, 2) the guide's (P(a), P(b)) at s*, guide_prob (N, M, 2) each member's,
+    trusted (N,) bool (`trusted`: what --boundary keeps), width (N,) (transition_width); and crossed (walks,)
+    bool for every walk tried.
     """
     check_boundary(run, a, b, method)
     if walks < 1 or first_walk < 0:
@@ -652,16 +679,20 @@ def boundary_samples(run: Run, a: int, b: int, walks: int, method: str = DEFAULT
     s_star = found["s"][live].astype(np.float32)
     if len(live):
         images, cond = walk_images(run, endpoints, ids[live], s_star, method, a, sampler, seed)
-        prob = guide.prob(images)[:, [a, b]].astype(np.float32)  # (N, 2)
+        readings = guide.member_prob(images)  # (M, N, K)
+        prob = readings.mean(axis=0)[:, [a, b]].astype(np.float32)  # (N, 2), = guide.prob
+        guide_prob = readings[:, :, [a, b]].transpose(1, 0, 2).astype(np.float32)  # (N, M, 2)
     else:
         images, prob = np.zeros((0, *run.images.shape[1:]), np.uint8), np.zeros((0, 2), np.float32)
+        guide_prob = np.zeros((0, len(getattr(guide, "members", [guide])), 2), np.float32)
         cond = walk_conditions(run, *endpoints[ids[0]], np.zeros(0, np.float32), BOUNDARY_LABEL_MODE[method], a,
                                "line")
     width = np.array([transition_width(found["points"][w] + [(s, p)], s) for w, s, p in
                       zip(live, s_star, prob[:, 1])], np.float32).reshape(-1)
     return dict(images=images, labels=np.full(len(live), a, np.int64), reference=np.full(len(live), -1, np.int64),
                 cond=cond, walk=ids[live].astype(np.int64), s=s_star, endpoints=endpoints[ids[live]], prob=prob,
-                width=width, crossed=found["crossed"], method=method, guidance=sampler["guidance"])
+                guide_prob=guide_prob, trusted=trusted(guide_prob), width=width, crossed=found["crossed"],
+                method=method, guidance=sampler["guidance"])
 
 
 def boundary_grid(run: Run, part: dict) -> bytes:
@@ -792,6 +823,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--boundary-method", default=DEFAULT_BOUNDARY_METHOD, metavar="|".join(BOUNDARY_METHODS),
                    help="--boundary: soft (soft labels), position (the position alone) or compose (product "
                    f"composition of A and B); default {DEFAULT_BOUNDARY_METHOD}")
+    p.add_argument("--boundary-guidance", type=float, default=DEFAULT_GUIDANCE, metavar="W",
+                   help="--boundary: the weight of the method's own guidance (soft: the label given the position; "
+                   "position: the position; compose: the composition of A and B); --guidance does not apply there. "
+                   f"Default {DEFAULT_GUIDANCE:g}")
     p.add_argument("--eval", action="store_true", help="also write metrics.json and eval_samples.npz")
     p.add_argument("--n", type=int, default=None, help=f"--eval: number of class-balanced samples (default "
                    f"{DEFAULT_EVAL_N}); --boundary: boundary samples, one per walk (default {DEFAULT_BOUNDARY_N})")
@@ -835,6 +870,9 @@ def check_args(args) -> None:
     weights = [] if args.guidance is None else list(args.guidance.values()) if isinstance(args.guidance, dict) else [args.guidance]
     if not all(np.isfinite(w) and w >= 0 for w in weights):  # NaN passes a bare `< 0` test, and makes black images
         raise RunError(f"--guidance weights must be finite and >= 0 (1: no guidance, 3: the default), got {args.guidance}")
+    if not (np.isfinite(args.boundary_guidance) and args.boundary_guidance >= 0):
+        raise RunError(f"--boundary-guidance must be finite and >= 0 (1: no guidance), got {args.boundary_guidance}")
+    check_unused_flags(args)
     if args.references and args.reference_images:
         raise RunError("pass either --references K or --reference-images FILES, not both")
     if args.reference_images and (args.reference_labels is None or len(args.reference_labels) != len(args.reference_images)):
@@ -850,6 +888,32 @@ def check_args(args) -> None:
         raise RunError(f"--inception-weights {args.inception_weights}: file not found")
     rundir.check_device(args.device)
     check_out_dir(args.out)
+
+
+# Flags that act only with another flag: given without it (at another value than their default) they would be
+# ignored, so they are refused. flag -> (the flags it needs, any of them).
+NEEDS = {"boundary_method": ("boundary",), "boundary_guidance": ("boundary",), "points": ("between",),
+         "walks": ("between",), "walk_label": ("between",), "walk_path": ("between",), "n": ("eval", "boundary"),
+         "inception_weights": ("eval",), "per_reference": ("references", "reference_images"),
+         "reference_labels": ("reference_images",)}
+UNUSED_BY_BOUNDARY = ("guidance", "grid_per_class", "per_reference")  # --boundary makes only its own samples
+
+
+def check_unused_flags(args) -> None:
+    """A flag the chosen mode cannot honour is a one-line error naming it, never silently ignored."""
+    defaults = build_parser()
+    def given(name):
+        return getattr(args, name) != defaults.get_default(name)
+    for name, needs in NEEDS.items():
+        if given(name) and not any(getattr(args, need) for need in needs):
+            raise RunError(f"--{name.replace('_', '-')} acts only with {' or '.join('--' + n.replace('_', '-') for n in needs)}; "
+                           "add it or leave the flag out")
+    if args.boundary:
+        for name in UNUSED_BY_BOUNDARY:
+            if given(name):
+                hint = ("; its weight is --boundary-guidance W" if name == "guidance" else "")
+                raise RunError(f"--{name.replace('_', '-')} does not apply to --boundary, which guides and writes "
+                               f"only its own samples{hint}")
 
 
 def check_against_run(args, run: Run) -> None:
@@ -989,30 +1053,41 @@ def run_command(args) -> dict:
     return result
 
 
+def walks_to_try(wanted: int, kept: int, tried: int) -> int:
+    """The next round's walks for `wanted` more trusted samples: as many as the rate so far says (at first one
+    per sample), never more than MAX_WALKS_PER_SAMPLE per sample."""
+    rate = max(kept / tried, 1 / MAX_WALKS_PER_SAMPLE) if tried else 1.0
+    return int(np.ceil(wanted / rate))
+
+
 def boundary_command(args, run: Run) -> dict:
-    """--boundary A B: --n boundary samples, one per walk that crossed (walks tried in rounds, up to
-    MAX_WALKS_PER_SAMPLE per sample asked for); boundary.png, samples.npz and meta.json."""
+    """--boundary A B: --n trusted boundary samples, one per walk whose found point passed `trusted` (walks
+    tried in rounds, up to MAX_WALKS_PER_SAMPLE per sample asked for); boundary.png, samples.npz and meta.json."""
     a, b = args.boundary
     n = args.n or DEFAULT_BOUNDARY_N
-    sampler = dict(name=args.sampler, steps=args.sampling_steps, eta=args.eta, guidance=args.guidance,
-                   batch_size=args.sampling_batch_size)
+    sampler = dict(name=args.sampler, steps=args.sampling_steps, eta=args.eta, guidance=args.boundary_guidance,
+                   batch_size=args.sampling_batch_size, guidance_interval=args.guidance_interval)
     guide = boundary_guide(run)
-    parts, tried, found = [], 0, 0
-    while found < n and tried < MAX_WALKS_PER_SAMPLE * n:
-        part = boundary_samples(run, a, b, n - found, args.boundary_method, args.seed, guide, sampler,
-                                first_walk=tried)
-        tried, found = tried + n - found, found + len(part["walk"])
+    parts, tried, kept, budget = [], 0, 0, MAX_WALKS_PER_SAMPLE * n
+    while kept < n and tried < budget:
+        walks = min(budget - tried, walks_to_try(n - kept, kept, tried))
+        part = boundary_samples(run, a, b, walks, args.boundary_method, args.seed, guide, sampler, first_walk=tried)
+        tried, kept = tried + walks, kept + int(part["trusted"].sum())
         parts.append(part)
-    if not found:
-        raise RunError(f"--boundary {a} {b}: none of {tried} walks crossed the guide's P({b}) = 0.5; "
-                       "try another --boundary-method or --guidance")
-    if found < n:
-        print(f"note: {found} of {tried} walks crossed; {found} boundary samples, not {n}", file=sys.stderr)
-    part = concatenate_parts([p for p in parts if len(p["walk"])])
+    crossed = sum(len(p["walk"]) for p in parts)
+    if not kept:
+        raise RunError(f"--boundary {a} {b}: none of {tried} walks gave a trusted sample ({crossed} crossed the "
+                       f"guide's P({b}) = 0.5, none where all its members read it as ambiguous and as {a} or {b}); "
+                       "try another --boundary-method or --boundary-guidance")
+    found = concatenate_parts([p for p in parts if len(p["walk"])])
+    part = take_rows(found, np.flatnonzero(found["trusted"])[:n])
+    if kept < n:
+        print(f"note: {kept} trusted boundary samples in {tried} walks ({crossed} crossed), not {n}", file=sys.stderr)
     files = {"boundary.png": boundary_grid(run, part), "samples.npz": samples_npz(part)}
     meta = dict(vars(args), n=n, guidance=parts[0]["guidance"], boundary_method=args.boundary_method,
-                boundary=dict(tried=tried, found=found, grid=BOUNDARY_GRID, tolerance=BOUNDARY_TOLERANCE,
-                              guide_seeds=guide.seeds),
+                boundary=dict(tried=tried, crossed=crossed, trusted=kept, written=len(part["images"]),
+                              grid=BOUNDARY_GRID, tolerance=BOUNDARY_TOLERANCE, guide_seeds=guide.seeds,
+                              trust=dict(member_min=metrics.AMBIGUOUS, mass=TRUST_MASS)),
                 written_by="sample.py", files=sorted([*files, "meta.json"]),
                 conditions=sorted(run.config["unet"]["conditions"]), class_names=run.config["data"]["class_names"],
                 run_id=run.config["run_id"])

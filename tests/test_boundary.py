@@ -77,6 +77,32 @@ class Ramp:
         top = images[:, : images.shape[1] // 2].mean(axis=(1, 2, 3)) / 255.0
         return np.stack([1 - top, top], 1)
 
+    def member_prob(self, images):  # one member: (1, N, K)
+        return self.prob(images)[None]
+
+
+def test_the_filter_keeps_an_ambiguous_point_and_drops_a_clear_one_and_a_third_class():
+    """sample.trusted on three members' (P(A), P(B)) readings (N, M, 2)."""
+    ambiguous = [[0.45, 0.5], [0.3, 0.65], [0.6, 0.35]]  # every member: min >= 0.2, mass about 0.95
+    clear = [[0.45, 0.5], [0.9, 0.08], [0.6, 0.35]]  # one member is sure it is A: the members disagree
+    third = [[0.25, 0.3], [0.2, 0.25], [0.3, 0.2]]  # all ambiguous between A and B, but half their mass elsewhere
+    edge = [[0.2, 0.75], [0.5, 0.5], [0.75, 0.25]]  # min exactly at the threshold 0.2 counts as ambiguous
+    kept = sample.trusted(np.array([ambiguous, clear, third, edge], np.float64))
+    assert kept.tolist() == [True, False, False, True]
+
+
+class Members:
+    """A toy guide of three members that read the same ramp as Ramp, one of them sure the image is class 0."""
+    seeds = [1, 2, 3]
+
+    def member_prob(self, images):
+        ramp = Ramp().prob(images)  # (N, 2)
+        sure = np.tile([0.95, 0.05], (len(images), 1))
+        return np.stack([ramp, ramp, np.where(np.arange(len(images))[:, None] % 2 == 0, ramp, sure)])
+
+    def prob(self, images):
+        return self.member_prob(images).mean(axis=0)
+
 
 def test_boundary_samples_keep_each_walks_noise_and_report_what_they_found(run_dir):  # noqa: F811
     run = sample.load_run(str(run_dir))
@@ -88,6 +114,8 @@ def test_boundary_samples_keep_each_walks_noise_and_report_what_they_found(run_d
     assert ((part["s"] >= 0) & (part["s"] <= 1)).all() and part["cond"]["label"].shape == (n, 2)
     assert np.allclose(part["cond"]["label"][:, 1], part["s"])  # the soft label at s*
     assert np.allclose(part["prob"], Ramp().prob(part["images"]), atol=1e-6)
+    assert part["guide_prob"].shape == (n, 1, 2) and np.allclose(part["guide_prob"][:, 0], part["prob"])
+    assert part["trusted"].tolist() == sample.trusted(part["guide_prob"]).tolist()
     # a walk's image is a function of s alone: generated alone or beside other walks, the same noise
     endpoints = sample.boundary_endpoints(run, 0, 1, 0, np.arange(6))
     s = np.array([0.3, 0.3, 0.7], np.float32)
@@ -104,18 +132,67 @@ def test_boundary_samples_keep_each_walks_noise_and_report_what_they_found(run_d
 
 def test_the_boundary_command_end_to_end(run_dir, tmp_path, monkeypatch):  # noqa: F811
     run = copy_run(run_dir, tmp_path)
-    monkeypatch.setattr(sample, "boundary_guide", lambda run: Ramp())  # a guide that reads these tiny images
+    monkeypatch.setattr(sample, "boundary_guide", lambda run: Members())  # a guide that reads these tiny images
+    seen = []
+    real = sample.boundary_samples
+
+    def spy(*args, **kwargs):
+        seen.append(args[7])  # the sampler boundary_samples is given
+        return real(*args, **kwargs)
+    monkeypatch.setattr(sample, "boundary_samples", spy)
     out = tmp_path / "b"
     sample.main([str(run), "--out", str(out), "--boundary", "0", "1", "--n", "3", "--sampling-steps", "2",
-                 "--boundary-method", "compose"])
+                 "--boundary-method", "compose", "--guidance-interval", "0.5,inf", "--boundary-guidance", "2"])
     meta = json.loads((out / "meta.json").read_text())
     assert meta["files"] == ["boundary.png", "meta.json", "samples.npz"] and meta["boundary_method"] == "compose"
+    # what meta.json records is what was done: the interval and the method's weight reached the sampler
+    assert all(s["guidance_interval"] == (0.5, float("inf")) and s["guidance"] == 2.0 for s in seen)
+    assert meta["guidance_interval"] == [0.5, float("inf")] and meta["guidance"] == {sample.COMPOSE: 2.0}
+    b = meta["boundary"]
     with np.load(out / "samples.npz") as s:
         n = len(s["images"])
-        assert 1 <= n <= 3 and n == meta["boundary"]["found"]
+        assert 1 <= n <= 3 and n == b["written"] <= b["trusted"] <= b["crossed"] <= b["tried"]
         assert s["prob"].shape == (n, 2) and np.isfinite(s["prob"]).all() and np.isfinite(s["s"]).all()
         assert s["endpoints"].shape == (n, 2) and (s["walk"] >= 0).all() and s["labels"].tolist() == [0] * n
+        # only trusted samples are written, each with its three members' readings
+        assert s["guide_prob"].shape == (n, 3, 2) and s["trusted"].all()
+        assert sample.trusted(s["guide_prob"]).all()
     assert Image.open(out / "boundary.png").size == (3 * 10 + 2, n * 10 + 2)  # image A, the sample, image B
+
+
+class Sure(Members):
+    """Every member sure of class 0: no found point is ever trusted."""
+    def member_prob(self, images):
+        return np.tile([0.97, 0.03], (3, len(images), 1))
+
+
+def test_a_boundary_without_trusted_samples_is_one_line_and_writes_nothing(run_dir, tmp_path, monkeypatch):  # noqa: F811
+    run = copy_run(run_dir, tmp_path)
+    monkeypatch.setattr(sample, "boundary_guide", lambda run: Sure())
+    monkeypatch.setattr(Sure, "prob", lambda self, images: Ramp().prob(images))  # the search still crosses
+    out = tmp_path / "none"
+    with pytest.raises(SystemExit, match="none of 16 walks gave a trusted sample"):
+        sample.main([str(run), "--out", str(out), "--boundary", "0", "1", "--n", "2", "--sampling-steps", "2"])
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("extra,match", [
+    (["--boundary", "0", "1", "--guidance", "3"], "--guidance does not apply to --boundary.*--boundary-guidance"),
+    (["--boundary", "0", "1", "--grid-per-class", "3"], "--grid-per-class does not apply to --boundary"),
+    (["--boundary-method", "compose"], "--boundary-method acts only with --boundary"),
+    (["--boundary-guidance", "2"], "--boundary-guidance acts only with --boundary"),
+    (["--walks", "3"], "--walks acts only with --between"),
+    (["--walk-path", "features"], "--walk-path acts only with --between"),
+    (["--n", "5"], "--n acts only with --eval or --boundary"),
+    (["--per-reference", "3"], "--per-reference acts only with --references or --reference-images"),
+    (["--reference-labels", "1"], "--reference-labels acts only with --reference-images"),
+    (["--boundary", "0", "1", "--boundary-guidance", "nan"], "--boundary-guidance must be finite"),
+])
+def test_a_flag_the_mode_cannot_honour_is_refused(run_dir, tmp_path, extra, match):  # noqa: F811
+    out = tmp_path / "o"
+    with pytest.raises(SystemExit, match=match):
+        sample.main([str(run_dir), "--out", str(out), *extra])
+    assert not out.exists()
 
 
 @pytest.mark.parametrize("extra,match", [
