@@ -1060,31 +1060,40 @@ def walks_to_try(wanted: int, kept: int, tried: int) -> int:
     return int(np.ceil(wanted / rate))
 
 
+def trusted_boundary_samples(run: Run, a: int, b: int, n: int, method: str = DEFAULT_BOUNDARY_METHOD,
+                             seed: int = 0, guide=None, sampler: dict | None = None) -> tuple[dict, dict]:
+    """Up to n trusted boundary samples (`trusted`), from rounds of boundary_samples' walks (ids 0, 1, ..), at
+    most MAX_WALKS_PER_SAMPLE * n walks. Returns the part of the first n trusted samples and the counts:
+    tried (walks), crossed (walks whose guide crossed), trusted (found points that passed), guidance (used)."""
+    guide = boundary_guide(run) if guide is None else guide
+    parts, tried, kept, budget = [], 0, 0, MAX_WALKS_PER_SAMPLE * n
+    while kept < n and tried < budget:
+        walks = min(budget - tried, walks_to_try(n - kept, kept, tried))
+        parts.append(boundary_samples(run, a, b, walks, method, seed, guide, sampler, first_walk=tried))
+        tried, kept = tried + walks, kept + int(parts[-1]["trusted"].sum())
+    found = concatenate_parts([p for p in parts if len(p["walk"])] or parts[:1])
+    counts = dict(tried=tried, crossed=len(found["walk"]), trusted=kept, guidance=parts[0]["guidance"])
+    return take_rows(found, np.flatnonzero(found["trusted"])[:n]), counts
+
+
 def boundary_command(args, run: Run) -> dict:
-    """--boundary A B: --n trusted boundary samples, one per walk whose found point passed `trusted` (walks
-    tried in rounds, up to MAX_WALKS_PER_SAMPLE per sample asked for); boundary.png, samples.npz and meta.json."""
+    """--boundary A B: --n trusted boundary samples (trusted_boundary_samples); boundary.png, samples.npz and
+    meta.json. Fewer than --n is a note; none is an error."""
     a, b = args.boundary
     n = args.n or DEFAULT_BOUNDARY_N
     sampler = dict(name=args.sampler, steps=args.sampling_steps, eta=args.eta, guidance=args.boundary_guidance,
                    batch_size=args.sampling_batch_size, guidance_interval=args.guidance_interval)
     guide = boundary_guide(run)
-    parts, tried, kept, budget = [], 0, 0, MAX_WALKS_PER_SAMPLE * n
-    while kept < n and tried < budget:
-        walks = min(budget - tried, walks_to_try(n - kept, kept, tried))
-        part = boundary_samples(run, a, b, walks, args.boundary_method, args.seed, guide, sampler, first_walk=tried)
-        tried, kept = tried + walks, kept + int(part["trusted"].sum())
-        parts.append(part)
-    crossed = sum(len(p["walk"]) for p in parts)
+    part, counts = trusted_boundary_samples(run, a, b, n, args.boundary_method, args.seed, guide, sampler)
+    tried, crossed, kept = counts["tried"], counts["crossed"], counts["trusted"]
     if not kept:
         raise RunError(f"--boundary {a} {b}: none of {tried} walks gave a trusted sample ({crossed} crossed the "
                        f"guide's P({b}) = 0.5, none where all its members read it as ambiguous and as {a} or {b}); "
                        "try another --boundary-method or --boundary-guidance")
-    found = concatenate_parts([p for p in parts if len(p["walk"])])
-    part = take_rows(found, np.flatnonzero(found["trusted"])[:n])
     if kept < n:
         print(f"note: {kept} trusted boundary samples in {tried} walks ({crossed} crossed), not {n}", file=sys.stderr)
     files = {"boundary.png": boundary_grid(run, part), "samples.npz": samples_npz(part)}
-    meta = dict(vars(args), n=n, guidance=parts[0]["guidance"], boundary_method=args.boundary_method,
+    meta = dict(vars(args), n=n, guidance=counts["guidance"], boundary_method=args.boundary_method,
                 boundary=dict(tried=tried, crossed=crossed, trusted=kept, written=len(part["images"]),
                               grid=BOUNDARY_GRID, tolerance=BOUNDARY_TOLERANCE, guide_seeds=guide.seeds,
                               trust=dict(member_min=metrics.AMBIGUOUS, mass=TRUST_MASS)),
