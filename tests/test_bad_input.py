@@ -43,7 +43,8 @@ def test_walk_label_soft_or_none_on_a_model_without_a_label_is_one_line(mode):
     import numpy as np
     from rundir import RunError
     args = sample.build_parser().parse_args(["run", "--out", "x", "--between", "0", "1", "--walk-label", mode])
-    run = types.SimpleNamespace(config={"unet": {"conditions": {"pos": 20}}, "data": {"class_names": ["a", "b"]}},
+    unet = {"conditions": {"pos": 20}, "image_size": 8, "image_channels": 1, "base_channels": 8}
+    run = types.SimpleNamespace(config={"unet": unet, "data": {"class_names": ["a", "b"]}},
                                 diffusion=types.SimpleNamespace(num_timesteps=100), dir="run", space=object(),
                                 labels=np.array([0, 1]))
     with pytest.raises(RunError, match=f"--walk-label {mode} .* without one: leave --walk-label at fixed"):
@@ -53,34 +54,84 @@ def test_walk_label_soft_or_none_on_a_model_without_a_label_is_one_line(mode):
 
 def test_a_plain_call_removes_the_earlier_calls_between_png_and_nothing_else(tmp_path):
     import json
+
+    import rundir
     out = tmp_path / "o"
-    sample.write_outputs(str(out), {"between.png": b"old", "samples.npz": b"old", "meta.json": json.dumps(
+    rundir.write_all_or_none(str(out), {"between.png": b"old", "samples.npz": b"old", "meta.json": json.dumps(
         dict(written_by="sample.py", files=["between.png", "meta.json", "samples.npz"])).encode()})
     (out / "notes.txt").write_text("mine")
-    sample.write_outputs(str(out), {"samples.npz": b"new", "meta.json": json.dumps(
+    rundir.write_all_or_none(str(out), {"samples.npz": b"new", "meta.json": json.dumps(
         dict(written_by="sample.py", files=["meta.json", "samples.npz"])).encode()})
     assert sorted(os.listdir(out)) == ["meta.json", "notes.txt", "samples.npz"]
     assert (out / "samples.npz").read_bytes() == b"new"
 
 
-def test_a_full_disk_while_sampling_is_one_line_and_leaves_no_empty_folder(tmp_path, monkeypatch):
+def fill_up_at(n, monkeypatch):
+    """rundir.write_bytes fails with a full disk at its n-th call (after the temporary file is made)."""
     import errno
 
-    from rundir import RunError
-    real, calls = sample.write_atomically, {"n": 0}
+    import rundir
+    real, calls = rundir.write_bytes, {"n": 0}
 
-    def fills_up(path, write):
+    def fills_up(path, content):
         calls["n"] += 1
-        if calls["n"] == 2:
+        if calls["n"] == n:
             raise OSError(errno.ENOSPC, "No space left on device", path)
-        return real(path, write)
+        return real(path, content)
 
-    monkeypatch.setattr(sample, "write_atomically", fills_up)
-    out = tmp_path / "new"
+    monkeypatch.setattr(rundir, "write_bytes", fills_up)
+
+
+def test_a_full_disk_while_sampling_is_one_line_and_leaves_no_empty_folder(tmp_path, monkeypatch):
+    import rundir
+    from rundir import RunError
+    fill_up_at(2, monkeypatch)
+    out = tmp_path / "new" / "deeper"
     with pytest.raises(RunError, match=r"the disk is full: --out \S+ could not be written \(1 of 2 files done; the "
                                        r"folder is removed again\)") as error:
-        sample.write_outputs(str(out), {"class_grid.png": b"png", "samples.npz": b"npz"})
-    assert "\n" not in str(error.value) and not out.exists()
+        rundir.write_all_or_none(str(out), {"class_grid.png": b"png", "samples.npz": b"npz"})
+    assert "\n" not in str(error.value) and not (tmp_path / "new").exists()
+
+
+def test_a_full_disk_over_an_earlier_call_replaces_none_of_its_files(tmp_path, monkeypatch):
+    """All of a call's files are put in place, or none: never the new class_grid.png beside the old samples.npz."""
+    import json
+
+    import rundir
+    from rundir import RunError
+    out = tmp_path / "o"
+    meta = json.dumps(dict(written_by="sample.py", files=["class_grid.png", "meta.json", "samples.npz"])).encode()
+    before = {"class_grid.png": b"old png", "samples.npz": b"old npz", "meta.json": meta}
+    rundir.write_all_or_none(str(out), before)
+    (out / "mine.txt").write_text("the user's")
+    for n in (1, 2, 3):
+        fill_up_at(n, monkeypatch)
+        with pytest.raises(RunError, match=rf"\({n - 1} of 3 files done; the files in it are as they were\)"):
+            rundir.write_all_or_none(str(out), {"class_grid.png": b"new", "samples.npz": b"new", "meta.json": b"{}"})
+        assert {name: (out / name).read_bytes() for name in before} == before
+        assert sorted(os.listdir(out)) == ["class_grid.png", "meta.json", "mine.txt", "samples.npz"]  # no temp left
+        monkeypatch.undo()
+
+
+def test_temporary_names_are_unique_and_never_take_over_a_users_file(tmp_path):
+    """A file of the user's named like a temporary file (the old fixed NAME.tmp) is neither replaced nor renamed."""
+    from data import temporary_beside, write_atomically
+
+    import rundir
+    (tmp_path / "samples.npz.tmp").write_bytes(b"the user's")
+    (tmp_path / "config.json.tmp").write_bytes(b"the user's too")
+    write_atomically(str(tmp_path / "config.json"), lambda f: f.write(b"{}"))
+    rundir.write_all_or_none(str(tmp_path), {"samples.npz": b"npz"})
+    assert (tmp_path / "samples.npz.tmp").read_bytes() == b"the user's" and (tmp_path / "samples.npz").read_bytes() == b"npz"
+    assert (tmp_path / "config.json.tmp").read_bytes() == b"the user's too"
+    assert temporary_beside(str(tmp_path / "x")) != temporary_beside(str(tmp_path / "x"))  # O_EXCL, new each time
+    strays = [f for f in os.listdir(tmp_path) if f.startswith(".x.")]
+    assert len(strays) == 2 and all(rundir.stray_of(f) == "x" for f in strays)
+    # a stray of a killed write goes when the next run starts; the user's look-alike stays (no run here)
+    os.rename(tmp_path / strays[0], tmp_path / (".log.csv" + strays[0][2:]))
+    os.remove(tmp_path / "config.json")
+    rundir.remove_stale_tmp(str(tmp_path))
+    assert not (tmp_path / (".log.csv" + strays[0][2:])).exists() and (tmp_path / "config.json.tmp").exists()
 
 
 # ---------------------------------------------------------------- experiment.py: its results.json and Ctrl-C
