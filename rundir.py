@@ -393,9 +393,9 @@ def check_memory(requests: dict[str, int]) -> None:
     if limit is None or total <= limit:
         return
     flag = max(requests, key=requests.get)
-    raise RunError(f"{flag} asks for more than this machine can hold: about {total / 2**30:,.1f} GiB of memory "
-                   f"({requests[flag] / 2**30:,.1f} GiB for {flag.split()[0]} alone), and {limit / 2**30:,.1f} GiB "
-                   f"is available; ask for fewer")
+    size = lambda n: f"{n / 2**30:,.1f} GiB" if n >= 2**30 else f"{n / 2**20:,.0f} MiB"  # noqa: E731
+    raise RunError(f"{flag} asks for more than this machine can hold: about {size(total)} of memory "
+                   f"({size(requests[flag])} for {flag.split()[0]} alone), and {size(limit)} is available; ask for fewer")
 
 
 # ---------------------------------------------------------------------------

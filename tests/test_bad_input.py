@@ -1,5 +1,6 @@
 """Bad input as a user gives it: one line naming the flag or file, nothing lost."""
 import argparse
+import json
 import os
 
 import pytest
@@ -164,3 +165,77 @@ def test_ctrl_c_in_experiment_is_one_line_naming_the_sections_to_rerun_and_keeps
     message = fails(experiment, ["--out", str(out), "--runs", str(runs), "--sections", "compare", "control"],
                     r"interrupted in section compare; .*python experiment.py --sections compare control")
     assert "Traceback" not in message and json.loads((out / "results.json").read_text()) == earlier
+
+
+# ---------------------------------------------------------------- ownership per file, both commands
+@pytest.mark.parametrize("name", ["log.csv", "loss.png", "classifier.pt", "guide.pt", "space.npz",
+                                  os.path.join("grids", "step0000004.png"), os.path.join("samples", "samples.npz")])
+def test_train_refuses_a_users_file_with_a_run_files_name_in_a_folder_without_a_run(folder, tmp_path, name):  # noqa: F811
+    out = tmp_path / "u2"
+    os.makedirs(os.path.dirname(out / name), exist_ok=True)
+    (out / name).write_text("mine")
+    (out / "notes.txt").write_text("the user's own")
+    before = snapshot(out)
+    import train
+    fails(train, tiny(folder, out, "--cond", "label"), rf"{name} exists, and \S+ holds no run .*Move it away, or "
+                                                      "choose another --out")
+    assert snapshot(out) == before and not (out / "config.json").exists()
+
+
+def test_sample_replaces_only_the_files_an_earlier_call_listed(label_run, tmp_path):  # noqa: F811
+    out = tmp_path / "o"
+    quick = ["--sampling-steps", "2", "--grid-per-class", "1"]
+    sample.main([str(label_run), "--out", str(out), *quick])  # a plain call: class_grid.png, samples.npz, meta.json
+    (out / "references.png").write_bytes(b"the user's")  # a name sample.py uses, but this folder's calls did not
+    before = snapshot(out)
+    fails(sample, [str(label_run), "--out", str(out), *quick, "--references", "1"],
+          r"--out \S+ holds references.png, which no earlier sample.py call there wrote .*move it away")
+    assert snapshot(out) == before
+    os.remove(out / "references.png")
+    sample.main([str(label_run), "--out", str(out), *quick, "--references", "1"])  # now its own: listed, replaced
+    sample.main([str(label_run), "--out", str(out), *quick, "--references", "1", "--seed", "1"])
+    assert "references.png" in json.loads((out / "meta.json").read_text())["files"]
+
+
+# ---------------------------------------------------------------- silently wrong
+@pytest.mark.parametrize("text", ["", ",", " , "])
+def test_an_empty_guidance_is_refused_naming_the_flag_and_its_forms(text, capsys):
+    with pytest.raises(argparse.ArgumentTypeError, match=r"a weight W .* or NAME=W pairs"):
+        sample.parse_guidance(text)
+    with pytest.raises(SystemExit):
+        sample.build_parser().parse_args(["run", "--out", "x", "--guidance", text])
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "--guidance" in last and "NAME=W" in last
+
+
+@pytest.mark.parametrize("run_id", ["0123456789abcdef", ""])
+def test_eval_refuses_a_foreign_or_id_less_evaluator(label_run, tmp_path, run_id):  # noqa: F811
+    import classifier
+    run = copy_run(label_run, tmp_path)
+    net = classifier.SmallClassifier(1, 2, 8).network()
+    classifier.save_classifier(net, run / "classifier.pt", run_id)  # copied from another run, or of no run
+    before = snapshot(run)
+    fails(sample, [str(run), "--out", str(tmp_path / "o"), "--sampling-steps", "2", "--grid-per-class", "1",
+                   "--eval", "--n", "4"],
+          rf"classifier.pt belongs to another run \(run id {run_id or 'none'}, this run is \w+\).*move it away")
+    assert snapshot(run) == before and not (tmp_path / "o").exists()
+
+
+# ---------------------------------------------------------------- unbounded requests
+@pytest.mark.parametrize("flags, flag", [(["--eval", "--n", "1000000000"], "--n 1000000000"),
+                                         (["--boundary", "0", "1", "--n", "1000000000"], "--n 1000000000"),
+                                         (["--grid-per-class", "1000000000"], "--grid-per-class 1000000000"),
+                                         (["--references", "1", "--per-reference", "1000000000"],
+                                          "--per-reference 1000000000"),
+                                         (["--between", "0", "1", "--walks", "1000000000"], "--walks 1000000000"),
+                                         (["--between", "0", "1", "--points", "1000000000"], "--points 1000000000")])
+def test_a_request_larger_than_memory_is_refused_before_any_work(label_run, tmp_path, monkeypatch, flags, flag):  # noqa: F811
+    import rundir
+    monkeypatch.setattr(sample, "generate", lambda *a, **k: pytest.fail("generated before the check"))
+    message = fails(sample, [str(label_run), "--out", str(tmp_path / "o"), *flags],
+                    rf"{flag} asks for more than this machine can hold: about [\d,.]+ GiB .* GiB is available")
+    assert not (tmp_path / "o").exists()
+    assert "GiB" in message
+    monkeypatch.setattr(rundir, "available_memory", lambda: 2**28)  # 256 MiB: a grid of 2 x 10^6 8x8 images does not fit
+    fails(sample, [str(label_run), "--out", str(tmp_path / "o"), "--grid-per-class", "1000000"],
+          r"--grid-per-class 1000000 asks for more than this machine can hold: about \d+ MiB .* 256 MiB is available")
