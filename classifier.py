@@ -145,6 +145,7 @@ class SmallClassifier(nn.Module):
         super().__init__()
         self.config = dict(in_channels=in_channels, num_classes=num_classes, image_size=image_size, width=width)
         self.recipe = RECIPE  # how train_classifier trains it; load_classifier sets the one of its file
+        self.run_id = ""  # the training run it evaluates (save_classifier's run_id), "" for none
 
         def block(cin, cout):
             return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
@@ -347,10 +348,15 @@ def train_classifier(images, labels, num_classes=None, steps: int = 300, batch_s
 # ---------------------------------------------------------------------------
 # 5. Files
 # ---------------------------------------------------------------------------
-def save_classifier(net: FeatureNetwork, path) -> None:
-    """Write the classifier (no pickled code: a dict of numbers, strings and tensors), atomically."""
+def save_classifier(net: FeatureNetwork, path, run_id: str = "") -> None:
+    """Write the classifier (no pickled code: a dict of numbers, strings and tensors), atomically.
+
+    run_id: the training run it belongs to (a run's evaluator, classifier.pt), as its
+    config, checkpoint and space carry it; "" for a classifier of no run.
+    """
+    net.model.run_id = run_id
     payload = {"format": CLASSIFIER_FORMAT, "version": CLASSIFIER_VERSION, "config": net.model.config,
-               "recipe": net.model.recipe, "state_dict": {k: v.cpu() for k, v in net.model.state_dict().items()}}
+               "recipe": net.model.recipe, "run_id": run_id, "state_dict": {k: v.cpu() for k, v in net.model.state_dict().items()}}
     write_atomically(str(path), lambda f: torch.save(payload, f))
 
 
@@ -366,6 +372,7 @@ def load_classifier(path, device=None) -> FeatureNetwork:
                                    ("in_channels", "num_classes", "image_size", "width")})
         model.load_state_dict(payload["state_dict"])
         model.recipe = str(payload.get("recipe", "shift"))  # files from before the intensity map: shifts only
+        model.run_id = str(payload.get("run_id", ""))  # files from before run ids: of no run
     except Exception:  # torch's own message would advise weights_only=False: never the fix
         raise ValueError(f"{path} is not a classifier file of this classifier.py; delete it "
                          "(or pass another --classifier) to train a new one") from None

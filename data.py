@@ -462,15 +462,15 @@ def to_8_bits(pixels: np.ndarray, mode: str, path: str) -> np.ndarray:
 # Writing files: the one atomic-write helper every module uses
 # ---------------------------------------------------------------------------
 def write_atomically(path: str, write) -> None:
-    """write(f) into `path`.tmp, then rename it over `path` (os.replace is atomic).
+    """write(f) into a new temporary file beside `path`, then rename it over `path` (os.replace is atomic).
 
     A crash or kill leaves either the old file or the new one, never half of
-    one; the fixed `.tmp` name means a killed write leaves at most one stray
-    file, which the next write to `path` replaces. The file gets the usual
-    permissions (umask), like any file open() creates.
+    one. The temporary name is unique (temporary_beside: made with O_EXCL), so
+    it never takes over a file of the user's; a killed write leaves one stray
+    `.NAME.XXXXXXXX.tmp`, which rundir.remove_stale_tmp removes. The file gets
+    the usual permissions (umask), like any file open() creates.
     """
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = path + ".tmp"
+    tmp = temporary_beside(path)
     try:
         with open(tmp, "wb") as f:
             write(f)
@@ -478,3 +478,15 @@ def write_atomically(path: str, write) -> None:
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def temporary_beside(path: str) -> str:
+    """A new, empty file `.NAME.XXXXXXXX.tmp` in path's folder (made if missing), with the umask's permissions."""
+    folder = os.path.dirname(path) or "."
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; open() would give 0666 less the umask
+    return tmp

@@ -27,6 +27,7 @@ import scipy.stats
 
 import classifier
 import data
+import rundir
 from classifier import FeatureNetwork
 from features import WeightsUnavailableError, create_backbone
 
@@ -134,6 +135,16 @@ def inception_score(logits, splits: int = 10, seed: int = 0) -> tuple[float, flo
         kl = (np.exp(part) * (part - log_py)).sum(axis=1)  # KL(p(y|x) || p(y)), (n_split,)
         scores.append(math.exp(kl.mean()))
     return float(np.mean(scores)), float(np.std(scores))
+
+
+# A split's IS is at most its size (p(y) of n images has entropy <= log n), and a split of one image scores
+# exactly 1: every IS here takes splits of at least this many images (is_splits), fewer splits if need be.
+MIN_IMAGES_PER_SPLIT = 20
+
+
+def is_splits(n: int, splits: int = 10) -> int:
+    """The splits an IS of n images uses: `splits`, or fewer so that each holds MIN_IMAGES_PER_SPLIT (at least 1)."""
+    return max(1, min(int(splits), n // MIN_IMAGES_PER_SPLIT))
 
 
 # ---------------------------------------------------------------------------
@@ -533,14 +544,16 @@ def inception_network(weights=None) -> FeatureNetwork:
 
 
 def load_feature_network(name: str, weights=None, classifier_path=None, train_images=None,
-                         train_labels=None, num_classes=None, device=None) -> FeatureNetwork:
+                         train_labels=None, num_classes=None, device=None, run_id=None) -> FeatureNetwork:
     """"inception" (weights: see inception_network) or "classifier", on `device` (e.g. the
     user's --device; None: the best available, classifier.choose_device).
 
     The classifier is read from classifier_path if that file exists; otherwise
     it is trained (on `device`) on train_images and train_labels and saved to
     classifier_path. A file trained by an older recipe (without the intensity
-    augmentation) is still used, with a one-line note on stderr.
+    augmentation) is still used, with a one-line note on stderr. run_id: the
+    training run the classifier belongs to (sample.py --eval's run), stored in
+    the file it trains; a file of another run, or of none, is refused.
     """
     device = classifier.choose_device(device)  # an unavailable --device is an error before any work
     if name == "inception":
@@ -549,6 +562,10 @@ def load_feature_network(name: str, weights=None, classifier_path=None, train_im
         raise ValueError(f"unknown feature network {name!r}; choose from inception, classifier")
     if classifier_path is not None and os.path.exists(classifier_path):
         net = classifier.load_classifier(classifier_path, device)
+        if run_id is not None and net.model.run_id != run_id:
+            raise ValueError(f"{classifier_path} belongs to another run (run id {net.model.run_id or 'none'}, this "
+                             f"run is {run_id}), and it would score this run's samples: move it away, and "
+                             "sample.py --eval trains this run's own")
         if num_classes is not None and net.num_classes != num_classes:
             raise ValueError(f"{classifier_path} was trained for {net.num_classes} classes, not {num_classes}; "
                              "delete it to train a new one")
@@ -562,20 +579,23 @@ def load_feature_network(name: str, weights=None, classifier_path=None, train_im
         raise ValueError(f"the classifier needs a classifier file{where} or train_images and train_labels")
     net = classifier.train_classifier(train_images, train_labels, num_classes, device=device)
     if classifier_path is not None:
-        classifier.save_classifier(net, classifier_path)
+        classifier.save_classifier(net, classifier_path, run_id or "")
     return net
 
 
 def evaluate_images(real_images, generated_images, generated_labels, net: FeatureNetwork,
                     splits: int = 10) -> dict:
-    """FID (real vs generated), IS of the generated images in min(splits, N) splits and,
-    for the classifier, the conditioning accuracy of the labelled images (labels >= 0)."""
+    """FID (real vs generated), IS of the generated images in is_splits(N, splits) splits (is_note says why,
+    when fewer than asked) and, for the classifier, the conditioning accuracy of the labelled images (labels >= 0)."""
     real_features, _ = net.features_and_logits(real_images)
     features, logits = net.features_and_logits(generated_images)
-    splits = min(int(splits), len(logits))
+    used = is_splits(len(logits), splits)
     out = {"fid": fid_from_features(real_features, features)}
-    out["is_mean"], out["is_std"] = inception_score(logits, splits)
-    out.update(is_splits=splits, n_real=len(real_features), n_generated=len(features))
+    out["is_mean"], out["is_std"] = inception_score(logits, used)
+    out.update(is_splits=used, n_real=len(real_features), n_generated=len(features))
+    if used < splits:
+        out["is_note"] = (f"{used} split{'s' * (used > 1)} of {len(logits)} images, not {splits}: a split needs "
+                          f"{MIN_IMAGES_PER_SPLIT} images (one image alone scores 1)")
     if generated_labels is not None and net.name == "classifier":  # ImageNet classes are not ours
         y = np.asarray(generated_labels)
         if y.shape != (len(logits),):
@@ -630,6 +650,21 @@ def align_labels(labels, names, real_names, path):
     return np.where(labels >= 0, np.array([real_names.index(name) for name in names])[np.maximum(labels, 0)], -1)
 
 
+def check_same_size(real, generated, real_path, generated_path) -> None:
+    """Both sets at one image size: a network reads 28 px and 32 px digits differently, so the scores would
+    compare the sizes, not the images (the caller resizes both with --image-size N)."""
+    if real.shape[1:3] != generated.shape[1:3]:
+        raise ValueError(f"{real_path} holds {real.shape[1]}x{real.shape[2]} images and {generated_path} "
+                         f"{generated.shape[1]}x{generated.shape[2]}: pass --image-size N to resize both to N x N")
+
+
+def check_batch_memory(net: FeatureNetwork, channels: int, batch_size) -> None:
+    """--feature-batch-size against the memory available: a batch holds about 16 float32 copies of its images at
+    the network's input size (resized, normalised, the first layers' maps), rundir.check_memory."""
+    if batch_size is not None:
+        rundir.check_memory({f"--feature-batch-size {batch_size}": batch_size * 16 * 4 * max(3, channels) * net.image_size ** 2})
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="metrics.py", description="FID and IS between two image sets: folders "
                                      "(flat, or one sub-directory per class) or .npz files ('images', 'labels').")
@@ -639,7 +674,8 @@ def main(argv=None) -> int:
     parser.add_argument("--inception-weights", help="local Inception weights file (offline use)")
     parser.add_argument("--classifier", help="classifier file: read if it exists, else trained on REAL "
                         "(which then needs labels) and saved here (default: under .cache/metrics/)")
-    parser.add_argument("--splits", type=int, default=10, help="IS splits (default 10, at most N)")
+    parser.add_argument("--splits", type=int, default=10, help=f"IS splits (default 10; fewer where a split would "
+                        f"hold under {MIN_IMAGES_PER_SPLIT} images, said in the result)")
     parser.add_argument("--image-size", type=int, help="resize all images to N x N first")
     parser.add_argument("--feature-batch-size", type=int,
                         help="images per batch of the feature network (default: 256 classifier, 32 inception)")
@@ -662,6 +698,7 @@ def main(argv=None) -> int:
         classifier.choose_device(args.device)  # an unavailable --device fails before any work
         real, real_labels, real_names = load_image_set(args.real, args.image_size)
         generated, labels, names = load_image_set(args.generated, args.image_size)
+        check_same_size(real, generated, args.real, args.generated)
         if args.features == "inception":
             net, labels = load_feature_network("inception", weights=args.inception_weights, device=args.device), None
         else:
@@ -683,8 +720,9 @@ def main(argv=None) -> int:
                 raise ValueError(f"labels in {args.generated} go up to {labels.max()}, "
                                  f"but the classifier knows {net.num_classes} classes")
         net.batch_size = args.feature_batch_size or net.batch_size
+        check_batch_memory(net, real.shape[3], args.feature_batch_size)
         result = {**evaluate_images(real, generated, labels, net, args.splits), "features": args.features}
-    except (ValueError, OSError, WeightsUnavailableError) as error:
+    except (ValueError, OSError, WeightsUnavailableError, rundir.RunError) as error:
         print("metrics.py: error: " + " ".join(str(error).split()), file=sys.stderr)
         return 2
     if args.json:
@@ -692,6 +730,8 @@ def main(argv=None) -> int:
     else:
         print(f"FID: {result['fid']:.4f}")
         print(f"IS:  {result['is_mean']:.4f} +- {result['is_std']:.4f} ({result['is_splits']} splits)")
+        if "is_note" in result:
+            print(f"note: {result['is_note']}")
         if "conditioning_accuracy" in result:
             print(f"conditioning accuracy: {result['conditioning_accuracy']:.4f}")
     return 0

@@ -40,7 +40,7 @@ import time
 import numpy as np
 import torch
 
-from data import load_dataset, write_atomically
+from data import load_dataset, temporary_beside, write_atomically
 from ddpm import Diffusion, beta_schedule
 from features import FeatureSpace
 from unet import UNet
@@ -250,22 +250,39 @@ def our_grid_files(out: str) -> list[str]:
     return [os.path.join(grids, f) for f in os.listdir(grids) if GRID_NAME.fullmatch(f)] if os.path.isdir(grids) else []
 
 
-def holds_sample_outputs(folder: str) -> bool:
-    """Was `folder` written by sample.py? (Its meta.json says so.) Only then are its SAMPLE_FILES ours to replace."""
+def check_new_run_out(out: str) -> None:
+    """A new run in a folder without one owns nothing there: a file train.py would write that exists already
+    (RUN_FILES, grids/stepNNNNNNN.png, samples/'s SAMPLE_FILES) is the user's, and is refused, naming it."""
+    for folder in ("grids", "samples"):
+        path = os.path.join(out, folder)
+        if os.path.lexists(path) and not os.path.isdir(path):
+            raise RunError(f"{path} exists and is not a folder; train.py writes its {folder} there: move it away, "
+                           "or choose another --out")
+    planned = [os.path.join(out, name) for name in RUN_FILES] + our_grid_files(out)
+    planned += [os.path.join(out, "samples", name) for name in SAMPLE_FILES]
+    for path in planned:
+        if os.path.lexists(path):
+            raise RunError(f"{path} exists, and {out} holds no run of train.py (no config.json) that it could "
+                           "belong to: train.py would replace it. Move it away, or choose another --out")
+
+
+def sample_outputs(folder: str) -> list[str]:
+    """The files an earlier sample.py call wrote in `folder`, as its meta.json's `files` lists them
+    ([] if none or unreadable): the only files in it that sample.py (or train.py --overwrite) may replace."""
     try:
         with open(os.path.join(folder, "meta.json")) as f:
             meta = json.load(f)
-        return isinstance(meta, dict) and meta.get("written_by") == "sample.py"
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return False
+    except (OSError, UnicodeDecodeError, ValueError):
+        return []
+    files = meta.get("files") if isinstance(meta, dict) and meta.get("written_by") == "sample.py" else None
+    return [name for name in files if name in SAMPLE_FILES] if isinstance(files, list) else []
 
 
 def remove_run_files(out: str) -> None:
     """--overwrite: remove only what train.py and sample.py wrote; anything else of the user's stays."""
-    paths = [os.path.join(out, name) for name in RUN_FILES] + our_grid_files(out)
     samples = os.path.join(out, "samples")
-    if holds_sample_outputs(samples):
-        paths += [os.path.join(samples, name) for name in SAMPLE_FILES]
+    paths = [os.path.join(out, name) for name in RUN_FILES] + our_grid_files(out)
+    paths += [os.path.join(samples, name) for name in sample_outputs(samples)]
     for path in paths:
         if os.path.isfile(path):
             os.remove(path)
@@ -274,15 +291,111 @@ def remove_run_files(out: str) -> None:
             os.rmdir(folder)
 
 
+# data.temporary_beside's names: .NAME.XXXXXXXX.tmp (8 of tempfile's characters)
+STRAY_TMP = re.compile(r"\.(?P<name>.+)\.[a-z0-9_]{8}\.tmp")
+
+
+def stray_of(filename: str) -> str:
+    """The NAME whose temporary file `filename` is ("" if it is none): .NAME.XXXXXXXX.tmp, or NAME.tmp (older versions)."""
+    match = STRAY_TMP.fullmatch(filename)
+    return match["name"] if match else filename[:-4] if filename.endswith(".tmp") else ""
+
+
 def remove_stale_tmp(out: str) -> None:
-    """A kill during a write leaves NAME.tmp beside NAME (data.write_atomically); ours go when the next run starts."""
-    tmp = [os.path.join(out, name + ".tmp") for name in RUN_FILES]
+    """A kill during a write leaves a temporary file beside NAME (data.write_atomically); ours go when the next
+    run starts: those of RUN_FILES (the fixed NAME.tmp of older versions only in a run) and of our grids."""
     grids = os.path.join(out, "grids")
+    tmp = [os.path.join(out, f) for f in os.listdir(out) if stray_of(f) in RUN_FILES and
+           (STRAY_TMP.fullmatch(f) or holds_run(out))] if os.path.isdir(out) else []
     if os.path.isdir(grids):
-        tmp += [os.path.join(grids, f) for f in os.listdir(grids) if f.endswith(".tmp") and GRID_NAME.fullmatch(f[:-4])]
+        tmp += [os.path.join(grids, f) for f in os.listdir(grids) if GRID_NAME.fullmatch(stray_of(f))]
     for path in tmp:
         if os.path.isfile(path):
             os.remove(path)
+
+
+# ---------------------------------------------------------------------------
+# sample.py's --out: which files are its own, and all of a call's files or none
+# ---------------------------------------------------------------------------
+def check_sample_out(out: str, names: list[str]) -> None:
+    """--out is a writable folder where each file this call writes (`names`) is absent or listed as written by
+    an earlier sample.py call in its meta.json (sample_outputs): a file of the user's is never replaced."""
+    check_out(out)
+    owned = sample_outputs(out)
+    for name in names:
+        if os.path.lexists(os.path.join(out, name)) and name not in owned:
+            raise RunError(f"--out {out} holds {name}, which no earlier sample.py call there wrote (its meta.json "
+                           "does not list it): move it away, or choose another --out")
+
+
+def write_all_or_none(out: str, files: dict[str, bytes]) -> None:
+    """Write a call's files into `out`: all to new temporary names first, then each renamed over its name.
+
+    A failed write (a full disk) removes only the temporary files this call made,
+    and a folder it made: the files there before are as they were, never a mix of
+    this call's and an earlier one's. Then the earlier call's outputs that this one
+    does not remake are removed (they would not match); anything else in `out` stays.
+    """
+    made, stale = missing_folders(out), [name for name in sample_outputs(out) if name not in files]
+    temporary, done = {}, 0
+    try:
+        os.makedirs(out, exist_ok=True)
+        for name, content in files.items():
+            temporary[name] = temporary_beside(os.path.join(out, name))
+            write_bytes(temporary[name], content)
+            done += 1
+    except OSError as error:
+        for path in temporary.values():
+            with contextlib.suppress(OSError):
+                os.remove(path)
+        remove_empty(made)
+        if not disk_full(error):
+            raise
+        kept = "the folder is removed again" if made else "the files in it are as they were"
+        raise RunError(f"the disk is full: --out {out} could not be written ({done} of {len(files)} "
+                       f"files done; {kept}); free some space and run it again") from None
+    for name, path in temporary.items():
+        os.replace(path, os.path.join(out, name))
+    for name in stale:
+        if os.path.isfile(os.path.join(out, name)):
+            os.remove(os.path.join(out, name))
+
+
+def write_bytes(path: str, content: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(content)
+
+
+# ---------------------------------------------------------------------------
+# Requests bounded by memory: sample.py's and metrics.py's counts
+# ---------------------------------------------------------------------------
+def available_memory() -> int | None:
+    """Bytes of memory available now: Linux's MemAvailable (/proc/meminfo), else the free pages (os.sysconf)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None  # unknown: no bound
+
+
+def check_memory(requests: dict[str, int]) -> None:
+    """requests: a flag as typed ("--n 1000") -> the bytes it makes the call hold at once (an estimate).
+
+    Their sum must fit in the memory available now; else one line naming the largest, the estimate and the limit.
+    """
+    limit, total = available_memory(), sum(requests.values())
+    if limit is None or total <= limit:
+        return
+    flag = max(requests, key=requests.get)
+    size = lambda n: f"{n / 2**30:,.1f} GiB" if n >= 2**30 else f"{n / 2**20:,.0f} MiB"  # noqa: E731
+    raise RunError(f"{flag} asks for more than this machine can hold: about {size(total)} of memory "
+                   f"({size(requests[flag])} for {flag.split()[0]} alone), and {size(limit)} is available; ask for fewer")
 
 
 # ---------------------------------------------------------------------------

@@ -170,6 +170,9 @@ def parse_guidance(text: str) -> float | dict[str, float]:
         weights = float(text)
     except ValueError:
         weights = parse_condition_numbers(text)
+    if weights == {}:  # "" or "," would mean no guidance at all, unasked
+        raise argparse.ArgumentTypeError(f"expected a weight W (e.g. 3; 1: no guidance) or NAME=W pairs joined by "
+                                         f"commas (e.g. label=3,pos=1), got {text!r}")
     if not all(np.isfinite(w) for w in (weights.values() if isinstance(weights, dict) else [weights])):
         raise argparse.ArgumentTypeError(f"every weight must be a finite number (1: no guidance, 3: the default), got {text!r}")
     return weights
@@ -739,10 +742,12 @@ def evaluate(run: Run, n: int, sampler: dict, seed: int, references: dict | None
 
     net = metrics.load_feature_network("classifier", classifier_path=os.path.join(run.dir, "classifier.pt"),
                                        train_images=run.images, train_labels=run.labels, num_classes=k,
-                                       device=run.device)
+                                       device=run.device, run_id=run.config["run_id"])
     result = {"n": n, "fid_reference": reference_text,
               "classifier": metrics.evaluate_images(test_images, part["images"], want, net)}
-    result["classifier"]["real_is_mean"], result["classifier"]["real_is_std"] = metrics.inception_score(net.logits(test_images))
+    real_logits = net.logits(test_images)
+    result["classifier"]["real_is_mean"], result["classifier"]["real_is_std"] = metrics.inception_score(
+        real_logits, metrics.is_splits(len(real_logits)))
     floor = np.random.default_rng(seed + 2).choice(len(run.images), min(len(test_images), len(run.images)), replace=False)
     result["classifier"]["noise_floor_fid"] = metrics.evaluate_images(test_images, run.images[floor], None, net)["fid"]
     if test_images is not run.images:  # (without held-out images there is no baseline to compare with)
@@ -887,7 +892,7 @@ def check_args(args) -> None:
     if args.inception_weights and not os.path.isfile(args.inception_weights):
         raise RunError(f"--inception-weights {args.inception_weights}: file not found")
     rundir.check_device(args.device)
-    check_out_dir(args.out)
+    rundir.check_sample_out(args.out, output_names(args))
 
 
 # Flags that act only with another flag: given without it (at another value than their default) they would be
@@ -939,6 +944,7 @@ def check_against_run(args, run: Run) -> None:
             if not 0 <= c < k:
                 raise RunError(f"{flag} {' '.join(map(str, classes))}: class {c} does not exist; "
                                f"{run.dir} has classes 0..{k - 1}")
+    check_memory(args, run)
     if args.boundary:
         check_boundary(run, *args.boundary, args.boundary_method)
     fewest = int(np.bincount(run.labels, minlength=k).min())
@@ -953,55 +959,42 @@ def load_reference_files(run: Run, paths: list[str]) -> np.ndarray:
     return np.stack([np.asarray(p).reshape(size, size, channels) for p in pictures])
 
 
-def check_out_dir(out: str) -> None:
-    """--out must be a writable folder (or one that can be made) holding no file of ours that sample.py did not write."""
-    rundir.check_out(out)
-    clashes = [name for name in SAMPLE_FILES if os.path.lexists(os.path.join(out, name))]
-    if clashes and not rundir.holds_sample_outputs(out):
-        raise RunError(f"--out {out} holds {clashes[0]}, which sample.py did not write; choose another --out")
+IMAGE_COPIES, ACTIVATIONS = 4, 16  # check_memory's estimate of the bytes an image and a batch row cost
 
 
-def write_outputs(out: str, files: dict[str, bytes]) -> None:
-    """Write this call's files, each atomically, then remove the earlier call's outputs this one does not remake.
+def output_names(args) -> list[str]:
+    """The files this call writes in --out (meta.json lists them; rundir.check_sample_out checks them first)."""
+    if args.boundary:
+        return ["boundary.png", "meta.json", "samples.npz"]
+    figures = ["class_grid.png"] + (["references.png"] if args.references or args.reference_images else [])
+    figures += ["between.png"] if args.between else []
+    return sorted([*figures, "samples.npz", "meta.json", *(["metrics.json", "eval_samples.npz"] if args.eval else [])])
 
-    Only files an earlier sample.py call listed in its meta.json are removed (an old between.png would not match
-    the new samples.npz); anything else in --out stays. A full disk is a one-line RunError, and a folder this
-    call made is removed again with what it wrote there.
+
+def check_memory(args, run: Run) -> None:
+    """Each count-like request against the memory this machine has now (rundir.check_memory), before any work.
+
+    An image held costs about IMAGE_COPIES copies of its uint8 pixels (the
+    images, their concatenation, samples.npz, metrics' batches) and its
+    conditions; a row in a network batch about ACTIVATIONS float32 maps of the
+    U-Net's width (twice, with guidance).
     """
-    made = not os.path.isdir(out)
-    stale = [name for name in earlier_outputs(out) if name not in files and name in SAMPLE_FILES]
-    os.makedirs(out, exist_ok=True)
-    written = []
-    try:
-        for name, content in files.items():
-            write_atomically(os.path.join(out, name), lambda f: f.write(content))
-            written.append(name)
-    except OSError as error:
-        if made:
-            for name in written:
-                os.remove(os.path.join(out, name))
-            try:
-                os.rmdir(out)
-            except OSError:  # something else appeared in it meanwhile: it stays
-                pass
-        if not rundir.disk_full(error):
-            raise
-        raise RunError(f"the disk is full: --out {out} could not be written ({len(written)} of {len(files)} files "
-                       f"done{'; the folder is removed again' if made else ''}); free some space and run it again") from None
-    for name in stale:
-        if os.path.isfile(os.path.join(out, name)):
-            os.remove(os.path.join(out, name))
-
-
-def earlier_outputs(out: str) -> list[str]:
-    """The files an earlier sample.py call wrote in --out, as its meta.json lists them ([] if none or unreadable)."""
-    try:
-        with open(os.path.join(out, "meta.json")) as f:
-            meta = json.load(f)
-    except (OSError, ValueError):
-        return []
-    files = meta.get("files") if isinstance(meta, dict) and meta.get("written_by") == "sample.py" else None
-    return [name for name in files if isinstance(name, str)] if isinstance(files, list) else []
+    k, unet = len(run.config["data"]["class_names"]), run.config["unet"]
+    h = w = unet["image_size"]
+    image = IMAGE_COPIES * h * w * unet["image_channels"] + 8 * sum(max(1, int(size)) for size in unet["conditions"].values()) + 64
+    refs = k * args.references + len(args.reference_images or [])
+    refs_flag = f"--references {args.references}" if args.references else "--reference-images"
+    walk_rows = (2 if args.walk_label == "fixed" else 1) * args.walks if args.between else 0
+    counts = {f"--grid-per-class {args.grid_per_class}": k * args.grid_per_class,  # flag -> images held at once
+              (f"--per-reference {args.per_reference}" if args.per_reference > refs else refs_flag):
+                  refs * args.per_reference,
+              (f"--points {args.points}" if args.points > walk_rows else f"--walks {args.walks}"):
+                  walk_rows * args.points,
+              f"--n {args.n}": (args.n or 0) * (BOUNDARY_GRID if args.boundary else 1)}  # --boundary: a grid per walk
+    requests = {flag: count * image for flag, count in counts.items()}
+    batch = min(args.sampling_batch_size, max(counts.values()))  # a batch never holds more rows than the request
+    requests[f"--sampling-batch-size {args.sampling_batch_size}"] = 2 * ACTIVATIONS * unet["base_channels"] * h * w * 4 * batch
+    rundir.check_memory(requests)
 
 
 def run_command(args) -> dict:
@@ -1047,7 +1040,7 @@ def run_command(args) -> dict:
         result["settings"] = meta
         files["metrics.json"] = json.dumps(result, indent=2).encode()
         files["eval_samples.npz"] = samples_npz(evaluated)
-    write_outputs(args.out, files)
+    rundir.write_all_or_none(args.out, files)
     if args.eval:
         print(json.dumps({k: v for k, v in result.items() if k != "settings"}, indent=2))
     return result
@@ -1101,7 +1094,7 @@ def boundary_command(args, run: Run) -> dict:
                 conditions=sorted(run.config["unet"]["conditions"]), class_names=run.config["data"]["class_names"],
                 run_id=run.config["run_id"])
     files["meta.json"] = json.dumps(meta, indent=2).encode()
-    write_outputs(args.out, files)
+    rundir.write_all_or_none(args.out, files)
     return meta
 
 

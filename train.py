@@ -248,6 +248,7 @@ def existing_run(out: str, resume: bool, overwrite: bool) -> tuple[dict | None, 
     if not rundir.holds_run(out):
         if resume:
             raise RunError(f"nothing to resume in {out} (no config.json or checkpoint.pt): drop --resume to start a run")
+        rundir.check_new_run_out(out)  # a file of the user's with one of the run's names is never replaced
         return None, None
     if resume:
         return rundir.read_run(out)

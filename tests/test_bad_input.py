@@ -1,5 +1,6 @@
 """Bad input as a user gives it: one line naming the flag or file, nothing lost."""
 import argparse
+import json
 import os
 
 import pytest
@@ -43,7 +44,8 @@ def test_walk_label_soft_or_none_on_a_model_without_a_label_is_one_line(mode):
     import numpy as np
     from rundir import RunError
     args = sample.build_parser().parse_args(["run", "--out", "x", "--between", "0", "1", "--walk-label", mode])
-    run = types.SimpleNamespace(config={"unet": {"conditions": {"pos": 20}}, "data": {"class_names": ["a", "b"]}},
+    unet = {"conditions": {"pos": 20}, "image_size": 8, "image_channels": 1, "base_channels": 8}
+    run = types.SimpleNamespace(config={"unet": unet, "data": {"class_names": ["a", "b"]}},
                                 diffusion=types.SimpleNamespace(num_timesteps=100), dir="run", space=object(),
                                 labels=np.array([0, 1]))
     with pytest.raises(RunError, match=f"--walk-label {mode} .* without one: leave --walk-label at fixed"):
@@ -53,34 +55,84 @@ def test_walk_label_soft_or_none_on_a_model_without_a_label_is_one_line(mode):
 
 def test_a_plain_call_removes_the_earlier_calls_between_png_and_nothing_else(tmp_path):
     import json
+
+    import rundir
     out = tmp_path / "o"
-    sample.write_outputs(str(out), {"between.png": b"old", "samples.npz": b"old", "meta.json": json.dumps(
+    rundir.write_all_or_none(str(out), {"between.png": b"old", "samples.npz": b"old", "meta.json": json.dumps(
         dict(written_by="sample.py", files=["between.png", "meta.json", "samples.npz"])).encode()})
     (out / "notes.txt").write_text("mine")
-    sample.write_outputs(str(out), {"samples.npz": b"new", "meta.json": json.dumps(
+    rundir.write_all_or_none(str(out), {"samples.npz": b"new", "meta.json": json.dumps(
         dict(written_by="sample.py", files=["meta.json", "samples.npz"])).encode()})
     assert sorted(os.listdir(out)) == ["meta.json", "notes.txt", "samples.npz"]
     assert (out / "samples.npz").read_bytes() == b"new"
 
 
-def test_a_full_disk_while_sampling_is_one_line_and_leaves_no_empty_folder(tmp_path, monkeypatch):
+def fill_up_at(n, monkeypatch):
+    """rundir.write_bytes fails with a full disk at its n-th call (after the temporary file is made)."""
     import errno
 
-    from rundir import RunError
-    real, calls = sample.write_atomically, {"n": 0}
+    import rundir
+    real, calls = rundir.write_bytes, {"n": 0}
 
-    def fills_up(path, write):
+    def fills_up(path, content):
         calls["n"] += 1
-        if calls["n"] == 2:
+        if calls["n"] == n:
             raise OSError(errno.ENOSPC, "No space left on device", path)
-        return real(path, write)
+        return real(path, content)
 
-    monkeypatch.setattr(sample, "write_atomically", fills_up)
-    out = tmp_path / "new"
+    monkeypatch.setattr(rundir, "write_bytes", fills_up)
+
+
+def test_a_full_disk_while_sampling_is_one_line_and_leaves_no_empty_folder(tmp_path, monkeypatch):
+    import rundir
+    from rundir import RunError
+    fill_up_at(2, monkeypatch)
+    out = tmp_path / "new" / "deeper"
     with pytest.raises(RunError, match=r"the disk is full: --out \S+ could not be written \(1 of 2 files done; the "
                                        r"folder is removed again\)") as error:
-        sample.write_outputs(str(out), {"class_grid.png": b"png", "samples.npz": b"npz"})
-    assert "\n" not in str(error.value) and not out.exists()
+        rundir.write_all_or_none(str(out), {"class_grid.png": b"png", "samples.npz": b"npz"})
+    assert "\n" not in str(error.value) and not (tmp_path / "new").exists()
+
+
+def test_a_full_disk_over_an_earlier_call_replaces_none_of_its_files(tmp_path, monkeypatch):
+    """All of a call's files are put in place, or none: never the new class_grid.png beside the old samples.npz."""
+    import json
+
+    import rundir
+    from rundir import RunError
+    out = tmp_path / "o"
+    meta = json.dumps(dict(written_by="sample.py", files=["class_grid.png", "meta.json", "samples.npz"])).encode()
+    before = {"class_grid.png": b"old png", "samples.npz": b"old npz", "meta.json": meta}
+    rundir.write_all_or_none(str(out), before)
+    (out / "mine.txt").write_text("the user's")
+    for n in (1, 2, 3):
+        fill_up_at(n, monkeypatch)
+        with pytest.raises(RunError, match=rf"\({n - 1} of 3 files done; the files in it are as they were\)"):
+            rundir.write_all_or_none(str(out), {"class_grid.png": b"new", "samples.npz": b"new", "meta.json": b"{}"})
+        assert {name: (out / name).read_bytes() for name in before} == before
+        assert sorted(os.listdir(out)) == ["class_grid.png", "meta.json", "mine.txt", "samples.npz"]  # no temp left
+        monkeypatch.undo()
+
+
+def test_temporary_names_are_unique_and_never_take_over_a_users_file(tmp_path):
+    """A file of the user's named like a temporary file (the old fixed NAME.tmp) is neither replaced nor renamed."""
+    from data import temporary_beside, write_atomically
+
+    import rundir
+    (tmp_path / "samples.npz.tmp").write_bytes(b"the user's")
+    (tmp_path / "config.json.tmp").write_bytes(b"the user's too")
+    write_atomically(str(tmp_path / "config.json"), lambda f: f.write(b"{}"))
+    rundir.write_all_or_none(str(tmp_path), {"samples.npz": b"npz"})
+    assert (tmp_path / "samples.npz.tmp").read_bytes() == b"the user's" and (tmp_path / "samples.npz").read_bytes() == b"npz"
+    assert (tmp_path / "config.json.tmp").read_bytes() == b"the user's too"
+    assert temporary_beside(str(tmp_path / "x")) != temporary_beside(str(tmp_path / "x"))  # O_EXCL, new each time
+    strays = [f for f in os.listdir(tmp_path) if f.startswith(".x.")]
+    assert len(strays) == 2 and all(rundir.stray_of(f) == "x" for f in strays)
+    # a stray of a killed write goes when the next run starts; the user's look-alike stays (no run here)
+    os.rename(tmp_path / strays[0], tmp_path / (".log.csv" + strays[0][2:]))
+    os.remove(tmp_path / "config.json")
+    rundir.remove_stale_tmp(str(tmp_path))
+    assert not (tmp_path / (".log.csv" + strays[0][2:])).exists() and (tmp_path / "config.json.tmp").exists()
 
 
 # ---------------------------------------------------------------- experiment.py: its results.json and Ctrl-C
@@ -113,3 +165,77 @@ def test_ctrl_c_in_experiment_is_one_line_naming_the_sections_to_rerun_and_keeps
     message = fails(experiment, ["--out", str(out), "--runs", str(runs), "--sections", "compare", "control"],
                     r"interrupted in section compare; .*python experiment.py --sections compare control")
     assert "Traceback" not in message and json.loads((out / "results.json").read_text()) == earlier
+
+
+# ---------------------------------------------------------------- ownership per file, both commands
+@pytest.mark.parametrize("name", ["log.csv", "loss.png", "classifier.pt", "guide.pt", "space.npz",
+                                  os.path.join("grids", "step0000004.png"), os.path.join("samples", "samples.npz")])
+def test_train_refuses_a_users_file_with_a_run_files_name_in_a_folder_without_a_run(folder, tmp_path, name):  # noqa: F811
+    out = tmp_path / "u2"
+    os.makedirs(os.path.dirname(out / name), exist_ok=True)
+    (out / name).write_text("mine")
+    (out / "notes.txt").write_text("the user's own")
+    before = snapshot(out)
+    import train
+    fails(train, tiny(folder, out, "--cond", "label"), rf"{name} exists, and \S+ holds no run .*Move it away, or "
+                                                      "choose another --out")
+    assert snapshot(out) == before and not (out / "config.json").exists()
+
+
+def test_sample_replaces_only_the_files_an_earlier_call_listed(label_run, tmp_path):  # noqa: F811
+    out = tmp_path / "o"
+    quick = ["--sampling-steps", "2", "--grid-per-class", "1"]
+    sample.main([str(label_run), "--out", str(out), *quick])  # a plain call: class_grid.png, samples.npz, meta.json
+    (out / "references.png").write_bytes(b"the user's")  # a name sample.py uses, but this folder's calls did not
+    before = snapshot(out)
+    fails(sample, [str(label_run), "--out", str(out), *quick, "--references", "1"],
+          r"--out \S+ holds references.png, which no earlier sample.py call there wrote .*move it away")
+    assert snapshot(out) == before
+    os.remove(out / "references.png")
+    sample.main([str(label_run), "--out", str(out), *quick, "--references", "1"])  # now its own: listed, replaced
+    sample.main([str(label_run), "--out", str(out), *quick, "--references", "1", "--seed", "1"])
+    assert "references.png" in json.loads((out / "meta.json").read_text())["files"]
+
+
+# ---------------------------------------------------------------- silently wrong
+@pytest.mark.parametrize("text", ["", ",", " , "])
+def test_an_empty_guidance_is_refused_naming_the_flag_and_its_forms(text, capsys):
+    with pytest.raises(argparse.ArgumentTypeError, match=r"a weight W .* or NAME=W pairs"):
+        sample.parse_guidance(text)
+    with pytest.raises(SystemExit):
+        sample.build_parser().parse_args(["run", "--out", "x", "--guidance", text])
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "--guidance" in last and "NAME=W" in last
+
+
+@pytest.mark.parametrize("run_id", ["0123456789abcdef", ""])
+def test_eval_refuses_a_foreign_or_id_less_evaluator(label_run, tmp_path, run_id):  # noqa: F811
+    import classifier
+    run = copy_run(label_run, tmp_path)
+    net = classifier.SmallClassifier(1, 2, 8).network()
+    classifier.save_classifier(net, run / "classifier.pt", run_id)  # copied from another run, or of no run
+    before = snapshot(run)
+    fails(sample, [str(run), "--out", str(tmp_path / "o"), "--sampling-steps", "2", "--grid-per-class", "1",
+                   "--eval", "--n", "4"],
+          rf"classifier.pt belongs to another run \(run id {run_id or 'none'}, this run is \w+\).*move it away")
+    assert snapshot(run) == before and not (tmp_path / "o").exists()
+
+
+# ---------------------------------------------------------------- unbounded requests
+@pytest.mark.parametrize("flags, flag", [(["--eval", "--n", "1000000000"], "--n 1000000000"),
+                                         (["--boundary", "0", "1", "--n", "1000000000"], "--n 1000000000"),
+                                         (["--grid-per-class", "1000000000"], "--grid-per-class 1000000000"),
+                                         (["--references", "1", "--per-reference", "1000000000"],
+                                          "--per-reference 1000000000"),
+                                         (["--between", "0", "1", "--walks", "1000000000"], "--walks 1000000000"),
+                                         (["--between", "0", "1", "--points", "1000000000"], "--points 1000000000")])
+def test_a_request_larger_than_memory_is_refused_before_any_work(label_run, tmp_path, monkeypatch, flags, flag):  # noqa: F811
+    import rundir
+    monkeypatch.setattr(sample, "generate", lambda *a, **k: pytest.fail("generated before the check"))
+    message = fails(sample, [str(label_run), "--out", str(tmp_path / "o"), *flags],
+                    rf"{flag} asks for more than this machine can hold: about [\d,.]+ GiB .* GiB is available")
+    assert not (tmp_path / "o").exists()
+    assert "GiB" in message
+    monkeypatch.setattr(rundir, "available_memory", lambda: 2**28)  # 256 MiB: a grid of 2 x 10^6 8x8 images does not fit
+    fails(sample, [str(label_run), "--out", str(tmp_path / "o"), "--grid-per-class", "1000000"],
+          r"--grid-per-class 1000000 asks for more than this machine can hold: about \d+ MiB .* 256 MiB is available")

@@ -723,7 +723,32 @@ def test_evaluate_images(mnist_split, trained_classifier):
                                   net.features_and_logits(gen[gen_y == 3])[0])
     assert 0 <= out["fid"] < one_class / 5
     unlabelled = metrics.evaluate_images(test_x[:20], test_x[20:24], np.full(4, -1), net)
-    assert "conditioning_accuracy" not in unlabelled and unlabelled["is_splits"] == 4
+    # 4 images: one split of all 4 (splits of one image would each score exactly 1), and the result says so
+    assert "conditioning_accuracy" not in unlabelled and unlabelled["is_splits"] == 1
+    assert "1 split of 4 images, not 10" in unlabelled["is_note"]
+
+
+def test_is_splits_hold_at_least_the_minimum_of_images(mnist_split, trained_classifier):
+    _, _, test_x, _ = mnist_split
+    _, net = trained_classifier
+    assert [metrics.is_splits(n) for n in (1, 10, 39, 40, 199, 200, 5000)] == [1, 1, 1, 2, 9, 10, 10]
+    ten = metrics.evaluate_images(test_x[:50], test_x[::50], None, net)  # a digit of each class: --eval --n 10
+    assert ten["is_splits"] == 1 and ten["is_mean"] > 1.5  # ten splits of one image each would give exactly 1.0
+    assert "is_note" not in metrics.evaluate_images(test_x[:50], test_x[:200], None, net)
+
+
+def test_a_run_evaluator_carries_its_run_id_and_another_runs_is_refused(tmp_path, mnist_split, trained_classifier):
+    import classifier
+    _, net = trained_classifier
+    path = tmp_path / "classifier.pt"
+    classifier.save_classifier(net, path, "run-a")
+    assert load_feature_network("classifier", classifier_path=path, device="cpu", run_id="run-a").model.run_id == "run-a"
+    with pytest.raises(ValueError, match=r"belongs to another run \(run id run-a, this run is run-b\).*move it away"):
+        load_feature_network("classifier", classifier_path=path, device="cpu", run_id="run-b")
+    classifier.save_classifier(net, path)  # a file of no run (as files from before run ids)
+    with pytest.raises(ValueError, match=r"run id none, this run is run-b"):
+        load_feature_network("classifier", classifier_path=path, device="cpu", run_id="run-b")
+    assert load_feature_network("classifier", classifier_path=path, device="cpu").model.run_id == ""  # metrics.py's
 
 
 def run_cli(*args, env=None):
@@ -754,6 +779,32 @@ def test_cli_on_folders_and_npz(tmp_path, mnist_split, trained_classifier):
     assert result["n_real"] == 63 and result["features"] == "classifier"
 
 
+def test_cli_refuses_sets_of_two_sizes_unless_image_size_is_given(tmp_path, mnist_split, trained_classifier):
+    _, _, test_x, test_y = mnist_split
+    clf_path, _ = trained_classifier
+    real, generated = tmp_path / "real.npz", tmp_path / "generated.npz"
+    np.savez(real, images=test_x[::2], labels=test_y[::2])
+    np.savez(generated, images=np.pad(test_x[1::2], ((0, 0), (2, 2), (2, 2), (0, 0))))  # 32 px digits
+    for features in ("classifier", "inception"):
+        done = run_cli(real, generated, "--features", features, "--classifier", clf_path)
+        assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+        assert "28x28" in done.stderr and "32x32" in done.stderr and "--image-size N" in done.stderr
+    done = run_cli(real, generated, "--features", "classifier", "--classifier", clf_path, "--image-size", "28")
+    assert done.returncode == 0, done.stderr
+
+
+def test_cli_says_when_is_uses_fewer_splits_and_bounds_the_feature_batch(tmp_path, mnist_split, trained_classifier):
+    _, _, test_x, test_y = mnist_split
+    clf_path, _ = trained_classifier
+    real, ten = tmp_path / "real.npz", tmp_path / "ten.npz"
+    np.savez(real, images=test_x[::2], labels=test_y[::2])
+    np.savez(ten, images=test_x[1:20:2])
+    done = run_cli(real, ten, "--features", "classifier", "--classifier", clf_path)
+    assert done.returncode == 0 and "(1 splits)" in done.stdout and "note: 1 split of 10 images, not 10" in done.stdout
+    done = run_cli(real, ten, "--features", "classifier", "--classifier", clf_path, "--feature-batch-size", "10000000000")
+    assert done.returncode == 2 and "--feature-batch-size 10000000000 asks for more than this machine can hold" in done.stderr
+
+
 def test_cli_trains_the_classifier_on_labelled_real_images(tmp_path, mnist_split, monkeypatch, capsys):
     train_x, train_y, _, _ = mnist_split
     real = tmp_path / "real.npz"
@@ -781,7 +832,7 @@ def test_cli_with_inception_and_a_local_weights_file(tmp_path, inception_weights
     assert metrics.main([str(tmp_path / "a.npz"), str(tmp_path / "b.npz"), "--inception-weights",
                          str(inception_weights), "--json", "--device", "cpu"]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert np.isfinite(result["fid"]) and result["is_splits"] == 3
+    assert np.isfinite(result["fid"]) and result["is_splits"] == 1  # 3 images: one split (is_splits), not 3 of one
     assert "conditioning_accuracy" not in result  # ImageNet classes are not the requested ones
 
 
