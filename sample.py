@@ -990,7 +990,8 @@ def check_memory(args, run: Run) -> None:
                   refs * args.per_reference,
               (f"--points {args.points}" if args.points > walk_rows else f"--walks {args.walks}"):
                   walk_rows * args.points,
-              f"--n {args.n}": (args.n or 0) * (BOUNDARY_GRID if args.boundary else 1)}  # --boundary: a grid per walk
+              # --boundary: a grid per walk, up to MAX_WALKS_PER_SAMPLE walks per sample in one round
+              f"--n {args.n}": (args.n or 0) * (MAX_WALKS_PER_SAMPLE * BOUNDARY_GRID if args.boundary else 1)}
     requests = {flag: count * image for flag, count in counts.items()}
     batch = min(args.sampling_batch_size, max(counts.values()))  # a batch never holds more rows than the request
     requests[f"--sampling-batch-size {args.sampling_batch_size}"] = 2 * ACTIVATIONS * unet["base_channels"] * h * w * 4 * batch
