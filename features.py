@@ -458,7 +458,7 @@ class FeatureSpace:
         One difference: the neighbours are found exactly (brute force), as
         umap does for fewer than 4,096 training images; for more, umap
         searches its approximate NN-descent index, so the two differ a little
-        (`python bench.py features` measures how much).
+        (`python -m experiments.bench features` measures how much).
         """
         from scipy.sparse import coo_matrix
         from umap.layouts import optimize_layout_euclidean

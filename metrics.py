@@ -55,7 +55,7 @@ def sqrt_eigenvalues(sigma1: np.ndarray, sigma2: np.ndarray) -> tuple[np.ndarray
         S1 = L L^T (Cholesky): S1 S2 = L (L^T S2 L) L^-1 is similar to  M = L^T S2 L
         S1 singular:           AB and BA share eigenvalues (A = S1^1/2, B = S1^1/2 S2):  M = S1^1/2 S2 S1^1/2
     so symmetric eigensolvers suffice (several times faster than scipy.linalg.sqrtm:
-    bench.py metrics). Returns (roots of M's eigenvalues, roots of S1's when it is
+    python -m experiments.bench metrics). Returns (roots of M's eigenvalues, roots of S1's when it is
     singular, else none): an imaginary part in either means an input is not a covariance.
     """
     try:
@@ -493,7 +493,7 @@ def bootstrap_fid_ratio(real_features, features_a: list, features_b: list, n_boo
     F_b is near the noise floor (FID of real vs real). The cost is
     n_boot * (R_a + R_b) FIDs: keep D small (e.g. the classifier's 128 features).
     With as few as three replicates the percentiles hold about (R - 1) / R of the seed variance and no
-    small-sample correction: compare models seed by seed with log_ratio_t_interval instead (experiment.py does).
+    small-sample correction: compare models seed by seed with log_ratio_t_interval instead (experiments/compare.py does).
     """
     real = np.asarray(real_features, np.float64)
     if real.ndim != 2 or len(real) < 2:

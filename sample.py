@@ -52,12 +52,12 @@ from features import FeatureSpace, WeightsUnavailableError, extract_features, pi
 from rundir import SAMPLE_FILES, RunError
 from unet import UNet
 
-# The sampler a user gets without flags: DPM-Solver++(2M), SDE form (eta 1), 10 steps. `python bench.py sampler`
+# The sampler a user gets without flags: DPM-Solver++(2M), SDE form (eta 1), 10 steps. `python -m experiments.bench sampler`
 # compares samplers at guidance 3 on both conditions (not this default guidance, the label alone): there 10 of these
 # steps matched DDIM with 25 (docs/SPEED.md).
 DEFAULT_SAMPLER, DEFAULT_STEPS, DEFAULT_ETA, DEFAULT_GUIDANCE = "dpm++2m", 10, 1.0, 3.0
 # ... with that guidance weight on the label alone, given the other conditions (default_guidance; README).
-# The default --guidance-interval: guidance at every step until experiment.py's guidance curve says otherwise.
+# The default --guidance-interval: guidance at every step until experiments/compare.py's guidance curve says otherwise.
 DEFAULT_GUIDANCE_INTERVAL = None
 
 

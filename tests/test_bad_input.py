@@ -135,9 +135,9 @@ def test_temporary_names_are_unique_and_never_take_over_a_users_file(tmp_path):
     assert not (tmp_path / (".log.csv" + strays[0][2:])).exists() and (tmp_path / "config.json.tmp").exists()
 
 
-# ---------------------------------------------------------------- experiment.py: its results.json and Ctrl-C
+# ---------------------------------------------------------------- python -m experiments: its results.json and Ctrl-C
 def test_experiment_refuses_a_broken_or_foreign_results_json_in_one_line_and_keeps_it(tmp_path):
-    import experiment
+    from experiments import __main__ as experiment
     for name, text, match in [("cut", '{"format": "x", "compare": {', "cannot be read .*cut off or not JSON"),
                               ("other", '{"format": "another", "compare": {}}', "another configuration")]:
         out = tmp_path / name
@@ -150,7 +150,7 @@ def test_experiment_refuses_a_broken_or_foreign_results_json_in_one_line_and_kee
 def test_ctrl_c_in_experiment_is_one_line_naming_the_sections_to_rerun_and_keeps_finished_ones(tmp_path, monkeypatch):
     import json
 
-    import experiment
+    from experiments import __main__ as experiment
     out, runs = tmp_path / "out", tmp_path / "runs"
     out.mkdir()
     earlier = {"format": experiment.RESULTS_FORMAT, "between": {"best_method": "m", "wall_s": 1}}
@@ -163,7 +163,7 @@ def test_ctrl_c_in_experiment_is_one_line_naming_the_sections_to_rerun_and_keeps
 
     monkeypatch.setattr(experiment, "compare", interrupted)
     message = fails(experiment, ["--out", str(out), "--runs", str(runs), "--sections", "compare", "control"],
-                    r"interrupted in section compare; .*python experiment.py --sections compare control")
+                    r"interrupted in section compare; .*python -m experiments --sections compare control")
     assert "Traceback" not in message and json.loads((out / "results.json").read_text()) == earlier
 
 

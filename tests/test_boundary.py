@@ -218,7 +218,7 @@ def test_a_method_the_model_cannot_run_is_one_line(folder, tmp_path):  # noqa: F
 
 
 def test_bench_boundary_runs_on_a_tiny_run(run_dir, tmp_path, monkeypatch, capsys):  # noqa: F811
-    import bench
+    from experiments import bench
     monkeypatch.setattr(sample, "GUIDE_STEPS", 2)
     monkeypatch.setattr(sample, "DEFAULT_STEPS", 2)
     bench.bench_boundary(str(copy_run(run_dir, tmp_path)), 0, 1, n=2, methods=("soft", "position"))

@@ -1,21 +1,28 @@
-"""experiment.py: which digits each part may see, the replicates' seeds, intervals, the boundary criterion,
-the confused pairs, and one tiny run of all four sections end to end (2-step models on 200 digits)."""
+"""The experiment (python -m experiments): which digits each part may see, the replicates' seeds, intervals, the
+boundary criterion, the confused pairs, one tiny run of all four sections end to end (2-step models on 200
+digits), and the commands: python -m, a module run as a file, the old experiment.py and bench.py."""
+import glob
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 import classifier
-import experiment
 import sample
 import train
 from data import load_dataset
+from experiments import __main__ as cli
+from experiments import augment, between, common, compare, control
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository root: python -m runs there
 
 
 @pytest.fixture(scope="module")
 def digits():
-    return experiment.Digits.load()
+    return common.Digits.load()
 
 
 def fake_run(images, labels, space=None, conditions=("label", "pos"), root="data"):
@@ -32,8 +39,8 @@ def test_test_digits_are_in_no_training_set_and_the_sets_are_train_pys(digits):
     test = digits.test
     assert len(test) == 1000 and (np.bincount(digits.labels[test]) == 100).all()
     used = {"train": digits.train, "floor": digits.floor()}
-    for per_class in experiment.SCARCE:
-        for data_seed, _ in experiment.AUGMENT_REPLICATES:
+    for per_class in augment.SCARCE:
+        for data_seed, _ in augment.AUGMENT_REPLICATES:
             used[f"scarce {per_class} {data_seed}"] = digits.scarce(per_class, data_seed)
             used[f"validation {per_class} {data_seed}"] = digits.validation(per_class, data_seed)
             assert np.intersect1d(digits.scarce(per_class, data_seed), digits.validation(per_class, data_seed)).size == 0
@@ -53,47 +60,47 @@ def test_test_digits_are_in_no_training_set_and_the_sets_are_train_pys(digits):
 def test_replicates_draw_their_own_references_and_noise(mnist_sample, protocol):
     images, labels, _ = mnist_sample
     run = fake_run(images, labels)
-    (want0, refs0), (want1, refs1) = experiment.requests(run, protocol, 0), experiment.requests(run, protocol, 1)
-    assert len(want0) == experiment.N_EVAL and (np.bincount(want0) == experiment.N_EVAL // 10).all()
+    (want0, refs0), (want1, refs1) = compare.requests(run, protocol, 0), compare.requests(run, protocol, 1)
+    assert len(want0) == compare.N_EVAL and (np.bincount(want0) == compare.N_EVAL // 10).all()
     assert (want0 == want1).all() and (labels[refs0] == want0).all() and (labels[refs1] == want1).all()
     assert (refs0 != refs1).mean() > 0.9  # other references
-    np.testing.assert_array_equal(refs0, experiment.requests(run, protocol, 0)[1])  # and the same ones again
+    np.testing.assert_array_equal(refs0, compare.requests(run, protocol, 0)[1])  # and the same ones again
     distinct = [len(np.unique(refs0[want0 == k])) for k in range(10)]
     assert distinct == [1] * 10 if protocol == "per-class" else min(distinct) > 80
-    assert experiment.noise_seed(0) != experiment.noise_seed(1)
-    assert {experiment.noise_seed(r) for r in range(3)}.isdisjoint({experiment.reference_seed(r) for r in range(3)})
+    assert common.noise_seed(0) != common.noise_seed(1)
+    assert {common.noise_seed(r) for r in range(3)}.isdisjoint({common.reference_seed(r) for r in range(3)})
 
 
 def test_the_guidance_curve_takes_the_same_number_of_each_class():
-    rows = experiment.curve_rows()
-    want = np.repeat(np.arange(10), experiment.N_EVAL // 10)
-    assert len(rows) == experiment.CURVE_N and (np.bincount(want[rows]) == experiment.CURVE_N // 10).all()
+    rows = compare.curve_rows()
+    want = np.repeat(np.arange(10), compare.N_EVAL // 10)
+    assert len(rows) == compare.CURVE_N and (np.bincount(want[rows]) == compare.CURVE_N // 10).all()
 
 
 # ---------------------------------------------------------------------------
 # Intervals, criterion, pairs
 # ---------------------------------------------------------------------------
 def test_spread_is_the_student_t_interval_of_the_replicates():
-    m = experiment.spread([1.0, 2.0, 3.0])
+    m = common.spread([1.0, 2.0, 3.0])
     half = 4.302652729911275 / np.sqrt(3)  # t_{0.975, 2} * s / sqrt(n), s = 1
     assert m["mean"] == 2.0 and m["std"] == 1.0 and m["values"] == [1.0, 2.0, 3.0]
     assert m["low"] == pytest.approx(2 - half) and m["high"] == pytest.approx(2 + half)
-    assert experiment.spread([5.0])["low"] is None  # one replicate: no interval
+    assert common.spread([5.0])["low"] is None  # one replicate: no interval
 
 
 def curve_cell(accuracy, fid):
-    """A curve point over two seeds, as experiment.curve_cell makes it (KID = FID / 1000 here)."""
-    return {"accuracy": experiment.spread(accuracy), "fid": experiment.spread(fid),
-            "kid": experiment.spread([f / 1000 for f in fid])}
+    """A curve point over two seeds, as compare.curve_cell makes it (KID = FID / 1000 here)."""
+    return {"accuracy": common.spread(accuracy), "fid": common.spread(fid),
+            "kid": common.spread([f / 1000 for f in fid])}
 
 
 def test_matched_accuracy_and_the_best_setting_by_hand(monkeypatch):
-    monkeypatch.setattr(experiment, "SEEDS", (0, 1))
-    monkeypatch.setattr(experiment, "MATCHED_SHARES", (0.95,))
+    monkeypatch.setattr(compare, "SEEDS", (0, 1))
+    monkeypatch.setattr(compare, "MATCHED_SHARES", (0.95,))
     curve = {"label": {"1": curve_cell([0.90, 0.92], [4.0, 4.0]), "3": curve_cell([0.96, 0.98], [6.0, 8.0])},
              "label-pos": {"1": curve_cell([0.90, 0.90], [3.0, 3.0]), "3": curve_cell([0.99, 0.96], [6.0, 5.0])}}
     intervals = {"label-pos": {"mid": {"interval": [0.2, 20.0], "points": {"3": curve_cell([0.97, 0.97], [4.0, 4.0])}}}}
-    m = experiment.matched_accuracy(curve, intervals)
+    m = compare.matched_accuracy(curve, intervals)
     # label: seed 0 5/6 of the way 0.90 -> 0.96 (4 + 2 * 5/6), seed 1 half way 0.92 -> 0.98 (4 + 4 / 2)
     assert m["label every step"]["0.95"]["fid"]["values"] == pytest.approx([4 + 2 * 5 / 6, 6.0])
     # label+pos: 5/9 of the way 0.90 -> 0.99 (3 + 3 * 5/9); seed 1 5/6 of 0.90 -> 0.96 (3 + 2 * 5/6)
@@ -104,10 +111,10 @@ def test_matched_accuracy_and_the_best_setting_by_hand(monkeypatch):
     ratio = m["label-pos every step"]["0.95"]["fid_over_label"]["ratio"]
     assert ratio == pytest.approx(np.sqrt(fid[0] / (4 + 2 * 5 / 6) * fid[1] / 6.0))  # the geometric mean
     assert m["label every step"]["0.95"]["fid_over_label"] is None
-    best = experiment.best_setting(curve, intervals, {})["label-pos"]  # default w = 3: 97.5%, FID 5.5
+    best = compare.best_setting(curve, intervals, {})["label-pos"]  # default w = 3: 97.5%, FID 5.5
     assert (best["w"], best["guidance_interval"], best["fid"]) == (3.0, None, 5.5)  # 97% < 97.5%: the default
     intervals["label-pos"]["mid"]["points"]["3"] = curve_cell([0.98, 0.98], [4.0, 4.0])
-    best = experiment.best_setting(curve, intervals, {})["label-pos"]
+    best = compare.best_setting(curve, intervals, {})["label-pos"]
     assert (best["w"], best["guidance_interval"], best["fid"]) == (3.0, [0.2, 20.0], 4.0)
 
 
@@ -117,7 +124,7 @@ def reader(ambiguity=0.3, share=0.7, kept=0.95):
 
 
 def test_the_boundary_criterion_needs_every_part():
-    assert experiment.boundary_success(reader(), 1.2)["success"]
+    assert between.boundary_success(reader(), 1.2)["success"]
     failures = {
         "ambiguous": (reader(ambiguity=0.24), 1.0),
         "mostly_ambiguous": (reader(share=0.55), 1.0),
@@ -125,10 +132,10 @@ def test_the_boundary_criterion_needs_every_part():
         "near_the_data": (reader(), 1.4),
     }
     for check, (stats, nn) in failures.items():
-        verdict = experiment.boundary_success(stats, nn)
+        verdict = between.boundary_success(stats, nn)
         assert not verdict["success"] and not verdict[check]
-        assert all(verdict[c] for c in experiment.CHECKS if c != check), check
-    never = experiment.boundary_success(reader(ambiguity=None, share=None, kept=None), None)  # no walk crossed
+        assert all(verdict[c] for c in between.CHECKS if c != check), check
+    never = between.boundary_success(reader(ambiguity=None, share=None, kept=None), None)  # no walk crossed
     assert not any(never.values())
 
 
@@ -148,37 +155,37 @@ def test_the_guide_reports_the_walks_widths_and_the_seeds_give_intervals():
     run = SimpleNamespace(images=np.zeros((5, 28, 28, 1), np.uint8))
     monkey = SimpleNamespace(scorer=scorer)
     with pytest.MonkeyPatch.context() as m:
-        m.setattr(experiment, "WALKS", 4)
-        scores = experiment.walk_scores(monkey, run, part, 4, 9, second)
+        m.setattr(between, "WALKS", 4)
+        scores = between.walk_scores(monkey, run, part, 4, 9, second)
     assert scores["guide"]["width_median"] == pytest.approx(0.2)  # the finite widths 0.1 and 0.3
     assert scores["evaluator"]["ambiguity"] == pytest.approx(0.3) and scores["evaluator"]["crossing_share"] == 0.75
 
     seeds = [dict(ambiguity=a, ambiguous_share=k / 20, n_samples=20) for a, k in ((0.2, 8), (0.3, 12), (0.25, 10))]
-    out = experiment.seed_intervals(seeds)
+    out = between.seed_intervals(seeds)
     half = 4.302653 * 0.05 / np.sqrt(3)  # t(0.975, 2) s / sqrt(3), s = 0.05
     assert out["ambiguity_interval"] == pytest.approx([0.25 - half, 0.25 + half], abs=1e-5)
     low, high = out["ambiguous_share_interval"]
     assert 0 < low < 0.5 < high < 1
-    assert experiment.seed_intervals(seeds[:1]) == {} and experiment.seed_intervals(
+    assert between.seed_intervals(seeds[:1]) == {} and between.seed_intervals(
         seeds[:2] + [dict(ambiguity=None, ambiguous_share=None, n_samples=0)]) == {}
 
 
 def test_the_own_reference_rate_interval_stays_inside_0_and_1():
     runs = [dict(n=200, conditioning_space=dict(own_reference_rate=r), evaluator_space=dict(own_reference_rate=e))
             for r, e in ((0.955, 0.76), (0.855, 0.61), (0.875, 0.63))]
-    out = experiment.own_reference_intervals(runs)
+    out = control.own_reference_intervals(runs)
     for space in ("conditioning_space", "evaluator_space"):
         assert 0 < out[space]["low"] < out[space]["share"] < out[space]["high"] < 1
     assert out["conditioning_space"]["high"] < 1.0 and out["conditioning_space"]["share"] == pytest.approx(0.90, abs=0.02)
-    assert experiment.own_reference_intervals(runs[:1]) is None
+    assert control.own_reference_intervals(runs[:1]) is None
 
 
 def test_the_best_method_works_on_most_pairs():
     def pair(success, ambiguity):
-        return dict({c: success for c in experiment.CHECKS}, success=success, evaluator=reader(ambiguity=ambiguity))
+        return dict({c: success for c in between.CHECKS}, success=success, evaluator=reader(ambiguity=ambiguity))
     methods = {"a": {"4-9": pair(True, 0.3), "3-5": pair(False, 0.4)},
                "b": {"4-9": pair(True, 0.2), "3-5": pair(True, 0.2)}}
-    assert experiment.best_method(methods) == "b"
+    assert between.best_method(methods) == "b"
 
 
 def test_confused_pairs_come_from_the_mass_put_on_the_other_class():
@@ -187,9 +194,9 @@ def test_confused_pairs_come_from_the_mass_put_on_the_other_class():
     prob[labels == 4, 9] += 0.3  # 4s look like 9s
     prob[labels == 5, 3] += 0.2  # 5s like 3s
     prob[labels == 3, 5] += 0.05
-    confusion = experiment.soft_confusion(prob, labels)
+    confusion = common.soft_confusion(prob, labels)
     assert confusion[4, 9] == pytest.approx(0.31)
-    assert experiment.confused_pairs(confusion, 2) == [(4, 9), (3, 5)]
+    assert common.confused_pairs(confusion, 2) == [(4, 9), (3, 5)]
 
 
 def test_tightness_tells_clusters_from_noise():
@@ -203,8 +210,8 @@ def test_tightness_tells_clusters_from_noise():
     rng = np.random.default_rng(0)
     labels = np.repeat(np.arange(10), 50)
     centres = rng.normal(0, 10, (10, 5))
-    tight = experiment.tightness(fake_run(None, labels, Space(centres[labels] + rng.normal(0, 0.1, (500, 5)))))
-    loose = experiment.tightness(fake_run(None, labels, Space(rng.normal(0, 1, (500, 5)))))
+    tight = control.tightness(fake_run(None, labels, Space(centres[labels] + rng.normal(0, 0.1, (500, 5)))))
+    loose = control.tightness(fake_run(None, labels, Space(rng.normal(0, 1, (500, 5)))))
     assert tight["knn_same_class"] == 1.0 and tight["within_over_between"] < 0.05
     assert loose["knn_same_class"] < 0.2 and loose["within_over_between"] > 1
 
@@ -218,7 +225,7 @@ def test_a_kept_set_is_made_once_per_key(tmp_path):
                     cond={"label": np.array([1, 2])})
 
     for key in ({"w": 1}, {"w": 1}, {"w": 3}):
-        part = experiment.kept_set(str(tmp_path / "set"), key, make)
+        part = common.kept_set(str(tmp_path / "set"), key, make)
     assert len(made) == 2 and part["labels"].tolist() == [1, 2] and part["cond"]["label"].tolist() == [1, 2]
     assert json.loads((tmp_path / "set" / "set.json").read_text()) == {"w": 3}
 
@@ -231,7 +238,7 @@ def test_soft_labels_come_from_the_labeller_and_sum_to_one():
         def logits(self, images):
             return np.log(np.tile(np.arange(1, 11, dtype=np.float64), (len(images), 1)))
 
-    soft = experiment.soft_labels(Labeller(), np.zeros((3, 28, 28, 1), np.uint8))
+    soft = augment.soft_labels(Labeller(), np.zeros((3, 28, 28, 1), np.uint8))
     assert np.allclose(soft.sum(1), 1) and np.allclose(soft[0], np.arange(1, 11) / 55, atol=1e-6)
 
 
@@ -243,32 +250,32 @@ class TruthReader:
 
     def features_and_logits(self, images):
         classes = np.array([self.truth[image.tobytes()] for image in images])
-        return experiment.pixels(images), 10.0 * np.eye(10)[classes]
+        return common.pixels(images), 10.0 * np.eye(10)[classes]
 
 
 def test_set_mechanism_sees_copies_label_noise_and_wrong_soft_labels(digits):
     """Copies of the scarce digits with their own labels: read as labelled, copies (ratio 0, near-copy share 1);
     other digits labelled one class off with uniform soft labels: none read as labelled, soft labels far from
     the evaluator's reading, as new as the test digits (ratio about 1)."""
-    scorer = object.__new__(experiment.Scorer)
+    scorer = object.__new__(common.Scorer)
     scorer.net = TruthReader(digits.images, digits.labels)
     scorer.test_images = digits.images[digits.test]
     scorer.test_features, logits = scorer.net.features_and_logits(scorer.test_images)
-    scorer.test_diversity = experiment.diversity(scorer.test_features, logits.argmax(1))
+    scorer.test_diversity = common.diversity(scorer.test_features, logits.argmax(1))
     scorer.training_sets = {}
     scarce = digits.scarce(10, 0)
     real, labels = digits.images[scarce], digits.labels[scarce]
-    copies = experiment.set_mechanism(scorer, dict(images=real, labels=labels, soft=np.eye(10)[labels]), real)
+    copies = augment.set_mechanism(scorer, dict(images=real, labels=labels, soft=np.eye(10)[labels]), real)
     assert copies["read_as_label"] == 1 and copies["soft_distance"] < 0.01
     assert copies["nearest_ratio_pixels"] == 0 and copies["nearest_ratio_features"] == 0
     assert copies["near_copy_share"] == 1
     other = digits.validation(10, 0)
-    wrong = experiment.set_mechanism(scorer, dict(images=digits.images[other], labels=(digits.labels[other] + 1) % 10,
+    wrong = augment.set_mechanism(scorer, dict(images=digits.images[other], labels=(digits.labels[other] + 1) % 10,
                                                   soft=np.full((len(other), 10), 0.1)), real)
     assert wrong["read_as_label"] == 0 and wrong["soft_distance"] > 0.85
     assert 0.8 < wrong["nearest_ratio_pixels"] < 1.25 and wrong["near_copy_share"] < 0.05
     assert 0.8 < wrong["diversity"] < 1.25
-    one = experiment.set_mechanism(scorer, dict(images=np.repeat(real[:1], 5, 0), labels=np.repeat(labels[:1], 5),
+    one = augment.set_mechanism(scorer, dict(images=np.repeat(real[:1], 5, 0), labels=np.repeat(labels[:1], 5),
                                                 soft=np.eye(10)[np.repeat(labels[:1], 5)]), real)
     assert one["diversity"] == 0  # five copies of one digit: no spread
 
@@ -285,32 +292,41 @@ def crossing_everywhere(run, a, b, walks, method=None, seed=0, guide=None, sampl
 
 def fake_augment_crossings(monkeypatch):
     """augment's boundary_set with the faked search (the between section keeps the real one)."""
-    real_set = experiment.boundary_set
+    real_set = augment.boundary_set
 
     def boundary_set(*args, **kwargs):
         with pytest.MonkeyPatch.context() as m:
             m.setattr(sample, "boundary_samples", crossing_everywhere)
             return real_set(*args, **kwargs)
 
-    monkeypatch.setattr(experiment, "boundary_set", boundary_set)
+    monkeypatch.setattr(augment, "boundary_set", boundary_set)
+
+
+def shrink(monkeypatch, **settings):
+    """Set each name in every experiments module that holds it: a section imports the shared settings by name,
+    so the module that defines a setting and each that reads it have their own binding."""
+    for name, value in settings.items():
+        holders = [m for m in (common, compare, control, between, augment, cli) if hasattr(m, name)]
+        assert holders, name
+        for module in holders:
+            monkeypatch.setattr(module, name, value)
 
 
 def test_every_section_runs_end_to_end_and_no_test_digit_trains_anything(tmp_path, monkeypatch, digits, small_space):
     # (small_space: the session's one UMAP fit, which compiles umap's kernels for the fits here too)
     tiny = dict(TRAIN_FLAGS=("--steps", "2", "--per-class", "20", "--save-every", "2", "--warmup", "1",
                              "--root", str(tmp_path / "data")),
-                SAMPLER=dict(experiment.SAMPLER, steps=2), CLASSIFIER_ARGS={"steps": 2}, SEEDS=(0, 1), N_EVAL=20,
+                SAMPLER=dict(common.SAMPLER, steps=2), CLASSIFIER_ARGS={"steps": 2}, SEEDS=(0, 1), N_EVAL=20,
                 FLOOR_PER_CLASS=2, CURVE_WEIGHTS=(1.0, 2.0), CURVE_N=10,
                 INTERVAL_WEIGHTS=(3.0,), GUIDANCE_INTERVALS=((0.2, 20.0),), KID_SUBSETS=2, PER_REFERENCE=2, PAIRS=((4, 9),), WALKS=2, POINTS=3, SCARCE=(10,),
                 BETWEEN_GRID=3, BETWEEN_TOLERANCE=0.25, CONFUSED_PAIRS=1,
                 AUGMENT_REPLICATES=((0, 0), (0, 1)), VAL_PER_CLASS=5, N_PAIRS=2, N_AUGMENT=10,
                 AUGMENT_SWEEP=(6,), AUGMENT_STEPS=2)
-    for name, value in tiny.items():
-        monkeypatch.setattr(experiment, name, value)
+    shrink(monkeypatch, **tiny)
     monkeypatch.setattr(sample, "GUIDE_STEPS", 2)
     fake_augment_crossings(monkeypatch)
     monkeypatch.setattr(train, "write_grid", lambda run, step: None)  # figures tested elsewhere: not needed here
-    monkeypatch.setattr(experiment, "plot_positions", lambda *args: None)
+    shrink(monkeypatch, plot_positions=lambda *args: None)
     seen = []  # every classifier's training images, every diffusion model (its images and feature space)
     train_classifier, load_run = classifier.train_classifier, sample.load_run
     monkeypatch.setattr(classifier, "train_classifier", lambda images, *a, **k: seen.append(images) or
@@ -318,7 +334,7 @@ def test_every_section_runs_end_to_end_and_no_test_digit_trains_anything(tmp_pat
     monkeypatch.setattr(sample, "load_run", lambda *a, **k: seen.append(load_run(*a, **k)) or seen[-1])
 
     out, runs = tmp_path / "out", tmp_path / "runs"
-    experiment.main(["--out", str(out), "--runs", str(runs)])
+    cli.main(["--out", str(out), "--runs", str(runs)])
 
     test_digits = {image.tobytes() for image in digits.images[digits.test]}
     runs_seen = [x for x in seen if isinstance(x, sample.Run)]
@@ -328,7 +344,7 @@ def test_every_section_runs_end_to_end_and_no_test_digit_trains_anything(tmp_pat
     trained_on = [x.images if isinstance(x, sample.Run) else x for x in seen]
     assert not any(image.tobytes() in test_digits for images in trained_on for image in images)
     results = json.loads((out / "results.json").read_text())
-    assert set(experiment.SECTIONS) <= set(results) and all(results[s]["wall_s"] >= 0 for s in experiment.SECTIONS)
+    assert set(cli.SECTIONS) <= set(results) and all(results[s]["wall_s"] >= 0 for s in cli.SECTIONS)
     c = results["compare"]
     assert set(c["sets"]) >= {"label-s1-per-sample-w1", "pos-s0-per-class-w3", "label-pos-s1-per-sample-w3"}
     cell = c["summary"]["label-pos per-sample w3"]["fid"]
@@ -348,14 +364,14 @@ def test_every_section_runs_end_to_end_and_no_test_digit_trains_anything(tmp_pat
     s0, s1 = (np.load(out / "compare" / f"label-pos-s{s}-per-sample-w3" / "samples.npz") for s in (0, 1))
     assert (s0["reference"] != s1["reference"]).any()  # each replicate its own references
     assert "own_median_ratio" in results["control"]["runs"]["pos-s1"]["memorisation"]["pixels"]
-    between = results["between"]["methods"]
-    assert set(between) == set(experiment.between_methods())
+    methods = results["between"]["methods"]
+    assert set(methods) == set(between.between_methods())
     assert len(results["between"]["pairs"]) == 2 and results["between"]["pairs"][0] == "4-9"
     assert results["between"]["best_boundary_method"] in sample.BOUNDARY_METHODS
     walk = np.load(out / "between" / "compose-w-3-eta-0-4-9-s1" / "samples.npz")
     assert set(walk["walk"].tolist()) <= {0, 1} and walk["prob"].shape == (len(walk["walk"]), 2)
     assert ((walk["s"] > 0) & (walk["s"] < 1)).all()
-    cell = between["soft, w 3, eta 1"]["4-9"]
+    cell = methods["soft, w 3, eta 1"]["4-9"]
     assert {"evaluator", "second", "guide", "nn_ratio_median", "success"} <= set(cell) and len(cell["seeds"]) == 2
     for seed, scores in enumerate(cell["seeds"]):  # the guide's width is the kept walks' width
         widths = np.load(out / "between" / f"soft-w-3-eta-1-4-9-s{seed}" / "samples.npz")["width"]
@@ -390,6 +406,40 @@ def test_every_section_runs_end_to_end_and_no_test_digit_trains_anything(tmp_pat
     seen.clear()
     monkeypatch.setattr(sample, "generate", lambda *a, **k: pytest.fail("a kept set was generated again"))
     monkeypatch.setattr(train, "main", lambda *a, **k: pytest.fail("a finished model was trained again"))
-    experiment.main(["--out", str(out), "--runs", str(runs), "--sections", "between"])
+    cli.main(["--out", str(out), "--runs", str(runs), "--sections", "between"])
     again = json.loads((out / "results.json").read_text())
     assert again["between"]["methods"] == results["between"]["methods"] and again["compare"] == c
+
+
+# ---------------------------------------------------------------------------
+# The commands
+# ---------------------------------------------------------------------------
+def run_python(*argv):
+    return subprocess.run([sys.executable, *argv], capture_output=True, text=True, cwd=ROOT, timeout=120)
+
+
+def test_python_m_runs_the_experiment_and_the_benchmarks():
+    done = run_python("-m", "experiments", "--help")
+    assert done.returncode == 0 and done.stdout.startswith("usage: python -m experiments [-h]")
+    assert "The paper's experiment, rerun on a CPU" in done.stdout and "{compare,control,between,augment}" in done.stdout
+    done = run_python("-m", "experiments.bench", "nope")
+    assert done.returncode == 1 and done.stderr.strip() == (
+        "python -m experiments.bench: unknown section 'nope'; choose from diffusion, features, metrics, quality, "
+        "recipe, sampler, walks, boundary, gpu")
+
+
+@pytest.mark.parametrize("path", sorted(p for p in glob.glob(os.path.join(ROOT, "experiments", "*.py"))
+                                        if not p.endswith("__init__.py")))
+def test_a_module_run_as_a_file_says_in_one_line_to_use_python_m(path):
+    name = os.path.relpath(path, ROOT)
+    done = run_python(name)
+    assert done.returncode == 1 and done.stdout == "" and len(done.stderr.splitlines()) == 1, done.stderr
+    assert done.stderr.startswith(f"{name}: run python -m experiments"), done.stderr
+
+
+@pytest.mark.parametrize("script, replacement", [("experiment.py", "python -m experiments [--sections"),
+                                                 ("bench.py", "python -m experiments.bench [diffusion")])
+def test_the_old_commands_exit_2_naming_the_new_one_and_do_nothing(script, replacement, tmp_path):
+    done = run_python(script, "--out", str(tmp_path / "out"))
+    assert done.returncode == 2 and done.stdout == "" and len(done.stderr.splitlines()) == 1, done.stderr
+    assert done.stderr.startswith(f"{script}: moved; run {replacement}") and os.listdir(tmp_path) == []

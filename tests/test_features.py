@@ -339,8 +339,9 @@ def test_transform_is_umap_learns_transform(small_space, mnist_sample):
     Below 4,096 training points umap-learn finds the neighbours exactly, as
     FeatureSpace.transform does, and the rest is umap's own kernels on the
     same arrays: the two agree bit for bit (measured: max |difference| 0).
-    Above that umap searches approximate (NN-descent) neighbours; bench.py
-    measures that case (see the README), as it needs a second, larger fit.
+    Above that umap searches approximate (NN-descent) neighbours; `python -m
+    experiments.bench features` measures that case (see the README), as it
+    needs a second, larger fit.
     """
     spread = small_space.std.mean()  # of the training positions, in UMAP units
     for references in (held_out_digits(mnist_sample), small_space.features[::7], small_space.features[:20] * 0.9):

@@ -1,0 +1,341 @@
+"""Speed and recipe benchmarks: `python -m experiments.bench [diffusion|recipe|sampler|walks|boundary|features|metrics|quality|gpu ...]`.
+
+Targets live here, not in timed tests (timings on shared machines are noisy:
+compare ratios measured in one run). Each section prints what it measured;
+the README quotes these numbers and names the machine that made them.
+
+The recipe, precision, sampler and walk comparisons on trained runs are in bench_recipes.py.
+"""
+if not __package__:  # run as a file, it could not import its neighbours: say what to run instead
+    raise SystemExit("experiments/bench.py: run python -m experiments.bench [SECTION ...] (from the repository root)")
+import sys
+import time
+
+import numpy as np
+import torch
+
+from experiments.bench_recipes import bench_quality, bench_recipe, bench_sampler, bench_walks
+
+
+def timed(fn, repeat: int = 1) -> float:
+    """Seconds per call of fn(), after one warm-up call."""
+    fn()
+    start = time.perf_counter()
+    for _ in range(repeat):
+        fn()
+    return (time.perf_counter() - start) / repeat
+
+
+# ---------------------------------------------------------------------------
+# Diffusion core (ddpm.py, unet.py): every speed as a ratio measured in this run
+# ---------------------------------------------------------------------------
+def matmul_gflops(dtype: torch.dtype, device: str = "cpu", n: int = 2048, repeat: int = 5) -> float:
+    """GFLOP/s of a large matmul in `dtype`: the machine's practical peak (2 n^3 flops per product)."""
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    return 2 * n ** 3 / timed(lambda: a @ b, repeat) / 1e9
+
+
+def unet_setup(size: str = "small", batch: int = 64, device: str = "cpu"):
+    """A U-Net of train.py's --size (label+pos, 28x28), its diffusion, AdamW and a random batch of `batch`."""
+    from ddpm import Diffusion, beta_schedule
+    from train import unet_kwargs
+    from unet import UNet
+
+    torch.manual_seed(0)
+    net = UNet(**unet_kwargs(size, (28, 28, 1), None, {"label": 10, "pos": 20})).to(device)
+    diffusion = Diffusion(beta_schedule("linear", 1000)).to(device)
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
+    x0 = torch.randn(batch, 1, 28, 28, device=device)  # (B, 1, 28, 28)
+    cond = {"label": torch.randint(0, 10, (batch,), device=device), "pos": torch.randn(batch, 20, device=device)}
+    return net, diffusion, opt, x0, cond
+
+
+def bench_diffusion() -> None:
+    """The small CPU U-Net at batch 64 on 28x28, label+pos conditions, fp32 and bf16 autocast.
+
+    Targets: the training step reaches at least 25% of the large-matmul rate in
+    fp32 (printed for bf16 too: AMX's bf16 matmul is out of a small U-Net's reach); on hardware with native bf16 (sample.native_bf16), bf16
+    trains and samples at least 1.3x as fast as fp32; guidance batched into one
+    call is at least as fast as its two calls made one after the other.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from sample import autocast, native_bf16
+    from unet import count_parameters
+
+    net, diffusion, opt, x0, cond = unet_setup()
+    cpu = torch.device("cpu")
+
+    def train_step():
+        opt.zero_grad(set_to_none=True)
+        diffusion.loss(net, x0, cond, p_uncond=0.1).backward()
+        opt.step()
+
+    with FlopCounterMode(display=False) as counter:
+        diffusion.loss(net, x0, cond).backward()
+    flops = counter.get_total_flops()  # one forward + backward of a batch of 64
+    t = torch.full((64,), 500)
+    print(f"threads {torch.get_num_threads()} | small U-Net {count_parameters(net) / 1e6:.2f}M params, "
+          f"{flops / 64 / 1e9:.2f} GFLOP per training image | native bf16 on this CPU: {native_bf16(cpu)}")
+    rates = {}
+    for name, dtype in (("fp32", None), ("bf16", torch.bfloat16)):
+        peak = matmul_gflops(dtype or torch.float32)
+        with autocast(cpu, dtype):
+            step_s = timed(train_step, repeat=10)
+            with torch.no_grad():
+                call_s = timed(lambda: diffusion.guided_output(net, x0, t, cond, 1.0), repeat=10)
+                batched_s = timed(lambda: diffusion.guided_output(net, x0, t, cond, 3.0), repeat=10)
+                two_s = timed(lambda: (net(x0, t, cond), net(x0, t, {})), repeat=10)
+        rates[name] = (64 / step_s, 64 / call_s)
+        achieved = flops / step_s / 1e9
+        print(f"{name}: large matmul {peak:7.1f} GFLOP/s | training (batch 64) {64 / step_s:6.1f} images/s = "
+              f"{achieved:5.1f} GFLOP/s = {100 * achieved / peak:3.0f}% of the {name} matmul (target >= 25% in fp32)")
+        print(f"{name}: sampling (batch 64) {64 / call_s:6.1f} image-steps/s at guidance 1; at guidance 3 "
+              f"{64 / batched_s:6.1f} image-steps/s batched vs {64 / two_s:6.1f} in two calls "
+              f"= {two_s / batched_s:.2f}x (target >= 1.0x)")
+    print(f"bf16 / fp32: training {rates['bf16'][0] / rates['fp32'][0]:.2f}x, sampling "
+          f"{rates['bf16'][1] / rates['fp32'][1]:.2f}x (target >= 1.3x where bf16 is native)")
+
+
+
+# ---------------------------------------------------------------------------
+# Boundary samples: the time of `python sample.py RUN --boundary A B --n 100` (target: within 3 minutes on 2 CPU cores)
+# ---------------------------------------------------------------------------
+def bench_boundary(run_dir: str = "runs/quick", a: int = 4, b: int = 9, n: int = 100,
+                   methods: tuple[str, ...] | None = None) -> None:
+    """Seconds for n boundary samples per method on a trained run (the guide trained first, once, not timed), with
+    the share of walks that crossed and the images generated (sample.BOUNDARY_GRID + halvings + 1 per walk)."""
+    import sample
+
+    run = sample.load_run(run_dir)
+    guide = sample.boundary_guide(run)  # kept as guide.pt: later calls only load it
+    print(f"{run_dir}, {a} -> {b}, {n} walks | method | seconds | crossed | guide mean P({b}) at s*")
+    for method in methods or sample.BOUNDARY_METHODS:
+        if sample.BOUNDARY_NEEDS[method] not in run.config["unet"]["conditions"]:
+            continue
+        start = time.perf_counter()
+        part = sample.boundary_samples(run, a, b, n, method, seed=0, guide=guide)
+        seconds = time.perf_counter() - start
+        prob = f"{part['prob'][:, 1].mean():.2f}" if len(part["prob"]) else "-"
+        print(f"{method} | {seconds:.1f} | {part['crossed'].mean():.2f} | {prob}", flush=True)
+
+
+
+# ---------------------------------------------------------------------------
+# The GPU check: one command for a session that has a GPU machine (CI has none)
+# ---------------------------------------------------------------------------
+def bench_gpu() -> None:
+    """The paper-size U-Net on a CUDA GPU (bf16, with and without torch.compile), sampling speed, peak
+    memory, then 300 training steps of the quick run on the GPU with a grid. Under 5 minutes on an H100."""
+    import os
+    import subprocess
+
+    from sample import autocast
+    from unet import count_parameters
+
+    if not torch.cuda.is_available():
+        sys.exit("python -m experiments.bench gpu: no CUDA device here (this check is for a GPU machine)")
+    device = torch.device("cuda")
+    print(f"device: {torch.cuda.get_device_name()} | torch {torch.__version__}")
+    print(f"bf16 matmul 8192^2: {matmul_gflops(torch.bfloat16, 'cuda', 8192, 20) / 1e3:.0f} TFLOP/s")
+    batch = 256
+    for compiled in (False, True):
+        net, diffusion, opt, x0, cond = unet_setup("paper", batch, device)
+        model = torch.compile(net) if compiled else net
+
+        def train_step():
+            opt.zero_grad(set_to_none=True)
+            with autocast(device, torch.bfloat16):
+                loss = diffusion.loss(model, x0, cond, p_uncond=0.1)
+            loss.backward()
+            opt.step()
+
+        def synced(fn):
+            return lambda: (fn(), torch.cuda.synchronize())
+
+        start = time.perf_counter()
+        train_step()  # includes compilation
+        first = time.perf_counter() - start
+        torch.cuda.reset_peak_memory_stats()
+        step_s = timed(synced(train_step), repeat=20)
+        peak = torch.cuda.max_memory_allocated() / 2 ** 30
+        t = torch.full((batch,), 500, device=device)
+        with torch.no_grad(), autocast(device, torch.bfloat16):
+            guided_s = timed(synced(lambda: diffusion.guided_output(model, x0, t, cond, 3.0)), repeat=20)
+        print(f"paper U-Net {count_parameters(net) / 1e6:.1f}M, bf16, compile={compiled}: first step {first:.1f} s | "
+              f"training {batch / step_s:8.0f} images/s (batch {batch}) | sampling {batch / guided_s:8.0f} "
+              f"image-steps/s at guidance 3 | peak memory {peak:.2f} GiB")
+    out = os.path.join("runs", "gpu-check")
+    for argv in (["train.py", "--out", out, "--overwrite", "--steps", "300", "--sample-every", "0"],
+                 ["sample.py", out, "--out", os.path.join(out, "samples"), "--references", "2"]):
+        start = time.perf_counter()
+        subprocess.run([sys.executable, *argv], check=True)
+        print(f"{' '.join(argv)}: {time.perf_counter() - start:.1f} s")
+    print(f"grids: {out}/grids/step0000300.png, {out}/samples/class_grid.png, {out}/samples/references.png")
+
+
+# ---------------------------------------------------------------------------
+# Feature positioning (features.py)
+# ---------------------------------------------------------------------------
+def bench_features() -> None:
+    """UMAP fit on 10,000 x 1,024 features (cold and warm); saving and loading that space, transform after
+    loading (in a fresh process, as sample.py runs, and warm); agreement of FeatureSpace.transform with
+    umap-learn's own UMAP.transform where umap searches approximate (NN-descent) neighbours; extraction speed."""
+    import os
+    import subprocess
+    import tempfile
+
+    from data import load_mnist_sample
+    from features import PAPER_BACKBONE, FeatureSpace, extract_features, nearest_neighbours
+
+    def agreement(space: FeatureSpace, x: np.ndarray, what: str, labels=None, train_labels=None) -> None:
+        """FeatureSpace.transform (exact neighbours) vs the fitted umap.UMAP.transform (NN-descent neighbours),
+        next to the transform's own seed-to-seed spread (transform_seed 42 vs 43, both exact)."""
+        k = space.params["n_neighbors"]
+        exact = nearest_neighbours(x, space.features, k)[0]
+        approximate = space.umap._knn_search_index.query(x, k, epsilon=0.12)[0]  # what umap.transform searches
+        differ = np.mean([set(a) != set(b) for a, b in zip(exact, approximate)])
+        ours, theirs = space.transform(x), space.umap.transform(x)  # (M, d) each
+        reseeded = FeatureSpace(space.features, space.positions, dict(space.params, transform_seed=43),
+                                space.backbone).transform(x)
+        diff = np.abs(ours - theirs)  # UMAP units
+        print(f"  {what}: {len(x)} points, umap's neighbour set differs from the exact one for {100 * differ:.1f}%")
+        print(f"    |ours - umap| max {diff.max():.3g}, mean {diff.mean():.3g} UMAP units (positions' std "
+              f"{space.std.mean():.3g}); standardised (what the U-Net sees): max {(diff / space.std).max():.3g}, "
+              f"mean {(diff / space.std).mean():.3g}; identical rows {100 * np.mean((diff == 0).all(axis=1)):.1f}%")
+        rng = np.random.default_rng(1)
+        pairs = rng.integers(0, len(space.positions), (2, 2000))
+        z_train = space.standardize(space.positions)
+        typical = np.median(np.linalg.norm(z_train[pairs[0]] - z_train[pairs[1]], axis=1))
+        for name, other in (("ours vs umap", theirs), ("ours, transform_seed 42 vs 43", reseeded)):
+            gap = np.linalg.norm(space.standardize(ours) - space.standardize(other), axis=1)  # (M,), 20-d
+            print(f"    {name}: distance between the two positions (standardised) median {np.median(gap):.3g}, "
+                  f"95th pct {np.percentile(gap, 95):.3g}, max {gap.max():.3g}, > 1 for {100 * np.mean(gap > 1):.1f}% "
+                  f"(two random training positions: median {typical:.3g})")
+        if labels is not None:  # is the position among training images of the same digit?
+            def nearest_label(u):
+                return train_labels[nearest_neighbours(u, space.positions, 1)[0][:, 0]]
+            print(f"    label of the nearest training position = the digit's label: ours "
+                  f"{100 * np.mean(nearest_label(ours) == labels):.1f}%, umap {100 * np.mean(nearest_label(theirs) == labels):.1f}%")
+
+    # 10 Gaussian clusters in 1,024-d, 1,000 points each: the shape of 10 classes of SwinV2 features
+    rng = np.random.default_rng(0)
+    centres = rng.normal(0.0, 1.0, (10, 1024))
+    features = (centres[np.arange(10_000) % 10] + rng.normal(0.0, 1.0, (10_000, 1024))).astype(np.float32)
+    references = features[:20] + 0.1 * rng.normal(0.0, 1.0, (20, 1024)).astype(np.float32)
+
+    start = time.perf_counter()
+    space = FeatureSpace.fit(features, n_components=20)
+    cold = time.perf_counter() - start
+    start = time.perf_counter()
+    space = FeatureSpace.fit(features, n_components=20)
+    print(f"FeatureSpace.fit 10,000 x 1,024 -> 20-d: first call {cold:.1f} s (numba compilation), "
+          f"warm {time.perf_counter() - start:.1f} s")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "space.npz")
+        np.save(os.path.join(tmp, "references.npy"), references)
+        start = time.perf_counter()
+        space.save(path, run_id="bench")
+        saved = time.perf_counter() - start
+        start = time.perf_counter()
+        loaded = FeatureSpace.load(path)
+        print(f"save {saved:.2f} s ({os.path.getsize(path) / 1e6:.0f} MB), load {time.perf_counter() - start:.2f} s "
+              "(no refit)")
+        # sample.py's situation: a fresh process loads the space and places references (numba compiles once)
+        script = (
+            "import sys, time; sys.path.insert(0, sys.argv[3]); import numpy as np; start = time.perf_counter(); "
+            "from features import FeatureSpace; space = FeatureSpace.load(sys.argv[1]); "
+            "loaded = time.perf_counter() - start; x = np.load(sys.argv[2]); start = time.perf_counter(); "
+            "space.transform(x); first = time.perf_counter() - start; start = time.perf_counter(); "
+            "space.transform(x); print(f'{loaded:.2f} {first:.2f} {time.perf_counter() - start:.2f}')"
+        )
+        out = subprocess.run([sys.executable, "-c", script, path, os.path.join(tmp, "references.npy"),
+                              os.path.dirname(os.path.dirname(os.path.abspath(__file__)))],
+                             capture_output=True, text=True, check=True).stdout.split()
+        print(f"fresh process: import + load {out[0]} s, first transform of 20 references {out[1]} s "
+              f"(numba compilation), second {out[2]} s")
+    same = np.array_equal(loaded.transform(references), space.transform(references))
+    warm = timed(lambda: loaded.transform(references), 3)
+    print(f"transform of 20 references after loading, warm: {warm:.2f} s; equal to the fitted space's: {same}")
+
+    print("agreement with umap-learn's UMAP.transform, which searches approximate neighbours above 4,095 points:")
+    agreement(space, references, "10,000 Gaussian features, references = training points + noise")
+    images, labels = load_mnist_sample()  # (5000, 28, 28, 1), (5000,): all 5,000, so the space (4,500) is above
+    # umap's exact-search limit of 4,096 points and its transform searches approximate neighbours
+    pixels = extract_features(images, "pixels")
+    held_out = np.arange(len(images)) % 10 == 0  # 50 digits of each class (the sample is sorted by class)
+    train = ~held_out
+    mnist = FeatureSpace.fit(pixels[train], n_components=20, backbone="pixels")
+    agreement(mnist, pixels[held_out], "MNIST pixels, space of 4,500 digits, the 500 held-out digits",
+              labels[held_out], labels[train])
+    agreement(mnist, pixels[train][::9], "MNIST pixels, space of 4,500 digits, 500 of its training digits",
+              labels[train][::9], labels[train])
+
+    seconds = timed(lambda: extract_features(images, "pixels"), 3)
+    print(f"extract_features pixels: {len(images) / seconds:,.0f} images/s")
+    for backbone, n in (("resnet18", 128), (PAPER_BACKBONE, 16)):  # random weights: speed only
+        extract_features(images[:4], backbone, weights="random", cache_dir=None)  # warm-up
+        start = time.perf_counter()
+        extract_features(images[:n], backbone, weights="random", batch_size=16, cache_dir=None)
+        print(f"extract_features {backbone} (random weights), 28x28 MNIST digits: "
+              f"{n / (time.perf_counter() - start):.1f} images/s on {'cuda' if torch.cuda.is_available() else 'cpu'}")
+
+
+# ---------------------------------------------------------------------------
+# Metrics (metrics.py)
+# ---------------------------------------------------------------------------
+def bench_metrics() -> None:
+    """FID on 10,000 x 2,048 features (and pytorch-fid's sqrtm formula, for scale), IS on
+    10,000 x 1,000 logits, feature-network speed."""
+    import scipy.linalg
+
+    from features import pick_device
+    from classifier import train_classifier
+    from metrics import feature_statistics, frechet_distance, inception_network, inception_score
+
+    rng = np.random.default_rng(0)
+    real = rng.normal(0.0, 1.0, (10_000, 2048)).astype(np.float32)
+    fake = (0.9 * rng.normal(0.0, 1.0, (10_000, 2048)) + 0.1).astype(np.float32)
+    start = time.perf_counter()
+    mu1, sigma1, mu2, sigma2 = feature_statistics(real) + feature_statistics(fake)
+    t_stats = time.perf_counter() - start
+    start = time.perf_counter()
+    fid = frechet_distance(mu1, sigma1, mu2, sigma2)
+    t_fid = time.perf_counter() - start
+    print(f"FID 10,000 x 2,048: statistics of both sets {t_stats:.2f} s + frechet_distance {t_fid:.2f} s "
+          f"= {t_stats + t_fid:.2f} s  (FID {fid:.4f})")
+    start = time.perf_counter()  # one call: sqrtm takes tens of seconds on a CPU
+    covmean = scipy.linalg.sqrtm(sigma1 @ sigma2)
+    covmean = covmean[0] if isinstance(covmean, tuple) else covmean  # older SciPy: (root, error)
+    other = (mu1 - mu2) @ (mu1 - mu2) + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean).real
+    print(f"  pytorch-fid's scipy.linalg.sqrtm formula: {time.perf_counter() - start:.2f} s  "
+          f"(differs by {abs(other - fid):.1e})")
+
+    logits = rng.normal(0.0, 3.0, (10_000, 1000))
+    print(f"IS 10,000 x 1,000 logits, 10 splits: {timed(lambda: inception_score(logits), 3):.2f} s")
+
+    # The feature networks, for scale: they, not the maths, are the cost of an evaluation.
+    device = pick_device()
+    digits = rng.integers(0, 256, (512, 28, 28, 1), dtype=np.uint8)
+    clf = train_classifier(digits[:64], np.arange(64) % 10, 10, steps=1, device=device)
+    seconds = timed(lambda: clf.features_and_logits(digits), 3)
+    print(f"classifier features+logits, 28x28 grey: {len(digits) / seconds:,.0f} images/s on {device}")
+    net = inception_network("random").to(device)  # speed only
+    n = 128 if device.type == "cuda" else 16
+    seconds = timed(lambda: net.features_and_logits(digits[:n]), 1)
+    print(f"inception features+logits at 299 px (random weights, speed only): "
+          f"{n / seconds:,.1f} images/s on {device}")
+
+
+SECTIONS = {"diffusion": bench_diffusion, "features": bench_features, "metrics": bench_metrics,
+            "quality": bench_quality, "recipe": bench_recipe, "sampler": bench_sampler, "walks": bench_walks, "boundary": bench_boundary,
+            "gpu": bench_gpu}
+
+if __name__ == "__main__":
+    names = sys.argv[1:] or ["diffusion", "features", "metrics"]  # quality, recipe, sampler, walks, boundary and gpu only when asked for
+    for name in names:
+        if name not in SECTIONS:
+            sys.exit(f"python -m experiments.bench: unknown section {name!r}; choose from {', '.join(SECTIONS)}")
+        print(f"== {name} ==", flush=True)
+        SECTIONS[name]()
