@@ -149,16 +149,16 @@ def new_run_settings(argv: list[str]) -> dict:
     return train.run_settings(args, typed, None, 1)[0]
 
 
-def train_classifier(images: np.ndarray, labels: np.ndarray, seed: int) -> classifier.FeatureNetwork:
+def train_classifier(images: np.ndarray, labels: np.ndarray, seed: int, **args) -> classifier.FeatureNetwork:
     """classifier.py's small classifier (its defaults: 300 steps, shifts and intensity maps) on (images, labels)."""
-    return classifier.train_classifier(images, labels, num_classes=10, seed=seed, **CLASSIFIER_ARGS)
+    return classifier.train_classifier(images, labels, num_classes=10, seed=seed, **CLASSIFIER_ARGS, **args)
 
 
-def kept_classifier(path: str, images: np.ndarray, labels: np.ndarray, seed: int) -> classifier.FeatureNetwork:
-    """A classifier trained once and kept at `path`."""
+def kept_classifier(path: str, images: np.ndarray, labels: np.ndarray, seed: int, **args) -> classifier.FeatureNetwork:
+    """A classifier trained once and kept at `path` (args: more of classifier.train_classifier's, e.g. width)."""
     if os.path.exists(path):
         return classifier.load_classifier(path)
-    net = train_classifier(images, labels, seed)
+    net = train_classifier(images, labels, seed, **args)
     classifier.save_classifier(net, path)
     return net
 
@@ -320,8 +320,8 @@ def kept_set(directory: str, key: dict, make) -> dict:
 def load_part(path: str) -> dict:
     """samples.npz -> the part sample.py made (images, labels, reference, cond, walk, s, endpoints)."""
     with np.load(path, allow_pickle=False) as f:
-        part = {k: f[k] for k in ("images", "labels", "reference", "walk", "s", "endpoints", "prob", "width")
-                if k in f.files}
+        part = {k: f[k] for k in ("images", "labels", "reference", "walk", "s", "endpoints", "prob", "width",
+                                  *sample.BOUNDARY_FIELDS) if k in f.files}
         part["cond"] = {k[len("cond_"):]: f[k] for k in f.files if k.startswith("cond_")}
     return part
 

@@ -124,19 +124,47 @@ def reader(ambiguity=0.3, share=0.7, kept=0.95):
 
 
 def test_the_boundary_criterion_needs_every_part():
-    assert between.boundary_success(reader(), 1.2)["success"]
+    """Near the data means: not farther than the real ambiguous digits' upper 95% bound (here 1.5)."""
+    assert between.boundary_success(reader(), 1.5, 1.5)["success"]
     failures = {
         "ambiguous": (reader(ambiguity=0.24), 1.0),
         "mostly_ambiguous": (reader(share=0.55), 1.0),
         "stays_on_a_and_b": (reader(kept=0.85), 1.0),
-        "near_the_data": (reader(), 1.4),
+        "near_the_data": (reader(), 1.51),
     }
     for check, (stats, nn) in failures.items():
-        verdict = between.boundary_success(stats, nn)
+        verdict = between.boundary_success(stats, nn, 1.5)
         assert not verdict["success"] and not verdict[check]
         assert all(verdict[c] for c in between.CHECKS if c != check), check
-    never = between.boundary_success(reader(ambiguity=None, share=None, kept=None), None)  # no walk crossed
+    never = between.boundary_success(reader(ambiguity=None, share=None, kept=None), None, 1.5)  # no walk crossed
     assert not any(never.values())
+    assert not between.boundary_success(reader(), 1.0, None)["near_the_data"]  # no reference: not shown near
+
+
+def test_the_real_reference_is_made_of_digits_no_reader_trained_on(digits):
+    """The 2,000 digits of the real reference: the test digits and the floor's, none of the evaluator's (and so
+    of the second reader's, which trains on the same digits) training digits."""
+    from types import SimpleNamespace
+    pool = between.unseen_real(SimpleNamespace(digits=digits))
+    assert len(pool) == len(set(pool.tolist())) == 2000
+    assert not set(pool.tolist()) & set(digits.evaluator_train().tolist())
+    assert set(pool.tolist()) == set(digits.test.tolist()) | set(digits.floor().tolist())
+
+
+def test_agreement_and_the_nearest_training_ratio_leave_nothing_out_but_the_digit_itself():
+    from types import SimpleNamespace
+    assert between.agreement(np.array([0.3, 0.25, 0.1, 0.4]), np.array([0.2, 0.1, 0.5, 0.3])) == dict(
+        n=3, both=2, share=2 / 3)  # of the three the first reader finds ambiguous, two are for the second
+    assert between.agreement(np.array([0.1]), np.array([0.5]))["share"] is None
+    train_images = np.stack([np.full((2, 2, 1), v, np.uint8) for v in (0, 100, 200)])  # (3, 2, 2, 1)
+    scorer = SimpleNamespace(training_features=lambda images: images.reshape(len(images), -1) / 255.0,
+                             features=lambda images: (images.reshape(len(images), -1) / 255.0, None),
+                             test_features=np.full((1, 4), 50 / 255), test_images=np.full((1, 2, 2, 1), 50, np.uint8))
+    near = between.Nearness(SimpleNamespace(scorer=scorer), train_images)
+    features, pixels = near.ratios(train_images[1:2])  # a training digit: its own copy is at distance 0
+    assert features[0] == pixels[0] == 0
+    features, pixels = near.ratios(train_images[1:2], np.array([1]))  # left out: the next one, 100 grey levels away
+    assert features[0] == pytest.approx(2.0) and pixels[0] == pytest.approx(2.0)  # over the test digit's 50
 
 
 def test_the_guide_reports_the_walks_widths_and_the_seeds_give_intervals():
@@ -152,11 +180,12 @@ def test_the_guide_reports_the_walks_widths_and_the_seeds_give_intervals():
     second = SimpleNamespace(logits=lambda images: np.log(prob + 1e-9))
     part = dict(images=np.zeros((3, 28, 28, 1), np.uint8), walk=np.array([0, 2, 3]), s=np.array([0.4, 0.5, 0.6]),
                 prob=np.array([[0.5, 0.5], [0.45, 0.55], [0.5, 0.5]]), width=np.array([0.1, np.nan, 0.3]))
-    run = SimpleNamespace(images=np.zeros((5, 28, 28, 1), np.uint8))
+    near = SimpleNamespace(ratios=lambda images, own=None: (np.full(len(images), 1.5), np.full(len(images), 2.0)))
     monkey = SimpleNamespace(scorer=scorer)
     with pytest.MonkeyPatch.context() as m:
         m.setattr(between, "WALKS", 4)
-        scores = between.walk_scores(monkey, run, part, 4, 9, second)
+        scores = between.walk_scores(monkey, near, part, 4, 9, second)
+    assert scores["nn_ratio"] == [1.5] * 3 and scores["nn_ratio_pixels"] == [2.0] * 3
     assert scores["guide"]["width_median"] == pytest.approx(0.2)  # the finite widths 0.1 and 0.3
     assert scores["evaluator"]["ambiguity"] == pytest.approx(0.3) and scores["evaluator"]["crossing_share"] == 0.75
 
@@ -373,6 +402,16 @@ def test_every_section_runs_end_to_end_and_no_test_digit_trains_anything(tmp_pat
     assert ((walk["s"] > 0) & (walk["s"] < 1)).all()
     cell = methods["soft, w 3, eta 1"]["4-9"]
     assert {"evaluator", "second", "guide", "nn_ratio_median", "success"} <= set(cell) and len(cell["seeds"]) == 2
+    real = results["between"]["real"]["4-9"]  # the real reference: unseen by both readers, at least REAL_AT_LEAST
+    assert real["n"] >= between.REAL_AT_LEAST and not set(real["digits"]) & set(digits.evaluator_train().tolist())
+    assert set(digits.labels[real["digits"]].tolist()) <= {4, 9} and real["nn_ratio_interval"][0] <= real["nn_ratio_interval"][1]
+    assert sorted(real["min_evaluator"], reverse=True) == real["min_evaluator"]  # the most ambiguous first
+    filtered = results["between"]["trusted"]["soft, w 3, eta 1"]["4-9"]  # the filter, on sets with the readings
+    assert filtered["walks"] == 4 and filtered["trusted"] <= filtered["found"] <= filtered["walks"]
+    members = np.load(out / "between" / "soft-w-3-eta-1-4-9-s0-members" / "samples.npz")
+    assert members["guide_prob"].shape == (len(members["walk"]), 3, 2)
+    assert members["trusted"].tolist() == sample.trusted(members["guide_prob"]).tolist()
+    assert set(results["between"]["default"]) >= {"current", "best", "change"}
     for seed, scores in enumerate(cell["seeds"]):  # the guide's width is the kept walks' width
         widths = np.load(out / "between" / f"soft-w-3-eta-1-4-9-s{seed}" / "samples.npz")["width"]
         finite = widths[np.isfinite(widths)]
