@@ -476,8 +476,8 @@ PREDICTIONS = ("eps", "v")
 # guidance {COMPOSE: w}: product composition of the classes of a soft label (Diffusion.composed_output)
 COMPOSE, LABEL = "compose", "label"
 SAMPLERS = ("ddim", "dpm++2m", "ddpm")
-# Each sampler's eta when none is given: deterministic DDIM, DPM-Solver++(2M)'s SDE form (sample.py's default
-# sampler; bench.py sampler); the ddpm sampler has none (its noise is the posterior's, DDIM's eta = 1).
+# Each sampler's eta when none is given (sample() and sample.py's --eta): deterministic DDIM, DPM-Solver++(2M)'s
+# SDE form (sample.py's default sampler); the ddpm sampler has none (its noise is the posterior's, DDIM's eta = 1).
 SAMPLER_ETA = {"ddim": 0.0, "dpm++2m": 1.0, "ddpm": None}
 
 
