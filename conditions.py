@@ -13,10 +13,13 @@ Training fits the UMAP on the features of every training image
 - a training image (its index in the training set known) gets the position
   UMAP fitted for it, u_i = space.positions[i]: the very position the model
   was trained with. A training image used as a reference (sample.py's class
-  grids, --references, the endpoints of --between) is therefore at its
-  training position, and its features are not extracted again (the inner
-  points of a `--walk-path features` walk are UMAP transforms of mixed
-  features, sample.py);
+  grids, --references, the endpoints of a --between walk along the default
+  `--walk-path line`) is therefore at its training position, and its
+  features are not extracted again. Not so along `--walk-path features`:
+  there every point, the endpoints s = 0 and 1 included, is UMAP's transform
+  of the mixed features (1 - s) f_A + s f_B (sample.walk_conditions; the
+  stored training features, not extracted again), and UMAP's transform of a
+  training image's own features is in general not its fitted position;
 - a new image (a reference file of the user's) gets UMAP's transform of its
   features, `space.transform(f(x))` (Method step 4).
 

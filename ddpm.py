@@ -34,7 +34,7 @@ SCHEDULES = ("linear", "cosine")
 
 
 def beta_schedule(name: str, timesteps: int) -> torch.Tensor:
-    """The variances beta_t of t = 1..T, float64 of shape (T,): beta_t at index t - 1 (timesteps here count 0..T-1)."""
+    """The variances beta_t, float64 of shape (T,), at index t = 0..T-1 (Ho et al.'s t = 1..T, less one)."""
     if name == "linear":
         # Ho et al. 2020: beta from 1e-4 to 0.02 for T = 1000; for other T both
         # ends scale by 1000/T so that abar_T stays near zero (improved-diffusion).
@@ -155,15 +155,20 @@ class Diffusion:
     # ------------------------------------------------------------------
     def losses(self, model, x0: torch.Tensor, cond: dict | None = None, p_uncond: float = 0.0,
                generator: torch.Generator | None = None, p_drop: dict[str, float] | None = None):
-        """Per example, || target - model(x_t, t, cond) ||^2 with t ~ U{0..T-1}, eps ~ N(0, I); target eps or v.
+        """Per example, the mean over its C H W values of (target - model(x_t, t, cond))^2 with t ~ U{0..T-1},
+        eps ~ N(0, I); target eps or v. Algorithm 1's squared norm || . ||^2 divided by C H W (a constant factor).
         Returns (loss (B,), t (B,)); `loss` is their mean, the quantity training minimises.
 
         Condition dropout, so that one network is also the model without some
         or all of its conditions (what classifier-free guidance needs):
         - p_uncond: a row drops every condition (Ho & Salimans 2022);
-        - p_drop[name]: a row also drops that condition on its own, each
-          independently (Brooks et al. 2023, sec. 3.2.1; Liu et al. 2022), so a
-          label+pos model is also a label model and a position model.
+        - p_drop[name]: a row also drops that condition with probability
+          p_drop[name], one independent draw per condition, so a label+pos
+          model is also a label model and a position model.
+          Brooks et al. 2023 (sec. 3.2.1) instead draw exclusive cases, 5 % each:
+          only one condition dropped, only the other, or both. Here the draws
+          are independent, so a row may also drop both through its two own
+          draws: P(both dropped) = p_uncond + (1 - p_uncond) p_drop[label] p_drop[pos].
         One network call per step: the dropped rows are marked, not split off.
         With min_snr_gamma, each row's error is weighted by Hang et al. 2023's
         min(SNR_t, gamma) / SNR_t (eps) or min(SNR_t, gamma) / (SNR_t + 1) (v).
@@ -211,8 +216,9 @@ class Diffusion:
         """(x_0, eps) from the network's output: eps itself, or v via
         x_0 = sqrt(abar_t) x_t - sqrt(1 - abar_t) v and eps = sqrt(1 - abar_t) x_t + sqrt(abar_t) v.
 
-        Why v: near t = T, x_0 from eps divides by sqrt(abar_t) (up to 1/0.006 = 160 for the linear
-        schedule), so a small eps error there is a large error in the image's mean; from v it is not.
+        Why v: near t = T-1, x_0 from eps multiplies eps's error by sqrt(1/abar_t - 1), about 1/sqrt(abar_t):
+        up to 1/0.0064 = 157 for the linear schedule with T = 1000 (about 20,000 for the cosine one), so a
+        small eps error there is a large error in the image's mean; from v the factor is sqrt(1 - abar_t) <= 1.
         """
         if self.prediction == "eps":
             return self.predict_x0_from_eps(x_t, t, out), out
@@ -312,47 +318,55 @@ class Diffusion:
     # Sampling
     # ------------------------------------------------------------------
     def p_sample(self, model, x_t, t, cond=None, guidance=1.0, clip_denoised=True, z=None):
-        """One ancestral step, x_{t-1} = mu_theta + sqrt(beta~_t) z, no noise at t = 0 (Ho et al. 2020, Algorithm 2's form).
+        """One ancestral step, x_{t-1} = mu_theta + sqrt(beta~_t) z, no noise at t = 0 (Ho et al. 2020, Algorithm 2's form);
+        z (B, C, H, W) standard normal (None: drawn here, torch.randn_like(x_t)).
 
         Departs from Algorithm 2's mean (1/sqrt(alpha_t)) (x_t - beta_t / sqrt(1 - abar_t) eps): mu_theta is the
         posterior mean mu~_t(x0_hat, x_t) of eq. 7 at the predicted x0_hat, clipped to [-1, 1] when clip_denoised
         (improved-diffusion's form; without clipping the two are equal)."""
         mean, _, log_var, _ = self.p_mean_variance(model, x_t, t, cond, guidance, clip_denoised)
         nonzero = (t != 0).float().view(-1, *([1] * (x_t.dim() - 1)))  # (B, 1, 1, 1)
+        z = torch.randn_like(x_t) if z is None else z
         return mean + nonzero * torch.exp(0.5 * log_var) * z
 
     def ddim_step(self, model, x_t, t, t_prev, cond=None, eta=0.0, guidance=1.0, clip_denoised=True, z=None):
-        """One step of DDIM (Song et al. 2021, eq. 12) from t to t_prev < t (t_prev = -1 means x_0):
+        """One step of DDIM from t to t_prev < t (t_prev = -1 means x_0), Song et al. 2021, eq. 12 (their alpha
+        is our abar), with the noise scale of their eq. 16:
 
-            x_prev = sqrt(abar_prev) x0 + sqrt(1 - abar_prev - sigma^2) eps + sigma z,
-            sigma  = eta sqrt((1 - abar_prev) / (1 - abar_t)) sqrt(1 - abar_t / abar_prev).
+            x_prev = sqrt(abar_prev) x0 + sqrt(1 - abar_prev - c^2) eps + c z,
+            c      = eta sqrt((1 - abar_prev) / (1 - abar_t)) sqrt(1 - abar_t / abar_prev).
 
-        eta = 0 is deterministic; eta = 1 matches the DDPM posterior variance.
+        c is Song et al.'s sigma_t(eta), written c here: in this file sigma_t is the noise level of `sigma`.
+        eta = 0 is deterministic; eta = 1 matches the DDPM posterior variance. z (B, C, H, W) standard normal
+        (None: drawn here, torch.randn_like(x_t)).
         """
         x0, eps = self.predict_x0(model, x_t, t, cond, guidance, clip_denoised)
         abar = extract(self.alphas_cumprod, t, x_t)
         abar_prev = extract(self.alphas_cumprod_to_x0, t_prev, x_t)  # index -1 -> abar = 1
-        sigma = eta * ((1 - abar_prev) / (1 - abar) * (1 - abar / abar_prev)).sqrt()
-        return abar_prev.sqrt() * x0 + (1 - abar_prev - sigma ** 2).clamp(min=0).sqrt() * eps + sigma * z
+        c = eta * ((1 - abar_prev) / (1 - abar) * (1 - abar / abar_prev)).sqrt()  # (B, 1, 1, 1)
+        z = torch.randn_like(x_t) if z is None else z
+        return abar_prev.sqrt() * x0 + (1 - abar_prev - c ** 2).clamp(min=0).sqrt() * eps + c * z
 
     def dpm_solver_step(self, x_t, t, t_prev, x0, history, eta, z):
         """One step of DPM-Solver++(2M) (Lu et al. 2022, "DPM-Solver++", Algorithm 2) from t to t_prev.
 
-        With alpha = sqrt(abar), sigma = sqrt(1 - abar), lambda = log(alpha / sigma) and h = lambda_prev - lambda_t,
+        With x_t = a_t x_0 + s_t eps, a_t = sqrt(abar_t) and s_t = sqrt(1 - abar_t) (Lu et al.'s alpha_t and
+        sigma_t, renamed here: in this file sigma_t is the noise level s_t / a_t of `sigma`),
+        lambda = log(a / s) and h = lambda_prev - lambda_t,
         the data prediction D is x_0 (first order) or, with the previous step's x_0' and its h',
         D = (1 + 1/(2r)) x_0 - 1/(2r) x_0', r = h'/h (second order, multistep). Then
 
-            eta = 0 (the ODE):  x_prev = (sigma_prev / sigma_t) x_t - alpha_prev (e^{-h} - 1) D,
-            eta = 1 (the SDE):  x_prev = (sigma_prev / sigma_t) e^{-h} x_t + alpha_prev (1 - e^{-2h}) D
-                                         + sigma_prev sqrt(1 - e^{-2h}) z   (Lu et al., SDE-DPM-Solver++(2M)).
+            eta = 0 (the ODE):  x_prev = (s_prev / s_t) x_t - a_prev (e^{-h} - 1) D,
+            eta = 1 (the SDE):  x_prev = (s_prev / s_t) e^{-h} x_t + a_prev (1 - e^{-2h}) D
+                                         + s_prev sqrt(1 - e^{-2h}) z   (Lu et al., SDE-DPM-Solver++(2M)).
 
         At first order the SDE step is exactly DDIM with eta = 1. The last step (to x_0) is first order
         ("lower order final"). `history` is (x_0', h') of the previous step or None; returns (x_prev, (x_0, h)).
         """
         abar = extract(self.alphas_cumprod, t, x_t)
         abar_prev = extract(self.alphas_cumprod_to_x0, t_prev, x_t)
-        alpha_prev, sigma, sigma_prev = abar_prev.sqrt(), (1 - abar).sqrt(), (1 - abar_prev).sqrt()
-        exp_minus_h = sigma_prev * abar.sqrt() / (alpha_prev * sigma)  # e^{-h} = (alpha_t sigma_prev) / (alpha_prev sigma_t)
+        a_prev, s_t, s_prev = abar_prev.sqrt(), (1 - abar).sqrt(), (1 - abar_prev).sqrt()
+        exp_minus_h = s_prev * abar.sqrt() / (a_prev * s_t)  # e^{-h} = (a_t s_prev) / (a_prev s_t)
         last = bool((t_prev < 0).all())
         h = None if last else torch.log(1 / exp_minus_h)  # (B, 1, 1, 1)
         d = x0
@@ -361,10 +375,10 @@ class Diffusion:
             r = h_before / h
             d = (1 + 1 / (2 * r)) * x0 - 1 / (2 * r) * x0_before
         if eta == 0:
-            x_prev = sigma_prev / sigma * x_t - alpha_prev * (exp_minus_h - 1) * d
+            x_prev = s_prev / s_t * x_t - a_prev * (exp_minus_h - 1) * d
         else:
-            x_prev = (sigma_prev / sigma * exp_minus_h * x_t + alpha_prev * (1 - exp_minus_h ** 2) * d
-                      + sigma_prev * (1 - exp_minus_h ** 2).clamp(min=0).sqrt() * z)
+            x_prev = (s_prev / s_t * exp_minus_h * x_t + a_prev * (1 - exp_minus_h ** 2) * d
+                      + s_prev * (1 - exp_minus_h ** 2).clamp(min=0).sqrt() * z)
         return x_prev, (x0, h)
 
     def ddim_timesteps(self, steps: int) -> list[int]:
@@ -386,7 +400,9 @@ class Diffusion:
         return (lam[None, :] - grid[:, None]).abs().argmin(1).unique_consecutive().tolist()
 
     def sigma(self, t: int) -> float:
-        """The noise level of step t in the variance-exploding view: sigma_t = sqrt((1 - abar_t) / abar_t)."""
+        """The noise level of step t in the variance-exploding view x_t / sqrt(abar_t) = x_0 + sigma_t eps:
+        sigma_t = sqrt((1 - abar_t) / abar_t) (Karras et al. 2022's sigma; the sigma_t of this file and of
+        --guidance-interval, not DDIM's noise scale c nor DPM-Solver's s_t = sqrt(1 - abar_t))."""
         abar = float(self.alphas_cumprod[t])
         return math.sqrt((1 - abar) / abar)
 
@@ -404,22 +420,26 @@ class Diffusion:
         return {COMPOSE: 1.0} if isinstance(guidance, dict) and COMPOSE in guidance else 1.0
 
     @torch.no_grad()
-    def sample(self, model, shape, cond: dict | None = None, steps: int | None = None, eta: float = 0.0,
+    def sample(self, model, shape, cond: dict | None = None, steps: int | None = None, eta: float | None = None,
                guidance: float | dict = 1.0, generator: torch.Generator | None = None, device=None,
                clip_denoised: bool = True, progress: bool = False, sampler: str = "ddim",
                noise_index: torch.Tensor | None = None,
                guidance_interval: tuple[float, float] | None = None) -> torch.Tensor:
         """Draw images of `shape` (B, C, H, W) in [-1, 1]-ish from pure noise x_T ~ N(0, I).
 
-        sampler "ddpm": the full ancestral sampler, Algorithm 2 of Ho et al. (T network calls; steps ignored);
-        "ddim": DDIM over `steps` evenly spaced timesteps with the given eta; "dpm++2m": DPM-Solver++(2M)
-        over `steps` timesteps evenly spaced in log-SNR, eta 0 (ODE) or 1 (SDE). guidance: see guided_output.
+        sampler "ddpm": the full ancestral sampler, Algorithm 2 of Ho et al. (T network calls; steps and eta
+        ignored); "ddim": DDIM over `steps` evenly spaced timesteps with the given eta in [0, 1]; "dpm++2m":
+        DPM-Solver++(2M) over `steps` timesteps evenly spaced in log-SNR, eta 0 (ODE) or 1 (SDE).
+        steps None: all T timesteps. eta None: the sampler's own, SAMPLER_ETA (ddim 0, dpm++2m 1: sample.py's
+        --eta without a value). guidance: see guided_output.
         noise_index (B,) long: rows with the same index share their starting noise and every step's noise
         (a walk that changes only its conditions); None: every row its own noise.
         guidance_interval (lo, hi): guide only at steps whose sigma_t lies in (lo, hi], see step_guidance.
         """
         if sampler not in SAMPLERS:
             raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
+        eta = SAMPLER_ETA[sampler] if eta is None else eta
+        steps = self.num_timesteps if steps is None else steps
         if sampler == "dpm++2m" and eta not in (0, 1):
             raise ValueError(f"DPM-Solver++(2M) takes eta 0 (ODE) or 1 (SDE), got {eta}")
         check_guidance_interval(guidance_interval)
@@ -456,6 +476,9 @@ PREDICTIONS = ("eps", "v")
 # guidance {COMPOSE: w}: product composition of the classes of a soft label (Diffusion.composed_output)
 COMPOSE, LABEL = "compose", "label"
 SAMPLERS = ("ddim", "dpm++2m", "ddpm")
+# Each sampler's eta when none is given (sample() and sample.py's --eta): deterministic DDIM, DPM-Solver++(2M)'s
+# SDE form (sample.py's default sampler); the ddpm sampler has none (its noise is the posterior's, DDIM's eta = 1).
+SAMPLER_ETA = {"ddim": 0.0, "dpm++2m": 1.0, "ddpm": None}
 
 
 def check_guidance_interval(guidance_interval) -> None:

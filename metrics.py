@@ -476,54 +476,6 @@ def expected_calibration_error(prob, labels, bins: int = 15) -> float:
     return float(ece)
 
 
-def bootstrap_fid_ratio(real_features, features_a: list, features_b: list, n_boot: int = 200,
-                        seed: int = 0, level: float = 0.95) -> tuple[float, float, float]:
-    """(ratio, low, high): ratio = F_a / F_b, F = mean_r FID(real, x_r) over the replicates (seeds)
-    of a model, features (N_r, D) each, and its bootstrap interval at `level`.
-
-    Each of n_boot draws resamples, with replacement, the replicates of A and
-    of B, the rows within each drawn replicate, and the real rows (one
-    resample shared by A and B in a draw), and recomputes F_a* and F_b*. So the
-    interval holds both the seed-to-seed spread and the finite-sample noise.
-    Repeated rows raise FID: by about the same amount in every draw, the
-    bootstrap's own bias, bias = mean(F*) - F (Efron & Tibshirani 1993,
-    Sec. 10.2), which each draw has taken off before the ratio,
-        ratio* = (F_a* - bias_a) / (F_b* - bias_b),
-    and low, high are the percentiles of ratio*. A ratio means little when
-    F_b is near the noise floor (FID of real vs real). The cost is
-    n_boot * (R_a + R_b) FIDs: keep D small (e.g. the classifier's 128 features).
-    With as few as three replicates the percentiles hold about (R - 1) / R of the seed variance and no
-    small-sample correction: compare models seed by seed with log_ratio_t_interval instead (experiments/compare.py does).
-    """
-    real = np.asarray(real_features, np.float64)
-    if real.ndim != 2 or len(real) < 2:
-        raise ValueError(f"real_features must be (N, D) with N >= 2, got shape {real.shape}")
-    sets = {"features_a": [np.asarray(f, np.float64) for f in features_a],
-            "features_b": [np.asarray(f, np.float64) for f in features_b]}
-    for name, replicates in sets.items():
-        if not replicates or any(f.ndim != 2 or f.shape[1] != real.shape[1] or len(f) < 2 for f in replicates):
-            raise ValueError(f"{name} must be a non-empty list of (N, {real.shape[1]}) feature arrays, N >= 2")
-    if int(n_boot) < 1 or not 0 < level < 1:
-        raise ValueError(f"need n_boot >= 1 and level in (0, 1), got {n_boot} and {level}")
-    rng = np.random.default_rng(seed)
-
-    def resample(rows):  # a bootstrap resample of the rows of one array
-        return rows[rng.integers(0, len(rows), len(rows))]
-
-    def fid_to(real_stats, rows):  # FID of rows against the real set's (mu, Sigma), computed once per draw
-        return frechet_distance(*real_stats, *feature_statistics(rows))
-
-    fid = np.array([[np.mean([fid_to(feature_statistics(real), f) for f in fs]) for fs in sets.values()]])  # (1, 2)
-    draws = np.empty((int(n_boot), 2))  # F_a*, F_b* of each draw
-    for i in range(int(n_boot)):
-        real_stats = feature_statistics(resample(real))
-        draws[i] = [np.mean([fid_to(real_stats, resample(fs[k])) for k in rng.integers(0, len(fs), len(fs))])
-                    for fs in sets.values()]
-    corrected = draws - (draws.mean(axis=0) - fid)  # (n_boot, 2): the bootstrap's bias taken off
-    low, high = np.percentile(corrected[:, 0] / corrected[:, 1], [50 * (1 - level), 50 * (1 + level)])
-    return float(fid[0, 0] / fid[0, 1]), float(low), float(high)
-
-
 # ---------------------------------------------------------------------------
 # 6. Feature networks: Inception v3, or the small classifier trained on the data (classifier.py)
 # ---------------------------------------------------------------------------

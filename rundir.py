@@ -1,7 +1,8 @@
 """The run directory: what train.py writes, how it is read back, and the rules that keep it safe.
 
     runs/NAME/config.json     every setting, the U-Net's arguments, the data's digest, the run id, changes on resume
-    runs/NAME/checkpoint.pt   model, EMA, optimizer, step, run id, a copy of the config (written atomically)
+    runs/NAME/checkpoint.pt   model, EMA, optimizer, GradScaler state, step, mean loss, run id, format, a copy of
+                              the config (written atomically every --save-every steps and at the last)
     runs/NAME/space.npz       the fitted feature space, config["space_file"] (only when a condition needs one)
     runs/NAME/log.csv         the loss every --log-every steps, and its curve loss.png (train.py)
     runs/NAME/grids/          class grids, stepNNNNNNN.png
@@ -23,7 +24,8 @@ The rules, each a function below:
   needs no lock: every file is replaced atomically.
 - Every check before the first write; weights are loaded with
   weights_only=True (loading never runs code); a checkpoint is saved only
-  when its weights are finite.
+  when it is `healthy`: its weights finite and its recorded mean loss finite
+  and below DIVERGED_LOSS (else the one before stays).
 
 train.py and sample.py both use this module; it imports neither.
 """

@@ -18,7 +18,7 @@ finds on each walk the point where a guide's P(B) = 0.5 (`boundary_samples`). A 
 not take a condition simply ignores it.
 
 The sampler is DPM-Solver++(2M) (Lu et al. 2022) with `--sampling-steps` steps and
-`--eta` 1 (its SDE form; 0: the ODE), or DDIM (Song et al. 2021), or
+`--eta` 1 (its SDE form; 0: the ODE), or DDIM (Song et al. 2021; `--eta` 0 unless given), or
 `--sampler ddpm`, Algorithm 2 of Ho et al. 2020 with all T steps; guidance
 `--guidance w` or a weight per condition (`label=3`, the default: the label
 guided given the other conditions; ddpm.Diffusion.guided_output). Every call writes, in --out, a PNG per figure, `samples.npz` and
@@ -47,7 +47,7 @@ import conditions
 import metrics
 import rundir
 from data import choose_per_class, load_dataset, open_image, write_atomically
-from ddpm import COMPOSE, SAMPLERS, Diffusion, RowNoise, check_guidance_interval
+from ddpm import COMPOSE, SAMPLER_ETA, SAMPLERS, Diffusion, RowNoise, check_guidance_interval
 from features import FeatureSpace, WeightsUnavailableError, extract_features, pick_device
 from rundir import SAMPLE_FILES, RunError
 from unet import UNet
@@ -55,7 +55,8 @@ from unet import UNet
 # The sampler a user gets without flags: DPM-Solver++(2M), SDE form (eta 1), 10 steps. `python -m experiments.bench sampler`
 # compares samplers at guidance 3 on both conditions (not this default guidance, the label alone): there 10 of these
 # steps matched DDIM with 25 (docs/SPEED.md).
-DEFAULT_SAMPLER, DEFAULT_STEPS, DEFAULT_ETA, DEFAULT_GUIDANCE = "dpm++2m", 10, 1.0, 3.0
+DEFAULT_SAMPLER, DEFAULT_STEPS, DEFAULT_GUIDANCE = "dpm++2m", 10, 3.0
+DEFAULT_ETA = SAMPLER_ETA[DEFAULT_SAMPLER]  # 1.0; without --eta every sampler takes its own (ddpm.SAMPLER_ETA)
 # ... with that guidance weight on the label alone, given the other conditions (default_guidance; README).
 # The default --guidance-interval: guidance at every step until experiments/compare.py's guidance curve says otherwise.
 DEFAULT_GUIDANCE_INTERVAL = None
@@ -488,8 +489,9 @@ DEFAULT_BOUNDARY_METHOD = "soft"
 BOUNDARY_LABEL_MODE = dict(soft="soft", position="none", compose="soft")
 BOUNDARY_NEEDS = dict(soft="label", position="pos", compose="label")  # the condition each method moves
 # The search: a coarse grid of BOUNDARY_GRID points (steps of 1/8), then bisection inside the first bracket
-# where the guide's P(B) reaches 0.5, until |s* - crossing| <= tolerance: 1/8 / 2^5 = 1/256 after 4 halvings.
-# Cost per walk: 9 + 4 + 1 (the image at s*) = 14 images.
+# where the guide's P(B) rises to 0.5, until |s* - crossing| <= tolerance: 4 halvings leave a bracket
+# 1/8 / 2^4 = 1/128 wide, whose midpoint s* is within 1/256 of the crossing.
+# Cost per walk that crosses: 9 + 4 + 1 (the image at s*) = 14 images; 9 for one that does not.
 BOUNDARY_GRID, BOUNDARY_TOLERANCE = 9, 1 / 256
 DEFAULT_BOUNDARY_N, DEFAULT_EVAL_N = 16, 1000  # --n without a value: --boundary, --eval
 MAX_WALKS_PER_SAMPLE = 8  # --boundary tries up to 8 N walks for N trusted samples
@@ -599,12 +601,15 @@ def walk_images(run: Run, endpoints: np.ndarray, walk: np.ndarray, s: np.ndarray
 
 
 def find_crossings(prob_b, walks: int, grid: int = BOUNDARY_GRID, tolerance: float = BOUNDARY_TOLERANCE) -> dict:
-    """Each walk's s* where P(B) first reaches 0.5, for prob_b(walk (M,), s (M,)) -> (M,), batched across walks.
+    """Each walk's s* where P(B) first rises to 0.5 on the grid, for prob_b(walk (M,), s (M,)) -> (M,), batched
+    across walks.
 
     A coarse grid s = 0, 1/(grid-1), .. 1 (one call, walks * grid rows), then bisection inside each walk's
     first bracket [s_i, s_i+1] with P(B)(s_i) < 0.5 <= P(B)(s_i+1) (one call per halving, one row per walk),
-    until the bracket is at most 2 tolerance wide; s* = its midpoint, so |s* - crossing| <= tolerance.
-    A walk without such a bracket (P(B) never reaches 0.5, or is there at s = 0) is not crossed (s* NaN).
+    keeping P(B)(lo) < 0.5 <= P(B)(hi), until the bracket is at most 2 tolerance wide; s* = its midpoint, so
+    |s* - crossing| <= tolerance. A walk without such a bracket on the grid (P(B) below 0.5 at every grid point,
+    at or above it at every one, or only falling through it) is not crossed (s* NaN); one at or above 0.5 at
+    s = 0 that falls below and rises again is crossed where it rises.
     Returns s (W,), crossed (W,) bool, and points: per walk the (s, P(B)) pairs evaluated, for the width.
     """
     s_grid = np.linspace(0, 1, grid)
@@ -787,7 +792,8 @@ def control(run: Run, references: dict) -> dict:
 # Command line
 # ---------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+                                allow_abbrev=False)  # flags typed in full, as in train.py
     p.add_argument("run", help="a run directory written by train.py")
     p.add_argument("--out", required=True, help="where the PNGs, samples.npz and meta.json go")
     p.add_argument("--sampler", default=DEFAULT_SAMPLER, choices=SAMPLERS,
@@ -795,8 +801,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "or ddpm (Algorithm 2 of Ho et al., all T steps)")
     p.add_argument("--sampling-steps", type=int, default=DEFAULT_STEPS, help="steps of ddim and dpm++2m: network "
                    "calls per sample (with guidance each call has 2x the rows, 3x for e.g. label=3,pos=1)")
-    p.add_argument("--eta", type=float, default=DEFAULT_ETA, help="sampling noise: ddim takes [0, 1] "
-                   "(0: deterministic, 1: DDPM's variance), dpm++2m 0 (ODE) or 1 (SDE)")
+    p.add_argument("--eta", type=float, default=None, help="sampling noise: ddim takes [0, 1] "
+                   "(0: deterministic, 1: DDPM's variance), dpm++2m 0 (ODE) or 1 (SDE); ddpm ignores it "
+                   "(default: the sampler's own, ddim 0, dpm++2m 1; meta.json records the value used)")
     p.add_argument("--sampling-batch-size", type=int, default=64, help="images per network call (64: fastest per "
                    "image on a 2-core CPU; raise it on a GPU)")
     p.add_argument("--guidance", type=parse_guidance, default=None, metavar="W or NAME=W,...",
@@ -807,7 +814,8 @@ def build_parser() -> argparse.ArgumentParser:
                    metavar="LO,HI", help="guide only the steps whose noise level sigma_t = sqrt((1 - abar_t) / "
                    "abar_t) lies in (LO, HI] (Kynkaanniemi et al. 2024), the plain conditional model elsewhere; "
                    "HI may be inf (default: every step)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seeds the sampling noise and the draws of reference "
+                   "images and walk endpoints (train.py's --seed seeds the training: initialisation, batches, noise)")
     p.add_argument("--grid-per-class", type=int, default=10, help="class grid: images per class")
     p.add_argument("--references", type=int, default=0, help="K reference images per class from the training data")
     p.add_argument("--reference-images", nargs="+", default=None, help="your own reference image files")
@@ -832,7 +840,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="--boundary: the weight of the method's own guidance (soft: the label given the position; "
                    "position: the position; compose: the composition of A and B); --guidance does not apply there. "
                    f"Default {DEFAULT_GUIDANCE:g}")
-    p.add_argument("--eval", action="store_true", help="also write metrics.json and eval_samples.npz")
+    p.add_argument("--eval", action="store_true", help="also score --n class-balanced samples: metrics.json (FID, "
+                   "IS, conditioning accuracy; control with --references) and eval_samples.npz (train.py --eval "
+                   "runs this, with --references 2, at the end of training)")
     p.add_argument("--n", type=int, default=None, help=f"--eval: number of class-balanced samples (default "
                    f"{DEFAULT_EVAL_N}); --boundary: boundary samples, one per walk (default {DEFAULT_BOUNDARY_N})")
     p.add_argument("--inception-weights", default=None,
@@ -870,7 +880,7 @@ def check_args(args) -> None:
             raise RunError(f"--{name.replace('_', '-')} must be a positive count, got {value}")
     if args.references < 0:
         raise RunError(f"--references must be 0 (none) or a positive count, got {args.references}")
-    if not 0 <= args.eta <= 1:
+    if args.eta is not None and not 0 <= args.eta <= 1:  # None: the sampler's own (run_command)
         raise RunError(f"--eta must lie in [0, 1] (0: deterministic DDIM, 1: DDPM's noise), got {args.eta}")
     weights = [] if args.guidance is None else list(args.guidance.values()) if isinstance(args.guidance, dict) else [args.guidance]
     if not all(np.isfinite(w) and w >= 0 for w in weights):  # NaN passes a bare `< 0` test, and makes black images
@@ -937,7 +947,7 @@ def check_against_run(args, run: Run) -> None:
     if args.between and args.walk_label != "fixed" and "label" not in run.config["unet"]["conditions"]:
         raise RunError(f"--walk-label {args.walk_label} changes the label along a walk, and {run.dir} was trained "
                        "without one: leave --walk-label at fixed")
-    if args.sampler == "dpm++2m" and args.eta not in (0, 1):
+    if args.sampler == "dpm++2m" and args.eta not in (0, 1, None):
         raise RunError(f"--eta must be 0 (ODE) or 1 (SDE) with --sampler dpm++2m, got {args.eta}")
     for flag, classes in (("--between", args.between), ("--reference-labels", args.reference_labels)):
         for c in classes or []:
@@ -999,6 +1009,7 @@ def check_memory(args, run: Run) -> None:
 
 
 def run_command(args) -> dict:
+    args.eta = SAMPLER_ETA[args.sampler] if args.eta is None else args.eta  # no --eta: the sampler's own
     check_args(args)
     run = load_run(args.run, args.device, args.precision)
     check_against_run(args, run)

@@ -9,7 +9,10 @@ The method (docs/METHOD.md, steps 1-3): every training image gets a position in 
 pretrained feature space (features.py: features -> 20-d UMAP, standardised),
 and the U-Net (unet.py) learns to denoise with the DDPM loss (ddpm.py,
 Algorithm 1 of Ho et al. 2020), predicting v = sqrt(abar) eps - sqrt(1 - abar) x_0
-(Salimans & Ho 2022; `--prediction eps` is Ho et al.'s eps_theta). `--cond` names the conditions the
+(Salimans & Ho 2022; `--prediction eps` is Ho et al.'s eps_theta). With v the
+step departs from Algorithm 1 in its target: since eps - eps_hat = sqrt(abar_t)
+(v - v_hat), the v loss is Algorithm 1's eps loss weighted by 1 / abar_t =
+1 + 1/SNR_t, more weight on the noisiest steps. `--cond` names the conditions the
 model sees, joined by "+": `label` (the class) and `pos` (the position).
 The report's three models are `--cond label`, `--cond label+pos` (its
 "label+umap") and `--cond pos` (its "umap").
@@ -103,7 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--warmup", type=int, default=100, help="linear learning-rate warm-up steps")
     g.add_argument("--lr-schedule", default="constant", choices=("constant", "cosine"),
                    help="after the warm-up: constant, or a cosine decay to 0 at the last step")
-    g.add_argument("--ema", type=float, default=0.999, help="EMA decay of the weights used for sampling")
+    g.add_argument("--ema", type=float, default=0.999, help="the EMA's largest decay: the weights used for sampling "
+                   "average with decay d = min(EMA, (1 + step) / (10 + step)), which reaches 0.999 only at step 8,990 "
+                   "(counting from 0; the default 600 steps end at d = 600/609 = 0.985)")
     g.add_argument("--p-uncond", type=float, default=0.1,
                    help="probability that a training image drops all its conditions (classifier-free guidance)")
     g.add_argument("--p-drop", type=sample.parse_condition_numbers, default=None, metavar="NAME=P,...",
@@ -111,7 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "(what per-condition guidance needs; default: 0.1 for each condition of a model with two "
                    "or more, '' for none)")
     g.add_argument("--grad-clip", type=float, default=1.0)
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--seed", type=int, default=0, help="seeds the training: the U-Net's initialisation, the UMAP "
+                   "fit, the batches, timesteps, noise and condition dropout, the progress grids (--data-seed: which "
+                   "images; sample.py's --seed seeds only its sampling noise and reference draws)")
     g = p.add_argument_group("running")
     g.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available)")
     g.add_argument("--precision", default="auto", choices=PRECISIONS,
@@ -121,7 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--log-every", type=int, default=50, help="a row of log.csv every N steps")
     g.add_argument("--sample-every", type=int, default=0,
                    help="also a class grid every N steps (0: only the one at the end)")
-    g.add_argument("--eval", action="store_true", help="at the end, run sample.py --references 2 --eval")
+    g.add_argument("--eval", action="store_true", help="at the end, score the trained run: sample.py OUT --out "
+                   "OUT/samples --references 2 --eval (metrics.json there; see sample.py --eval)")
     g.add_argument("--compile", action="store_true", help="torch.compile the U-Net (GPU)")
     return p
 
@@ -444,7 +452,8 @@ def training_step(diffusion: Diffusion, model: nn.Module, net: nn.Module, ema: n
                   optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, settings: dict, step: int,
                   x0: torch.Tensor, cond: dict, generator: torch.Generator, p_drop: dict,
                   precision: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """One step of Algorithm 1 (Ho et al. 2020): the loss, its gradient, clipping, AdamW, the EMA.
+    """One step of Algorithm 1 (Ho et al. 2020; with --prediction v its target is v, not eps: the eps loss
+    weighted by 1 / abar_t, ddpm.Diffusion.losses): the loss, its gradient, clipping, AdamW, the EMA.
 
     x0: (B, C, H, W) in [-1, 1]; cond: name -> (B, ...). `model` is `net` as called
     (DDP / compiled); the forward pass runs in `precision` (autocast), and

@@ -9,7 +9,8 @@ conditions of the method (docs/METHOD.md, step 3) as one dict `cond`:
                  whose embedding is the same mix of the class embeddings
                  (the report's "soft label" alternative, for comparison);
 - cond["pos"]:   the image's position in feature space (the report's
-                 `umap_loc`): its 20-d UMAP vector, standardised, float (B, 20).
+                 `umap_loc`): its d-dim UMAP vector, standardised, float (B, d),
+                 d = train.py's --pos-dim (the report: 20).
 
 Every condition becomes a vector of size emb_dim (`condition_encoder`
 builds the module that does it) and they are summed with the timestep's
@@ -170,17 +171,19 @@ def rename_old_keys(state_dict, prefix, *args) -> None:
 class UNet(nn.Module):
     def __init__(self, image_channels: int = 1, image_size: int = 28, base_channels: int = 32,
                  channel_mults: tuple[int, ...] = (1, 2, 2), num_res_blocks: int = 1,
-                 attention_resolutions: tuple[int, ...] = (7,), dropout: float = 0.0,
+                 attention_resolutions: tuple[int, ...] = (), dropout: float = 0.0,
                  conditions: dict[str, int] | None = None):
         """conditions: name -> size of every condition the network takes (see condition_encoder),
-        e.g. {"label": 10, "pos": 20}; None or {} is an unconditional model."""
+        e.g. {"label": 10, "pos": 20}; None or {} is an unconditional model. The defaults are train.py's
+        "small" U-Net for 28x28 MNIST (attention_resolutions (): attention only in the middle block)."""
         super().__init__()
         self.image_channels, self.image_size = image_channels, image_size
         self.conditions = dict(conditions or {})
+        self.time_dim = base_channels  # width of the sinusoidal timestep embedding, the input of time_mlp
         emb_dim = 4 * base_channels
 
         # --- Conditions: each maps to a (B, emb_dim) vector; see condition_embedding ---
-        self.time_mlp = nn.Sequential(nn.Linear(base_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        self.time_mlp = nn.Sequential(nn.Linear(self.time_dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
         self.encoders = nn.ModuleDict(
             {name: condition_encoder(name, size, emb_dim) for name, size in self.conditions.items()})
         # The learned "null" embedding of each condition: what a dropped row sees.
@@ -228,7 +231,7 @@ class UNet(nn.Module):
     # ------------------------------------------------------------------
     def condition_embedding(self, t: torch.Tensor, cond: dict, drop: dict | torch.Tensor | None) -> torch.Tensor:
         """emb = MLP(sinusoid(t)) + sum over conditions c of (E_c(cond[c]), or null_c where drop[c]), (B,) -> (B, emb_dim)."""
-        emb = self.time_mlp(timestep_embedding(t, self.input_conv.out_channels))  # (B, emb_dim)
+        emb = self.time_mlp(timestep_embedding(t, self.time_dim))  # (B,) -> (B, time_dim) -> (B, emb_dim)
         for name, embed in self.encoders.items():
             null = self.null_embeddings[name].to(emb.dtype).expand_as(emb)  # (emb_dim,) -> (B, emb_dim)
             if name not in cond:  # the unconditional model: every row null

@@ -22,6 +22,34 @@ def test_finite_guidance_still_parses():
     assert sample.parse_guidance("2.5") == 2.5 and sample.parse_guidance("label=1,pos=3") == {"label": 1.0, "pos": 3.0}
 
 
+@pytest.mark.parametrize("script,argv,typo", [
+    ("train", ["--out", "x", "--step", "5"], "--step"),  # --steps
+    ("train", ["--out", "x", "--batch", "5"], "--batch"),  # --batch-size
+    ("sample", ["run", "--out", "x", "--sampling-step", "5"], "--sampling-step"),  # --sampling-steps
+    ("sample", ["run", "--out", "x", "--grid", "5"], "--grid"),  # --grid-per-class
+])
+def test_train_and_sample_both_refuse_an_abbreviated_flag_in_argparses_one_line(script, argv, typo, capsys):
+    import train
+    parser = (train if script == "train" else sample).build_parser()
+    with pytest.raises(SystemExit) as stop:
+        parser.parse_args(argv)
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert stop.value.code == 2 and last.endswith(f"error: unrecognized arguments: {typo} 5"), last
+    full = {"--step": "--steps", "--batch": "--batch-size", "--sampling-step": "--sampling-steps",
+            "--grid": "--grid-per-class"}[typo]
+    assert vars(parser.parse_args([*argv[:-2], full, "5"]))[full[2:].replace("-", "_")] == 5  # typed in full: fine
+
+
+def test_eta_without_a_value_is_left_to_the_sampler_and_seed_and_eval_say_what_they_mean_in_each_script():
+    import train
+    assert sample.build_parser().parse_args(["run", "--out", "x"]).eta is None  # resolved by run_command
+    helps = {name: {a.dest: a.help for a in module.build_parser()._actions} for name, module in
+             (("train", train), ("sample", sample))}
+    assert "initialisation" in helps["train"]["seed"] and "sampling noise" in helps["sample"]["seed"]
+    assert "sample.py" in helps["train"]["seed"] and "train.py" in helps["sample"]["seed"]
+    assert "--references 2 --eval" in helps["train"]["eval"] and "metrics.json" in helps["sample"]["eval"]
+
+
 def test_sample_on_a_run_without_config_json_points_to_resume(label_run, tmp_path):  # noqa: F811
     run = copy_run(label_run, tmp_path)
     os.remove(run / "config.json")

@@ -440,3 +440,34 @@ def test_row_noise_is_the_same_whatever_the_batch():
     mixed = RowNoise([3, 7, 7, 9])
     first = mixed.draw((4, 1, 2, 2), "cpu")
     assert torch.equal(first[1], alone[0][0]) and torch.equal(first[2], first[1]) and not torch.equal(first[0], first[1])
+
+
+# ---------------------------------------------------------------- defaults that work
+def test_sample_without_steps_or_eta_uses_all_timesteps_and_the_samplers_own_eta():
+    """steps None: all T timesteps; eta None: ddpm.SAMPLER_ETA (ddim 0, dpm++2m 1, sample.py's defaults)."""
+    from ddpm import SAMPLER_ETA
+    assert SAMPLER_ETA == {"ddim": 0.0, "dpm++2m": 1.0, "ddpm": None}
+    d = Diffusion(beta_schedule("cosine", 20))
+    model = exact_eps_model(d)
+    for sampler, eta in (("ddim", 0.0), ("dpm++2m", 1.0)):
+        plain = d.sample(model, (6, 1, 4, 4), sampler=sampler, generator=torch.Generator().manual_seed(8))
+        given = d.sample(model, (6, 1, 4, 4), steps=20, eta=eta, sampler=sampler,
+                         generator=torch.Generator().manual_seed(8))
+        assert torch.equal(plain, given), sampler
+    other = d.sample(model, (6, 1, 4, 4), steps=20, eta=0.0, sampler="dpm++2m", generator=torch.Generator().manual_seed(8))
+    assert not torch.equal(other, d.sample(model, (6, 1, 4, 4), sampler="dpm++2m",
+                                           generator=torch.Generator().manual_seed(8)))  # the default is the SDE
+
+
+def test_a_step_without_z_draws_its_own_noise():
+    """p_sample and ddim_step with z None: torch.randn_like(x_t), the same as passing that noise."""
+    d = Diffusion(beta_schedule("linear", 50))
+    model = exact_eps_model(d)
+    x, t, t_prev = torch.randn(3, 1, 4, 4), torch.full((3,), 20), torch.full((3,), 10)
+    steps = (lambda z: d.p_sample(model, x, t, z=z), lambda z: d.ddim_step(model, x, t, t_prev, eta=1.0, z=z))
+    for step in steps:
+        torch.manual_seed(9)
+        drawn = step(None)
+        torch.manual_seed(9)
+        assert torch.equal(drawn, step(torch.randn_like(x)))
+    assert torch.equal(d.ddim_step(model, x, t, t_prev), d.ddim_step(model, x, t, t_prev, z=torch.zeros_like(x)))  # eta 0

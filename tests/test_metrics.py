@@ -20,7 +20,7 @@ from PIL import Image
 
 import classifier
 import metrics
-from metrics import (bootstrap_fid_ratio, conditioning_accuracy, controllability, feature_statistics,
+from metrics import (conditioning_accuracy, controllability, feature_statistics,
                      fid_from_features, frechet_distance, inception_score, load_feature_network,
                      memorisation, t_interval, walk_statistics, boundary_statistics)
 
@@ -679,25 +679,6 @@ def test_expected_calibration_error_against_a_hand_computed_case():
     assert metrics.expected_calibration_error(np.eye(3), np.array([1, 2, 0])) == pytest.approx(1.0)
     with pytest.raises(ValueError, match="prob"):
         metrics.expected_calibration_error(np.ones(3), np.zeros(3))
-
-
-def test_bootstrap_fid_ratio_of_identical_and_of_shifted_sets():
-    rng = np.random.default_rng(16)
-    real = rng.normal(size=(400, 4))
-    near = [rng.normal(size=(300, 4)) + 0.3 for _ in range(3)]  # three seeds of a model: FID about 4 x 0.3^2
-    ratio, low, high = bootstrap_fid_ratio(real, near, near, n_boot=100, seed=0)
-    assert ratio == 1.0 and low < 1.0 < high
-    far = [rng.normal(size=(300, 4)) + 0.6 for _ in range(3)]  # FID about 4 x 0.6^2: 4x as large
-    ratio, low, high = bootstrap_fid_ratio(real, far, near, n_boot=100, seed=0)
-    expected = np.mean([fid_from_features(real, f) for f in far]) / np.mean([fid_from_features(real, f) for f in near])
-    assert ratio == pytest.approx(expected) and 1.0 < low < ratio < high
-    assert bootstrap_fid_ratio(real, near, far, n_boot=100, seed=0)[2] < 1.0  # the other way round
-    assert bootstrap_fid_ratio(real, far, near, n_boot=20, seed=3) == bootstrap_fid_ratio(real, far, near,
-                                                                                          n_boot=20, seed=3)
-    with pytest.raises(ValueError, match="features_b"):
-        bootstrap_fid_ratio(real, near, [])
-    with pytest.raises(ValueError, match="features_a"):
-        bootstrap_fid_ratio(real, [rng.normal(size=(10, 3))], near)
 
 
 # ---------------------------------------------------------------------------

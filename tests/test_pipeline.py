@@ -684,3 +684,25 @@ def test_guidance_interval_is_passed_on_and_recorded_and_bad_values_are_one_line
         last = capsys.readouterr().err.strip().splitlines()[-1]
         assert stop.value.code == 2 and "--guidance-interval" in last and match in last, last
     assert not (tmp_path / "bad").exists()
+
+
+def test_eta_without_a_value_is_the_samplers_own_and_meta_json_records_the_value_used(run_dir, tmp_path, monkeypatch):
+    """--eta None: ddim 0 (deterministic), dpm++2m 1 (its SDE form), ddpm none; a given --eta is kept."""
+    seen = []
+    sample_of = sample.Diffusion.sample
+
+    def recording(self, model, shape, **k):
+        seen.append((k["sampler"], k["eta"]))
+        if k["sampler"] == "ddpm":  # all T steps: only what it is asked
+            return torch.zeros(shape)
+        return sample_of(self, model, shape, **k)
+
+    monkeypatch.setattr(sample.Diffusion, "sample", recording)
+    for sampler, extra, eta in (("ddim", [], 0.0), ("dpm++2m", [], 1.0), ("ddim", ["--eta", "0.5"], 0.5),
+                                ("ddpm", [], None)):
+        out = tmp_path / f"{sampler}{len(extra)}"
+        seen.clear()
+        sample.main([str(run_dir), "--out", str(out), "--sampler", sampler, "--sampling-steps", "2",
+                     "--grid-per-class", "1", *extra])
+        assert seen and all(s == (sampler, eta) for s in seen), seen
+        assert json.loads((out / "meta.json").read_text())["eta"] == eta

@@ -132,3 +132,12 @@ def test_a_checkpoint_of_the_previous_release_loads_under_the_new_names():
     net = UNet(**kwargs)
     net.load_state_dict(old)
     assert torch.equal(net.encoders["label"].weight, old["cond_embedding.label.weight"])
+
+
+def test_the_defaults_are_train_pys_small_unet_and_the_time_embedding_width_is_its_own_attribute():
+    import train
+    small = train.unet_kwargs("small", (28, 28, 1), None, {"label": 10, "pos": 20})
+    shapes = lambda net: {k: v.shape for k, v in net.state_dict().items()}  # noqa: E731
+    assert shapes(UNet(conditions={"label": 10, "pos": 20})) == shapes(UNet(**small))
+    net = UNet(image_size=8, base_channels=8, channel_mults=(1, 2), conditions={"label": 2})
+    assert net.time_dim == 8 == net.time_mlp[0].in_features  # the sinusoid's width, not read off input_conv
