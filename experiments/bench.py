@@ -103,21 +103,24 @@ def bench_diffusion() -> None:
 # ---------------------------------------------------------------------------
 def bench_boundary(run_dir: str = "runs/quick", a: int = 4, b: int = 9, n: int = 100,
                    methods: tuple[str, ...] | None = None) -> None:
-    """Seconds for n boundary samples per method on a trained run (the guide trained first, once, not timed), with
-    the share of walks that crossed and the images generated (sample.BOUNDARY_GRID + halvings + 1 per walk)."""
+    """Seconds for n trusted boundary samples per method on a trained run, as `sample.py --boundary` makes them
+    (sample.trusted_boundary_samples; the guide trained first, once, not timed): the walks tried, how many crossed,
+    how many found points the filter kept, and so the walks tried per trusted sample (what the filter costs)."""
     import sample
 
     run = sample.load_run(run_dir)
     guide = sample.boundary_guide(run)  # kept as guide.pt: later calls only load it
-    print(f"{run_dir}, {a} -> {b}, {n} walks | method | seconds | crossed | guide mean P({b}) at s*")
+    print(f"{run_dir}, {a} -> {b}, {n} trusted samples asked | method | seconds | walks tried | crossed | "
+          "trusted | walks per trusted sample")
     for method in methods or sample.BOUNDARY_METHODS:
         if sample.BOUNDARY_NEEDS[method] not in run.config["unet"]["conditions"]:
             continue
         start = time.perf_counter()
-        part = sample.boundary_samples(run, a, b, n, method, seed=0, guide=guide)
+        _, counts = sample.trusted_boundary_samples(run, a, b, n, method, seed=0, guide=guide)
         seconds = time.perf_counter() - start
-        prob = f"{part['prob'][:, 1].mean():.2f}" if len(part["prob"]) else "-"
-        print(f"{method} | {seconds:.1f} | {part['crossed'].mean():.2f} | {prob}", flush=True)
+        per = f"{counts['tried'] / counts['trusted']:.2f}" if counts["trusted"] else "-"
+        print(f"{method} | {seconds:.1f} | {counts['tried']} | {counts['crossed']} | {counts['trusted']} | {per}",
+              flush=True)
 
 
 
