@@ -41,7 +41,7 @@ import classifier
 import metrics
 import sample
 from experiments.common import (CLASSIFIER_ARGS, DEFAULT_W, SAMPLER, SEEDS, TABLE_WEIGHTS, VAL_PER_CLASS, Context,
-                                confused_pairs, kept_classifier, kept_set, pixels, set_key, soft_confusion,
+                                confused_pairs, kept_classifier, kept_json, kept_set, pixels, set_key, soft_confusion,
                                 write_figure, write_png)
 
 # The section's settings (tests shrink them)
@@ -107,15 +107,20 @@ def second_reader(ctx: Context) -> classifier.FeatureNetwork:
 
 def between_pairs(ctx: Context) -> list[tuple[int, int]]:
     """PAIRS and the CONFUSED_PAIRS pairs a classifier trained on the other training digits confuses most on a
-    validation split (VAL_PER_CLASS per class) of the training digits."""
-    val = ctx.digits.per_class(ctx.digits.train, VAL_PER_CLASS, WALK_SEED)
-    rest = np.setdiff1d(ctx.digits.train, val)
-    net = kept_classifier(os.path.join(ctx.runs, "pairs_classifier.pt"), ctx.digits.images[rest],
-                          ctx.digits.labels[rest], seed=0)
-    prob = scipy.special.softmax(net.logits(ctx.digits.images[val]), axis=1)
-    taken = {tuple(sorted(p)) for p in PAIRS}
-    extra = [p for p in confused_pairs(soft_confusion(prob, ctx.digits.labels[val]), 45) if p not in taken]
-    return [tuple(p) for p in PAIRS] + [tuple(int(c) for c in p) for p in extra[:CONFUSED_PAIRS]]
+    validation split (VAL_PER_CLASS per class) of the training digits. Chosen once and kept in
+    between/pairs.json: the classifier's training is not bit-reproducible across CPUs, and the pairs name the kept
+    sets, so a rescoring on another machine reads the same pairs instead of choosing again."""
+    def choose():
+        val = ctx.digits.per_class(ctx.digits.train, VAL_PER_CLASS, WALK_SEED)
+        rest = np.setdiff1d(ctx.digits.train, val)
+        net = kept_classifier(os.path.join(ctx.runs, "pairs_classifier.pt"), ctx.digits.images[rest],
+                              ctx.digits.labels[rest], seed=0)
+        prob = scipy.special.softmax(net.logits(ctx.digits.images[val]), axis=1)
+        taken = {tuple(sorted(p)) for p in PAIRS}
+        extra = [p for p in confused_pairs(soft_confusion(prob, ctx.digits.labels[val]), 45) if p not in taken]
+        return [list(p) for p in PAIRS] + [[int(c) for c in p] for p in extra[:CONFUSED_PAIRS]]
+    key = dict(pairs=[list(p) for p in PAIRS], confused=CONFUSED_PAIRS, val_per_class=VAL_PER_CLASS, seed=WALK_SEED)
+    return [tuple(p) for p in kept_json(os.path.join(ctx.out, "between", "pairs.json"), key, choose)]
 
 
 # ---------------------------------------------------------------------------
