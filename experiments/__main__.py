@@ -13,7 +13,8 @@ seeds and intervals) is experiments/common.py:
   augment   At an equal number of added images, do boundary samples with soft labels raise a scarce
             classifier's test accuracy more than ordinary generated samples with soft labels? (augment.py)
 
-Outputs: --out (results/experiment/) gets results.json (every per-seed number),
+Outputs: --out (results/experiment/) gets results.json (every per-seed number, and the
+summaries over seeds made from them: `--sections` with no section makes them and tables.md again),
 tables.md (every table, as printed), the figures, and every scored set as
 SECTION/NAME/samples.npz (sample.py's format; walks carry walk, s, endpoints)
 beside set.json, the settings that made it. Models go to --runs
