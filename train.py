@@ -584,7 +584,9 @@ def setup_processes(device_name: str | None) -> tuple[int, int, torch.device]:
     return rank, world, device
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None, own_interrupt_message: bool = True) -> None:
+    """train.py's command line. own_interrupt_message=False: a Ctrl-C is raised on (KeyboardInterrupt(step)) to a
+    caller with its own message (python -m experiments); the checkpoint on disk is the same either way."""
     args, typed = parse_args(argv)
     try:
         check_command(args)
@@ -595,6 +597,8 @@ def main(argv: list[str] | None = None) -> None:
     except (RunError, ValueError, FileNotFoundError, WeightsUnavailableError) as error:
         sys.exit(f"train.py: {' '.join(str(error).split())}")
     except KeyboardInterrupt as stop:  # train() passes the step it was at
+        if not own_interrupt_message:
+            raise
         sys.exit(f"train.py: {rundir.interrupted_message(args.out, stop.args[0] if stop.args else None)}")
     except OSError as error:  # a write that failed: a full disk, a folder made read-only meanwhile, ...
         sys.exit(f"train.py: cannot write {error.filename or args.out}: {error.strerror or error}")

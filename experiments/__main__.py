@@ -13,7 +13,8 @@ seeds and intervals) is experiments/common.py:
   augment   At an equal number of added images, do boundary samples with soft labels raise a scarce
             classifier's test accuracy more than ordinary generated samples with soft labels? (augment.py)
 
-Outputs: --out (results/experiment/) gets results.json (every per-seed number),
+Outputs: --out (results/experiment/) gets results.json (every per-seed number, and the
+summaries over seeds made from them: `--sections` with no section makes them and tables.md again),
 tables.md (every table, as printed), the figures, and every scored set as
 SECTION/NAME/samples.npz (sample.py's format; walks carry walk, s, endpoints)
 beside set.json, the settings that made it. Models go to --runs
@@ -41,22 +42,30 @@ kept in results.json.
 """
 if not __package__:  # run as a file, it could not import its neighbours: say what to run instead
     raise SystemExit("experiments/__main__.py: run python -m experiments (from the repository root)")
-import argparse
-import json
-import os
 import sys
-import time
 
-from data import write_atomically
-from experiments.augment import augment, augment_tables
-from experiments.between import between, between_tables
-from experiments.common import TRAIN_FLAGS, Context, Digits, Scorer, new_run_settings
-from experiments.compare import compare, compare_tables
-from experiments.control import control, control_tables
+try:  # a Ctrl-C while the modules load (torch: seconds) is one line too
+    import argparse
+    import json
+    import os
+    import time
+
+    from data import write_atomically
+    from experiments.augment import augment, augment_summaries, augment_tables
+    from experiments.between import between, between_tables
+    from experiments.common import TRAIN_FLAGS, Context, Digits, Scorer, new_run_settings
+    from experiments.compare import compare, compare_summaries, compare_tables
+    from experiments.control import control, control_summaries, control_tables
+except KeyboardInterrupt:
+    raise SystemExit("python -m experiments: interrupted while starting, before anything ran: "
+                     + " ".join(["python -m experiments", *sys.argv[1:]])) from None
 
 SECTIONS = ("compare", "control", "between", "augment")
 # results.json of this protocol (held-out digits, 3 seeds, an evaluator without the floor's digits); older ones are not kept
 RESULTS_FORMAT = "experiment-3"
+# Each section's numbers over the seeds, a pure function of the per-seed numbers it keeps: applied to the sections
+# of a results.json read back, so that every interval in the file is the one this code makes (between: its own)
+SUMMARIES = {"compare": compare_summaries, "control": control_summaries, "augment": augment_summaries}
 
 
 def tables(results: dict) -> str:
@@ -99,12 +108,16 @@ def read_results(path: str) -> dict:
     if found != RESULTS_FORMAT:
         sys.exit(f"python -m experiments: {path} holds results of another configuration (format {found!r}, not "
                  f"{RESULTS_FORMAT!r}); move it away or choose another --out (it is kept as it is)")
+    for name, summaries in SUMMARIES.items():
+        if name in results:
+            results[name] = summaries(results[name])
     return results
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m experiments", description=__doc__.split("\n\n")[0])
-    p.add_argument("--sections", nargs="+", default=list(SECTIONS), choices=SECTIONS)
+    p.add_argument("--sections", nargs="*", default=list(SECTIONS), choices=SECTIONS,
+                   help="the sections to run (none: only rewrite results.json's summaries and tables.md from it)")
     p.add_argument("--runs", default="runs/experiment", help="where the trained models go (not for git)")
     p.add_argument("--out", default="results/experiment", help="where results.json, tables.md, figures and sets go")
     p.add_argument("--inception-weights", default=None, help="local Inception weights file: Inception FID/IS too")
@@ -113,28 +126,43 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"python -m experiments: --inception-weights {args.inception_weights}: file not found")
     if os.path.isfile(args.out) or os.path.isfile(args.runs):
         sys.exit("python -m experiments: --out and --runs must be directories")
+    todo = [name for name in SECTIONS if name in args.sections]  # in this order: later sections reuse earlier models
     path = os.path.join(args.out, "results.json")
+    stage = {"where": f"before section {todo[0]} (reading {path}, loading the digits, the evaluator)" if todo
+             else f"rewriting {path}'s summaries", "rerun": todo}
+    try:
+        run_sections(args, path, todo, stage)
+    except KeyboardInterrupt:  # the finished sections are in results.json, the trained models in --runs
+        rerun = " ".join(["python -m experiments", "--sections", *stage["rerun"]]
+                         + [f"--{k} {getattr(args, k)}" for k in ("runs", "out") if getattr(args, k) != p.get_default(k)])
+        sys.exit(f"python -m experiments: interrupted {stage['where']}; {path} keeps every section finished before "
+                 f"and {args.runs} every trained model (an unfinished one resumes from its last checkpoint): {rerun}")
+
+
+def run_sections(args: argparse.Namespace, path: str, todo: list[str], stage: dict) -> None:
+    """The sections `todo`, in order, each written to results.json when it ends; then tables.md. `stage` says
+    where it is and what is left to run (for the message of a Ctrl-C)."""
     results = read_results(path)  # a rerun of some sections keeps the others' results (of this protocol)
     results["format"] = RESULTS_FORMAT
-    if {"between", "augment"} & set(args.sections):
+    if not todo:  # only the summaries of the sections kept, and the tables
+        text = json.dumps(results, indent=1)
+        write_atomically(path, lambda f: f.write(text.encode()))
+    if {"between", "augment"} & set(todo):
         check_independent_dropout()
-    os.makedirs(args.runs, exist_ok=True)
-    digits = Digits.load()
-    ctx = Context(args.runs, args.out, digits, Scorer(args.runs, digits, args.inception_weights))
-    sections = {"compare": compare, "control": control, "between": between,
-                "augment": augment}
-    todo = [name for name in SECTIONS if name in args.sections]  # in this order: later sections reuse earlier models
+    if todo:
+        os.makedirs(args.runs, exist_ok=True)
+        digits = Digits.load()
+        ctx = Context(args.runs, args.out, digits, Scorer(args.runs, digits, args.inception_weights))
+    sections = {"compare": compare, "control": control, "between": between, "augment": augment}
     for i, name in enumerate(todo):
+        stage.update(where=f"in section {name}", rerun=todo[i:])
         start = time.perf_counter()
-        try:
-            results[name] = sections[name](ctx)
-        except KeyboardInterrupt:  # results.json holds every section finished before this one; the models stay
-            sys.exit(f"python -m experiments: interrupted in section {name}; {path} keeps the sections finished before it "
-                     f"and {args.runs} its trained models: python -m experiments --sections {' '.join(todo[i:])}")
+        results[name] = sections[name](ctx)
         results[name]["wall_s"] = round(time.perf_counter() - start)
         print(f"{name}: {results[name]['wall_s'] / 60:.1f} min", flush=True)
         text = json.dumps(results, indent=1)
         write_atomically(path, lambda f: f.write(text.encode()))
+    stage.update(where="writing tables.md, after every section", rerun=[])
     markdown = tables(results)
     write_atomically(os.path.join(args.out, "tables.md"), lambda f: f.write(markdown.encode()))
     print(markdown)

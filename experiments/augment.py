@@ -35,11 +35,11 @@ import scipy.special
 import classifier
 import metrics
 import sample
-from data import write_atomically
+from data import MNIST_SAMPLE_TEST_PER_CLASS, write_atomically
 from experiments.between import BETWEEN_GRID, BETWEEN_TOLERANCE
 from experiments.common import (EVALUATOR_FILE, SAMPLER, SEEDS, SETS_VERSION, VAL_PER_CLASS, Context, Scorer, cell,
-                                confused_pairs, diversity, guidance_at, kept_json, load_part, sampler, set_key,
-                                soft_confusion, spread, trained, write_figure)
+                                confused_pairs, diversity, guidance_at, kept_json, load_part, sampler, seed_rows,
+                                set_key, soft_confusion, spread, trained, write_figure)
 
 # The section's settings (tests shrink them)
 SCARCE = (10, 20)  # real training digits per class in the augmentation experiment
@@ -300,23 +300,54 @@ def augment(ctx: Context, method: str | None = None) -> dict:
             replicates[f"d{data_seed}-s{seed}"] = kept_json(path, key, lambda: augment_replicate(
                 ctx, per_class, data_seed, seed, method))
             print(per_class, data_seed, seed, json.dumps(replicates[f"d{data_seed}-s{seed}"]["accuracy"]), flush=True)
-        mechanism = {f"d{d}-s{s}": augment_mechanism(ctx, per_class, d, s) for d, s in AUGMENT_REPLICATES}
-        arms = list(next(iter(replicates.values()))["accuracy"])
-        result["sizes"][str(per_class)] = dict(
-            replicates=replicates,
-            summary={arm: {m: spread([r["accuracy"][arm][m] for r in replicates.values()])
-                           for m in ("all", "confused_pairs", "ece")} for arm in arms},
-            gain_over_real={arm: paired(replicates, arm, "real only") for arm in arms[1:]},
-            gain_over_real_confused={arm: paired(replicates, arm, "real only", "confused_pairs") for arm in arms[1:]},
-            boundary_over_ordinary={name: paired(replicates, name.replace(" ordinary", " boundary"), name)
-                                    for name in arms if " ordinary soft" in name},
-            mechanism={name: {m: spread([r[name][m] for r in mechanism.values()]) for m in measures}
-                       for name, measures in next(iter(mechanism.values())).items()},
-            crossing={gen: dict(zip(("q10", "q50", "q90"), np.quantile(
-                np.concatenate([r["crossing"][gen] for r in replicates.values()]), [0.1, 0.5, 0.9]).tolist()))
-                for gen in GENERATORS})
+        mechanism = [augment_mechanism(ctx, per_class, d, s) for d, s in AUGMENT_REPLICATES]
+        result["sizes"][str(per_class)] = size_summary(replicates, mechanism, max((N_AUGMENT, *AUGMENT_SWEEP)))
     augment_figure(ctx, result)
     return result
+
+
+def tested(replicate: dict, measure: str) -> int:
+    """How many test digits a draw's test measure is a share of: all of them ("all"), or those of its confused
+    pairs' classes ("confused_pairs"); data.MNIST_SAMPLE_TEST_PER_CLASS of each class."""
+    classes = 10 if measure == "all" else len({c for p in replicate["pairs"] for c in p})
+    return classes * MNIST_SAMPLE_TEST_PER_CLASS
+
+
+MECHANISM_SHARES = ("read_as_label", "near_copy_share")  # set_mechanism's shares of the set's images
+MECHANISM_BOUNDED = ("soft_distance",)  # a total variation: in [0, 1], no count
+
+
+def size_summary(replicates: dict, mechanism: list[dict], set_size: int) -> dict:
+    """One scarce size over its draws, from the per-draw results: each arm's test measures (accuracies: shares
+    of the test digits; ECE: in [0, 1], no count), paired gains, set_mechanism's measures (`spread` each; shares
+    of the set_size images of a set), the crossings' quantiles. A pure function of them (augment_summaries)."""
+    reps = list(replicates.values())
+    arms = list(reps[0]["accuracy"])
+    return dict(
+        replicates=replicates,
+        summary={arm: {m: spread([r["accuracy"][arm][m] for r in reps],
+                                 None if m == "ece" else [tested(r, m) for r in reps], share=True)
+                       for m in ("all", "confused_pairs", "ece")} for arm in arms},
+        gain_over_real={arm: paired(replicates, arm, "real only") for arm in arms[1:]},
+        gain_over_real_confused={arm: paired(replicates, arm, "real only", "confused_pairs") for arm in arms[1:]},
+        boundary_over_ordinary={name: paired(replicates, name.replace(" ordinary", " boundary"), name)
+                                for name in arms if " ordinary soft" in name},
+        mechanism={name: {m: spread([d[name][m] for d in mechanism], set_size if m in MECHANISM_SHARES else None,
+                                    m in MECHANISM_SHARES + MECHANISM_BOUNDED) for m in measures}
+                   for name, measures in mechanism[0].items()},
+        crossing={gen: dict(zip(("q10", "q50", "q90"), np.quantile(
+            np.concatenate([r["crossing"][gen] for r in reps]), [0.1, 0.5, 0.9]).tolist())) for gen in GENERATORS})
+
+
+def augment_summaries(a: dict) -> dict:
+    """size_summary of every scarce size again, from what results.json keeps of it (the per-draw results, and
+    set_mechanism's per-draw values inside its spreads): what a results.json read back gets (its intervals as made now)."""
+    set_size = max(a["n"], *a["sweep"])
+    for size, m in a["sizes"].items():
+        rows = {name: seed_rows(spreads) for name, spreads in m["mechanism"].items()}
+        mechanism = [{name: rows[name][i] for name in rows} for i in range(len(m["replicates"]))]
+        a["sizes"][size] = size_summary(m["replicates"], mechanism, set_size)
+    return a
 
 
 def augment_figure(ctx: Context, result: dict) -> None:
@@ -360,7 +391,8 @@ def augment_tables(a: dict) -> list[str]:
             f"Boundary samples: {a['method']}, at each walk's own crossing; ordinary samples: label+pos with fresh "
             f"references at w = {a['ordinary_w']:g}; soft labels: a classifier of the real digits alone (seed "
             f"{LABELLER_SEED}). Generators: scarce (trained on the scarce digits), full (on all 4,000). Mean ± std over "
-            f"{len(AUGMENT_REPLICATES)} draws; gains: paired differences with 95% t-intervals over draws.", "",
+            f"{len(AUGMENT_REPLICATES)} draws [95% interval: accuracies and ECE, a t-interval on the per-draw logits, "
+            f"inside [0, 1]]; gains: paired differences with 95% t-intervals over draws.", "",
             "| real digits per class | arm | test accuracy | gain over real only | confused pairs | gain on confused pairs | ECE |",
             "|---|---|---|---|---|---|---|"]
     for size, m in a["sizes"].items():
@@ -378,7 +410,7 @@ def augment_tables(a: dict) -> list[str]:
         text.append(f"| {size} | confused pairs (validation split) | " + "; ".join(
             f"{r}: {', '.join('-'.join(map(str, p)) for p in rep['pairs'])}" for r, rep in m["replicates"].items())
             + " | | | | |")
-    text += ["", f"What the added sets carry (set_mechanism; mean ± std [95% t-interval] over the draws): read as its "
+    text += ["", f"What the added sets carry (set_mechanism; mean ± std [95% t-interval] over the draws; on the per-draw logits, inside [0, 1], for the shares and the soft-label distance): read as its "
              f"label by the evaluator (real test digits: {100 * a['evaluator_accuracy']:.1f}%, its own accuracy), the soft labels' total-variation "
              f"distance from the evaluator's reading, diversity (real digits 1), nearest scarce digit / the test digits' "
              f"own (pixels; copies near 0, new digits about 1), near-copy share (new digits about 0.01).", "",

@@ -9,12 +9,17 @@ The recipe, precision, sampler and walk comparisons on trained runs are in bench
 if not __package__:  # run as a file, it could not import its neighbours: say what to run instead
     raise SystemExit("experiments/bench.py: run python -m experiments.bench [SECTION ...] (from the repository root)")
 import sys
-import time
 
-import numpy as np
-import torch
+try:  # a Ctrl-C while the modules load (torch: seconds) is one line too
+    import time
 
-from experiments.bench_recipes import bench_quality, bench_recipe, bench_sampler, bench_walks
+    import numpy as np
+    import torch
+
+    from experiments.bench_recipes import bench_quality, bench_recipe, bench_sampler, bench_walks
+except KeyboardInterrupt:
+    raise SystemExit("python -m experiments.bench: interrupted while starting, before anything ran: "
+                     + " ".join(["python -m experiments.bench", *sys.argv[1:]])) from None
 
 
 def timed(fn, repeat: int = 1) -> float:
@@ -335,10 +340,22 @@ SECTIONS = {"diffusion": bench_diffusion, "features": bench_features, "metrics":
             "quality": bench_quality, "recipe": bench_recipe, "sampler": bench_sampler, "walks": bench_walks, "boundary": bench_boundary,
             "gpu": bench_gpu}
 
-if __name__ == "__main__":
-    names = sys.argv[1:] or ["diffusion", "features", "metrics"]  # quality, recipe, sampler, walks, boundary and gpu only when asked for
+
+def main(names: list[str]) -> None:
+    """The sections `names` in order (none: diffusion, features, metrics; the others only when asked for); a
+    Ctrl-C is one line naming the sections still to run (each finished one has printed its numbers)."""
+    names = names or ["diffusion", "features", "metrics"]
     for name in names:
         if name not in SECTIONS:
             sys.exit(f"python -m experiments.bench: unknown section {name!r}; choose from {', '.join(SECTIONS)}")
+    for i, name in enumerate(names):
         print(f"== {name} ==", flush=True)
-        SECTIONS[name]()
+        try:
+            SECTIONS[name]()
+        except KeyboardInterrupt:
+            sys.exit(f"python -m experiments.bench: interrupted in section {name}; the sections before it printed "
+                     f"their numbers above: python -m experiments.bench {' '.join(names[i:])}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

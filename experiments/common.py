@@ -12,7 +12,8 @@ digits (100 per class, `Digits.floor`), which the evaluator never trained on,
 scored exactly like a generated set (the diffusion models do train on them). Each model is trained with seeds
 0, 1, 2 (train.py's defaults otherwise); replicate r is sampled with its own
 noise seed and its own reference draws; every cell gives the per-seed numbers,
-their mean, standard deviation and 95% t-interval (metrics.t_interval).
+their mean, standard deviation and 95% interval (`spread`: a t-interval, metrics.t_interval; for a share,
+one inside [0, 1], metrics.logit_t_interval).
 
 Each section is a file beside this one: compare.py, control.py, between.py, augment.py; the command line
 that runs them in order and writes results.json and tables.md is __main__.py.
@@ -139,7 +140,7 @@ def trained(runs: str, name: str, *flags: str) -> sample.Run:
         if rundir.checkpoint_step(os.path.join(out, "checkpoint.pt")) == saved["steps"]:
             return sample.load_run(out)
         argv.append("--resume")
-    train.main(argv)
+    train.main(argv, own_interrupt_message=False)  # a Ctrl-C: python -m experiments says what to rerun
     return sample.load_run(out)
 
 
@@ -261,13 +262,45 @@ def diversity(features: np.ndarray, labels: np.ndarray) -> float:
     return metrics.diversity_by_class(features, labels)
 
 
-def spread(values: list[float]) -> dict:
-    """Replicates -> mean, standard deviation (ddof 1), 95% t-interval [low, high] and the values themselves."""
+# Shares of a set's n items, by the ending of their name in `flat` and control_summary (Scorer.score's accuracy,
+# metrics.memorisation's near-copy shares, metrics.controllability's rates): their interval stays inside [0, 1]
+COUNTED_SHARES = ("accuracy", "near_copy_share", "own_reference_rate", "retrieval_top1")
+
+
+def is_share(measure: str) -> bool:
+    return measure.endswith(COUNTED_SHARES)
+
+
+def spread(values: list[float], n: int | list[int] | None = None, share: bool = False) -> dict:
+    """Replicates -> mean, standard deviation (ddof 1), a 95% interval [low, high], `interval` naming it, and the values.
+    Not a share: the t-interval of the values (metrics.t_interval), interval "t".
+    A share (share=True, values in [0, 1]), interval "logit t", inside [0, 1]: given n (the items each value is a
+    share of: one n, or one per replicate), metrics.logit_t_interval of the counts round(v_r n_r); without n, the
+    t-interval of the logits log(v_r / (1 - v_r)) mapped back with the logistic function (none if a v_r is 0 or 1);
+    `centre`: the interval's centre, the logistic of the mean logit (at k = 0 of n in every seed, 1/2 of n + 1:
+    Cox's correction, so there the interval lies just above the mean 0).
+    No interval (None) from one replicate or a value that is not finite."""
     v = [float(x) for x in values]
-    out = dict(mean=float(np.mean(v)), std=float(np.std(v, ddof=1)) if len(v) > 1 else 0.0, values=v)
-    out["low"], out["high"] = metrics.t_interval(v)[1:] if len(v) > 1 and np.isfinite(v).all() else (None, None)
+    out = dict(mean=float(np.mean(v)), std=float(np.std(v, ddof=1)) if len(v) > 1 else 0.0, values=v,
+               interval="logit t" if share else "t")
+    out["low"], out["high"] = None, None
+    if len(v) < 2 or not np.isfinite(v).all():
+        return out
+    if not share:
+        out["low"], out["high"] = metrics.t_interval(v)[1:]
+    elif n is not None:
+        n = np.broadcast_to(n, len(v))
+        out["centre"], out["low"], out["high"] = metrics.logit_t_interval(np.round(np.multiply(v, n)), n)
+    elif 0 < min(v) and max(v) < 1:
+        out["centre"], out["low"], out["high"] = (float(x) for x in scipy.special.expit(
+            metrics.t_interval(scipy.special.logit(v))))
     return out
 
+
+def seed_rows(spreads: dict) -> list[dict]:
+    """{measure: spread} -> one {measure: value} per seed: the per-seed numbers a cell of spreads keeps."""
+    measures = [k for k, m in spreads.items() if isinstance(m, dict) and "values" in m]
+    return [{k: spreads[k]["values"][r] for k in measures} for r in range(len(spreads[measures[0]]["values"]))]
 
 
 def cell(m: dict, digits: int = 2, scale: float = 1.0, unit: str = "") -> str:
@@ -288,10 +321,11 @@ def flat(scores: dict) -> dict:
     return out
 
 
-def summarise(per_seed: list[dict]) -> dict:
-    """Per-seed scores of one cell -> a `spread` per measure."""
-    rows = [flat(s) for s in per_seed]
-    return {key: spread([r[key] for r in rows]) for key in rows[0] if key != "n"}
+def summarise(scores: list[dict]) -> dict:
+    """Per-seed scores of one cell (each with its set's n) -> a `spread` per measure, a share's (`is_share`) of n."""
+    rows = [flat(s) for s in scores]
+    n = [r["n"] for r in rows]
+    return {key: spread([r[key] for r in rows], n, is_share(key)) for key in rows[0] if key != "n"}
 
 
 # ---------------------------------------------------------------------------

@@ -31,8 +31,8 @@ import numpy as np
 import metrics
 import sample
 from experiments.common import (DEFAULT_W, MODELS, SEEDS, TABLE_WEIGHTS, Context, cell, conditions_of, flat,
-                                guidance_at, kept_set, noise_seed, reference_seed, sampler, set_key, spread,
-                                summarise, write_figure, write_png)
+                                guidance_at, is_share, kept_set, noise_seed, reference_seed, sampler, seed_rows,
+                                set_key, spread, summarise, write_figure, write_png)
 from features import plot_positions
 
 # The section's settings (tests shrink them)
@@ -102,17 +102,31 @@ def compare(ctx: Context) -> dict:
                     part = comparison_set(ctx, run, name, protocol, w, seed)
                     result["sets"][name] = scorer.score(part["images"], part["labels"], run.images)[0]
                     print(name, json.dumps(flat(result["sets"][name])), flush=True)
-    result["summary"] = {f"{stem} {protocol} w{w:g}": summary_of([result["sets"][f"{stem}-s{s}-{protocol}-w{w:g}"]
-                                                                  for s in SEEDS], result["floor"])
-                         for stem in MODELS for protocol in protocols(ctx.model(stem, 0)) for w in TABLE_WEIGHTS}
-    result["ratios"] = fid_ratios(result["sets"], {stem: protocols(ctx.model(stem, 0)) for stem in MODELS})
     result["curve"] = guidance_curve(ctx)
-    result["best_w"] = {stem: min(c, key=lambda w: c[w]["fid"]["mean"]) for stem, c in result["curve"].items()}
     result["interval_curve"] = interval_curve(ctx)
-    result["matched"] = matched_accuracy(result["curve"], result["interval_curve"])
-    result["best_setting"] = best_setting(result["curve"], result["interval_curve"], result["summary"])
+    compare_summaries(result)
     figures_of_compare(ctx, result)
     return result
+
+
+def compare_summaries(c: dict) -> dict:
+    """Everything compare computes over the seeds, from the per-seed scores it keeps (sets, floor, the curves'
+    per-seed values): the table cells, the FID ratios, the best w, matched shares, the best setting. A pure
+    function of those: compare() ends with it, and a results.json read back gets it again (its intervals as made now)."""
+    sets = c["sets"]
+    stem_protocols = {stem: tuple(p for p in ("per-class", "per-sample")
+                                  if f"{stem}-s{SEEDS[0]}-{p}-w{TABLE_WEIGHTS[0]:g}" in sets) for stem in MODELS}
+    c["summary"] = {f"{stem} {protocol} w{w:g}": summary_of([sets[f"{stem}-s{s}-{protocol}-w{w:g}"] for s in SEEDS],
+                                                            c["floor"])
+                    for stem in MODELS for protocol in stem_protocols[stem] for w in TABLE_WEIGHTS}
+    c["ratios"] = fid_ratios(sets, stem_protocols)
+    c["curve"] = {stem: {w: curve_cell(curve_points(m)) for w, m in points.items()} for stem, points in c["curve"].items()}
+    c["interval_curve"] = {stem: {name: dict(i, points={w: curve_cell(curve_points(m)) for w, m in i["points"].items()})
+                                  for name, i in intervals.items()} for stem, intervals in c["interval_curve"].items()}
+    c["best_w"] = {stem: min(curve, key=lambda w: curve[w]["fid"]["mean"]) for stem, curve in c["curve"].items()}
+    c["matched"] = matched_accuracy(c["curve"], c["interval_curve"])
+    c["best_setting"] = best_setting(c["curve"], c["interval_curve"], c["summary"])
+    return c
 
 
 def summary_of(per_seed: list[dict], floor: dict) -> dict:
@@ -160,12 +174,18 @@ def curve_point(ctx: Context, run: sample.Run, stem: str, seed: int, w: float,
 
 def curve_cell(points: list[dict]) -> dict:
     """A curve point over the seeds: a `spread` per measure, the share's logit interval, the per-seed points."""
-    out = {k: spread([p[k] for p in points]) for k in ("fid", "kid", "is_mean", "accuracy", "diversity")}
-    out["n"] = points[0]["n"]
+    n = [p["n"] for p in points]
+    out = {k: spread([p[k] for p in points], n, is_share(k)) for k in ("fid", "kid", "is_mean", "accuracy", "diversity")}
+    out["n"] = n[0]
     if len(points) > 1:
         share, low, high = metrics.logit_t_interval([p["correct"] for p in points], [p["n"] for p in points])
         out["accuracy_logit"] = dict(share=share, low=low, high=high)
     return out
+
+
+def curve_points(m: dict) -> list[dict]:
+    """A curve_cell -> the per-seed points it was made of (the count of requested digits: accuracy x n)."""
+    return [dict(row, n=m["n"], correct=round(row["accuracy"] * m["n"])) for row in seed_rows(m)]
 
 
 def guidance_curve(ctx: Context) -> dict:
@@ -307,7 +327,7 @@ def compare_tables(c: dict) -> list[str]:
         text += [f"Guidance w = {w:g}: mean ± std [95% t-interval] over seeds {', '.join(map(str, SEEDS))}; FID, KID "
                  "and IS against the 1,000 test digits (KID x 1000: the unbiased MMD^2 of the evaluator's features, "
                  "cubic kernel); FID - floor: each seed's FID minus the noise floor's; requested digit with the 95% "
-                 "t-interval of the per-seed logits (inside [0, 1]); diversity by the class the evaluator reads, "
+                 "t-interval of the per-seed logits (inside [0, 1]), and so the near-copy share's; diversity by the class the evaluator reads, "
                  "and nearest-training distance, relative to the test digits",
                  "", "| model | protocol | classifier-FID | FID - floor | KID x 1000 | classifier-IS | requested digit "
                  "| diversity | nearest training digit (features / pixels) | near-copies (features) |",

@@ -79,8 +79,7 @@ def control(ctx: Context) -> dict:
         for seed in SEEDS:
             result["runs"][f"{stem}-s{seed}"] = control_of(ctx, ctx.model(stem, seed), f"{stem}-s{seed}", seed)
             print(f"{stem}-s{seed}", json.dumps(flat(result["runs"][f"{stem}-s{seed}"])), flush=True)
-        result[f"{stem} summary"] = summarise([control_summary(result["runs"][f"{stem}-s{s}"]) for s in SEEDS])
-        result[f"{stem} own-reference"] = own_reference_intervals([result["runs"][f"{stem}-s{s}"] for s in SEEDS])
+    control_summaries(result)
     # The same in a semantic space: UMAP of a second classifier's features (trained like the evaluator, seed 1).
     name = "label-pos-classifier-s0"
     run = trained(ctx.runs, name, "--cond", "label+pos", "--backbone", "classifier",
@@ -93,6 +92,16 @@ def control(ctx: Context) -> dict:
     plot_positions(run.space.positions, run.labels, os.path.join(ctx.out, "control", "positions_classifier.png"))
     print(name, json.dumps(flat(result["runs"][name])), flush=True)
     return result
+
+
+def control_summaries(c: dict) -> dict:
+    """The position models' numbers over the seeds, from the per-seed runs control keeps: a pure function of
+    them, which control() ends with and a results.json read back gets again (its intervals as made now)."""
+    for stem in ("label-pos", "pos"):
+        runs = [c["runs"][f"{stem}-s{s}"] for s in SEEDS]
+        c[f"{stem} summary"] = summarise([control_summary(m) for m in runs])
+        c[f"{stem} own-reference"] = own_reference_intervals(runs)
+    return c
 
 
 def own_reference_intervals(per_seed: list[dict]) -> dict | None:

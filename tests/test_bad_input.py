@@ -195,6 +195,60 @@ def test_ctrl_c_in_experiment_is_one_line_naming_the_sections_to_rerun_and_keeps
     assert "Traceback" not in message and json.loads((out / "results.json").read_text()) == earlier
 
 
+def interrupted(*args, **kwargs):
+    raise KeyboardInterrupt(3)  # (train.train passes its step)
+
+
+class InterruptedScorer:
+    """The evaluator, trained: a section's scoring is what is interrupted."""
+    def __init__(self, *args):
+        self.score = interrupted
+
+
+@pytest.mark.parametrize("stage", ["evaluator", "training inside train.py", "scoring"])
+def test_ctrl_c_at_every_stage_of_the_experiment_is_one_line_naming_what_to_rerun(tmp_path, monkeypatch, capsys, stage):
+    import json
+
+    import train
+    from experiments import __main__ as experiment
+    out, runs = tmp_path / "out", tmp_path / "runs"
+    out.mkdir()
+    earlier = {"format": experiment.RESULTS_FORMAT, "between": {"best_method": "m", "wall_s": 1}}
+    (out / "results.json").write_text(json.dumps(earlier))
+    monkeypatch.setattr(experiment.Digits, "load", staticmethod(lambda: None))
+    monkeypatch.setattr(experiment, "Scorer", {"evaluator": interrupted}.get(stage, InterruptedScorer))
+    monkeypatch.setattr(train, "prepare", lambda *a: None)  # a model of the section trains: train.train is stopped
+    monkeypatch.setattr(train, "train", interrupted)
+    monkeypatch.setattr(experiment, "compare", lambda ctx: ctx.scorer.score() if stage == "scoring" else ctx.model("label", 0))
+    where = "before section compare" if stage == "evaluator" else "in section compare"
+    message = fails(experiment, ["--out", str(out), "--runs", str(runs), "--sections", "compare", "control"],
+                    rf"^python -m experiments: interrupted {where}.*: python -m experiments --sections compare control "
+                    rf"--runs {runs} --out {out}$")
+    assert "train.py" not in message and "Traceback" not in capsys.readouterr().err
+    assert json.loads((out / "results.json").read_text()) == earlier  # nothing finished is lost
+
+
+def test_ctrl_c_in_the_benchmarks_is_one_line_naming_the_sections_still_to_run(monkeypatch, capsys):
+    from experiments import bench
+    monkeypatch.setattr(bench, "SECTIONS", dict(bench.SECTIONS, metrics=lambda: print("done"), features=interrupted))
+    with pytest.raises(SystemExit) as stop:
+        bench.main(["metrics", "features", "diffusion"])
+    assert stop.value.code == ("python -m experiments.bench: interrupted in section features; the sections before it "
+                               "printed their numbers above: python -m experiments.bench features diffusion")
+    assert "done" in capsys.readouterr().out
+
+
+def test_the_experiment_without_sections_rewrites_the_summaries_and_tables_from_results_json(tmp_path, monkeypatch):
+    import json
+
+    from experiments import __main__ as experiment
+    monkeypatch.setattr(experiment.Digits, "load", lambda: pytest.fail("no section runs: nothing is loaded"))
+    (tmp_path / "results.json").write_text(json.dumps({"format": experiment.RESULTS_FORMAT}))
+    experiment.main(["--out", str(tmp_path), "--runs", str(tmp_path / "runs"), "--sections"])
+    assert (tmp_path / "tables.md").read_text() == experiment.tables({"format": experiment.RESULTS_FORMAT})
+    assert not (tmp_path / "runs").exists()
+
+
 # ---------------------------------------------------------------- ownership per file, both commands
 @pytest.mark.parametrize("name", ["log.csv", "loss.png", "classifier.pt", "guide.pt", "space.npz",
                                   os.path.join("grids", "step0000004.png"), os.path.join("samples", "samples.npz")])

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import classifier
+import metrics
 import sample
 import train
 from data import load_dataset
@@ -80,6 +81,56 @@ def test_the_guidance_curve_takes_the_same_number_of_each_class():
 # ---------------------------------------------------------------------------
 # Intervals, criterion, pairs
 # ---------------------------------------------------------------------------
+def test_a_share_gets_an_interval_inside_0_and_1_from_its_counts_named_in_the_json():
+    share = common.spread([0.99, 1.0, 1.0], 1000, share=True)  # a t-interval would pass 100%
+    assert share["interval"] == "logit t" and 0 < share["low"] < share["high"] < 1
+    assert (share["centre"], share["low"], share["high"]) == metrics.logit_t_interval([990, 1000, 1000], [1000] * 3)
+    assert common.spread([0.99, 1.0, 1.0])["high"] > 1 and common.spread([0.99, 1.0, 1.0])["interval"] == "t"
+    bounded = common.spread([0.01, 0.03, 0.02], share=True)  # no count: t on the logits
+    logits = np.log(np.array([0.01, 0.03, 0.02]) / np.array([0.99, 0.97, 0.98]))
+    assert bounded["low"] == pytest.approx(1 / (1 + np.exp(-metrics.t_interval(logits)[1])))
+    assert common.spread([0.0, 0.01, 0.02], share=True)["low"] is None  # a logit of 0: no interval
+    cells = common.summarise([dict(n=100, accuracy=a, fid=f, memorisation={"pixels": {"near_copy_share": c}})
+                              for a, f, c in ((1.0, 3.0, 0.0), (0.99, 4.0, 0.01))])
+    assert cells["accuracy"]["interval"] == cells["mem_pixels_near_copy_share"]["interval"] == "logit t"
+    assert cells["fid"]["interval"] == "t" and cells["accuracy"]["high"] < 1 and cells["mem_pixels_near_copy_share"]["low"] > 0
+
+
+OTHER_SHARES = ("all", "confused_pairs", "ece", "read_as_label", "soft_distance")  # augment's measures in [0, 1]
+
+
+def spreads(tree, key=""):
+    """Every `spread` in a results tree, with its measure's name."""
+    if isinstance(tree, dict) and {"mean", "std", "values"} <= set(tree):
+        yield key, tree
+    elif isinstance(tree, dict):
+        for k, v in tree.items():
+            yield from spreads(v, k)
+
+
+def test_the_kept_results_json_read_back_has_every_share_interval_inside_0_and_1_and_its_numbers():
+    path = os.path.join(ROOT, "results", "experiment", "results.json")
+    with open(path) as f:
+        kept = json.load(f)
+    results = cli.read_results(path)  # every section's summaries again, from its per-seed numbers
+    assert set(cli.SUMMARIES) == {"compare", "control", "augment"} and results["between"] == kept["between"]
+    checked = 0
+    for section in cli.SUMMARIES:
+        again = cli.SUMMARIES[section](json.loads(json.dumps(results[section])))
+        assert again == results[section]  # a pure function of the per-seed numbers: the same when applied again
+        for (name, m), (_, before) in zip(spreads(results[section]), spreads(kept[section])):
+            assert m["values"] == before["values"] and m["mean"] == before["mean"]
+            if common.is_share(name) or name in OTHER_SHARES:
+                assert m["interval"] == "logit t" and 0 <= m["low"] <= m["high"] <= 1, (section, name, m)
+                checked += 1
+            else:
+                assert m["interval"] == "t"
+    assert checked > 100
+    cell = results["compare"]["summary"]["label per-sample w3"]["accuracy"]
+    logit = results["compare"]["summary"]["label per-sample w3"]["accuracy_logit"]
+    assert (cell["low"], cell["high"]) == (logit["low"], logit["high"]) and logit["high"] < 1
+
+
 def test_spread_is_the_student_t_interval_of_the_replicates():
     m = common.spread([1.0, 2.0, 3.0])
     half = 4.302652729911275 / np.sqrt(3)  # t_{0.975, 2} * s / sqrt(n), s = 1
@@ -389,6 +440,8 @@ def test_every_section_runs_end_to_end_and_no_test_digit_trains_anything(tmp_pat
     assert set(c["best_setting"]["label-pos"]) >= {"w", "guidance_interval", "fid"}
     accuracy = c["summary"]["label-pos per-sample w3"]["accuracy_logit"]
     assert 0 <= accuracy["low"] <= accuracy["share"] <= accuracy["high"] <= 1
+    copies = c["summary"]["label-pos per-sample w3"]["mem_features_near_copy_share"]
+    assert copies["interval"] == "logit t" and 0 <= copies["low"] <= copies["high"] <= 1
     assert "kid" in c["sets"]["pos-s0-per-class-w3"] and "fid_over_floor" in c["summary"]["pos per-class w3"]
     s0, s1 = (np.load(out / "compare" / f"label-pos-s{s}-per-sample-w3" / "samples.npz") for s in (0, 1))
     assert (s0["reference"] != s1["reference"]).any()  # each replicate its own references
