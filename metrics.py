@@ -242,7 +242,7 @@ AMBIGUOUS = 0.2  # min(P(A), P(B)) from which a digit counts as ambiguous betwee
 
 
 def boundary_statistics(prob_a, prob_b, crossed, width=None) -> dict:
-    """How a reader sees boundary samples, one per walk that crossed, each at its own s* (sample.boundary_samples):
+    """How a reader sees boundary samples, one per walk that crossed, each at its own s* (boundary.boundary_samples):
     prob_a, prob_b (N,) the reader's P(A), P(B) of the N samples; crossed (W,) bool for every walk tried;
     width (N,) each walk's transition width (NaN: P(B) does not reach a level).
 

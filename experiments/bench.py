@@ -54,7 +54,7 @@ def bench_diffusion() -> None:
     """The small CPU U-Net at batch 64 on 28x28, label+pos conditions, fp32 and bf16 autocast.
 
     Targets: the training step reaches at least 25% of the large-matmul rate in
-    fp32 (printed for bf16 too: AMX's bf16 matmul is out of a small U-Net's reach); on hardware with native bf16 (sample.native_bf16), bf16
+    fp32 (printed for bf16 too: AMX's bf16 matmul is out of a small U-Net's reach); on hardware with native bf16 (precision.native_bf16), bf16
     trains and samples at least 1.3x as fast as fp32; guidance batched into one
     call is at least as fast as its two calls made one after the other.
     """
@@ -104,17 +104,20 @@ def bench_diffusion() -> None:
 def bench_boundary(run_dir: str = "runs/quick", a: int = 4, b: int = 9, n: int = 100,
                    methods: tuple[str, ...] | None = None) -> None:
     """Seconds for n boundary samples per method on a trained run (the guide trained first, once, not timed), with
-    the share of walks that crossed and the images generated (sample.BOUNDARY_GRID + halvings + 1 per walk)."""
+    the share of walks that crossed and the images generated (boundary.BOUNDARY_GRID + halvings + 1 per walk)."""
+    import boundary
+    import precision
+    import rundir
     import sample
 
-    run = sample.load_run(run_dir)
-    guide = sample.boundary_guide(run)  # kept as guide.pt: later calls only load it
+    run = rundir.load_run(run_dir)
+    guide = boundary.boundary_guide(run)  # kept as guide.pt: later calls only load it
     print(f"{run_dir}, {a} -> {b}, {n} walks | method | seconds | crossed | guide mean P({b}) at s*")
-    for method in methods or sample.BOUNDARY_METHODS:
-        if sample.BOUNDARY_NEEDS[method] not in run.config["unet"]["conditions"]:
+    for method in methods or boundary.BOUNDARY_METHODS:
+        if boundary.BOUNDARY_NEEDS[method] not in run.config["unet"]["conditions"]:
             continue
         start = time.perf_counter()
-        part = sample.boundary_samples(run, a, b, n, method, seed=0, guide=guide)
+        part = boundary.boundary_samples(run, a, b, n, method, seed=0, guide=guide)
         seconds = time.perf_counter() - start
         prob = f"{part['prob'][:, 1].mean():.2f}" if len(part["prob"]) else "-"
         print(f"{method} | {seconds:.1f} | {part['crossed'].mean():.2f} | {prob}", flush=True)
