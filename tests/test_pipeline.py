@@ -648,7 +648,7 @@ def test_the_readmes_python_section_runs(run_dir, folder, tmp_path, monkeypatch)
     names = {}
     exec(compile(block, "README.md", "exec"), names)
     # The boundary block on the tiny run's two classes (0 and 1 stand for the README's 4 and 9), a 2-step guide.
-    monkeypatch.setattr(sample, "GUIDE_STEPS", 2)
+    monkeypatch.setattr(boundary, "GUIDE_STEPS", 2)
     exec(compile(boundary_block.replace("4, 9", "0, 1"), "README.md", "exec"), names)
     assert names["part"]["crossed"].shape == (20,) and len(names["part"]["s"]) == names["part"]["crossed"].sum()
     assert (tmp_path / "boundary.npz").stat().st_size > 0
