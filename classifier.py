@@ -380,7 +380,7 @@ def load_classifier(path, device=None) -> FeatureNetwork:
 
 
 # ---------------------------------------------------------------------------
-# 6. An ensemble of small classifiers (the guide of sample.boundary_samples)
+# 6. An ensemble of small classifiers (the guide of boundary.boundary_samples)
 # ---------------------------------------------------------------------------
 class Ensemble:
     """A few classifiers read together: prob(images) = the mean of their softmax outputs, (N, K)."""

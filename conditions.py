@@ -17,7 +17,7 @@ Training fits the UMAP on the features of every training image
   `--walk-path line`) is therefore at its training position, and its
   features are not extracted again. Not so along `--walk-path features`:
   there every point, the endpoints s = 0 and 1 included, is UMAP's transform
-  of the mixed features (1 - s) f_A + s f_B (sample.walk_conditions; the
+  of the mixed features (1 - s) f_A + s f_B (conditions.walk_conditions; the
   stored training features, not extracted again), and UMAP's transform of a
   training image's own features is in general not its fitted position;
 - a new image (a reference file of the user's) gets UMAP's transform of its
@@ -32,6 +32,7 @@ import os
 import numpy as np
 
 from features import FeatureSpace, extract_features
+from rundir import Run
 
 
 def image_conditions(names: list[str], images: np.ndarray, labels: np.ndarray, space: FeatureSpace | None,
@@ -103,3 +104,53 @@ def condition_sizes(cond: dict[str, np.ndarray]) -> dict[str, int]:
                              "be integers of shape (N,), a float condition (N, d) (for one number per image, "
                              "value[:, None])")
     return sizes
+
+
+def reference_positions(run: Run, reference_images: np.ndarray, reference: np.ndarray | None = None) -> np.ndarray:
+    """Method step 4: (R, H, W, C) uint8 references -> (R, d) standardised positions (conditions.positions).
+
+    reference (R,): each image's index in the training data (its fitted position), -1 or None: a new image (UMAP transform).
+    """
+    return positions(reference_images, run.space, run.config["settings"], reference, run.device)
+
+
+def request_conditions(run: Run, labels: np.ndarray, reference_images: np.ndarray,
+                       reference: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """The conditions of M requests (a class and a reference image each): (M,), (M, H, W, C) -> name -> (M, ...).
+
+    Only the conditions the run's U-Net takes, computed by conditions.image_conditions as in training;
+    reference (M,): each reference's index in the training data, -1 or None for a new image.
+    """
+    return image_conditions(list(run.config["unet"]["conditions"]), reference_images, labels, run.space,
+                                       run.config["settings"], train_index=reference, device=run.device)
+
+
+def walk_conditions(run: Run, ref_a: int, ref_b: int, s: np.ndarray, label: str, row_label: int,
+                    path: str) -> dict[str, np.ndarray]:
+    """The conditions at the points s (P,) of a walk from training image ref_a to ref_b: name -> (P, ...).
+
+    Float conditions (pos, a fork's own) move as c(s) = (1 - s) c_A + s c_B; with path "features" the
+    position is instead UMAP's transform of the interpolated features (1 - s) f_A + s f_B, which lands
+    among the training positions (transform places a point by its neighbours in the training data).
+    The label: "fixed" keeps row_label, "soft" mixes the one-hot vectors (1 - s) e_A + s e_B (the report's
+    soft-label alternative), "none" drops the label (the model without it). Any other integer condition (a
+    fork's own) is not the label: it keeps image A's value in every mode.
+    """
+    refs = np.array([ref_a, ref_b])
+    ends = request_conditions(run, run.labels[refs], run.images[refs], refs)  # name -> (2, ...)
+    w = s.astype(np.float32)[:, None]  # (P, 1)
+    cond = {}
+    for name, value in ends.items():
+        if value.dtype.kind == "f":
+            cond[name] = ((1 - w) * value[0] + w * value[1]).astype(np.float32)  # (P, d)
+        elif name != "label":
+            cond[name] = np.full(len(s), value[0], dtype=value.dtype)  # (P,) image A's
+        elif label == "soft":
+            onehot = np.eye(run.config["unet"]["conditions"][name], dtype=np.float32)[value]  # (2, K)
+            cond[name] = (1 - w) * onehot[0] + w * onehot[1]  # (P, K)
+        elif label == "fixed":
+            cond[name] = np.full(len(s), row_label, dtype=np.int64)
+    if path == "features" and "pos" in cond:
+        features = (1 - w) * run.space.features[ref_a] + w * run.space.features[ref_b]  # (P, D)
+        cond["pos"] = run.space.standardize(run.space.transform(features)).astype(np.float32)
+    return cond

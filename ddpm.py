@@ -62,7 +62,7 @@ def extract(a: torch.Tensor, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 class RowNoise:
     """Noise drawn per row from the row's own seed: each row's noise sequence is the same whatever rows it is
-    batched with (sample.boundary_samples: one walk's noise at every s, over search calls of any make-up).
+    batched with (boundary.boundary_samples: one walk's noise at every s, over search calls of any make-up).
     Rows with one seed share every draw. Pass it as `generator` to Diffusion.sample (noise_index None)."""
 
     def __init__(self, seeds):

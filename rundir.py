@@ -30,21 +30,21 @@ The rules, each a function below:
 train.py and sample.py both use this module; it imports neither.
 """
 import contextlib
+import dataclasses
 import errno
 import hashlib
 import json
 import math
 import os
 import re
-import socket
-import time
 
 import numpy as np
 import torch
 
 from data import load_dataset, temporary_beside, write_atomically
 from ddpm import Diffusion, beta_schedule
-from features import FeatureSpace
+from features import FeatureSpace, pick_device
+from precision import resolve_precision
 from unet import UNet
 
 CONFIG_FORMAT = "fpdiff-run-3"  # 3: config["space_file"] (2: "space") and settings["data_seed"] (2: none)
@@ -61,7 +61,6 @@ GRID_NAME = re.compile(r"step\d{7}\.png")
 # Everything a sample.py call may write into its --out (and the only files it ever replaces there).
 SAMPLE_FILES = ("class_grid.png", "references.png", "between.png", "boundary.png", "samples.npz", "meta.json",
                 "metrics.json", "eval_samples.npz")
-LOCK_FILE = ".lock"
 
 
 class RunError(Exception):
@@ -539,80 +538,6 @@ def check_device(name: str | None) -> None:
                        "pass one of those, or leave --device out for the best available")
 
 
-@contextlib.contextmanager
-def writer_lock(out: str):
-    """Hold `out` for one writer: out/.lock holds this process's id and host while the block runs.
-
-    A second writer is refused in one line naming the first; the lock of a
-    process that no longer runs (on this host) is taken over. Creates `out`
-    when missing and removes it again, if still empty, when the block fails.
-    """
-    made = missing_folders(out)
-    try:
-        os.makedirs(out, exist_ok=True)
-        take_lock(os.path.join(out, LOCK_FILE), out)
-    except OSError as error:
-        remove_empty(made)
-        raise RunError(f"--out {out}: cannot write there ({error.strerror})") from None
-    except RunError:
-        remove_empty(made)
-        raise
-    try:
-        yield
-    finally:
-        with contextlib.suppress(OSError):
-            os.remove(os.path.join(out, LOCK_FILE))
-        remove_empty(made)
-
-
-def take_lock(path: str, out: str) -> None:
-    """Create the lock file exclusively (O_EXCL: of two processes, exactly one succeeds)."""
-    for _ in range(2):  # a second try after removing a stale lock
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            holder = read_lock(path)
-            if not stale(holder, path):
-                raise RunError(f"{out} is in use by train.py, process {holder.get('pid', '?')} on "
-                               f"{holder.get('host', '?')} (since {holder.get('since', '?')}); wait for it to finish, "
-                               f"or use another --out (if that process is gone, delete {path})") from None
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(path)  # the process that wrote it is gone
-            continue
-        with os.fdopen(fd, "w") as f:
-            json.dump(dict(pid=os.getpid(), host=socket.gethostname(), since=time.strftime("%Y-%m-%d %H:%M:%S")), f)
-        return
-    raise RunError(f"{out} is in use by another train.py that just started; use another --out")
-
-
-def read_lock(path: str) -> dict:
-    try:
-        with open(path) as f:
-            holder = json.load(f)
-        return holder if isinstance(holder, dict) else {}
-    except (OSError, ValueError):
-        return {}
-
-
-def stale(holder: dict, path: str) -> bool:
-    """Is the lock's process gone? (Same host and no such process id; unreadable and older than a minute.)"""
-    pid = holder.get("pid")
-    if not isinstance(pid, int):  # being written this very moment, or garbage
-        try:
-            return time.time() - os.path.getmtime(path) > 60
-        except OSError:
-            return True
-    if holder.get("host") != socket.gethostname():
-        return False  # a process on another machine: it cannot be asked from here
-    try:
-        os.kill(pid, 0)  # signal 0 only asks whether the process exists
-    except ProcessLookupError:
-        return True
-    except PermissionError:  # it exists, under another user
-        return False
-    return False
-
-
 def missing_folders(out: str) -> list[str]:
     """The folders that creating `out` would make, deepest first."""
     made, path = [], os.path.abspath(out)
@@ -626,3 +551,44 @@ def remove_empty(folders: list[str]) -> None:
     for folder in folders:  # deepest first
         with contextlib.suppress(OSError):
             os.rmdir(folder)  # only if empty
+
+
+@dataclasses.dataclass
+class Run:
+    """Everything sampling needs: the (EMA) model, its diffusion, the run's config, space and training data."""
+    dir: str
+    config: dict
+    model: UNet
+    diffusion: Diffusion
+    space: FeatureSpace | None
+    images: np.ndarray  # (N, H, W, C) uint8 training images
+    labels: np.ndarray  # (N,) int64
+    precision: torch.dtype | None = None  # autocast dtype of the network, None: fp32
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+
+def load_run(run_dir: str, device: str | None = None, precision: str = "auto") -> Run:
+    """The EMA model, diffusion, config, feature space and training data of a run (no UMAP refit).
+
+    device: cuda, mps, cpu (None: the best available); precision: auto, bf16, fp16 or fp32 (see resolve_precision).
+    """
+    check_device(device)
+    config = read_config(run_dir)
+    path = os.path.join(run_dir, "checkpoint.pt")
+    checkpoint = load_checkpoint(path)
+    check_belongs(path, checkpoint.get("run_id", ""), config["run_id"])
+    model = build_unet(config)
+    try:
+        model.load_state_dict(checkpoint["ema"])
+    except (RuntimeError, KeyError) as error:
+        raise RunError(f"{path} does not fit the U-Net in its config.json") from error
+    space = load_space(run_dir, config)
+    images, labels, class_names = load_training_images(config["settings"])
+    check_data(run_dir, config, data_digest(images, labels, class_names))
+    device = pick_device(device)
+    model.to(device).eval()
+    diffusion = make_diffusion(config["settings"]).to(device)
+    return Run(run_dir, config, model, diffusion, space, images, labels, resolve_precision(precision, device))

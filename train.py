@@ -50,20 +50,23 @@ import torch.distributed as dist
 import torch.nn as nn
 from tqdm.auto import tqdm
 
+import commands
 import conditions
+import generation
+import lock
 import rundir
 import sample
 from data import write_atomically
 from ddpm import PREDICTIONS, SCHEDULES, Diffusion, beta_schedule
 from features import FeatureSpace, WeightsUnavailableError, pick_device
 from rundir import CHECKPOINT_FORMAT, CONFIG_FORMAT, RunError, save_checkpoint
-from sample import PRECISIONS, autocast
+from precision import PRECISIONS, autocast, precision_name, resolve_precision
 from unet import condition_encoder, count_parameters
 
 DEFAULT_P_DROP = 0.1  # chosen by measurement: docs/EXPERIMENT.md, "Why v-prediction and 600 steps"
 NOT_SETTINGS = ("out", "resume", "overwrite", "eval")  # the command's flags; every other flag is a setting of the run
-# The sampler of the progress grids: sample.py's defaults (the guidance, sample.default_guidance, set in write_grid).
-GRID_SAMPLER = dict(name=sample.DEFAULT_SAMPLER, steps=sample.DEFAULT_STEPS, eta=sample.DEFAULT_ETA)
+# The sampler of the progress grids: sample.py's defaults (the guidance, generation.default_guidance, set in write_grid).
+GRID_SAMPLER = dict(name=generation.DEFAULT_SAMPLER, steps=generation.DEFAULT_STEPS, eta=generation.DEFAULT_ETA)
 
 
 # ---------------------------------------------------------------------------
@@ -111,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "(counting from 0; the default 600 steps end at d = 600/609 = 0.985)")
     g.add_argument("--p-uncond", type=float, default=0.1,
                    help="probability that a training image drops all its conditions (classifier-free guidance)")
-    g.add_argument("--p-drop", type=sample.parse_condition_numbers, default=None, metavar="NAME=P,...",
+    g.add_argument("--p-drop", type=commands.parse_condition_numbers, default=None, metavar="NAME=P,...",
                    help="probability that an image drops one condition on its own, e.g. label=0.1,pos=0.1 "
                    "(what per-condition guidance needs; default: 0.1 for each condition of a model with two "
                    "or more, '' for none)")
@@ -389,9 +392,9 @@ def update_ema(ema: nn.Module, model: nn.Module, decay: float, step: int) -> Non
         e.copy_(b)
 
 
-def write_grid(run: sample.Run, step: int) -> None:
+def write_grid(run: rundir.Run, step: int) -> None:
     """A class grid from the EMA model (sample.py does the drawing, with its default sampler)."""
-    sampler = dict(GRID_SAMPLER, guidance=sample.default_guidance(run.config["unet"]["conditions"]))
+    sampler = dict(GRID_SAMPLER, guidance=generation.default_guidance(run.config["unet"]["conditions"]))
     _, png = sample.class_grid(run, per_class=8, sampler=sampler, seed=run.config["settings"]["seed"])
     write_atomically(os.path.join(run.dir, "grids", f"step{step:07d}.png"), lambda f: f.write(png))
 
@@ -496,9 +499,9 @@ def train(setup: dict, rank: int, world: int, device: torch.device) -> str:
     optimizer.load_state_dict(optimizer.state_dict())  # moves the optimizer state to the parameters' device
     diffusion = rundir.make_diffusion(settings).to(device)
     model = distributed(net, world, settings["compile"])
-    precision = sample.resolve_precision(settings["precision"], device)
+    precision = resolve_precision(settings["precision"], device)
     scaler = make_scaler(device, precision, setup.get("scaler"))  # fp16 needs loss scaling
-    grid_run = sample.Run(out, config, ema, diffusion, setup["space"], setup["images"], setup["labels"], precision)
+    grid_run = rundir.Run(out, config, ema, diffusion, setup["space"], setup["images"], setup["labels"], precision)
     p_drop = settings.get("p_drop") or {}
     T, log_every = diffusion.num_timesteps, settings.get("log_every", 50)
 
@@ -508,7 +511,7 @@ def train(setup: dict, rank: int, world: int, device: torch.device) -> str:
         print(f"{settings['data']}: {n} images {tuple(setup['images'].shape[1:])}, "
               f"{len(config['data']['class_names'])} classes | cond {settings['cond']} | U-Net {settings['size']} "
               f"{count_parameters(net) / 1e6:.2f}M params | {device} x{world} "
-              f"{sample.precision_name(precision)} | steps {start}->{settings['steps']}", flush=True)
+              f"{precision_name(precision)} | steps {start}->{settings['steps']}", flush=True)
     terminal = sys.stderr.isatty()  # a bar on a terminal; a line per log row in a file (nohup, a scheduler)
     bar = tqdm(range(start, settings["steps"]), initial=start, total=settings["steps"],
                disable=not (main_process and terminal), desc="train", dynamic_ncols=True)
@@ -591,7 +594,7 @@ def main(argv: list[str] | None = None, own_interrupt_message: bool = True) -> N
     try:
         check_command(args)
         rank, world, device = setup_processes(args.device)
-        with rundir.writer_lock(args.out) if rank == 0 else contextlib.nullcontext():  # one train.py per run
+        with lock.writer_lock(args.out) if rank == 0 else contextlib.nullcontext():  # one train.py per run
             setup = prepare(args, typed, rank, world)
             train(setup, rank, world, device)
     except (RunError, ValueError, FileNotFoundError, WeightsUnavailableError) as error:

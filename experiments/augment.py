@@ -12,7 +12,7 @@ rotation, shift); mixup of real A/B pairs; N more real digits (the
 positive control); from each of two generators (a label+pos model
 trained on the scarce digits alone, and compare's label+pos on all
 4,000) ordinary samples (fresh references, w = ORDINARY_W) and
-boundary samples (sample.boundary_samples at each walk's own
+boundary samples (boundary.boundary_samples at each walk's own
 crossing s*), each with hard labels and with soft labels from a
 labeller trained on the scarce real digits only; the soft arms
 also at AUGMENT_SWEEP images. Test accuracy, accuracy on the
@@ -34,6 +34,11 @@ import scipy.special
 
 import classifier
 import metrics
+import boundary
+import conditions
+import generation
+import outputs
+import rundir
 import sample
 from data import MNIST_SAMPLE_TEST_PER_CLASS, write_atomically
 from experiments.between import BETWEEN_GRID, BETWEEN_TOLERANCE
@@ -58,24 +63,24 @@ BOUNDARY_ROUNDS = 3  # rounds of walks asked for until a boundary set has its co
 # 4. Does generated data help a scarce-data classifier?
 # ---------------------------------------------------------------------------
 def scarce_method(method: str) -> str:
-    """The boundary search's method name for the augmentation arms (sample.BOUNDARY_METHODS), checked."""
-    if method not in sample.BOUNDARY_METHODS:
-        sys.exit(f"python -m experiments: {method} is not a boundary method; use one of {', '.join(sample.BOUNDARY_METHODS)}")
+    """The boundary search's method name for the augmentation arms (boundary.BOUNDARY_METHODS), checked."""
+    if method not in boundary.BOUNDARY_METHODS:
+        sys.exit(f"python -m experiments: {method} is not a boundary method; use one of {', '.join(boundary.BOUNDARY_METHODS)}")
     return method
 
 
 
-def boundary_set(run: sample.Run, method: str, pairs: list, count: int, seed: int) -> dict:
-    """`count` boundary samples (sample.boundary_samples: one per walk that crossed, at the walk's own crossing s*
+def boundary_set(run: rundir.Run, method: str, pairs: list, count: int, seed: int) -> dict:
+    """`count` boundary samples (boundary.boundary_samples: one per walk that crossed, at the walk's own crossing s*
     of the guide's P(B) = 0.5), the pairs' two directions in turn, each labelled with its walk's start class A.
     Walks that never cross are asked for again (BOUNDARY_ROUNDS rounds at most) and counted in `crossed`."""
     directions = [d for a, b in pairs for d in ((a, b), (b, a))]
-    guide = sample.boundary_guide(run, seed=1 + seed * sample.GUIDE_SEEDS)  # never seed 0 (the evaluator's seed)
+    guide = boundary.boundary_guide(run, seed=1 + seed * boundary.GUIDE_SEEDS)  # never seed 0 (the evaluator's seed)
     parts, crossed, have = [], [], 0
     for round_ in range(BOUNDARY_ROUNDS):
         walks = -(-(count - have) // len(directions))  # walks per direction still wanted, rounded up
         for i, (a, b) in enumerate(directions):
-            part = sample.boundary_samples(run, a, b, walks, method=method, seed=seed + 1000 * round_ + i,
+            part = boundary.boundary_samples(run, a, b, walks, method=method, seed=seed + 1000 * round_ + i,
                                            guide=guide, sampler=SAMPLER, grid=BETWEEN_GRID, tolerance=BETWEEN_TOLERANCE)
             crossed.append(np.asarray(part.pop("crossed"), bool))
             parts.append(part)
@@ -93,13 +98,13 @@ def boundary_set(run: sample.Run, method: str, pairs: list, count: int, seed: in
     return out
 
 
-def label_mode_set(run: sample.Run, want: np.ndarray, seed: int, w: float = ORDINARY_W) -> dict:
+def label_mode_set(run: rundir.Run, want: np.ndarray, seed: int, w: float = ORDINARY_W) -> dict:
     """Ordinary samples of the classes `want` from a label+pos model, each with a fresh reference: a random
     training digit of its class (sample.reference_of_each over the generator's own training digits), at w."""
     want = np.asarray(want, np.int64)
     reference = sample.reference_of_each(run.labels, want, np.random.default_rng(seed))
-    cond = sample.request_conditions(run, want, run.images[reference], reference)
-    return dict(images=sample.generate(run, len(want), cond, sampler(guidance_at(list(cond), w)), seed), labels=want,
+    cond = conditions.request_conditions(run, want, run.images[reference], reference)
+    return dict(images=generation.generate(run, len(want), cond, sampler(guidance_at(list(cond), w)), seed), labels=want,
                 reference=np.asarray(reference, np.int64), cond=cond)
 
 
@@ -121,7 +126,7 @@ def kept_augment_set(directory: str, key: dict, make, labeller: classifier.Featu
                 return {**load_part(npz), **extra}
     part = make()
     part["soft"] = soft_labels(labeller, part["images"])
-    with np.load(io.BytesIO(sample.samples_npz(part)), allow_pickle=False) as f:
+    with np.load(io.BytesIO(outputs.samples_npz(part)), allow_pickle=False) as f:
         arrays = {k: f[k] for k in f.files}
     arrays.update({k: np.asarray(part[k]) for k in ("soft", "crossed_share", "prob", "width") if k in part})
     buffer = io.BytesIO()
@@ -286,8 +291,8 @@ def augment_minutes() -> float:
 
 def augment(ctx: Context, method: str | None = None) -> dict:
     """Section 4: every arm on every scarce draw (kept per draw), paired gains, crossings, figure. method: the
-    boundary search's (None: sample.DEFAULT_BOUNDARY_METHOD)."""
-    method = scarce_method(sample.DEFAULT_BOUNDARY_METHOD if method is None else method)
+    boundary search's (None: boundary.DEFAULT_BOUNDARY_METHOD)."""
+    method = scarce_method(boundary.DEFAULT_BOUNDARY_METHOD if method is None else method)
     result = {"method": method, "ordinary_w": ORDINARY_W, "n": N_AUGMENT, "sweep": list(AUGMENT_SWEEP), "sizes": {},
               "evaluator_accuracy": float(ctx.scorer.test_accuracy)}
     for per_class in SCARCE:

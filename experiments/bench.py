@@ -59,7 +59,7 @@ def bench_diffusion() -> None:
     """The small CPU U-Net at batch 64 on 28x28, label+pos conditions, fp32 and bf16 autocast.
 
     Targets: the training step reaches at least 25% of the large-matmul rate in
-    fp32 (printed for bf16 too: AMX's bf16 matmul is out of a small U-Net's reach); on hardware with native bf16 (sample.native_bf16), bf16
+    fp32 (printed for bf16 too: AMX's bf16 matmul is out of a small U-Net's reach); on hardware with native bf16 (precision.native_bf16), bf16
     trains and samples at least 1.3x as fast as fp32; guidance batched into one
     call is at least as fast as its two calls made one after the other.
     """
@@ -109,19 +109,20 @@ def bench_diffusion() -> None:
 def bench_boundary(run_dir: str = "runs/quick", a: int = 4, b: int = 9, n: int = 100,
                    methods: tuple[str, ...] | None = None) -> None:
     """Seconds for n trusted boundary samples per method on a trained run, as `sample.py --boundary` makes them
-    (sample.trusted_boundary_samples; the guide trained first, once, not timed): the walks tried, how many crossed,
+    (boundary.trusted_boundary_samples; the guide trained first, once, not timed): the walks tried, how many crossed,
     how many found points the filter kept, and so the walks tried per trusted sample (what the filter costs)."""
-    import sample
+    import boundary
+    import rundir
 
-    run = sample.load_run(run_dir)
-    guide = sample.boundary_guide(run)  # kept as guide.pt: later calls only load it
+    run = rundir.load_run(run_dir)
+    guide = boundary.boundary_guide(run)  # kept as guide.pt: later calls only load it
     print(f"{run_dir}, {a} -> {b}, {n} trusted samples asked | method | seconds | walks tried | crossed | "
           "trusted | walks per trusted sample")
-    for method in methods or sample.BOUNDARY_METHODS:
-        if sample.BOUNDARY_NEEDS[method] not in run.config["unet"]["conditions"]:
+    for method in methods or boundary.BOUNDARY_METHODS:
+        if boundary.BOUNDARY_NEEDS[method] not in run.config["unet"]["conditions"]:
             continue
         start = time.perf_counter()
-        _, counts = sample.trusted_boundary_samples(run, a, b, n, method, seed=0, guide=guide)
+        _, counts = boundary.trusted_boundary_samples(run, a, b, n, method, seed=0, guide=guide)
         seconds = time.perf_counter() - start
         per = f"{counts['tried'] / counts['trusted']:.2f}" if counts["trusted"] else "-"
         print(f"{method} | {seconds:.1f} | {counts['tried']} | {counts['crossed']} | {counts['trusted']} | {per}",

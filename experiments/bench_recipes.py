@@ -50,10 +50,11 @@ def eps_mse(run_dir: str) -> float:
     """Mean || eps - eps_theta(x_t, t, cond) ||^2 of a run's EMA model (in fp32) on 2,000 fixed training
     (image, t, noise) triples, eps_theta converted from v for a v-model (ddpm.model_output_to_x0_eps): the
     denoising error in one parameterisation for every recipe, free of any sampler or classifier."""
-    import sample
+    import conditions
+    import rundir
     from train import to_model_range
 
-    run = sample.load_run(run_dir, precision="fp32")
+    run = rundir.load_run(run_dir, precision="fp32")
     g = torch.Generator().manual_seed(0)
     idx = torch.randint(0, len(run.images), (2000,), generator=g).numpy()
     x0 = to_model_range(torch.from_numpy(run.images[idx]).permute(0, 3, 1, 2))
@@ -61,7 +62,7 @@ def eps_mse(run_dir: str) -> float:
     noise = torch.randn(x0.shape, generator=g)
     x_t = run.diffusion.q_sample(x0, t, noise)
     cond = {name: torch.as_tensor(value) for name, value in
-            sample.request_conditions(run, run.labels[idx], run.images[idx], idx).items()}
+            conditions.request_conditions(run, run.labels[idx], run.images[idx], idx).items()}
     with torch.no_grad():
         out = torch.cat([run.model(x_t[i:i + 250], t[i:i + 250], {k: v[i:i + 250] for k, v in cond.items()})
                          for i in range(0, 2000, 250)])
@@ -176,21 +177,23 @@ def bench_walks(run_dirs: list[str] | None = None, a: int = 4, b: int = 9, walks
     along the walk, where it crosses 0.5, the mass on a + b."""
     import os
 
+    import boundary
+    import generation
     import metrics
-    import sample
+    import rundir
 
     run_dirs = run_dirs or [os.path.join("runs", "bench-recipe", name) for name in
                             ("v-600-steps-s0", "v-p-drop-0-1-each-600-steps-s0")]
     s = np.linspace(0, 1, points)
     print(f"{a} -> {b}, {walks} walks of {points} points | run | walk label | path | guidance | mean P({b}) | crossing | mass")
     for run_dir in run_dirs:
-        run = sample.load_run(run_dir)
+        run = rundir.load_run(run_dir)
         net = metrics.load_feature_network("classifier", classifier_path=os.path.join(run.dir, "classifier.pt"),
                                            train_images=run.images, train_labels=run.labels, device=run.device)
         for label, path, guidance in WALK_METHODS:
-            sampler = dict(name=sample.DEFAULT_SAMPLER, steps=sample.DEFAULT_STEPS, eta=sample.DEFAULT_ETA,
+            sampler = dict(name=generation.DEFAULT_SAMPLER, steps=generation.DEFAULT_STEPS, eta=generation.DEFAULT_ETA,
                            guidance=guidance)
-            part = sample.walks(run, a, b, points, sampler, seed=0, count=walks, label=label, path=path)
+            part = boundary.walks(run, a, b, points, sampler, seed=0, count=walks, label=label, path=path)
             rows = part["labels"] == a  # the rows with label a (every row when the label is dropped)
             p = torch.softmax(torch.as_tensor(net.logits(part["images"][rows])), 1).numpy()
             stats = metrics.walk_statistics(p[:, a].reshape(-1, points), p[:, b].reshape(-1, points), s)

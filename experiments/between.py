@@ -1,6 +1,6 @@
 """The experiment's section between (python -m experiments --sections between).
 
-Samples at a class boundary (sample.boundary_samples), measured against the case whose answer is known: real
+Samples at a class boundary (boundary.boundary_samples), measured against the case whose answer is known: real
 digits that are themselves ambiguous.
 
 Per walk (one noise; only the conditions move from a class-A to a class-B training digit) the point s* where a
@@ -20,7 +20,7 @@ for ambiguity by the evaluator and nearness to the data *as real ambiguous digit
 median nearest-training ratio not above the upper end of the real reference's 95% interval.
 
 The filter (`trusted_scores`): for soft labels and the position alone at the default w and eta 1, the sets are made again with
-each guide member's reading (sample.boundary_samples' guide_prob and trusted: what `sample.py --boundary` keeps),
+each guide member's reading (boundary.boundary_samples' guide_prob and trusted: what `sample.py --boundary` keeps),
 and the evaluator's and the second reader's ambiguous share among the trusted samples is set against all found
 points, with the walks tried per trusted sample.
 
@@ -38,9 +38,12 @@ import scipy.spatial
 import scipy.special
 
 import classifier
+import boundary
+import generation
 import metrics
-import sample
-from experiments.common import (CLASSIFIER_ARGS, DEFAULT_W, SAMPLER, SEEDS, TABLE_WEIGHTS, VAL_PER_CLASS, Context,
+import outputs
+import rundir
+from experiments.common import (DEFAULT_W, SAMPLER, SEEDS, TABLE_WEIGHTS, VAL_PER_CLASS, Context,
                                 confused_pairs, kept_classifier, kept_json, kept_set, pixels, set_key, soft_confusion,
                                 write_figure, write_png)
 
@@ -52,7 +55,7 @@ POS_GUIDANCE = {"label": 1.0, "pos": 3.0}  # per-condition guidance: out(label) 
 
 
 # ---------------------------------------------------------------------------
-# 3. Class-boundary samples: each walk's own crossing (sample.boundary_samples), read by readers that did not choose it
+# 3. Class-boundary samples: each walk's own crossing (boundary.boundary_samples), read by readers that did not choose it
 # ---------------------------------------------------------------------------
 # The interval of noise levels sigma_t = sqrt((1 - abar_t) / abar_t) where the middle-range variant guides
 # (Kynkaanniemi et al. 2024, their EDM interval); sampler key "guidance_interval" of ddpm.Diffusion.sample.
@@ -66,7 +69,7 @@ SECOND_READER_FILE = "second-reader-without-floor.pt"  # (the older second_reade
 SHOWN_REAL = 6  # most ambiguous real digits (and boundary samples) per pair in the figure
 REAL_AT_LEAST = 20  # the real reference: every unseen digit of A or B the evaluator finds ambiguous, at least 20
 BOOTSTRAP = 2000  # resamples of the real reference's digits for its intervals (what varies there: which digits)
-CURRENT_DEFAULT = f"{sample.DEFAULT_BOUNDARY_METHOD}, w {DEFAULT_W:g}, eta {sample.DEFAULT_ETA:g}"  # --boundary's
+CURRENT_DEFAULT = f"{boundary.DEFAULT_BOUNDARY_METHOD}, w {DEFAULT_W:g}, eta {generation.DEFAULT_ETA:g}"  # --boundary's
 # The filter measured on: --boundary's default method and the position alone (composition, three network rows per
 # image, is left out for time: 2 x 15 sets made again take about 12 min on the 2-core CPU)
 TRUSTED_VARIANTS = (CURRENT_DEFAULT, f"position, w {DEFAULT_W:g}, eta 1")
@@ -76,7 +79,7 @@ def between_methods() -> dict:
     """name -> (boundary method, eta, w, guidance interval): each method with eta 1 and 0 at every TABLE_WEIGHTS w,
     and with guidance over the middle noise range only (eta 1, the default w)."""
     out = {}
-    for method in sample.BOUNDARY_METHODS:
+    for method in boundary.BOUNDARY_METHODS:
         for w in TABLE_WEIGHTS:
             for eta in (1.0, 0.0):
                 out[f"{method}, w {w:g}, eta {eta:g}"] = (method, eta, w, None)
@@ -176,7 +179,7 @@ def real_reference(ctx: Context, near: Nearness, second, guide, a: int, b: int) 
     least REAL_AT_LEAST of them, the most ambiguous first, measured exactly as boundary samples are: both readers'
     boundary_statistics, their agreement, the nearest-training ratios (each median with a bootstrap interval over
     the digits); and the share of them, among the test digits (the guide trained on the floor's), that the
-    filter `sample.trusted` keeps."""
+    filter `boundary.trusted` keeps."""
     rows = unseen_real(ctx)
     rows = rows[np.isin(ctx.digits.labels[rows], [a, b])]
     images = ctx.digits.images[rows]
@@ -197,7 +200,7 @@ def real_reference(ctx: Context, near: Nearness, second, guide, a: int, b: int) 
                 agreement=agreement(low[take], low2[take]),
                 nn_ratio_median=float(np.median(nn)), nn_ratio_interval=bootstrap_median(nn),
                 nn_ratio_pixels_median=float(np.median(nn_pixels)), nn_ratio_pixels_interval=bootstrap_median(nn_pixels),
-                trusted_share=float(sample.trusted(readings).mean()) if len(readings) else None,
+                trusted_share=float(boundary.trusted(readings).mean()) if len(readings) else None,
                 n_trusted_checked=int(len(readings)))
 
 
@@ -213,7 +216,7 @@ def walk_scores(ctx: Context, near: Nearness, part: dict, a: int, b: int, second
     second_prob = scipy.special.softmax(second.logits(part["images"]), axis=1) if some else np.zeros((0, 10))
     out = dict(evaluator=metrics.boundary_statistics(prob[:, a], prob[:, b], crossed),
                second=metrics.boundary_statistics(second_prob[:, a], second_prob[:, b], crossed),
-               # the width is the guide's: the s range of ITS P(B) from 0.1 to 0.9 (sample.transition_width)
+               # the width is the guide's: the s range of ITS P(B) from 0.1 to 0.9 (boundary.transition_width)
                guide=metrics.boundary_statistics(part["prob"][:, 0], part["prob"][:, 1], crossed, part.get("width")),
                s_median=float(np.median(part["s"])) if some else None, nn_ratio=[], nn_ratio_pixels=[])
     if some:
@@ -300,7 +303,7 @@ def trusted_pooled(per_seed: list[dict]) -> dict:
 # ---------------------------------------------------------------------------
 # The section
 # ---------------------------------------------------------------------------
-def boundary_set(ctx: Context, run: sample.Run, name: str, a: int, b: int, seed: int, guide, second,
+def boundary_set(ctx: Context, run: rundir.Run, name: str, a: int, b: int, seed: int, guide, second,
                  readings: bool = False) -> dict:
     """The kept set of method NAME on pair (a, b) and model seed (readings: made again with the guide members'
     readings, which the first sets lack)."""
@@ -311,7 +314,7 @@ def boundary_set(ctx: Context, run: sample.Run, name: str, a: int, b: int, seed:
                   tolerance=BETWEEN_TOLERANCE, seed=WALK_SEED, guide=guide.seeds, **what)
     folder = f"{slug(name)}-{a}-{b}-s{seed}" + ("-members" if readings else "")
     return kept_set(os.path.join(ctx.out, "between", folder), key,
-                    lambda: sample.boundary_samples(run, a, b, WALKS, method, WALK_SEED, guide, chosen,
+                    lambda: boundary.boundary_samples(run, a, b, WALKS, method, WALK_SEED, guide, chosen,
                                                     BETWEEN_TOLERANCE, grid=BETWEEN_GRID,
                                                     evaluators=[ctx.scorer.net, second]))
 
@@ -320,7 +323,7 @@ def between(ctx: Context) -> dict:
     second = second_reader(ctx)
     pairs, methods = between_pairs(ctx), between_methods()
     runs = {seed: ctx.model(BOUNDARY_STEM, seed) for seed in SEEDS}
-    guides = {seed: sample.boundary_guide(run) for seed, run in runs.items()}
+    guides = {seed: boundary.boundary_guide(run) for seed, run in runs.items()}
     near = Nearness(ctx, runs[SEEDS[0]].images)  # every seed's model trains on the same digits
     if any(not np.array_equal(run.images, near.train_images) for run in runs.values()):
         raise ValueError("between: the label+pos models of the seeds must train on the same digits")
@@ -400,7 +403,7 @@ def walk_figure(ctx: Context, result: dict, parts: dict, pairs: list) -> None:
         low = np.array(result["methods"][result["best"]][f"{a}-{b}"]["seeds"][0]["min_evaluator"])
         found = part["images"][np.argsort(-low)[:SHOWN_REAL]] if len(low) else real[:0]
         rows.append(np.concatenate([real, found]))
-    write_png(os.path.join(ctx.out, "between", "boundary_vs_real.png"), sample.grid_png(rows))
+    write_png(os.path.join(ctx.out, "between", "boundary_vs_real.png"), outputs.grid_png(rows))
     names = list(result["methods"])
     figure = Figure(figsize=(1.2 * len(names) + 3, 6.4))
     top, bottom = figure.subplots(2, 1, sharex=True)
@@ -477,7 +480,7 @@ def between_tables(b: dict) -> list[str]:
             f"the best's evaluator ambiguous share (mean over pairs, paired by seed) minus the default's: "
             f"{d['difference']:+.3f}" + (f" [{d['interval'][0]:+.3f}, {d['interval'][1]:+.3f}]" if d["interval"] else "")
             + (": outside the interval, change it." if d["change"] else ": inside the interval, keep it.")), ""]
-    text += ["The filter of sample.py --boundary (`sample.trusted`: every guide member reads min(P(A), P(B)) >= 0.2 and "
+    text += ["The filter of sample.py --boundary (`boundary.trusted`: every guide member reads min(P(A), P(B)) >= 0.2 and "
              "the guide's P(A) + P(B) >= 0.9), on sets made again with the members' readings: walks, found points "
              "(walks that crossed), trusted ones, walks tried per trusted sample, each reader's ambiguous share among "
              "all found points and among the trusted ones [95% logit t-intervals over the seeds], the trusted ones' "

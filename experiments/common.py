@@ -31,8 +31,9 @@ import scipy.special
 
 import classifier
 import metrics
+import generation
+import outputs
 import rundir
-import sample
 import train
 from data import choose_per_class, load_mnist_sample, mnist_sample_split, write_atomically
 
@@ -40,14 +41,14 @@ from data import choose_per_class, load_mnist_sample, mnist_sample_split, write_
 # The experiment's settings (tests shrink them)
 # ---------------------------------------------------------------------------
 TRAIN_FLAGS: tuple[str, ...] = ()  # added to every train.py call: none, so every model takes train.py's defaults
-SAMPLER = dict(name=sample.DEFAULT_SAMPLER, steps=sample.DEFAULT_STEPS, eta=sample.DEFAULT_ETA,
+SAMPLER = dict(name=generation.DEFAULT_SAMPLER, steps=generation.DEFAULT_STEPS, eta=generation.DEFAULT_ETA,
                batch_size=64)  # sample.py's defaults; the guidance: `guidance_at`
 CLASSIFIER_ARGS: dict = {}  # extra arguments of classifier.train_classifier: none, its defaults
 MODELS = {"label": "label", "label-pos": "label+pos", "pos": "pos"}  # run-name stem -> --cond
 SEEDS = (0, 1, 2)  # training seeds, and replicate r's noise and reference draws
 FLOOR_PER_CLASS = 100  # the noise floor: as many held-out training digits as a set has samples
 FLOOR_SEED = 0  # which training digits are held out of the evaluator for the floor
-DEFAULT_W = float(sample.DEFAULT_GUIDANCE)  # sample.py's guidance weight
+DEFAULT_W = float(generation.DEFAULT_GUIDANCE)  # sample.py's guidance weight
 TABLE_WEIGHTS = tuple(sorted({1.0, DEFAULT_W}))  # every seed and protocol at these w (1: no guidance)
 VAL_PER_CLASS = 50  # validation digits per class (training digits outside the scarce set) to find confusions
 KID_SUBSETS = 100  # KID's subsets of min(1000, N) rows (torch-fidelity's defaults; N = 1000: the whole sets)
@@ -60,13 +61,13 @@ def sampler(guidance: float | dict) -> dict:
 
 
 def guidance_at(conditions, w: float = DEFAULT_W) -> float | dict:
-    """sample.py's default guidance for the conditions given (sample.default_guidance: w on the label given
+    """sample.py's default guidance for the conditions given (generation.default_guidance: w on the label given
     the other conditions; on every condition without a label) at weight w. w = 1: no guidance."""
-    default = sample.default_guidance(list(conditions))
+    default = generation.default_guidance(list(conditions))
     return {name: w for name in default} if isinstance(default, dict) else w
 
 
-def conditions_of(run: sample.Run) -> list[str]:
+def conditions_of(run: rundir.Run) -> list[str]:
     return list(run.config["unet"]["conditions"])
 
 
@@ -126,7 +127,7 @@ class Digits:
 RUNNING_SETTINGS = ("device", "precision", "save_every", "log_every", "sample_every", "compile", "root")
 
 
-def trained(runs: str, name: str, *flags: str) -> sample.Run:
+def trained(runs: str, name: str, *flags: str) -> rundir.Run:
     """runs/NAME trained with train.py's defaults plus TRAIN_FLAGS and `flags`: reused when finished,
     resumed when not, an error when it was trained with other settings."""
     out = os.path.join(runs, name)
@@ -138,10 +139,10 @@ def trained(runs: str, name: str, *flags: str) -> sample.Run:
                 sys.exit(f"python -m experiments: {out} was trained with --{key.replace('_', '-')} {saved.get(key)}, this "
                          f"experiment needs {wanted[key]}; move it away or pass another --runs")
         if rundir.checkpoint_step(os.path.join(out, "checkpoint.pt")) == saved["steps"]:
-            return sample.load_run(out)
+            return rundir.load_run(out)
         argv.append("--resume")
     train.main(argv, own_interrupt_message=False)  # a Ctrl-C: python -m experiments says what to rerun
-    return sample.load_run(out)
+    return rundir.load_run(out)
 
 
 def new_run_settings(argv: list[str]) -> dict:
@@ -174,7 +175,7 @@ class Context:
     scorer: "Scorer"
     loaded: dict = dataclasses.field(default_factory=dict)
 
-    def model(self, stem: str, seed: int) -> sample.Run:
+    def model(self, stem: str, seed: int) -> rundir.Run:
         """The comparison's model STEM-sSEED (trained once, reused by every section)."""
         name = f"{stem}-s{seed}"
         if name not in self.loaded:
@@ -331,7 +332,7 @@ def summarise(scores: list[dict]) -> dict:
 # ---------------------------------------------------------------------------
 # Kept sets: every scored set on disk, made once
 # ---------------------------------------------------------------------------
-def set_key(run: sample.Run, **what) -> dict:
+def set_key(run: rundir.Run, **what) -> dict:
     """What makes a set: the model (its run id and steps), the sampler, the requests."""
     return dict(version=SETS_VERSION, run=os.path.basename(os.path.normpath(run.dir)), run_id=run.config["run_id"],
                 steps=run.config["settings"]["steps"], **what)
@@ -346,7 +347,7 @@ def kept_set(directory: str, key: dict, make) -> dict:
             if json.load(f) == key:
                 return load_part(npz)
     part = make()
-    write_atomically(npz, lambda f: f.write(sample.samples_npz(part)))
+    write_atomically(npz, lambda f: f.write(outputs.samples_npz(part)))
     write_atomically(meta, lambda f: f.write(json.dumps(key, indent=1).encode()))  # last: the set is complete
     return part
 
@@ -355,7 +356,7 @@ def load_part(path: str) -> dict:
     """samples.npz -> the part sample.py made (images, labels, reference, cond, walk, s, endpoints)."""
     with np.load(path, allow_pickle=False) as f:
         part = {k: f[k] for k in ("images", "labels", "reference", "walk", "s", "endpoints", "prob", "width",
-                                  *sample.BOUNDARY_FIELDS) if k in f.files}
+                                  *outputs.BOUNDARY_FIELDS) if k in f.files}
         part["cond"] = {k[len("cond_"):]: f[k] for k in f.files if k.startswith("cond_")}
     return part
 

@@ -29,6 +29,8 @@ import os
 import numpy as np
 
 import metrics
+import outputs
+import rundir
 import sample
 from experiments.common import (DEFAULT_W, MODELS, SEEDS, TABLE_WEIGHTS, Context, cell, conditions_of, flat,
                                 guidance_at, is_share, kept_set, noise_seed, reference_seed, sampler, seed_rows,
@@ -52,12 +54,12 @@ MATCHED_SHARES = (0.95, 0.98)  # requested-digit shares at which the models' FID
 # ---------------------------------------------------------------------------
 # 1. The comparison (Tables 4-5, Figures 2-4 and 7), with held-out digits, seeds and matched guidance
 # ---------------------------------------------------------------------------
-def protocols(run: sample.Run) -> tuple[str, ...]:
+def protocols(run: rundir.Run) -> tuple[str, ...]:
     """The label model takes no reference: one set stands for both protocols."""
     return ("per-class", "per-sample") if run.space is not None else ("per-sample",)
 
 
-def requests(run: sample.Run, protocol: str, replicate: int) -> tuple[np.ndarray, np.ndarray]:
+def requests(run: rundir.Run, protocol: str, replicate: int) -> tuple[np.ndarray, np.ndarray]:
     """N_EVAL class-balanced requests, class by class: (requested classes (n,), reference indices (n,)).
     per-class: one random reference per class for all of its samples (the report's protocol);
     per-sample: a fresh reference for each sample (a draw from p(pos | class)). Replicate r draws its own."""
@@ -67,7 +69,7 @@ def requests(run: sample.Run, protocol: str, replicate: int) -> tuple[np.ndarray
     return want, sample.reference_of_each(run.labels, want, np.random.default_rng(reference_seed(replicate)))
 
 
-def comparison_set(ctx: Context, run: sample.Run, name: str, protocol: str, w: float, replicate: int,
+def comparison_set(ctx: Context, run: rundir.Run, name: str, protocol: str, w: float, replicate: int,
                    rows: np.ndarray | None = None, section: str = "compare",
                    guidance_interval: tuple[float, float] | None = None) -> dict:
     """The set NAME: the requests of (protocol, replicate), or their `rows`, sampled at guidance w
@@ -155,7 +157,7 @@ def fid_ratios(sets: dict, stem_protocols: dict) -> dict:
     return out
 
 
-def curve_point(ctx: Context, run: sample.Run, stem: str, seed: int, w: float,
+def curve_point(ctx: Context, run: rundir.Run, stem: str, seed: int, w: float,
                 guidance_interval: tuple[float, float] | None = None) -> dict:
     """One point of a guidance curve: the CURVE_N curve requests of seed `seed`, per-sample protocol, at w
     (at a table weight without an interval: those rows of the table's set), scored."""
@@ -285,7 +287,7 @@ def figures_of_compare(ctx: Context, result: dict) -> None:
     blank = np.full_like(grids["label"][:, :1], 255)
     rows = [np.concatenate([grids["label"][k], blank[k], grids["label-pos"][k], blank[k], grids["pos"][k]])
             for k in range(10)]
-    write_png(os.path.join(ctx.out, "compare", "class_grids.png"), sample.grid_png(rows))
+    write_png(os.path.join(ctx.out, "compare", "class_grids.png"), outputs.grid_png(rows))
     run = ctx.model("label-pos", 0)
     plot_positions(run.space.positions, run.labels, os.path.join(ctx.out, "compare", "positions_pixels.png"))
 

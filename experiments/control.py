@@ -16,6 +16,8 @@ import numpy as np
 import scipy.spatial
 
 import metrics
+import outputs
+import rundir
 import sample
 from experiments.common import (DEFAULT_W, MODELS, SEEDS, Context, Digits, cell, conditions_of, flat, guidance_at,
                                 kept_classifier, kept_set, noise_seed, reference_seed, sampler, set_key, summarise,
@@ -38,7 +40,7 @@ def space_classifier(runs: str, digits: Digits) -> str:
 # ---------------------------------------------------------------------------
 # 2. Control, in a pixel and a semantic position space, measured in two spaces
 # ---------------------------------------------------------------------------
-def tightness(run: sample.Run) -> dict:
+def tightness(run: rundir.Run) -> dict:
     """How tightly the classes cluster in the run's standardised positions: the share of each image's
     10 nearest neighbours of its own class, and the mean distance to the own class's centre over the
     mean distance between class centres (small: tight, well-separated clusters)."""
@@ -51,7 +53,7 @@ def tightness(run: sample.Run) -> dict:
                 within_over_between=float(within / between))
 
 
-def control_of(ctx: Context, run: sample.Run, name: str, replicate: int) -> dict:
+def control_of(ctx: Context, run: rundir.Run, name: str, replicate: int) -> dict:
     """Two references per class, PER_REFERENCE samples each: control in the run's own space and in the
     evaluator's, and how near each sample lies to its own reference (pixels and evaluator features)."""
     refs = sample.draw_references(run.labels, 2, reference_seed(replicate))  # (20,): two per class
@@ -62,7 +64,7 @@ def control_of(ctx: Context, run: sample.Run, name: str, replicate: int) -> dict
                     lambda: sample.make_part(run, want, run.images[reference], reference, chosen, noise_seed(replicate)))
     rows = [np.concatenate([run.images[[r]], part["images"][i * PER_REFERENCE:(i + 1) * PER_REFERENCE]])
             for i, r in enumerate(refs)]  # each reference at the left of its row
-    write_png(os.path.join(ctx.out, "control", f"{name}.png"), sample.grid_png(rows))
+    write_png(os.path.join(ctx.out, "control", f"{name}.png"), outputs.grid_png(rows))
 
     scores, features = ctx.scorer.score(part["images"], want, run.images, own_reference=run.images[reference])
     own = np.repeat(np.arange(len(refs)), PER_REFERENCE)  # each sample's reference, as an index into refs

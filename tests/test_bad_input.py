@@ -5,6 +5,8 @@ import os
 
 import pytest
 
+import commands
+import rundir
 import sample
 from test_pipeline import copy_run, fails, folder, label_run, snapshot, tiny  # noqa: F401
 
@@ -12,14 +14,14 @@ from test_pipeline import copy_run, fails, folder, label_run, snapshot, tiny  # 
 @pytest.mark.parametrize("text", ["nan", "inf", "-inf", "label=nan", "label=3,pos=inf"])
 def test_a_guidance_that_is_not_finite_is_refused_naming_the_flag(text, capsys):
     with pytest.raises(argparse.ArgumentTypeError, match="finite"):
-        sample.parse_guidance(text)
+        commands.parse_guidance(text)
     with pytest.raises(SystemExit):
-        sample.build_parser().parse_args(["run", "--out", "x", "--guidance", text])
+        commands.build_parser().parse_args(["run", "--out", "x", "--guidance", text])
     assert "--guidance" in capsys.readouterr().err
 
 
 def test_finite_guidance_still_parses():
-    assert sample.parse_guidance("2.5") == 2.5 and sample.parse_guidance("label=1,pos=3") == {"label": 1.0, "pos": 3.0}
+    assert commands.parse_guidance("2.5") == 2.5 and commands.parse_guidance("label=1,pos=3") == {"label": 1.0, "pos": 3.0}
 
 
 @pytest.mark.parametrize("script,argv,typo", [
@@ -30,7 +32,7 @@ def test_finite_guidance_still_parses():
 ])
 def test_train_and_sample_both_refuse_an_abbreviated_flag_in_argparses_one_line(script, argv, typo, capsys):
     import train
-    parser = (train if script == "train" else sample).build_parser()
+    parser = (train if script == "train" else commands).build_parser()
     with pytest.raises(SystemExit) as stop:
         parser.parse_args(argv)
     last = capsys.readouterr().err.strip().splitlines()[-1]
@@ -42,9 +44,9 @@ def test_train_and_sample_both_refuse_an_abbreviated_flag_in_argparses_one_line(
 
 def test_eta_without_a_value_is_left_to_the_sampler_and_seed_and_eval_say_what_they_mean_in_each_script():
     import train
-    assert sample.build_parser().parse_args(["run", "--out", "x"]).eta is None  # resolved by run_command
+    assert commands.build_parser().parse_args(["run", "--out", "x"]).eta is None  # resolved by run_command
     helps = {name: {a.dest: a.help for a in module.build_parser()._actions} for name, module in
-             (("train", train), ("sample", sample))}
+             (("train", train), ("sample", commands))}
     assert "initialisation" in helps["train"]["seed"] and "sampling noise" in helps["sample"]["seed"]
     assert "sample.py" in helps["train"]["seed"] and "train.py" in helps["sample"]["seed"]
     assert "--references 2 --eval" in helps["train"]["eval"] and "metrics.json" in helps["sample"]["eval"]
@@ -71,14 +73,14 @@ def test_walk_label_soft_or_none_on_a_model_without_a_label_is_one_line(mode):
 
     import numpy as np
     from rundir import RunError
-    args = sample.build_parser().parse_args(["run", "--out", "x", "--between", "0", "1", "--walk-label", mode])
+    args = commands.build_parser().parse_args(["run", "--out", "x", "--between", "0", "1", "--walk-label", mode])
     unet = {"conditions": {"pos": 20}, "image_size": 8, "image_channels": 1, "base_channels": 8}
     run = types.SimpleNamespace(config={"unet": unet, "data": {"class_names": ["a", "b"]}},
                                 diffusion=types.SimpleNamespace(num_timesteps=100), dir="run", space=object(),
                                 labels=np.array([0, 1]))
     with pytest.raises(RunError, match=f"--walk-label {mode} .* without one: leave --walk-label at fixed"):
-        sample.check_against_run(args, run)
-    sample.check_against_run(sample.build_parser().parse_args(["run", "--out", "x", "--between", "0", "1"]), run)
+        commands.check_against_run(args, run)
+    commands.check_against_run(commands.build_parser().parse_args(["run", "--out", "x", "--between", "0", "1"]), run)
 
 
 def test_a_plain_call_removes_the_earlier_calls_between_png_and_nothing_else(tmp_path):
@@ -283,9 +285,9 @@ def test_sample_replaces_only_the_files_an_earlier_call_listed(label_run, tmp_pa
 @pytest.mark.parametrize("text", ["", ",", " , "])
 def test_an_empty_guidance_is_refused_naming_the_flag_and_its_forms(text, capsys):
     with pytest.raises(argparse.ArgumentTypeError, match=r"a weight W .* or NAME=W pairs"):
-        sample.parse_guidance(text)
+        commands.parse_guidance(text)
     with pytest.raises(SystemExit):
-        sample.build_parser().parse_args(["run", "--out", "x", "--guidance", text])
+        commands.build_parser().parse_args(["run", "--out", "x", "--guidance", text])
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert "--guidance" in last and "NAME=W" in last
 

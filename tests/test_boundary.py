@@ -7,6 +7,9 @@ import pytest
 from PIL import Image
 
 import classifier
+import boundary
+import conditions
+import rundir
 import sample
 from test_pipeline import copy_run, fails, folder, run_dir, snapshot  # noqa: F401 (fixtures)
 
@@ -26,7 +29,7 @@ def test_bisection_finds_a_known_crossing_to_the_tolerance(grid, tolerance):
         p = 1 / (1 + np.exp(-(s - c[walk]) / 0.03))
         return np.where(never[walk], 0.3, p)
 
-    found = sample.find_crossings(prob_b, 40, grid, tolerance)
+    found = boundary.find_crossings(prob_b, 40, grid, tolerance)
     assert found["crossed"].tolist() == (~never).tolist() and np.isnan(found["s"][never]).all()
     assert np.abs(found["s"][~never] - c[~never]).max() <= tolerance
     halvings = int(np.ceil(np.log2(1 / (grid - 1) / (2 * tolerance))))
@@ -36,36 +39,36 @@ def test_bisection_finds_a_known_crossing_to_the_tolerance(grid, tolerance):
 def test_a_walk_that_starts_at_b_or_goes_down_is_not_crossed():
     # walk 0 starts above 0.5; walk 1 falls from 0.9 to 0.1; walk 2 rises: only walk 2 crosses
     curves = [lambda s: 0.8 + 0 * s, lambda s: 0.9 - 0.8 * s, lambda s: s]
-    found = sample.find_crossings(lambda w, s: np.array([curves[i](x) for i, x in zip(w, s)]), 3)
-    assert found["crossed"].tolist() == [False, False, True] and abs(found["s"][2] - 0.5) <= sample.BOUNDARY_TOLERANCE
+    found = boundary.find_crossings(lambda w, s: np.array([curves[i](x) for i, x in zip(w, s)]), 3)
+    assert found["crossed"].tolist() == [False, False, True] and abs(found["s"][2] - 0.5) <= boundary.BOUNDARY_TOLERANCE
 
 
 def test_transition_width_from_the_evaluated_points():
     # P(B) = s: from 0.1 to 0.9 in s 0.1 .. 0.9 (linear: interpolation is exact), and one that never reaches 0.9
     grid = np.linspace(0, 1, 9)
-    assert sample.transition_width(list(zip(grid, grid)), 0.5) == pytest.approx(0.8)
+    assert boundary.transition_width(list(zip(grid, grid)), 0.5) == pytest.approx(0.8)
     steep = [(s, float(np.clip((s - 0.5) * 4 + 0.5, 0, 1))) for s in np.linspace(0, 1, 33)]  # 0.1 .. 0.9: s 0.4 .. 0.6
-    assert sample.transition_width(steep, 0.5) == pytest.approx(0.2)
-    assert np.isnan(sample.transition_width(list(zip(grid, 0.6 * grid)), 0.8))
+    assert boundary.transition_width(steep, 0.5) == pytest.approx(0.2)
+    assert np.isnan(boundary.transition_width(list(zip(grid, 0.6 * grid)), 0.8))
 
 
 # ---------------------------------------------------------------- the guide
 def test_the_guide_is_never_the_evaluator(run_dir, tmp_path):  # noqa: F811
-    run = sample.load_run(str(copy_run(run_dir, tmp_path)))
+    run = rundir.load_run(str(copy_run(run_dir, tmp_path)))
     evaluator = classifier.train_classifier(run.images, run.labels, 2, steps=5)  # seed 0, as --eval's classifier.pt
     classifier.save_classifier(evaluator, os.path.join(run.dir, "classifier.pt"))
-    guide = sample.boundary_guide(run, steps=5)
-    assert len(guide.members) == sample.GUIDE_SEEDS and 0 not in guide.seeds
+    guide = boundary.boundary_guide(run, steps=5)
+    assert len(guide.members) == boundary.GUIDE_SEEDS and 0 not in guide.seeds
     assert not any(classifier.same_weights(m, evaluator) for m in guide.members)
     assert os.path.exists(os.path.join(run.dir, "guide.pt"))
-    again = sample.boundary_guide(run, steps=5)  # reloaded from guide.pt: the same weights
+    again = boundary.boundary_guide(run, steps=5)  # reloaded from guide.pt: the same weights
     assert all(classifier.same_weights(m, n) for m, n in zip(guide.members, again.members))
     # the evaluator's own weights as the guide (here from its file, under another name) are refused
     same = classifier.Ensemble([classifier.load_classifier(os.path.join(run.dir, "classifier.pt"))], [7])
     with pytest.raises(ValueError, match="evaluator's weights"):
-        sample.boundary_samples(run, 0, 1, 2, guide=same, sampler=dict(name="ddim", steps=2, eta=0.0))
+        boundary.boundary_samples(run, 0, 1, 2, guide=same, sampler=dict(name="ddim", steps=2, eta=0.0))
     with pytest.raises(ValueError, match="evaluator's seed"):
-        sample.boundary_guide(run, seed=0)
+        boundary.boundary_guide(run, seed=0)
 
 
 # ---------------------------------------------------------------- boundary_samples and --boundary
@@ -82,12 +85,12 @@ class Ramp:
 
 
 def test_the_filter_keeps_an_ambiguous_point_and_drops_a_clear_one_and_a_third_class():
-    """sample.trusted on three members' (P(A), P(B)) readings (N, M, 2)."""
+    """boundary.trusted on three members' (P(A), P(B)) readings (N, M, 2)."""
     ambiguous = [[0.45, 0.5], [0.3, 0.65], [0.6, 0.35]]  # every member: min >= 0.2, mass about 0.95
     clear = [[0.45, 0.5], [0.9, 0.08], [0.6, 0.35]]  # one member is sure it is A: the members disagree
     third = [[0.25, 0.3], [0.2, 0.25], [0.3, 0.2]]  # all ambiguous between A and B, but half their mass elsewhere
     edge = [[0.2, 0.75], [0.5, 0.5], [0.75, 0.25]]  # min exactly at the threshold 0.2 counts as ambiguous
-    kept = sample.trusted(np.array([ambiguous, clear, third, edge], np.float64))
+    kept = boundary.trusted(np.array([ambiguous, clear, third, edge], np.float64))
     assert kept.tolist() == [True, False, False, True]
 
 
@@ -105,9 +108,9 @@ class Members:
 
 
 def test_boundary_samples_keep_each_walks_noise_and_report_what_they_found(run_dir):  # noqa: F811
-    run = sample.load_run(str(run_dir))
+    run = rundir.load_run(str(run_dir))
     sampler = dict(name="ddim", steps=2, eta=1.0, guidance=1.0)
-    part = sample.boundary_samples(run, 0, 1, 6, method="soft", guide=Ramp(), sampler=sampler, evaluators=[])
+    part = boundary.boundary_samples(run, 0, 1, 6, method="soft", guide=Ramp(), sampler=sampler, evaluators=[])
     n = int(part["crossed"].sum())
     assert part["crossed"].shape == (6,) and part["images"].shape == (n, 8, 8, 1) and part["labels"].tolist() == [0] * n
     assert part["walk"].tolist() == np.flatnonzero(part["crossed"]).tolist() and part["prob"].shape == (n, 2)
@@ -115,15 +118,15 @@ def test_boundary_samples_keep_each_walks_noise_and_report_what_they_found(run_d
     assert np.allclose(part["cond"]["label"][:, 1], part["s"])  # the soft label at s*
     assert np.allclose(part["prob"], Ramp().prob(part["images"]), atol=1e-6)
     assert part["guide_prob"].shape == (n, 1, 2) and np.allclose(part["guide_prob"][:, 0], part["prob"])
-    assert part["trusted"].tolist() == sample.trusted(part["guide_prob"]).tolist()
+    assert part["trusted"].tolist() == boundary.trusted(part["guide_prob"]).tolist()
     # a walk's image is a function of s alone: generated alone or beside other walks, the same noise
-    endpoints = sample.boundary_endpoints(run, 0, 1, 0, np.arange(6))
+    endpoints = boundary.boundary_endpoints(run, 0, 1, 0, np.arange(6))
     s = np.array([0.3, 0.3, 0.7], np.float32)
-    mixed, _ = sample.walk_images(run, endpoints, np.array([4, 1, 4]), s, "soft", 0, sampler, 0)
-    alone, _ = sample.walk_images(run, endpoints, np.array([4]), s[:1], "soft", 0, sampler, 0)
+    mixed, _ = boundary.walk_images(run, endpoints, np.array([4, 1, 4]), s, "soft", 0, sampler, 0)
+    alone, _ = boundary.walk_images(run, endpoints, np.array([4]), s[:1], "soft", 0, sampler, 0)
     assert np.array_equal(mixed[0], alone[0]) and not np.array_equal(mixed[0], mixed[1])
     # walks 3..5 of a later call are walks 3..5 of this one
-    later = sample.boundary_samples(run, 0, 1, 3, method="soft", guide=Ramp(), sampler=sampler, first_walk=3,
+    later = boundary.boundary_samples(run, 0, 1, 3, method="soft", guide=Ramp(), sampler=sampler, first_walk=3,
                                     evaluators=[])
     assert later["crossed"].tolist() == part["crossed"][3:].tolist()
     keep = part["walk"] >= 3
@@ -132,14 +135,14 @@ def test_boundary_samples_keep_each_walks_noise_and_report_what_they_found(run_d
 
 def test_the_boundary_command_end_to_end(run_dir, tmp_path, monkeypatch):  # noqa: F811
     run = copy_run(run_dir, tmp_path)
-    monkeypatch.setattr(sample, "boundary_guide", lambda run: Members())  # a guide that reads these tiny images
+    monkeypatch.setattr(boundary, "boundary_guide", lambda run: Members())  # a guide that reads these tiny images
     seen = []
-    real = sample.boundary_samples
+    real = boundary.boundary_samples
 
     def spy(*args, **kwargs):
         seen.append(args[7])  # the sampler boundary_samples is given
         return real(*args, **kwargs)
-    monkeypatch.setattr(sample, "boundary_samples", spy)
+    monkeypatch.setattr(boundary, "boundary_samples", spy)
     out = tmp_path / "b"
     sample.main([str(run), "--out", str(out), "--boundary", "0", "1", "--n", "3", "--sampling-steps", "2",
                  "--boundary-method", "compose", "--guidance-interval", "0.5,inf", "--boundary-guidance", "2"])
@@ -147,7 +150,7 @@ def test_the_boundary_command_end_to_end(run_dir, tmp_path, monkeypatch):  # noq
     assert meta["files"] == ["boundary.png", "meta.json", "samples.npz"] and meta["boundary_method"] == "compose"
     # what meta.json records is what was done: the interval and the method's weight reached the sampler
     assert all(s["guidance_interval"] == (0.5, float("inf")) and s["guidance"] == 2.0 for s in seen)
-    assert meta["guidance_interval"] == [0.5, float("inf")] and meta["guidance"] == {sample.COMPOSE: 2.0}
+    assert meta["guidance_interval"] == [0.5, float("inf")] and meta["guidance"] == {boundary.COMPOSE: 2.0}
     b = meta["boundary"]
     with np.load(out / "samples.npz") as s:
         n = len(s["images"])
@@ -156,7 +159,7 @@ def test_the_boundary_command_end_to_end(run_dir, tmp_path, monkeypatch):  # noq
         assert s["endpoints"].shape == (n, 2) and (s["walk"] >= 0).all() and s["labels"].tolist() == [0] * n
         # only trusted samples are written, each with its three members' readings
         assert s["guide_prob"].shape == (n, 3, 2) and s["trusted"].all()
-        assert sample.trusted(s["guide_prob"]).all()
+        assert boundary.trusted(s["guide_prob"]).all()
     assert Image.open(out / "boundary.png").size == (3 * 10 + 2, n * 10 + 2)  # image A, the sample, image B
 
 
@@ -168,7 +171,7 @@ class Sure(Members):
 
 def test_a_boundary_without_trusted_samples_is_one_line_and_writes_nothing(run_dir, tmp_path, monkeypatch):  # noqa: F811
     run = copy_run(run_dir, tmp_path)
-    monkeypatch.setattr(sample, "boundary_guide", lambda run: Sure())
+    monkeypatch.setattr(boundary, "boundary_guide", lambda run: Sure())
     monkeypatch.setattr(Sure, "prob", lambda self, images: Ramp().prob(images))  # the search still crosses
     out = tmp_path / "none"
     with pytest.raises(SystemExit, match="none of 16 walks gave a trusted sample"):
@@ -219,8 +222,8 @@ def test_a_method_the_model_cannot_run_is_one_line(folder, tmp_path):  # noqa: F
 
 def test_bench_boundary_runs_on_a_tiny_run(run_dir, tmp_path, monkeypatch, capsys):  # noqa: F811
     from experiments import bench
-    monkeypatch.setattr(sample, "GUIDE_STEPS", 2)
-    monkeypatch.setattr(sample, "DEFAULT_STEPS", 2)
+    monkeypatch.setattr(boundary, "GUIDE_STEPS", 2)
+    monkeypatch.setattr(boundary, "DEFAULT_STEPS", 2)
     bench.bench_boundary(str(copy_run(run_dir, tmp_path)), 0, 1, n=2, methods=("soft", "position"))
     lines = capsys.readouterr().out.splitlines()
     assert lines[1].startswith("soft | ") and lines[2].startswith("position | ")
@@ -230,14 +233,14 @@ def test_bench_boundary_runs_on_a_tiny_run(run_dir, tmp_path, monkeypatch, capsy
 
 
 def test_walk_modes_mix_or_drop_only_the_label_a_forks_integer_condition_stays_image_as(run_dir, monkeypatch):  # noqa: F811
-    run = sample.load_run(str(run_dir))
+    run = rundir.load_run(str(run_dir))
     ends = dict(label=np.array([0, 1]), style=np.array([5, 7]), pos=np.array([[0.0, 2.0], [1.0, 0.0]], np.float32))
-    monkeypatch.setattr(sample, "request_conditions", lambda *a, **k: ends)
+    monkeypatch.setattr(conditions, "request_conditions", lambda *a, **k: ends)
     s = np.array([0.0, 0.25, 1.0], np.float32)
-    for mode in sample.WALK_LABELS:
-        cond = sample.walk_conditions(run, 0, 1, s, mode, 1, "line")
+    for mode in boundary.WALK_LABELS:
+        cond = conditions.walk_conditions(run, 0, 1, s, mode, 1, "line")
         assert cond["style"].tolist() == [5, 5, 5] and cond["style"].dtype == ends["style"].dtype, mode
         assert np.allclose(cond["pos"][1], [0.25, 1.5])
-    assert np.allclose(sample.walk_conditions(run, 0, 1, s, "soft", 0, "line")["label"][1], [0.75, 0.25])
-    assert "label" not in sample.walk_conditions(run, 0, 1, s, "none", 0, "line")
-    assert sample.walk_conditions(run, 0, 1, s, "fixed", 1, "line")["label"].tolist() == [1, 1, 1]
+    assert np.allclose(conditions.walk_conditions(run, 0, 1, s, "soft", 0, "line")["label"][1], [0.75, 0.25])
+    assert "label" not in conditions.walk_conditions(run, 0, 1, s, "none", 0, "line")
+    assert conditions.walk_conditions(run, 0, 1, s, "fixed", 1, "line")["label"].tolist() == [1, 1, 1]

@@ -12,7 +12,9 @@ import pytest
 
 import classifier
 import metrics
-import sample
+import boundary
+import generation
+import rundir
 import train
 from data import load_dataset
 from experiments import __main__ as cli
@@ -27,10 +29,10 @@ def digits():
 
 
 def fake_run(images, labels, space=None, conditions=("label", "pos"), root="data"):
-    """A sample.Run with what request_conditions, draw_references and tightness read (no model)."""
+    """A rundir.Run with what request_conditions, draw_references and tightness read (no model)."""
     config = {"unet": {"conditions": {name: 20 if name == "pos" else 10 for name in conditions}},
               "settings": {"backbone": "pixels", "weights": None, "root": root}}
-    return sample.Run("fake", config, None, None, space, images, labels)
+    return rundir.Run("fake", config, None, None, space, images, labels)
 
 
 # ---------------------------------------------------------------------------
@@ -361,7 +363,7 @@ def test_set_mechanism_sees_copies_label_noise_and_wrong_soft_labels(digits):
 
 
 def crossing_everywhere(run, a, b, walks, method=None, seed=0, guide=None, sampler=None, **search):
-    """sample.boundary_samples faked for augment's tiny 2-step models, whose walks the real guide never sees
+    """boundary.boundary_samples faked for augment's tiny 2-step models, whose walks the real guide never sees
     cross: training digits of class a as the 'crossed' rows (every walk crosses, at s = 0.4)."""
     rows = np.flatnonzero(run.labels == a)[np.arange(walks) % (run.labels == a).sum()]
     return dict(images=run.images[rows], labels=np.full(walks, a, np.int64), reference=np.full(walks, -1),
@@ -376,7 +378,7 @@ def fake_augment_crossings(monkeypatch):
 
     def boundary_set(*args, **kwargs):
         with pytest.MonkeyPatch.context() as m:
-            m.setattr(sample, "boundary_samples", crossing_everywhere)
+            m.setattr(boundary, "boundary_samples", crossing_everywhere)
             return real_set(*args, **kwargs)
 
     monkeypatch.setattr(augment, "boundary_set", boundary_set)
@@ -403,25 +405,25 @@ def test_every_section_runs_end_to_end_and_no_test_digit_trains_anything(tmp_pat
                 AUGMENT_REPLICATES=((0, 0), (0, 1)), VAL_PER_CLASS=5, N_PAIRS=2, N_AUGMENT=10,
                 AUGMENT_SWEEP=(6,), AUGMENT_STEPS=2)
     shrink(monkeypatch, **tiny)
-    monkeypatch.setattr(sample, "GUIDE_STEPS", 2)
+    monkeypatch.setattr(boundary, "GUIDE_STEPS", 2)
     fake_augment_crossings(monkeypatch)
     monkeypatch.setattr(train, "write_grid", lambda run, step: None)  # figures tested elsewhere: not needed here
     shrink(monkeypatch, plot_positions=lambda *args: None)
     seen = []  # every classifier's training images, every diffusion model (its images and feature space)
-    train_classifier, load_run = classifier.train_classifier, sample.load_run
+    train_classifier, load_run = classifier.train_classifier, rundir.load_run
     monkeypatch.setattr(classifier, "train_classifier", lambda images, *a, **k: seen.append(images) or
                         train_classifier(images, *a, **k))
-    monkeypatch.setattr(sample, "load_run", lambda *a, **k: seen.append(load_run(*a, **k)) or seen[-1])
+    monkeypatch.setattr(rundir, "load_run", lambda *a, **k: seen.append(load_run(*a, **k)) or seen[-1])
 
     out, runs = tmp_path / "out", tmp_path / "runs"
     cli.main(["--out", str(out), "--runs", str(runs)])
 
     test_digits = {image.tobytes() for image in digits.images[digits.test]}
-    runs_seen = [x for x in seen if isinstance(x, sample.Run)]
+    runs_seen = [x for x in seen if isinstance(x, rundir.Run)]
     assert len(runs_seen) >= 8 and len(seen) - len(runs_seen) >= 8  # every model, every classifier
     for run in runs_seen:  # a run's space is fitted on its training images (features.FeatureSpace: row i is image i)
         assert run.space is None or len(run.space.features) == len(run.images)
-    trained_on = [x.images if isinstance(x, sample.Run) else x for x in seen]
+    trained_on = [x.images if isinstance(x, rundir.Run) else x for x in seen]
     assert not any(image.tobytes() in test_digits for images in trained_on for image in images)
     results = json.loads((out / "results.json").read_text())
     assert set(cli.SECTIONS) <= set(results) and all(results[s]["wall_s"] >= 0 for s in cli.SECTIONS)
@@ -449,7 +451,7 @@ def test_every_section_runs_end_to_end_and_no_test_digit_trains_anything(tmp_pat
     methods = results["between"]["methods"]
     assert set(methods) == set(between.between_methods())
     assert len(results["between"]["pairs"]) == 2 and results["between"]["pairs"][0] == "4-9"
-    assert results["between"]["best_boundary_method"] in sample.BOUNDARY_METHODS
+    assert results["between"]["best_boundary_method"] in boundary.BOUNDARY_METHODS
     walk = np.load(out / "between" / "compose-w-3-eta-0-4-9-s1" / "samples.npz")
     assert set(walk["walk"].tolist()) <= {0, 1} and walk["prob"].shape == (len(walk["walk"]), 2)
     assert ((walk["s"] > 0) & (walk["s"] < 1)).all()
@@ -463,7 +465,7 @@ def test_every_section_runs_end_to_end_and_no_test_digit_trains_anything(tmp_pat
     assert filtered["walks"] == 4 and filtered["trusted"] <= filtered["found"] <= filtered["walks"]
     members = np.load(out / "between" / "soft-w-3-eta-1-4-9-s0-members" / "samples.npz")
     assert members["guide_prob"].shape == (len(members["walk"]), 3, 2)
-    assert members["trusted"].tolist() == sample.trusted(members["guide_prob"]).tolist()
+    assert members["trusted"].tolist() == boundary.trusted(members["guide_prob"]).tolist()
     assert set(results["between"]["default"]) >= {"current", "best", "change"}
     for seed, scores in enumerate(cell["seeds"]):  # the guide's width is the kept walks' width
         widths = np.load(out / "between" / f"soft-w-3-eta-1-4-9-s{seed}" / "samples.npz")["width"]
@@ -472,7 +474,7 @@ def test_every_section_runs_end_to_end_and_no_test_digit_trains_anything(tmp_pat
     own = results["control"]["pos own-reference"]["evaluator_space"]
     assert 0 <= own["low"] <= own["share"] <= own["high"] <= 1
     a = results["augment"]
-    assert a["method"] in sample.BOUNDARY_METHODS
+    assert a["method"] in boundary.BOUNDARY_METHODS
     for r in a["sizes"]["10"]["replicates"].values():  # every arm: the same images added, the same real passes
         arms = [k for k in r["added"] if k != "real only" and "@" not in k]
         assert {r["added"][k] for k in arms} == {10} and len(set(r["real_passes"].values())) == 1
@@ -496,7 +498,8 @@ def test_every_section_runs_end_to_end_and_no_test_digit_trains_anything(tmp_pat
 
     # Run again: every model and set is reused (nothing trains or samples), and the numbers are the same.
     seen.clear()
-    monkeypatch.setattr(sample, "generate", lambda *a, **k: pytest.fail("a kept set was generated again"))
+    for module in (generation, boundary):  # where generate is read: label_mode_set, boundary_samples' walks
+        monkeypatch.setattr(module, "generate", lambda *a, **k: pytest.fail("a kept set was generated again"))
     monkeypatch.setattr(train, "main", lambda *a, **k: pytest.fail("a finished model was trained again"))
     cli.main(["--out", str(out), "--runs", str(runs), "--sections", "between"])
     again = json.loads((out / "results.json").read_text())

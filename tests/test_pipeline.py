@@ -15,6 +15,9 @@ from PIL import Image
 import conditions
 import ddpm
 import rundir
+import boundary
+import generation
+import lock
 import sample
 import train
 
@@ -99,8 +102,8 @@ def test_every_condition_writes_a_run_directory(folder, tmp_path, cond):
     assert state(out)["step"] == 4 and state(out)["run_id"] == config["run_id"]
     assert (out / "grids" / "step0000004.png").exists()
     assert (out / "space.npz").exists() == ("pos" in cond) and config["space_file"] == ("space.npz" if "pos" in cond else None)
-    assert not (out / rundir.LOCK_FILE).exists()  # the lock goes with the process
-    run = sample.load_run(str(out))
+    assert not (out / lock.LOCK_FILE).exists()  # the lock goes with the process
+    run = rundir.load_run(str(out))
     assert (run.space is not None) == ("pos" in cond) and run.model.image_size == 8
     assert rundir.build_unet(config).conditions == run.model.conditions  # rebuilt from the stored arguments alone
 
@@ -115,9 +118,9 @@ def test_positions_from_a_classifiers_features(folder, tmp_path):
     classifier.save_classifier(classifier.train_classifier(images, labels, steps=5, batch_size=8), weights)
     out = tmp_path / "run"
     train.main(tiny(folder, out, "--cond", "label+pos", "--backbone", "classifier", "--weights", weights))
-    run = sample.load_run(str(out))
+    run = rundir.load_run(str(out))
     assert run.space.features.shape == (40, 128)  # the classifier's penultimate layer, not the 64 pixels
-    cond = sample.request_conditions(run, labels[:3], images[:3])
+    cond = conditions.request_conditions(run, labels[:3], images[:3])
     assert cond["pos"].shape == (3, 20) and np.isfinite(cond["pos"]).all()
     os.remove(weights)  # training references are at their fitted positions: no backbone needed for them
     sample.main([str(out), "--out", str(tmp_path / "s"), "--sampling-steps", "1", "--grid-per-class", "1"])
@@ -129,15 +132,15 @@ def test_positions_from_a_classifiers_features(folder, tmp_path):
 def test_a_training_image_as_reference_gets_its_fitted_position(run_dir, monkeypatch):
     """conditions.image_conditions: the position a training image was trained with, its features not re-extracted;
     a new image is placed by UMAP's transform."""
-    run = sample.load_run(str(run_dir))
+    run = rundir.load_run(str(run_dir))
     config = json.loads((run_dir / "config.json").read_text())
     training = conditions.image_conditions(["label", "pos"], run.images, run.labels, run.space, config["settings"],
                                            train_index=np.arange(len(run.images)))
     assert training["pos"].shape == (40, 20) and np.allclose(training["pos"].mean(0), 0, atol=1e-4)
-    new = sample.request_conditions(run, run.labels[:3], run.images[:3])["pos"]  # the same pixels as new images
+    new = conditions.request_conditions(run, run.labels[:3], run.images[:3])["pos"]  # the same pixels as new images
     monkeypatch.setattr(conditions, "extract_features", lambda *a, **k: pytest.fail("features extracted again"))
     refs = np.array([5, 0, 39])
-    known = sample.request_conditions(run, run.labels[refs], run.images[refs], refs)
+    known = conditions.request_conditions(run, run.labels[refs], run.images[refs], refs)
     np.testing.assert_array_equal(known["pos"], training["pos"][refs])  # exactly the training positions
     assert known["label"].tolist() == run.labels[refs].tolist()
     assert np.abs(new - training["pos"][:3]).max() > 0  # transform only approximates a training point's position
@@ -178,23 +181,23 @@ def test_sample_writes_grids_references_and_npz(run_dir, tmp_path):
 
 
 def test_walks_change_only_their_conditions_and_say_which_walk_point_and_pair_each_image_is(run_dir, tmp_path):
-    run = sample.load_run(str(run_dir))
+    run = rundir.load_run(str(run_dir))
     sampler = dict(name="ddim", steps=3, eta=1.0, guidance={"label": 1.0, "pos": 3.0})
-    part = sample.walks(run, 0, 1, points=3, sampler=sampler, seed=0, count=2, label="fixed", path="line")
+    part = boundary.walks(run, 0, 1, points=3, sampler=sampler, seed=0, count=2, label="fixed", path="line")
     assert part["images"].shape == (2 * 2 * 3, 8, 8, 1)  # 2 walks x (label A row, label B row) x 3 points
     assert part["walk"].tolist() == [0] * 6 + [1] * 6 and part["s"].tolist()[:3] == [0.0, 0.5, 1.0]
     assert part["labels"].tolist()[:6] == [0, 0, 0, 1, 1, 1] and (run.labels[part["endpoints"][:, 0]] == 0).all()
     assert (run.labels[part["endpoints"][:, 1]] == 1).all()
     # one walk's points share every noise: the same conditions at every point give the same image
     same = {name: np.repeat(value[:1], 3, axis=0) for name, value in part["cond"].items()}
-    images = sample.generate(run, 3, same, sampler, seed=5, noise_index=np.zeros(3, int))
+    images = generation.generate(run, 3, same, sampler, seed=5, noise_index=np.zeros(3, int))
     assert (images == images[0]).all()
     # soft labels mix the one-hot vectors; "none" drops the label; "features" places the path by UMAP's transform
-    soft = sample.walks(run, 0, 1, 3, sampler, 0, label="soft", path="features")
+    soft = boundary.walks(run, 0, 1, 3, sampler, 0, label="soft", path="features")
     assert soft["cond"]["label"].shape == (3, 2) and np.allclose(soft["cond"]["label"][1], [0.5, 0.5])
     pos, fitted = soft["cond"]["pos"], run.space.standardize(run.space.positions)
     assert np.isfinite(pos).all() and (pos.min(0) >= fitted.min(0) - 1).all() and (pos.max(0) <= fitted.max(0) + 1).all()
-    assert "label" not in sample.walks(run, 0, 1, 3, sampler, 0, label="none")["cond"]
+    assert "label" not in boundary.walks(run, 0, 1, 3, sampler, 0, label="none")["cond"]
     # on the command line, samples.npz keeps the walk fields
     out = tmp_path / "w"
     sample.main([str(run_dir), "--out", str(out), "--sampling-steps", "2", "--grid-per-class", "1", "--between", "0",
@@ -292,7 +295,7 @@ def test_resume_after_an_interruption_gives_identical_weights(folder, tmp_path, 
 
     message = interrupted_at_step_5(monkeypatch, tiny(folder, broken, *args),
                                     r"interrupted at step 4; \S+checkpoint.pt \(step 3\) is intact")
-    assert state(broken)["step"] == 3 and not (broken / rundir.LOCK_FILE).exists()
+    assert state(broken)["step"] == 3 and not (broken / lock.LOCK_FILE).exists()
     assert advice(message) == ["--out", str(broken), "--resume"]  # every setting comes from the run's config.json
     train.main(advice(message))
     a, b = state(straight), state(broken)
@@ -413,18 +416,18 @@ def test_a_run_interrupted_before_its_first_checkpoint_can_be_resumed(folder, tm
 # ---------------------------------------------------------------------------
 def test_a_second_writer_is_refused_and_a_dead_ones_lock_is_taken_over(label_run, tmp_path):
     out = copy_run(label_run, tmp_path)
-    lock = out / rundir.LOCK_FILE
+    lock_file = out / lock.LOCK_FILE
     host = __import__("socket").gethostname()
-    lock.write_text(json.dumps(dict(pid=os.getpid(), host=host, since="now")))  # a live process holds the run
+    lock_file.write_text(json.dumps(dict(pid=os.getpid(), host=host, since="now")))  # a live process holds the run
     before = snapshot(out)
     fails(train, ["--out", str(out), "--resume", "--steps", "3"], rf"in use by train.py, process {os.getpid()} on")
     assert snapshot(out) == before  # neither the run nor the other process's lock was touched
     sample.main([str(out), "--out", str(tmp_path / "s"), "--sampling-steps", "1", "--grid-per-class", "1"])  # reading is fine
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    lock.write_text(json.dumps(dict(pid=dead.pid, host=host, since="then")))  # killed: its lock stayed behind
+    lock_file.write_text(json.dumps(dict(pid=dead.pid, host=host, since="then")))  # killed: its lock stayed behind
     train.main(["--out", str(out), "--resume", "--steps", "3"])
-    assert state(out)["step"] == 3 and not lock.exists()
+    assert state(out)["step"] == 3 and not lock_file.exists()
 
 
 def test_a_non_finite_loss_gives_advice_that_works(folder, tmp_path, monkeypatch):
@@ -645,12 +648,12 @@ def test_the_readmes_python_section_runs(run_dir, folder, tmp_path, monkeypatch)
     names = {}
     exec(compile(block, "README.md", "exec"), names)
     # The boundary block on the tiny run's two classes (0 and 1 stand for the README's 4 and 9), a 2-step guide.
-    monkeypatch.setattr(sample, "GUIDE_STEPS", 2)
+    monkeypatch.setattr(boundary, "GUIDE_STEPS", 2)
     exec(compile(boundary_block.replace("4, 9", "0, 1"), "README.md", "exec"), names)
     assert names["part"]["crossed"].shape == (20,) and len(names["part"]["s"]) == names["part"]["crossed"].sum()
     assert (tmp_path / "boundary.npz").stat().st_size > 0
     assert names["images"].shape == (8, 8, 8, 1) and names["like_mine"].shape == (8, 8, 8, 1)
-    assert (names["cond"]["pos"] == sample.request_conditions(names["run"], names["labels"], names["run"].images[names["refs"]], names["refs"])["pos"]).all()
+    assert (names["cond"]["pos"] == conditions.request_conditions(names["run"], names["labels"], names["run"].images[names["refs"]], names["refs"])["pos"]).all()
     assert np.isfinite(names["scores"]["fid"]) and 0 <= names["scores"]["conditioning_accuracy"] <= 1
     assert (tmp_path / "runs" / "quick" / "classifier.pt").exists()
 
@@ -671,8 +674,8 @@ def test_torchrun_with_two_cpu_processes(folder, tmp_path):
 def test_guidance_interval_is_passed_on_and_recorded_and_bad_values_are_one_line_errors(run_dir, tmp_path, capsys,
                                                                                         monkeypatch):
     seen = []
-    sample_of = sample.Diffusion.sample
-    monkeypatch.setattr(sample.Diffusion, "sample", lambda self, *a, **k: seen.append(k["guidance_interval"])
+    sample_of = ddpm.Diffusion.sample
+    monkeypatch.setattr(ddpm.Diffusion, "sample", lambda self, *a, **k: seen.append(k["guidance_interval"])
                         or sample_of(self, *a, **k))
     sample.main([str(run_dir), "--out", str(tmp_path / "i"), "--sampling-steps", "2", "--grid-per-class", "1",
                  "--guidance-interval", "0.2,inf"])
@@ -689,7 +692,7 @@ def test_guidance_interval_is_passed_on_and_recorded_and_bad_values_are_one_line
 def test_eta_without_a_value_is_the_samplers_own_and_meta_json_records_the_value_used(run_dir, tmp_path, monkeypatch):
     """--eta None: ddim 0 (deterministic), dpm++2m 1 (its SDE form), ddpm none; a given --eta is kept."""
     seen = []
-    sample_of = sample.Diffusion.sample
+    sample_of = ddpm.Diffusion.sample
 
     def recording(self, model, shape, **k):
         seen.append((k["sampler"], k["eta"]))
@@ -697,7 +700,7 @@ def test_eta_without_a_value_is_the_samplers_own_and_meta_json_records_the_value
             return torch.zeros(shape)
         return sample_of(self, model, shape, **k)
 
-    monkeypatch.setattr(sample.Diffusion, "sample", recording)
+    monkeypatch.setattr(ddpm.Diffusion, "sample", recording)
     for sampler, extra, eta in (("ddim", [], 0.0), ("dpm++2m", [], 1.0), ("ddim", ["--eta", "0.5"], 0.5),
                                 ("ddpm", [], None)):
         out = tmp_path / f"{sampler}{len(extra)}"

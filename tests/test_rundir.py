@@ -9,6 +9,7 @@ import sys
 import pytest
 import torch
 
+import lock
 import rundir
 from rundir import RunError
 
@@ -117,27 +118,27 @@ def test_the_device_check_names_the_flag():
 
 def test_one_writer_at_a_time(tmp_path):
     out = str(tmp_path / "a" / "run")
-    with rundir.writer_lock(out):
-        holder = json.loads(open(os.path.join(out, rundir.LOCK_FILE)).read())
+    with lock.writer_lock(out):
+        holder = json.loads(open(os.path.join(out, lock.LOCK_FILE)).read())
         assert holder["pid"] == os.getpid() and holder["host"] == socket.gethostname()
         with pytest.raises(RunError, match=rf"in use by train.py, process {os.getpid()} on {socket.gethostname()}"):
-            with rundir.writer_lock(out):
+            with lock.writer_lock(out):
                 pass
-        assert os.path.exists(os.path.join(out, rundir.LOCK_FILE))  # the refused writer leaves the lock alone
+        assert os.path.exists(os.path.join(out, lock.LOCK_FILE))  # the refused writer leaves the lock alone
     assert not (tmp_path / "a").exists()  # nothing was written: the folders made for the lock go again
 
     os.makedirs(out)
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    lock = os.path.join(out, rundir.LOCK_FILE)
-    with open(lock, "w") as f:
+    lock_file = os.path.join(out, lock.LOCK_FILE)
+    with open(lock_file, "w") as f:
         json.dump(dict(pid=dead.pid, host=socket.gethostname(), since="earlier"), f)
-    with rundir.writer_lock(out):  # the process that held it is gone: taken over
-        assert json.loads(open(lock).read())["pid"] == os.getpid()
-    with open(lock, "w") as f:
+    with lock.writer_lock(out):  # the process that held it is gone: taken over
+        assert json.loads(open(lock_file).read())["pid"] == os.getpid()
+    with open(lock_file, "w") as f:
         json.dump(dict(pid=1, host="another-machine", since="earlier"), f)
     with pytest.raises(RunError, match=r"on another-machine .*\(if that process is gone, delete"):
-        with rundir.writer_lock(out):  # cannot be checked from here: refused, with the way out
+        with lock.writer_lock(out):  # cannot be checked from here: refused, with the way out
             pass
 
 

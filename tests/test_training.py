@@ -8,6 +8,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+import lock
+import precision
 import sample
 import train
 from test_pipeline import folder, tiny  # noqa: F401  (the tiny two-class image folder and its run flags)
@@ -64,9 +66,9 @@ def test_a_soft_label_embeds_as_the_mix_of_the_class_vectors():
 def test_auto_precision_on_a_gpu_without_native_bf16(monkeypatch, bf16, capability, expected):
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: bf16 or including_emulation)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
-    assert sample.resolve_precision("auto", torch.device("cuda")) is expected
-    assert sample.resolve_precision("fp32", torch.device("cuda")) is None
-    assert sample.resolve_precision("fp16", torch.device("cuda")) is torch.float16
+    assert precision.resolve_precision("auto", torch.device("cuda")) is expected
+    assert precision.resolve_precision("fp32", torch.device("cuda")) is None
+    assert precision.resolve_precision("fp16", torch.device("cuda")) is torch.float16
 
 
 # ---------------------------------------------------------------- batches of several ranks
@@ -158,7 +160,7 @@ def test_log_lines_instead_of_a_bar_when_the_output_is_not_a_terminal(folder, tm
 def test_an_fp16_resume_restores_the_loss_scaler_and_replays_exactly(folder, tmp_path, monkeypatch):  # noqa: F811
     import rundir
     from test_pipeline import advice, interrupted_at_step_5, state
-    monkeypatch.setattr(sample, "resolve_precision", lambda name, device: torch.float16)  # fp16 + GradScaler on CPU
+    monkeypatch.setattr(train, "resolve_precision", lambda name, device: torch.float16)  # fp16 + GradScaler on CPU
     straight, broken = tmp_path / "straight", tmp_path / "broken"
     args = ["--cond", "label", "--steps", "6", "--save-every", "3"]
     train.main(tiny(folder, straight, *args))
@@ -169,7 +171,7 @@ def test_an_fp16_resume_restores_the_loss_scaler_and_replays_exactly(folder, tmp
     assert a["scaler"] == b["scaler"]  # a fresh scaler would count its growth from 0 again
     for key in ("model", "ema"):
         assert all(torch.equal(a[key][name], b[key][name]) for name in a[key])
-    assert not (broken / rundir.LOCK_FILE).exists()
+    assert not (broken / lock.LOCK_FILE).exists()
 
 
 def test_make_scaler_continues_from_a_saved_state_and_is_off_outside_fp16():

@@ -1,0 +1,348 @@
+"""Samples at a class boundary: walks from a class-A to a class-B image, and each walk's crossing.
+
+A walk moves the conditions from a class-A training image's to a class-B one's
+(`walk_conditions` in conditions.py) with one noise for every point, so along a
+walk only the conditions change (`walks`; sample.py --between). A boundary
+sample is the point of a walk where a guide (small classifiers, never the one
+that scores the result) reads P(B) = 0.5: a coarse grid, then bisection
+(`find_crossings`); it is kept when the guide's members agree it is ambiguous
+between A and B (`trusted`; sample.py --boundary).
+"""
+import os
+
+import numpy as np
+import torch
+
+import classifier
+import metrics
+from conditions import walk_conditions
+from ddpm import COMPOSE
+from generation import DEFAULT_ETA, DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DEFAULT_STEPS, generate
+from outputs import concatenate_parts, grid_png, take_rows
+from rundir import Run, RunError
+
+
+WALK_LABELS = ("fixed", "soft", "none")
+
+
+WALK_PATHS = ("line", "features")
+
+
+def walk_endpoints(run: Run, a: int, b: int, path: str, rng: np.random.Generator) -> tuple[int, int]:
+    """Training images (indices) a walk goes between: a random class-A image and
+    - path "line": a random class-B image (the straight line in UMAP space mostly runs off the data);
+    - path "features": the class-B image nearest to it in the backbone's feature space (a pair across the boundary).
+    """
+    ref_a = int(rng.choice(np.flatnonzero(run.labels == a)))
+    candidates = np.flatnonzero(run.labels == b)
+    if path == "line":
+        return ref_a, int(rng.choice(candidates))
+    features = run.space.features  # (N, D) the training images' features, in training order
+    distances = ((features[candidates] - features[ref_a]) ** 2).sum(axis=1)
+    return ref_a, int(candidates[np.argmin(distances)])
+
+
+def walks(run: Run, a: int, b: int, points: int, sampler: dict, seed: int, count: int = 1,
+          label: str = "fixed", path: str = "line") -> dict:
+    """`count` walks from class A to class B, each `points` images at s = 0 .. 1, generated together.
+
+    label "fixed" makes two rows per walk, label A and label B; "soft" and "none" one. Every image of
+    one walk (both rows) shares its starting and per-step noise, so along a walk only the conditions change.
+    Returns a part whose walk (N,), s (N,) and endpoints (N, 2) say which walk, point and pair each image is.
+    """
+    rng = np.random.default_rng(seed)
+    s = np.linspace(0, 1, points, dtype=np.float32)
+    rows = []  # one walk row: its conditions, label, walk id and endpoints
+    for walk in range(count):
+        ref_a, ref_b = walk_endpoints(run, a, b, path, rng)
+        for row_label in ((a, b) if label == "fixed" else (a,)):
+            rows.append((walk_conditions(run, ref_a, ref_b, s, label, row_label, path), row_label, walk, (ref_a, ref_b)))
+    cond = {name: np.concatenate([row[0][name] for row in rows]) for name in rows[0][0]}  # name -> (rows * P, ...)
+    walk_of = np.repeat([row[2] for row in rows], points)
+    return dict(images=generate(run, len(walk_of), cond, sampler, seed, noise_index=walk_of),
+                labels=np.repeat([row[1] for row in rows], points).astype(np.int64),
+                reference=np.full(len(walk_of), -1, np.int64), cond=cond, walk=walk_of, s=np.tile(s, len(rows)),
+                endpoints=np.repeat(np.array([row[3] for row in rows], np.int64), points, axis=0))
+
+
+def between_grid(run: Run, a: int, b: int, points: int, sampler: dict, seed: int, count: int = 1,
+                 label: str = "fixed", path: str = "line") -> tuple[dict, bytes]:
+    """`walks` drawn as a grid: a row per walk (and label), starting with image A and ending with image B."""
+    part = walks(run, a, b, points, sampler, seed, count, label, path)
+    rows = []
+    for start in range(0, len(part["labels"]), points):
+        ref_a, ref_b = part["endpoints"][start]
+        rows.append(np.concatenate([run.images[[ref_a]], part["images"][start:start + points], run.images[[ref_b]]]))
+    return part, grid_png(rows)
+
+
+# How a walk's conditions move (walk_conditions' label mode) and how it is guided, per method:
+# "soft": soft labels (1 - s) e_A + s e_B, the label guided at w given the position;
+# "position": the position alone (label dropped), guided at w; "compose": product composition of A and B
+# (ddpm.Diffusion.composed_output), out(none) + w ((1 - s)(out(A) - out(none)) + s (out(B) - out(none))).
+BOUNDARY_METHODS = ("soft", "position", "compose")
+
+
+DEFAULT_BOUNDARY_METHOD = "soft"
+
+
+BOUNDARY_LABEL_MODE = dict(soft="soft", position="none", compose="soft")
+
+
+BOUNDARY_NEEDS = dict(soft="label", position="pos", compose="label")  # the condition each method moves
+
+
+# The search: a coarse grid of BOUNDARY_GRID points (steps of 1/8), then bisection inside the first bracket
+# where the guide's P(B) rises to 0.5, until |s* - crossing| <= tolerance: 4 halvings leave a bracket
+# 1/8 / 2^4 = 1/128 wide, whose midpoint s* is within 1/256 of the crossing.
+# Cost per walk that crosses: 9 + 4 + 1 (the image at s*) = 14 images; 9 for one that does not.
+BOUNDARY_GRID, BOUNDARY_TOLERANCE = 9, 1 / 256
+
+
+
+
+MAX_WALKS_PER_SAMPLE = 8  # --boundary tries up to 8 N walks for N trusted samples
+
+
+# A found point is trusted (kept by --boundary) when the guide's members agree that it is ambiguous, each
+# reading min(P(A), P(B)) >= metrics.AMBIGUOUS, and the guide sees A or B, nothing else: the members' mean
+# P(A) + P(B) >= TRUST_MASS (a third class there is a wrong boundary). `trusted`.
+TRUST_MASS = 0.9
+
+
+WIDTH_LEVELS = (0.1, 0.9)  # the transition width: the s range over which P(B) goes from 0.1 to 0.9
+
+
+GUIDE_FILE, GUIDE_SEEDS, GUIDE_STEPS = "guide.pt", 3, 300  # members, each train_classifier's default steps
+
+
+EVALUATOR_SEED = 0  # train_classifier's default seed: the run's classifier.pt, which scores; never a guide's
+
+
+def boundary_guide(run: Run, seed: int = 1, members: int = GUIDE_SEEDS, steps: int | None = None):
+    """The guide of boundary_samples: `members` small classifiers (classifier.train_ensemble) trained on the
+    run's training digits with seeds seed .. seed + members - 1 (never the evaluator's 0), mean softmax.
+
+    steps: each member's training steps (None: GUIDE_STEPS). Kept in the run directory as guide.pt (atomically;
+    reloaded with weights_only) for this run, seeds and steps.
+    """
+    seeds, steps = list(range(seed, seed + members)), GUIDE_STEPS if steps is None else steps
+    if EVALUATOR_SEED in seeds or members < 1:
+        raise ValueError(f"the guide's seeds {seeds} must not include the evaluator's seed {EVALUATOR_SEED}: "
+                         "use seed >= 1")
+    tag = f"{run.config['run_id']} steps={steps}"
+    path = os.path.join(run.dir, GUIDE_FILE)
+    if os.path.exists(path):
+        try:
+            guide = classifier.load_ensemble(path, run.device)
+            if guide.seeds == seeds and guide.tag == tag:
+                return guide
+        except ValueError:
+            pass  # a damaged guide.pt (ours: RUN_FILES) is trained again and replaced
+    guide = classifier.train_ensemble(run.images, run.labels, seeds, len(run.config["data"]["class_names"]),
+                                      steps=steps, device=run.device, tag=tag)
+    classifier.save_ensemble(guide, path)
+    return guide
+
+
+def check_guide(guide, evaluators: list) -> None:
+    """The guide must not be (or contain) a network that scores its samples: same weights is an error."""
+    for evaluator in evaluators:
+        if any(classifier.same_weights(member, evaluator) for member in getattr(guide, "members", [])):
+            raise ValueError("the boundary guide holds the evaluator's weights: a point chosen by the classifier "
+                             "that scores it says nothing; train the guide with other seeds (boundary_guide)")
+
+
+def run_evaluator(run: Run) -> list:
+    """The run's classifier.pt (what sample.py --eval scores with), where there is one."""
+    path = os.path.join(run.dir, "classifier.pt")
+    return [classifier.load_classifier(path, run.device)] if os.path.exists(path) else []
+
+
+def check_boundary(run: Run, a: int, b: int, method: str) -> None:
+    """--boundary A B and --boundary-method against the run: two different classes, a method it can run."""
+    k = len(run.config["data"]["class_names"])
+    for c in (a, b):
+        if not 0 <= c < k:
+            raise RunError(f"--boundary {a} {b}: class {c} does not exist; {run.dir} has classes 0..{k - 1}")
+    if a == b:
+        raise RunError(f"--boundary {a} {b}: a boundary lies between two different classes; give two")
+    if method not in BOUNDARY_METHODS:
+        raise RunError(f"--boundary-method {method}: unknown; choose one of {', '.join(BOUNDARY_METHODS)}")
+    names = run.config["unet"]["conditions"]
+    if BOUNDARY_NEEDS[method] not in names:
+        others = [m for m in BOUNDARY_METHODS if BOUNDARY_NEEDS[m] in names]
+        raise RunError(f"--boundary-method {method} moves the {BOUNDARY_NEEDS[method]} condition, and {run.dir} "
+                       f"was trained without it (its conditions: {', '.join(names) or 'none'}); "
+                       + (f"use --boundary-method {others[0]}" if others else "no method can walk this run"))
+
+
+def method_guidance(method: str, guidance: float | dict | None) -> float | dict:
+    """A method's guidance: None -> w = DEFAULT_GUIDANCE; a number w -> the method's form at weight w
+    (soft: {"label": w}, position: {"pos": w}, compose: {"compose": w}); a dict is used as given."""
+    if isinstance(guidance, dict):
+        return guidance
+    w = DEFAULT_GUIDANCE if guidance is None else float(guidance)
+    return {dict(soft="label", position="pos", compose=COMPOSE)[method]: w}
+
+
+def walk_seed(seed: int, walk: int) -> int:
+    """The noise seed of walk `walk` of a call with `seed`: the same walk, the same noise, in any batch."""
+    return int(np.random.SeedSequence([seed, walk]).generate_state(1)[0])
+
+
+def boundary_endpoints(run: Run, a: int, b: int, seed: int, walk_ids: np.ndarray) -> np.ndarray:
+    """(W, 2) training images walk i goes between: the i-th draw of walk_endpoints from rng(seed), path "line"."""
+    rng = np.random.default_rng(seed)
+    drawn = [walk_endpoints(run, a, b, "line", rng) for _ in range(int(walk_ids.max()) + 1)]
+    return np.array(drawn, np.int64)[walk_ids]
+
+
+@torch.no_grad()
+def walk_images(run: Run, endpoints: np.ndarray, walk: np.ndarray, s: np.ndarray, method: str, a: int,
+                sampler: dict, seed: int) -> tuple[np.ndarray, dict]:
+    """Images at points s (M,) of walks walk (M,) (endpoints (W, 2) by walk id): uint8 (M, H, W, C), cond.
+
+    Each row's noise comes from walk_seed(seed, its walk) (ddpm.RowNoise): a walk's image is a function of s
+    alone, whichever other rows share its batch."""
+    cond = {}
+    for w in np.unique(walk):
+        rows = np.flatnonzero(walk == w)
+        part = walk_conditions(run, *endpoints[w], s[rows], BOUNDARY_LABEL_MODE[method], a, "line")
+        for name, value in part.items():
+            cond.setdefault(name, np.zeros((len(s), *value.shape[1:]), value.dtype))[rows] = value
+    row_seeds = np.array([walk_seed(seed, int(w)) for w in walk], np.int64)  # (M,)
+    return generate(run, len(s), cond, sampler, seed, row_seeds=row_seeds), cond
+
+
+def find_crossings(prob_b, walks: int, grid: int = BOUNDARY_GRID, tolerance: float = BOUNDARY_TOLERANCE) -> dict:
+    """Each walk's s* where P(B) first rises to 0.5 on the grid, for prob_b(walk (M,), s (M,)) -> (M,), batched
+    across walks.
+
+    A coarse grid s = 0, 1/(grid-1), .. 1 (one call, walks * grid rows), then bisection inside each walk's
+    first bracket [s_i, s_i+1] with P(B)(s_i) < 0.5 <= P(B)(s_i+1) (one call per halving, one row per walk),
+    keeping P(B)(lo) < 0.5 <= P(B)(hi), until the bracket is at most 2 tolerance wide; s* = its midpoint, so
+    |s* - crossing| <= tolerance. A walk without such a bracket on the grid (P(B) below 0.5 at every grid point,
+    at or above it at every one, or only falling through it) is not crossed (s* NaN); one at or above 0.5 at
+    s = 0 that falls below and rises again is crossed where it rises.
+    Returns s (W,), crossed (W,) bool, and points: per walk the (s, P(B)) pairs evaluated, for the width.
+    """
+    s_grid = np.linspace(0, 1, grid)
+    p = np.asarray(prob_b(np.repeat(np.arange(walks), grid), np.tile(s_grid, walks)), np.float64).reshape(walks, grid)
+    points = [list(zip(s_grid, p[w])) for w in range(walks)]
+    up = (p[:, :-1] < 0.5) & (p[:, 1:] >= 0.5)  # (W, grid - 1): brackets of an upward crossing
+    crossed = up.any(1)
+    first = up.argmax(1)
+    lo, hi = s_grid[first], s_grid[first + 1]  # (W,)
+    live = np.flatnonzero(crossed)
+    halvings = max(0, int(np.ceil(np.log2(1 / (grid - 1) / (2 * tolerance) - 1e-12))))
+    for _ in range(halvings if len(live) else 0):
+        mid = (lo[live] + hi[live]) / 2
+        pm = np.asarray(prob_b(live, mid), np.float64)
+        for w, sm, pw in zip(live, mid, pm):
+            points[w].append((sm, pw))
+        hi[live], lo[live] = np.where(pm >= 0.5, mid, hi[live]), np.where(pm >= 0.5, lo[live], mid)
+    return dict(s=np.where(crossed, (lo + hi) / 2, np.nan), crossed=crossed, points=points)
+
+
+def transition_width(points: list[tuple[float, float]], s_star: float, levels=WIDTH_LEVELS) -> float:
+    """The s range over which P(B) goes from levels[0] to levels[1] around s*, by linear interpolation between
+    the evaluated points: from the last point before s* at or below 0.1 to the first after it at or above 0.9.
+    NaN where P(B) does not reach a level on its side (a walk that ends below 0.9)."""
+    s, p = (np.array(v, np.float64) for v in zip(*sorted(points)))
+    low = np.flatnonzero((s <= s_star) & (p <= levels[0]))
+    high = np.flatnonzero((s >= s_star) & (p >= levels[1]))
+    if not len(low) or not len(high):
+        return float("nan")
+    i, j = low[-1], high[0]
+    s_low = s[i] + (levels[0] - p[i]) * (s[i + 1] - s[i]) / (p[i + 1] - p[i]) if p[i + 1] != p[i] else s[i]
+    s_high = s[j - 1] + (levels[1] - p[j - 1]) * (s[j] - s[j - 1]) / (p[j] - p[j - 1]) if p[j] != p[j - 1] else s[j]
+    return float(s_high - s_low)
+
+
+def trusted(guide_prob: np.ndarray) -> np.ndarray:
+    """guide_prob (N, M, 2): each guide member's (P(A), P(B)) at a found point -> (N,) bool: every member reads it
+    as ambiguous (min(P(A), P(B)) >= metrics.AMBIGUOUS) and the members' mean P(A) + P(B) >= TRUST_MASS."""
+    members_agree = guide_prob.min(axis=2).min(axis=1) >= metrics.AMBIGUOUS  # (N,)
+    on_a_and_b = guide_prob.sum(axis=2).mean(axis=1) >= TRUST_MASS  # (N,)
+    return members_agree & on_a_and_b
+
+
+def boundary_samples(run: Run, a: int, b: int, walks: int, method: str = DEFAULT_BOUNDARY_METHOD, seed: int = 0,
+                     guide=None, sampler: dict | None = None, tolerance: float = BOUNDARY_TOLERANCE,
+                     first_walk: int = 0, evaluators: list | None = None, grid: int = BOUNDARY_GRID) -> dict:
+    """Samples on the boundary between classes a and b: `walks` walks (ids first_walk ..) from a class-a to a
+    class-b training image, each with one noise; for each, find_crossings' s* where the guide's P(b) = 0.5.
+
+    guide: an object with .prob(images) -> (N, K) and .member_prob(images) -> (M, N, K) (classifier.Ensemble;
+    None: boundary_guide(run)); never one of `evaluators` (None: the run's classifier.pt), which score the
+    result. sampler: as generate's, guidance None or a number w for the method's own form (method_guidance).
+    Returns a part with ONE row per walk that crossed: images, labels (= a), reference -1, cond at s*, walk,
+    s (= s*), endpoints (N, 2), prob (N, 2) the guide's (P(a), P(b)) at s*, guide_prob (N, M, 2) each member's,
+    trusted (N,) bool (`trusted`: what --boundary keeps), width (N,) (transition_width); and crossed (walks,)
+    bool for every walk tried.
+    """
+    check_boundary(run, a, b, method)
+    if walks < 1 or first_walk < 0:
+        raise ValueError(f"boundary_samples needs walks >= 1 and first_walk >= 0, got {walks} and {first_walk}")
+    guide = boundary_guide(run) if guide is None else guide
+    check_guide(guide, run_evaluator(run) if evaluators is None else evaluators)
+    sampler = {**dict(name=DEFAULT_SAMPLER, steps=DEFAULT_STEPS, eta=DEFAULT_ETA, guidance=None), **(sampler or {})}
+    sampler["guidance"] = method_guidance(method, sampler["guidance"])
+    ids = np.arange(first_walk, first_walk + walks)
+    endpoints = np.zeros((ids[-1] + 1, 2), np.int64)
+    endpoints[ids] = boundary_endpoints(run, a, b, seed, ids)
+
+    def prob_b(walk, s):  # walk (M,) local index, s (M,) -> the guide's P(b) (M,)
+        images, _ = walk_images(run, endpoints, ids[walk], np.asarray(s, np.float32), method, a, sampler, seed)
+        return guide.prob(images)[:, b]
+
+    found = find_crossings(prob_b, walks, grid, tolerance)
+    live = np.flatnonzero(found["crossed"])
+    s_star = found["s"][live].astype(np.float32)
+    if len(live):
+        images, cond = walk_images(run, endpoints, ids[live], s_star, method, a, sampler, seed)
+        readings = guide.member_prob(images)  # (M, N, K)
+        prob = readings.mean(axis=0)[:, [a, b]].astype(np.float32)  # (N, 2), = guide.prob
+        guide_prob = readings[:, :, [a, b]].transpose(1, 0, 2).astype(np.float32)  # (N, M, 2)
+    else:
+        images, prob = np.zeros((0, *run.images.shape[1:]), np.uint8), np.zeros((0, 2), np.float32)
+        guide_prob = np.zeros((0, len(getattr(guide, "members", [guide])), 2), np.float32)
+        cond = walk_conditions(run, *endpoints[ids[0]], np.zeros(0, np.float32), BOUNDARY_LABEL_MODE[method], a,
+                               "line")
+    width = np.array([transition_width(found["points"][w] + [(s, p)], s) for w, s, p in
+                      zip(live, s_star, prob[:, 1])], np.float32).reshape(-1)
+    return dict(images=images, labels=np.full(len(live), a, np.int64), reference=np.full(len(live), -1, np.int64),
+                cond=cond, walk=ids[live].astype(np.int64), s=s_star, endpoints=endpoints[ids[live]], prob=prob,
+                guide_prob=guide_prob, trusted=trusted(guide_prob), width=width, crossed=found["crossed"],
+                method=method, guidance=sampler["guidance"])
+
+
+def boundary_grid(run: Run, part: dict) -> bytes:
+    """boundary.png: a row per sample: image A, the found sample, image B."""
+    rows = [np.stack([run.images[ref_a], image, run.images[ref_b]])
+            for image, (ref_a, ref_b) in zip(part["images"], part["endpoints"])]
+    return grid_png(rows)
+
+
+def walks_to_try(wanted: int, kept: int, tried: int) -> int:
+    """The next round's walks for `wanted` more trusted samples: as many as the rate so far says (at first one
+    per sample), never more than MAX_WALKS_PER_SAMPLE per sample."""
+    rate = max(kept / tried, 1 / MAX_WALKS_PER_SAMPLE) if tried else 1.0
+    return int(np.ceil(wanted / rate))
+
+
+def trusted_boundary_samples(run: Run, a: int, b: int, n: int, method: str = DEFAULT_BOUNDARY_METHOD,
+                             seed: int = 0, guide=None, sampler: dict | None = None) -> tuple[dict, dict]:
+    """Up to n trusted boundary samples (`trusted`), from rounds of boundary_samples' walks (ids 0, 1, ..), at
+    most MAX_WALKS_PER_SAMPLE * n walks. Returns the part of the first n trusted samples and the counts:
+    tried (walks), crossed (walks whose guide crossed), trusted (found points that passed), guidance (used)."""
+    guide = boundary_guide(run) if guide is None else guide
+    parts, tried, kept, budget = [], 0, 0, MAX_WALKS_PER_SAMPLE * n
+    while kept < n and tried < budget:
+        walks = min(budget - tried, walks_to_try(n - kept, kept, tried))
+        parts.append(boundary_samples(run, a, b, walks, method, seed, guide, sampler, first_walk=tried))
+        tried, kept = tried + walks, kept + int(parts[-1]["trusted"].sum())
+    found = concatenate_parts([p for p in parts if len(p["walk"])] or parts[:1])
+    counts = dict(tried=tried, crossed=len(found["walk"]), trusted=kept, guidance=parts[0]["guidance"])
+    return take_rows(found, np.flatnonzero(found["trusted"])[:n]), counts

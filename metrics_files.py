@@ -1,0 +1,117 @@
+"""metrics.py's command line: the image sets it reads (folders or .npz files) and the checks on them.
+
+Not the method: reading and checking the two image sets `python metrics.py REAL GENERATED` compares;
+metrics.main calls these in one line each.
+"""
+import argparse
+import hashlib
+import os
+
+import numpy as np
+
+import classifier
+import data
+import rundir
+from classifier import FeatureNetwork
+
+
+def load_image_set(path: str, image_size=None) -> tuple[np.ndarray, np.ndarray | None, list | None]:
+    """(images, labels or None, class names or None) of a folder (flat, or one sub-directory
+    per class) or of a .npz with `images` and optional `labels` and `class_names`."""
+    path = str(path)
+    if os.path.isdir(path):
+        flat = data.list_images(path)
+        images, labels, names = ((data.read_images(flat, image_size), None, None) if flat else
+                                 data.load_image_folder(path, None, image_size, 0, None))
+    elif not os.path.isfile(path):
+        raise ValueError(f"{path} does not exist: give a folder of images or a .npz file")
+    elif not path.endswith(".npz"):
+        raise ValueError(f"{path} is neither a folder of images nor a .npz file")
+    else:
+        try:
+            with np.load(path, allow_pickle=False) as archive:
+                arrays = {key: archive[key] for key in archive.files}
+        except Exception:
+            raise ValueError(f"{path} is not a readable .npz archive; write one with "
+                             "numpy.savez(path, images=uint8 (N, H, W, C), labels=...)") from None
+        if "images" not in arrays:
+            raise ValueError(f"{path} has no 'images' array (it has: {', '.join(arrays) or 'nothing'})")
+        images, labels = classifier.check_images(arrays["images"], f"'images' in {path}"), arrays.get("labels")
+        names = [str(s) for s in arrays["class_names"]] if "class_names" in arrays else None
+        if labels is not None and (labels.shape != (len(images),) or not np.issubdtype(labels.dtype, np.integer)):
+            raise ValueError(f"'labels' in {path} must be integers of shape ({len(images)},), "
+                             f"got {labels.dtype} {labels.shape}")
+        if image_size is not None:
+            images = data.resize(images, image_size)
+    if len(images) < 2:
+        raise ValueError(f"{path} holds {len(images)} image; FID needs at least two on each side")
+    return images, labels, names
+
+
+def align_labels(labels, names, real_names, path):
+    """Generated class indices re-numbered as the real set's classes of the same names."""
+    if labels is None or names is None or real_names is None:
+        return labels
+    if not set(names) <= set(real_names):
+        raise ValueError(f"classes of {path} not among the real classes: {sorted(set(names) - set(real_names))[:5]}")
+    return np.where(labels >= 0, np.array([real_names.index(name) for name in names])[np.maximum(labels, 0)], -1)
+
+
+def check_same_size(real, generated, real_path, generated_path) -> None:
+    """Both sets at one image size: a network reads 28 px and 32 px digits differently, so the scores would
+    compare the sizes, not the images (the caller resizes both with --image-size N)."""
+    if real.shape[1:3] != generated.shape[1:3]:
+        raise ValueError(f"{real_path} holds {real.shape[1]}x{real.shape[2]} images and {generated_path} "
+                         f"{generated.shape[1]}x{generated.shape[2]}: pass --image-size N to resize both to N x N")
+
+
+def check_batch_memory(net: FeatureNetwork, channels: int, batch_size) -> None:
+    """--feature-batch-size against the memory available: a batch holds about 16 float32 copies of its images at
+    the network's input size (resized, normalised, the first layers' maps), rundir.check_memory."""
+    if batch_size is not None:
+        rundir.check_memory({f"--feature-batch-size {batch_size}": batch_size * 16 * 4 * max(3, channels) * net.image_size ** 2})
+
+
+def build_parser(min_per_split: int) -> argparse.ArgumentParser:
+    """metrics.py's flags; argparse's errors raised as ValueError (one line, exit code 2 in metrics.main)."""
+    parser = argparse.ArgumentParser(prog="metrics.py", description="FID and IS between two image sets: folders "
+                                     "(flat, or one sub-directory per class) or .npz files ('images', 'labels').")
+    parser.add_argument("real")
+    parser.add_argument("generated", help="e.g. sample.py's samples.npz")
+    parser.add_argument("--features", choices=("inception", "classifier"), default="inception")
+    parser.add_argument("--inception-weights", help="local Inception weights file (offline use)")
+    parser.add_argument("--classifier", help="classifier file: read if it exists, else trained on REAL "
+                        "(which then needs labels) and saved here (default: under .cache/metrics/)")
+    parser.add_argument("--splits", type=int, default=10, help=f"IS splits (default 10; fewer where a split would "
+                        f"hold under {min_per_split} images, said in the result)")
+    parser.add_argument("--image-size", type=int, help="resize all images to N x N first")
+    parser.add_argument("--feature-batch-size", type=int,
+                        help="images per batch of the feature network (default: 256 classifier, 32 inception)")
+    parser.add_argument("--batch-size", dest="old_batch_size", help=argparse.SUPPRESS)  # the old name: an error
+    parser.add_argument("--device", help="cuda, mps or cpu (default: the best available)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+
+    def error(message):  # argparse's errors as ours: one line, exit code 2
+        raise ValueError(message)
+
+    parser.error = error
+    return parser
+
+
+def check_args(args) -> None:
+    """The counts and the renamed --batch-size, before any image is read."""
+    if args.old_batch_size is not None:  # train.py's --batch-size is the training batch; this is another thing
+        raise ValueError("--batch-size is now --feature-batch-size (images per batch of the feature network)")
+    for flag, value in (("--splits", args.splits), ("--image-size", args.image_size),
+                        ("--feature-batch-size", args.feature_batch_size)):
+        if value is not None and value < 1:
+            raise ValueError(f"{flag} must be a positive number, got {value}")
+
+
+def classifier_cache_path(real: np.ndarray, real_labels: np.ndarray) -> str:
+    """Where --features classifier keeps the classifier it trains on REAL (without --classifier): .cache/metrics/,
+    named by the images, labels and training recipe."""
+    digest = hashlib.sha1(str(real.shape).encode())
+    digest.update(real.data), digest.update(real_labels.astype(np.int64).data)
+    digest.update(classifier.RECIPE.encode())  # a new training recipe trains a new classifier
+    return os.path.join(".cache", "metrics", f"classifier-{digest.hexdigest()[:16]}.pt")
