@@ -605,9 +605,9 @@ def test_corrupt_or_foreign_checkpoints_are_clear_errors(label_run, tmp_path):
 # ---------------------------------------------------------------------------
 # The README's code, run as written
 # ---------------------------------------------------------------------------
-def readme_blocks(section: str) -> list[str]:
-    """The python code blocks of one README section, in order."""
-    text = open(os.path.join(REPO, "README.md")).read()
+def readme_blocks(section: str, path: str = "README.md") -> list[str]:
+    """The python code blocks of one section of the README (or of another page of the docs), in order."""
+    text = open(os.path.join(REPO, path)).read()
     body = text.split(f"## {section}\n")[1].split("\n## ")[0]
     return [block.split("\n", 1)[1] for block in body.split("```")[1::2] if block.startswith("python")]
 
@@ -639,12 +639,12 @@ def test_the_readmes_recipe_adds_a_condition_in_two_places(folder, tmp_path):
 
 
 def test_the_readmes_python_section_runs(run_dir, folder, tmp_path, monkeypatch):
-    """The "From Python" block, as written, in a folder where runs/quick is a tiny run and a.png a reference."""
+    """docs/PYTHON.md's "From Python" blocks, as written, in a folder where runs/quick is a tiny run and a.png a reference."""
     (tmp_path / "runs").mkdir()
     shutil.copytree(run_dir, tmp_path / "runs" / "quick")
     shutil.copy(os.path.join(folder, "top", "0.png"), tmp_path / "a.png")
     monkeypatch.chdir(tmp_path)
-    [block, boundary_block] = readme_blocks("From Python")
+    [block, boundary_block] = readme_blocks("From Python", "docs/PYTHON.md")
     names = {}
     exec(compile(block, "README.md", "exec"), names)
     # The boundary block on the tiny run's two classes (0 and 1 stand for the README's 4 and 9), a 2-step guide.
