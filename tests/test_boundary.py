@@ -229,7 +229,7 @@ def test_bench_boundary_runs_on_a_tiny_run(run_dir, tmp_path, monkeypatch, capsy
     assert lines[1].startswith("soft | ") and lines[2].startswith("position | ")
     for line in lines[1:3]:  # walks tried >= crossed >= trusted, at most 8 walks per sample asked for
         tried, crossed, trusted = (int(v) for v in line.split(" | ")[2:5])
-        assert 2 * sample.MAX_WALKS_PER_SAMPLE >= tried >= crossed >= trusted >= 0
+        assert 2 * boundary.MAX_WALKS_PER_SAMPLE >= tried >= crossed >= trusted >= 0
 
 
 def test_walk_modes_mix_or_drop_only_the_label_a_forks_integer_condition_stays_image_as(run_dir, monkeypatch):  # noqa: F811

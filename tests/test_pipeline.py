@@ -586,7 +586,7 @@ def test_sample_never_replaces_files_it_did_not_write(run_dir, tmp_path):
     out = tmp_path / "mine"
     out.mkdir()
     (out / "meta.json").write_text("my notes")
-    fails(sample, [str(run_dir), "--out", str(out)], "meta.json, which sample.py did not write")
+    fails(sample, [str(run_dir), "--out", str(out)], "meta.json, which no earlier sample.py call there wrote")
     assert (out / "meta.json").read_text() == "my notes"
 
 
