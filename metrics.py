@@ -27,7 +27,8 @@ import classifier
 import metrics_files
 import rundir
 from classifier import FeatureNetwork
-from features import WeightsUnavailableError, create_backbone
+from features import create_backbone
+from weights import WeightsUnavailableError
 
 INCEPTION_MODEL = "inception_v3.tv_in1k"
 INCEPTION_SIZE = 299

@@ -44,7 +44,8 @@ import rundir
 from conditions import reference_positions, request_conditions
 from data import choose_per_class, load_dataset
 from ddpm import SAMPLER_ETA
-from features import WeightsUnavailableError, extract_features
+from features import extract_features
+from weights import WeightsUnavailableError
 from generation import default_guidance, generate, walk_guidance
 from outputs import concatenate_parts, grid_png, samples_npz
 from rundir import Run, RunError, load_run

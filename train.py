@@ -58,7 +58,8 @@ import rundir
 import sample
 from data import write_atomically
 from ddpm import PREDICTIONS, SCHEDULES, Diffusion, beta_schedule
-from features import FeatureSpace, WeightsUnavailableError, pick_device
+from features import FeatureSpace, pick_device
+from weights import WeightsUnavailableError
 from rundir import CHECKPOINT_FORMAT, CONFIG_FORMAT, RunError, save_checkpoint
 from precision import PRECISIONS, autocast, precision_name, resolve_precision
 from unet import condition_encoder, count_parameters

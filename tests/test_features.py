@@ -11,8 +11,9 @@ import torch
 from PIL import Image
 
 import features
-from features import (FeatureSpace, WeightsUnavailableError, create_backbone, extract_features, load_weights,
-                      pick_device, plot_positions, read_state_dict)
+import weights
+from features import FeatureSpace, create_backbone, extract_features, pick_device, plot_positions
+from weights import WeightsUnavailableError, load_weights, read_state_dict
 
 TINY = "test_vit"  # timm's 0.3M-parameter test ViT (160x160 input, 64-d features)
 
@@ -67,15 +68,15 @@ def test_features_are_cached_by_content(digits, tmp_path, monkeypatch):
 
 
 def test_cache_key_holds_the_device_type_and_precision(digits, tmp_path, capsys):
-    keys = {features.cache_name(digits, TINY, "random", device, dtype)
+    keys = {weights.cache_name(digits, TINY, "random", device, dtype)
             for device, dtype in (("cpu", torch.float32), ("cuda", torch.bfloat16), ("cuda", torch.float32))}
     assert len(keys) == 3  # one entry per device type and precision
     # bf16 features of a GPU run in the cache are not what a CPU run (fp32) reads back
-    gpu_entry = tmp_path / features.cache_name(digits, TINY, "random", "cuda", torch.bfloat16)
+    gpu_entry = tmp_path / weights.cache_name(digits, TINY, "random", "cuda", torch.bfloat16)
     np.save(gpu_entry, np.zeros((6, 64), np.float32))
     on_cpu = extract_features(digits, TINY, weights="random", device="cpu", cache_dir=str(tmp_path))
     assert np.abs(on_cpu).max() > 0
-    cpu_name = features.cache_name(digits, TINY, "random", "cpu", torch.float32)
+    cpu_name = weights.cache_name(digits, TINY, "random", "cpu", torch.float32)
     assert sorted(os.listdir(tmp_path)) == sorted([gpu_entry.name, cpu_name]) and "-cpu-float32-" in cpu_name
     said = capsys.readouterr().err
     assert f"features: 6 images through {TINY} on cpu in float32 ..." in said and "done in" in said
