@@ -42,7 +42,6 @@ import functools
 import math
 import os
 import sys
-import time
 
 import numpy as np
 import torch
@@ -62,6 +61,7 @@ from features import FeatureSpace, pick_device
 from weights import WeightsUnavailableError
 from rundir import CHECKPOINT_FORMAT, CONFIG_FORMAT, RunError, save_checkpoint
 from precision import PRECISIONS, autocast, precision_name, resolve_precision
+from losslog import LossLog, plot_loss
 from unet import condition_encoder, count_parameters
 
 DEFAULT_P_DROP = 0.1  # chosen by measurement: docs/EXPERIMENT.md, "Why v-prediction and 600 steps"
@@ -401,48 +401,6 @@ def write_grid(run: rundir.Run, step: int) -> None:
 
 
 # ---------------------------------------------------------------------------
-# The loss log: log.csv (one row every --log-every steps) and its curve, loss.png
-# ---------------------------------------------------------------------------
-LOG_COLUMNS = ["step", "loss", "lr", "images_per_s"] + [f"loss_t{k}" for k in range(4)]  # loss_tK: t in the K-th quarter of 0..T-1
-
-
-def start_log(out: str, start: int) -> None:
-    """Begin (or, on resume, continue) log.csv: rows past the checkpoint's step were never kept, so they go."""
-    path = os.path.join(out, "log.csv")
-    rows = []
-    if start > 0 and os.path.isfile(path):
-        with open(path) as f:
-            rows = [line for line in f.read().splitlines()[1:] if line and int(line.split(",")[0]) <= start]
-    write_atomically(path, lambda f: f.write("\n".join([",".join(LOG_COLUMNS)] + rows + [""]).encode()))
-
-
-def append_log(out: str, row: list) -> None:
-    with open(os.path.join(out, "log.csv"), "a") as f:
-        f.write(",".join(f"{v:.6g}" if isinstance(v, float) else str(v) for v in row) + "\n")
-
-
-def plot_loss(out: str) -> None:
-    """loss.png: the loss over the steps, overall and per quarter of t (log scale)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    table = np.genfromtxt(os.path.join(out, "log.csv"), delimiter=",", names=True, ndmin=1)
-    if table.size == 0:
-        return
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    for k in range(4):
-        ax.plot(table["step"], table[f"loss_t{k}"], lw=1, label=f"t in quarter {k + 1}")
-    ax.plot(table["step"], table["loss"], "k", lw=2, label="all t")
-    ax.set(xlabel="step", ylabel="loss", yscale="log", title=os.path.basename(os.path.normpath(out)))
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    buffer = __import__("io").BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
-    plt.close(fig)
-    write_atomically(os.path.join(out, "loss.png"), lambda f: f.write(buffer.getvalue()))
-
-
-# ---------------------------------------------------------------------------
 # Training
 # ---------------------------------------------------------------------------
 def distributed(net: nn.Module, world: int, compile_net: bool) -> nn.Module:
@@ -504,11 +462,11 @@ def train(setup: dict, rank: int, world: int, device: torch.device) -> str:
     scaler = make_scaler(device, precision, setup.get("scaler"))  # fp16 needs loss scaling
     grid_run = rundir.Run(out, config, ema, diffusion, setup["space"], setup["images"], setup["labels"], precision)
     p_drop = settings.get("p_drop") or {}
-    T, log_every = diffusion.num_timesteps, settings.get("log_every", 50)
+    log_every = settings.get("log_every", 50)
 
     start, last_saved = setup["start"], setup["start"] or None
+    log = LossLog(out, start, diffusion.num_timesteps, device, world, main_process)
     if main_process:
-        start_log(out, start)
         print(f"{settings['data']}: {n} images {tuple(setup['images'].shape[1:])}, "
               f"{len(config['data']['class_names'])} classes | cond {settings['cond']} | U-Net {settings['size']} "
               f"{count_parameters(net) / 1e6:.2f}M params | {device} x{world} "
@@ -516,56 +474,39 @@ def train(setup: dict, rank: int, world: int, device: torch.device) -> str:
     terminal = sys.stderr.isatty()  # a bar on a terminal; a line per log row in a file (nohup, a scheduler)
     bar = tqdm(range(start, settings["steps"]), initial=start, total=settings["steps"],
                disable=not (main_process and terminal), desc="train", dynamic_ncols=True)
-    band_sum, band_count = torch.zeros(4, device=device), torch.zeros(4, device=device)  # loss per quarter of t
-    first_bad = torch.tensor(-1, device=device)  # the first step whose loss was not finite
-    tick, images_seen = time.perf_counter(), 0
     step = start
     try:
         for step in bar:
             seed = step_seed(settings["seed"], step, rank)
             torch.manual_seed(seed)  # U-Net dropout
             generator = torch.Generator(device).manual_seed(seed)  # timesteps, noise, condition dropout
-            idx = batch_indices(step, n, settings["batch_size"], settings["seed"], rank, world, device)
+            idx = batch_indices(step, n, settings["batch_size"], settings["seed"], rank, world, device)  # (B,)
             lr = learning_rate(step, settings)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             per_example, t = training_step(diffusion, model, net, ema, optimizer, scaler, settings, step,
                                            to_model_range(images[idx]), {k: v[idx] for k, v in cond_all.items()},
                                            generator, p_drop, precision)  # (B,), (B,)
-            loss = per_example.mean()
-            first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss.detach()), step, first_bad)  # no host sync
-            band = (t * 4 // T).clamp(max=3)
-            band_sum.index_add_(0, band, per_example.detach())
-            band_count.index_add_(0, band, torch.ones_like(per_example))
+            log.add(step, per_example, t, settings["batch_size"] * world)
 
-            images_seen += settings["batch_size"] * world
             done = step + 1
             saving = done % settings["save_every"] == 0 or done == settings["steps"]
-            if done % log_every == 0 or saving:  # the only steps that read values back from the device
-                if world > 1:
-                    dist.all_reduce(band_sum)
-                    dist.all_reduce(band_count)
-                sums, counts = band_sum.tolist(), band_count.tolist()
-                mean = sum(sums) / max(1.0, sum(counts))
+            if done % log_every == 0 or saving:  # log.csv's row: the only steps that read values from the device
+                mean, rate = log.row(done, lr)
                 if not math.isfinite(mean):
-                    raise RunError(rundir.nan_message(out, int(first_bad), last_saved, settings["lr"]))
+                    raise RunError(rundir.nan_message(out, int(log.first_bad), last_saved, settings["lr"]))
                 if main_process:
-                    rate = images_seen / (time.perf_counter() - tick)
-                    append_log(out, [done, mean, lr, rate] + [s / c if c else float("nan") for s, c in zip(sums, counts)])
                     bar.set_postfix(loss=f"{mean:.4f}", img_s=f"{rate:.0f}")
                     if not terminal:
                         print(f"step {done}/{settings['steps']} loss {mean:.4f} lr {lr:.3g} {rate:.0f} img/s", flush=True)
-                band_sum.zero_()
-                band_count.zero_()
-            if main_process:
-                if saving:
-                    if save_checkpoint(os.path.join(out, "checkpoint.pt"), dict(
-                            format=CHECKPOINT_FORMAT, run_id=config["run_id"], step=done, config=config, loss=mean,
-                            model=net.state_dict(), ema=ema.state_dict(), optimizer=optimizer.state_dict(),
-                            scaler=scaler.state_dict())):
-                        last_saved = done  # (a checkpoint with non-finite weights is never written)
-                if (settings["sample_every"] and done % settings["sample_every"] == 0) or done == settings["steps"]:
-                    write_grid(grid_run, done)
+            if main_process and saving and save_checkpoint(os.path.join(out, "checkpoint.pt"), dict(
+                    format=CHECKPOINT_FORMAT, run_id=config["run_id"], step=done, config=config, loss=mean,
+                    model=net.state_dict(), ema=ema.state_dict(), optimizer=optimizer.state_dict(),
+                    scaler=scaler.state_dict())):
+                last_saved = done  # (a checkpoint with non-finite weights is never written)
+            if main_process and ((settings["sample_every"] and done % settings["sample_every"] == 0)
+                                 or done == settings["steps"]):
+                write_grid(grid_run, done)
     except KeyboardInterrupt:
         raise KeyboardInterrupt(step) from None  # main's message says where it stopped
     bar.close()

@@ -11,6 +11,7 @@ import torch.multiprocessing as mp
 import lock
 import precision
 import sample
+import losslog
 import train
 from test_pipeline import folder, tiny  # noqa: F401  (the tiny two-class image folder and its run flags)
 from unet import UNet
@@ -137,7 +138,7 @@ def test_the_loss_log_grows_by_a_row_every_log_every_steps_and_continues_on_resu
     out = tmp_path / "log"
     train.main(tiny(folder, out, "--cond", "label", "--log-every", "2", "--steps", "5", "--save-every", "4"))
     table = np.genfromtxt(out / "log.csv", delimiter=",", names=True)
-    assert list(table.dtype.names) == train.LOG_COLUMNS
+    assert list(table.dtype.names) == losslog.LOG_COLUMNS
     assert table["step"].tolist() == [2, 4, 5]  # every 2 steps and at each save / the end
     assert np.isfinite(table["loss"]).all() and (table["images_per_s"] > 0).all()
     assert (out / "loss.png").stat().st_size > 1000
