@@ -142,17 +142,29 @@ class Nearness:
         tests = (ctx.scorer.test_features, pixels(ctx.scorer.test_images))
         self.baseline = [float(np.median(metrics.nearest_distance(t, x))) for t, x in zip(tests, self.train)]
 
-    def ratios(self, images: np.ndarray, own_rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def ratios(self, images: np.ndarray, own_rows: np.ndarray | None = None,
+               features: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(features (N,), pixels (N,)). own_rows (N,): the image's own row among the training digits (-1: none),
-        left out of its search (a floor digit is one of the diffusion models' training digits)."""
+        left out of its search (a floor digit is one of the diffusion models' training digits). features: the
+        images' evaluator features (N, 128) where the caller has them (`read`), else computed here."""
+        features = self.ctx.scorer.features(images)[0] if features is None else features
         out = []
-        for x, train, base in zip((self.ctx.scorer.features(images)[0], pixels(images)), self.train, self.baseline):
+        for x, train, base in zip((features, pixels(images)), self.train, self.baseline):
             d = scipy.spatial.distance.cdist(x, train)  # (N, n)
             if own_rows is not None:
                 mine = np.flatnonzero(own_rows >= 0)
                 d[mine, own_rows[mine]] = np.inf
             out.append(d.min(axis=1) / base)
         return out[0], out[1]
+
+
+def read(ctx: Context, second, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The two readers on uint8 images (N, H, W, C): the evaluator's features (N, 128) and probabilities (N, 10),
+    the second reader's probabilities (N, 10); empty arrays for no image."""
+    if not len(images):
+        return np.zeros((0, 0)), np.zeros((0, 10)), np.zeros((0, 10))
+    features, prob = ctx.scorer.features(images)
+    return features, prob, scipy.special.softmax(second.logits(images), axis=1)
 
 
 def unseen_real(ctx: Context) -> np.ndarray:
@@ -183,13 +195,13 @@ def real_reference(ctx: Context, near: Nearness, second, guide, a: int, b: int) 
     rows = unseen_real(ctx)
     rows = rows[np.isin(ctx.digits.labels[rows], [a, b])]
     images = ctx.digits.images[rows]
-    prob, prob2 = ctx.scorer.features(images)[1], scipy.special.softmax(second.logits(images), axis=1)  # (n, 10)
+    features, prob, prob2 = read(ctx, second, images)  # (n, 128), (n, 10), (n, 10)
     low, low2 = np.minimum(prob[:, a], prob[:, b]), np.minimum(prob2[:, a], prob2[:, b])
     n_ambiguous = int((low >= metrics.AMBIGUOUS).sum())
     take = np.argsort(-low, kind="stable")[:max(REAL_AT_LEAST, n_ambiguous)]
     where = {int(d): i for i, d in enumerate(ctx.digits.train)}  # a floor digit's row among the training digits
     own = np.array([where.get(int(d), -1) for d in rows[take]])
-    nn, nn_pixels = near.ratios(images[take], own)
+    nn, nn_pixels = near.ratios(images[take], own, features[take])
     every = np.ones(len(take), bool)
     test = np.isin(rows[take], ctx.digits.test)
     readings = guide.member_prob(images[take][test])[:, :, [a, b]].transpose(1, 0, 2)  # (n_test, M, 2)
@@ -212,15 +224,14 @@ def walk_scores(ctx: Context, near: Nearness, part: dict, a: int, b: int, second
     the guide's, and each sample's nearest-training ratios (evaluator features and pixels, over the test digits')."""
     crossed = np.isin(np.arange(WALKS), part["walk"])
     some = len(part["images"]) > 0
-    prob = ctx.scorer.features(part["images"])[1] if some else np.zeros((0, 10))
-    second_prob = scipy.special.softmax(second.logits(part["images"]), axis=1) if some else np.zeros((0, 10))
+    features, prob, second_prob = read(ctx, second, part["images"])  # (N, 128), (N, 10), (N, 10)
     out = dict(evaluator=metrics.boundary_statistics(prob[:, a], prob[:, b], crossed),
                second=metrics.boundary_statistics(second_prob[:, a], second_prob[:, b], crossed),
                # the width is the guide's: the s range of ITS P(B) from 0.1 to 0.9 (boundary.transition_width)
                guide=metrics.boundary_statistics(part["prob"][:, 0], part["prob"][:, 1], crossed, part.get("width")),
                s_median=float(np.median(part["s"])) if some else None, nn_ratio=[], nn_ratio_pixels=[])
     if some:
-        nn, nn_pixels = near.ratios(part["images"])
+        nn, nn_pixels = near.ratios(part["images"], features=features)
         out["nn_ratio"], out["nn_ratio_pixels"] = nn.round(3).tolist(), nn_pixels.round(3).tolist()
     out["min_evaluator"] = np.minimum(prob[:, a], prob[:, b]).round(4).tolist()
     out["min_second"] = np.minimum(second_prob[:, a], second_prob[:, b]).round(4).tolist()
@@ -268,14 +279,13 @@ def trusted_scores(ctx: Context, near: Nearness, part: dict, a: int, b: int, sec
     """One set made with the guide members' readings: found points and the trusted ones among them, each read by
     the evaluator and the second reader (ambiguous: min(P(A), P(B)) >= 0.2), the trusted ones' nearness."""
     keep = part["trusted"].astype(bool)
-    some = len(part["images"]) > 0
-    prob = ctx.scorer.features(part["images"])[1] if some else np.zeros((0, 10))
-    prob2 = scipy.special.softmax(second.logits(part["images"]), axis=1) if some else np.zeros((0, 10))
+    features, prob, prob2 = read(ctx, second, part["images"])  # (N, 128), (N, 10), (N, 10)
     out = dict(walks=WALKS, found=int(len(keep)), trusted=int(keep.sum()))
     for reader, p in (("evaluator", prob), ("second", prob2)):
         ambiguous = np.minimum(p[:, a], p[:, b]) >= metrics.AMBIGUOUS
         out[reader] = dict(found=int(ambiguous.sum()), trusted=int(ambiguous[keep].sum()))
-    out["nn_ratio_trusted"] = near.ratios(part["images"][keep])[0].round(3).tolist() if keep.any() else []
+    out["nn_ratio_trusted"] = (near.ratios(part["images"][keep], features=features[keep])[0].round(3).tolist()
+                               if keep.any() else [])
     return out
 
 

@@ -233,7 +233,8 @@ def test_the_guide_reports_the_walks_widths_and_the_seeds_give_intervals():
     second = SimpleNamespace(logits=lambda images: np.log(prob + 1e-9))
     part = dict(images=np.zeros((3, 28, 28, 1), np.uint8), walk=np.array([0, 2, 3]), s=np.array([0.4, 0.5, 0.6]),
                 prob=np.array([[0.5, 0.5], [0.45, 0.55], [0.5, 0.5]]), width=np.array([0.1, np.nan, 0.3]))
-    near = SimpleNamespace(ratios=lambda images, own=None: (np.full(len(images), 1.5), np.full(len(images), 2.0)))
+    near = SimpleNamespace(ratios=lambda images, own=None, features=None: (np.full(len(images), 1.5),
+                                                                        np.full(len(images), 2.0)))
     monkey = SimpleNamespace(scorer=scorer)
     with pytest.MonkeyPatch.context() as m:
         m.setattr(between, "WALKS", 4)
