@@ -13,13 +13,13 @@ import os
 import numpy as np
 import torch
 
-import classifier
+from plumbing import classifier
 import metrics
 from conditions import walk_conditions
 from ddpm import COMPOSE
 from generation import DEFAULT_ETA, DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DEFAULT_STEPS, generate
-from outputs import concatenate_parts, grid_png, take_rows
-from rundir import Run, RunError
+from plumbing.outputs import concatenate_parts, grid_png, take_rows
+from plumbing.rundir import Run, RunError
 
 
 WALK_LABELS = ("fixed", "soft", "none")

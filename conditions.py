@@ -32,7 +32,7 @@ import os
 import numpy as np
 
 from features import FeatureSpace, extract_features
-from rundir import Run
+from plumbing.rundir import Run
 
 
 def image_conditions(names: list[str], images: np.ndarray, labels: np.ndarray, space: FeatureSpace | None,

@@ -32,9 +32,9 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-import classifier
-from data import write_atomically
-from weights import cache_name, create_pretrained, first_line, head_prefixes, load_cached, load_weights
+from plumbing import classifier
+from plumbing.data import write_atomically
+from plumbing.weights import cache_name, create_pretrained, first_line, head_prefixes, load_cached, load_weights
 
 PAPER_BACKBONE = "swinv2_base_window12to16_192to256.ms_in22k_ft_in1k"  # the report's backbone (train.py's default is pixels)
 RANDOM_WEIGHTS_SEED = 0  # weights="random" is reproducible, hence cacheable

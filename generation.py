@@ -10,8 +10,8 @@ import torch
 from tqdm.auto import tqdm
 
 from ddpm import SAMPLER_ETA, RowNoise
-from precision import autocast
-from rundir import Run
+from plumbing.precision import autocast
+from plumbing.rundir import Run
 
 
 # The sampler a user gets without flags: DPM-Solver++(2M), SDE form (eta 1), 10 steps. `python -m experiments.bench sampler`

@@ -23,12 +23,12 @@ import scipy.spatial.distance
 import scipy.special
 import scipy.stats
 
-import classifier
-import metrics_files
-import rundir
-from classifier import FeatureNetwork
+from plumbing import classifier
+from plumbing import metrics_files
+from plumbing import rundir
+from plumbing.classifier import FeatureNetwork
 from features import create_backbone
-from weights import WeightsUnavailableError
+from plumbing.weights import WeightsUnavailableError
 
 INCEPTION_MODEL = "inception_v3.tv_in1k"
 INCEPTION_SIZE = 299

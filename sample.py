@@ -38,17 +38,17 @@ import sys
 import numpy as np
 
 import boundary
-import commands
+from plumbing import commands
 import metrics
-import rundir
+from plumbing import rundir
 from conditions import reference_positions, request_conditions
-from data import choose_per_class, load_dataset
+from plumbing.data import choose_per_class, load_dataset
 from ddpm import SAMPLER_ETA
 from features import extract_features
-from weights import WeightsUnavailableError
+from plumbing.weights import WeightsUnavailableError
 from generation import default_guidance, generate, walk_guidance
-from outputs import concatenate_parts, grid_png, samples_npz
-from rundir import Run, RunError, load_run
+from plumbing.outputs import concatenate_parts, grid_png, samples_npz
+from plumbing.rundir import Run, RunError, load_run
 
 
 # ---------------------------------------------------------------------------

@@ -49,19 +49,19 @@ import torch.distributed as dist
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-import commands
+from plumbing import commands
 import conditions
 import generation
-import lock
-import rundir
+from plumbing import lock
+from plumbing import rundir
 import sample
-from data import write_atomically
+from plumbing.data import write_atomically
 from ddpm import PREDICTIONS, SCHEDULES, Diffusion, beta_schedule
 from features import FeatureSpace, pick_device
-from weights import WeightsUnavailableError
-from rundir import CHECKPOINT_FORMAT, CONFIG_FORMAT, RunError, save_checkpoint
-from precision import PRECISIONS, autocast, precision_name, resolve_precision
-from losslog import LossLog, plot_loss
+from plumbing.weights import WeightsUnavailableError
+from plumbing.rundir import CHECKPOINT_FORMAT, CONFIG_FORMAT, RunError, save_checkpoint
+from plumbing.precision import PRECISIONS, autocast, precision_name, resolve_precision
+from plumbing.losslog import LossLog, plot_loss
 from unet import condition_encoder, count_parameters
 
 DEFAULT_P_DROP = 0.1  # chosen by measurement: docs/EXPERIMENT.md, "Why v-prediction and 600 steps"

@@ -50,7 +50,7 @@ try:  # a Ctrl-C while the modules load (torch: seconds) is one line too
     import os
     import time
 
-    from data import write_atomically
+    from plumbing.data import write_atomically
     from experiments.augment import augment, augment_summaries, augment_tables
     from experiments.between import between, between_tables
     from experiments.common import TRAIN_FLAGS, Context, Digits, Scorer, new_run_settings

@@ -32,15 +32,15 @@ import sys
 import numpy as np
 import scipy.special
 
-import classifier
+from plumbing import classifier
 import metrics
 import boundary
 import conditions
 import generation
-import outputs
-import rundir
+from plumbing import outputs
+from plumbing import rundir
 import sample
-from data import MNIST_SAMPLE_TEST_PER_CLASS, write_atomically
+from plumbing.data import MNIST_SAMPLE_TEST_PER_CLASS, write_atomically
 from experiments.between import BETWEEN_GRID, BETWEEN_TOLERANCE
 from experiments.common import (EVALUATOR_FILE, SAMPLER, SEEDS, SETS_VERSION, VAL_PER_CLASS, Context, Scorer, cell,
                                 confused_pairs, diversity, guidance_at, kept_json, load_part, sampler, seed_rows,

@@ -112,8 +112,7 @@ def bench_boundary(run_dir: str = "runs/quick", a: int = 4, b: int = 9, n: int =
     (boundary.trusted_boundary_samples; the guide trained first, once, not timed): the walks tried, how many crossed,
     how many found points the filter kept, and so the walks tried per trusted sample (what the filter costs)."""
     import boundary
-    import rundir
-
+    from plumbing import rundir
     run = rundir.load_run(run_dir)
     guide = boundary.boundary_guide(run)  # kept as guide.pt: later calls only load it
     print(f"{run_dir}, {a} -> {b}, {n} trusted samples asked | method | seconds | walks tried | crossed | "
@@ -194,7 +193,7 @@ def bench_features() -> None:
     import subprocess
     import tempfile
 
-    from data import load_mnist_sample
+    from plumbing.data import load_mnist_sample
     from features import PAPER_BACKBONE, FeatureSpace, extract_features, nearest_neighbours
 
     def agreement(space: FeatureSpace, x: np.ndarray, what: str, labels=None, train_labels=None) -> None:
@@ -300,7 +299,7 @@ def bench_metrics() -> None:
     import scipy.linalg
 
     from features import pick_device
-    from classifier import train_classifier
+    from plumbing.classifier import train_classifier
     from metrics import feature_statistics, frechet_distance, inception_network, inception_score
 
     rng = np.random.default_rng(0)

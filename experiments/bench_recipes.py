@@ -51,7 +51,7 @@ def eps_mse(run_dir: str) -> float:
     (image, t, noise) triples, eps_theta converted from v for a v-model (ddpm.model_output_to_x0_eps): the
     denoising error in one parameterisation for every recipe, free of any sampler or classifier."""
     import conditions
-    import rundir
+    from plumbing import rundir
     from train import to_model_range
 
     run = rundir.load_run(run_dir, precision="fp32")
@@ -180,8 +180,7 @@ def bench_walks(run_dirs: list[str] | None = None, a: int = 4, b: int = 9, walks
     import boundary
     import generation
     import metrics
-    import rundir
-
+    from plumbing import rundir
     run_dirs = run_dirs or [os.path.join("runs", "bench-recipe", name) for name in
                             ("v-600-steps-s0", "v-p-drop-0-1-each-600-steps-s0")]
     s = np.linspace(0, 1, points)

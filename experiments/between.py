@@ -37,12 +37,12 @@ import numpy as np
 import scipy.spatial
 import scipy.special
 
-import classifier
+from plumbing import classifier
 import boundary
 import generation
 import metrics
-import outputs
-import rundir
+from plumbing import outputs
+from plumbing import rundir
 from experiments.common import (DEFAULT_W, SAMPLER, SEEDS, TABLE_WEIGHTS, VAL_PER_CLASS, Context,
                                 confused_pairs, kept_classifier, kept_json, kept_set, pixels, set_key, soft_confusion,
                                 write_figure, write_png)

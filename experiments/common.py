@@ -29,13 +29,13 @@ import sys
 import numpy as np
 import scipy.special
 
-import classifier
+from plumbing import classifier
 import metrics
 import generation
-import outputs
-import rundir
+from plumbing import outputs
+from plumbing import rundir
 import train
-from data import choose_per_class, load_mnist_sample, mnist_sample_split, write_atomically
+from plumbing.data import choose_per_class, load_mnist_sample, mnist_sample_split, write_atomically
 
 # ---------------------------------------------------------------------------
 # The experiment's settings (tests shrink them)

@@ -29,8 +29,8 @@ import os
 import numpy as np
 
 import metrics
-import outputs
-import rundir
+from plumbing import outputs
+from plumbing import rundir
 import sample
 from experiments.common import (DEFAULT_W, MODELS, SEEDS, TABLE_WEIGHTS, Context, cell, conditions_of, flat,
                                 guidance_at, is_share, kept_set, noise_seed, reference_seed, sampler, seed_rows,

@@ -16,8 +16,8 @@ import numpy as np
 import scipy.spatial
 
 import metrics
-import outputs
-import rundir
+from plumbing import outputs
+from plumbing import rundir
 import sample
 from experiments.common import (DEFAULT_W, MODELS, SEEDS, Context, Digits, cell, conditions_of, flat, guidance_at,
                                 kept_classifier, kept_set, noise_seed, reference_seed, sampler, set_key, summarise,

@@ -6,7 +6,7 @@ whole test session fits a single small space and every test reuses it.
 import numpy as np
 import pytest
 
-from data import load_dataset
+from plumbing.data import load_dataset
 from features import FeatureSpace, extract_features
 
 

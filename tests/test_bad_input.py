@@ -5,8 +5,8 @@ import os
 
 import pytest
 
-import commands
-import rundir
+from plumbing import commands
+from plumbing import rundir
 import sample
 from test_pipeline import copy_run, fails, folder, label_run, snapshot, tiny  # noqa: F401
 
@@ -72,7 +72,7 @@ def test_walk_label_soft_or_none_on_a_model_without_a_label_is_one_line(mode):
     import types
 
     import numpy as np
-    from rundir import RunError
+    from plumbing.rundir import RunError
     args = commands.build_parser().parse_args(["run", "--out", "x", "--between", "0", "1", "--walk-label", mode])
     unet = {"conditions": {"pos": 20}, "image_size": 8, "image_channels": 1, "base_channels": 8}
     run = types.SimpleNamespace(config={"unet": unet, "data": {"class_names": ["a", "b"]}},
@@ -86,7 +86,7 @@ def test_walk_label_soft_or_none_on_a_model_without_a_label_is_one_line(mode):
 def test_a_plain_call_removes_the_earlier_calls_between_png_and_nothing_else(tmp_path):
     import json
 
-    import rundir
+    from plumbing import rundir
     out = tmp_path / "o"
     rundir.write_all_or_none(str(out), {"between.png": b"old", "samples.npz": b"old", "meta.json": json.dumps(
         dict(written_by="sample.py", files=["between.png", "meta.json", "samples.npz"])).encode()})
@@ -101,7 +101,7 @@ def fill_up_at(n, monkeypatch):
     """rundir.write_bytes fails with a full disk at its n-th call (after the temporary file is made)."""
     import errno
 
-    import rundir
+    from plumbing import rundir
     real, calls = rundir.write_bytes, {"n": 0}
 
     def fills_up(path, content):
@@ -114,8 +114,8 @@ def fill_up_at(n, monkeypatch):
 
 
 def test_a_full_disk_while_sampling_is_one_line_and_leaves_no_empty_folder(tmp_path, monkeypatch):
-    import rundir
-    from rundir import RunError
+    from plumbing import rundir
+    from plumbing.rundir import RunError
     fill_up_at(2, monkeypatch)
     out = tmp_path / "new" / "deeper"
     with pytest.raises(RunError, match=r"the disk is full: --out \S+ could not be written \(1 of 2 files done; the "
@@ -128,8 +128,8 @@ def test_a_full_disk_over_an_earlier_call_replaces_none_of_its_files(tmp_path, m
     """All of a call's files are put in place, or none: never the new class_grid.png beside the old samples.npz."""
     import json
 
-    import rundir
-    from rundir import RunError
+    from plumbing import rundir
+    from plumbing.rundir import RunError
     out = tmp_path / "o"
     meta = json.dumps(dict(written_by="sample.py", files=["class_grid.png", "meta.json", "samples.npz"])).encode()
     before = {"class_grid.png": b"old png", "samples.npz": b"old npz", "meta.json": meta}
@@ -146,9 +146,9 @@ def test_a_full_disk_over_an_earlier_call_replaces_none_of_its_files(tmp_path, m
 
 def test_temporary_names_are_unique_and_never_take_over_a_users_file(tmp_path):
     """A file of the user's named like a temporary file (the old fixed NAME.tmp) is neither replaced nor renamed."""
-    from data import temporary_beside, write_atomically
+    from plumbing.data import temporary_beside, write_atomically
 
-    import rundir
+    from plumbing import rundir
     (tmp_path / "samples.npz.tmp").write_bytes(b"the user's")
     (tmp_path / "config.json.tmp").write_bytes(b"the user's too")
     write_atomically(str(tmp_path / "config.json"), lambda f: f.write(b"{}"))
@@ -294,7 +294,7 @@ def test_an_empty_guidance_is_refused_naming_the_flag_and_its_forms(text, capsys
 
 @pytest.mark.parametrize("run_id", ["0123456789abcdef", ""])
 def test_eval_refuses_a_foreign_or_id_less_evaluator(label_run, tmp_path, run_id):  # noqa: F811
-    import classifier
+    from plumbing import classifier
     run = copy_run(label_run, tmp_path)
     net = classifier.SmallClassifier(1, 2, 8).network()
     classifier.save_classifier(net, run / "classifier.pt", run_id)  # copied from another run, or of no run
@@ -314,7 +314,7 @@ def test_eval_refuses_a_foreign_or_id_less_evaluator(label_run, tmp_path, run_id
                                          (["--between", "0", "1", "--walks", "1000000000"], "--walks 1000000000"),
                                          (["--between", "0", "1", "--points", "1000000000"], "--points 1000000000")])
 def test_a_request_larger_than_memory_is_refused_before_any_work(label_run, tmp_path, monkeypatch, flags, flag):  # noqa: F811
-    import rundir
+    from plumbing import rundir
     monkeypatch.setattr(sample, "generate", lambda *a, **k: pytest.fail("generated before the check"))
     message = fails(sample, [str(label_run), "--out", str(tmp_path / "o"), *flags],
                     rf"{flag} asks for more than this machine can hold: about [\d,.]+ GiB .* GiB is available")

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import classifier
+from plumbing import classifier
 import boundary
 import conditions
-import rundir
+from plumbing import rundir
 import sample
 from test_pipeline import copy_run, fails, folder, run_dir, snapshot  # noqa: F401 (fixtures)
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import data
-from data import load_dataset, mnist_sample_split, parse_idx
+from plumbing import data
+from plumbing.data import load_dataset, mnist_sample_split, parse_idx
 
 MNIST_SAMPLE_TEST_DIGEST = "45579736574882cc"  # see test_mnist_sample_split_is_fixed_disjoint_and_what_load_dataset_returns
 IDX_TYPE = {np.dtype(np.uint8): 0x08, np.dtype(np.int32): 0x0C, np.dtype(np.float32): 0x0D}

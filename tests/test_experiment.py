@@ -1,6 +1,6 @@
 """The experiment (python -m experiments): which digits each part may see, the replicates' seeds, intervals, the
 boundary criterion, the confused pairs, one tiny run of all four sections end to end (2-step models on 200
-digits), and the commands: python -m, a module run as a file, the old experiment.py and bench.py."""
+digits), and the commands: python -m, a module run as a file."""
 import glob
 import json
 import os
@@ -10,13 +10,13 @@ import sys
 import numpy as np
 import pytest
 
-import classifier
+from plumbing import classifier
 import metrics
 import boundary
 import generation
-import rundir
+from plumbing import rundir
 import train
-from data import load_dataset
+from plumbing.data import load_dataset
 from experiments import __main__ as cli
 from experiments import augment, between, common, compare, control
 
@@ -531,11 +531,3 @@ def test_a_module_run_as_a_file_says_in_one_line_to_use_python_m(path):
     done = run_python(name)
     assert done.returncode == 1 and done.stdout == "" and len(done.stderr.splitlines()) == 1, done.stderr
     assert done.stderr.startswith(f"{name}: run python -m experiments"), done.stderr
-
-
-@pytest.mark.parametrize("script, replacement", [("experiment.py", "python -m experiments [--sections"),
-                                                 ("bench.py", "python -m experiments.bench [diffusion")])
-def test_the_old_commands_exit_2_naming_the_new_one_and_do_nothing(script, replacement, tmp_path):
-    done = run_python(script, "--out", str(tmp_path / "out"))
-    assert done.returncode == 2 and done.stdout == "" and len(done.stderr.splitlines()) == 1, done.stderr
-    assert done.stderr.startswith(f"{script}: moved; run {replacement}") and os.listdir(tmp_path) == []

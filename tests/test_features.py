@@ -11,9 +11,9 @@ import torch
 from PIL import Image
 
 import features
-import weights
+from plumbing import weights
 from features import FeatureSpace, create_backbone, extract_features, pick_device, plot_positions
-from weights import WeightsUnavailableError, load_weights, read_state_dict
+from plumbing.weights import WeightsUnavailableError, load_weights, read_state_dict
 
 TINY = "test_vit"  # timm's 0.3M-parameter test ViT (160x160 input, 64-d features)
 

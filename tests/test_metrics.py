@@ -18,7 +18,7 @@ import scipy.spatial.distance
 import torch
 from PIL import Image
 
-import classifier
+from plumbing import classifier
 import metrics
 from metrics import (conditioning_accuracy, controllability, feature_statistics,
                      fid_from_features, frechet_distance, inception_score, load_feature_network,
@@ -719,7 +719,7 @@ def test_is_splits_hold_at_least_the_minimum_of_images(mnist_split, trained_clas
 
 
 def test_a_run_evaluator_carries_its_run_id_and_another_runs_is_refused(tmp_path, mnist_split, trained_classifier):
-    import classifier
+    from plumbing import classifier
     _, net = trained_classifier
     path = tmp_path / "classifier.pt"
     classifier.save_classifier(net, path, "run-a")

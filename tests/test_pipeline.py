@@ -14,10 +14,10 @@ from PIL import Image
 
 import conditions
 import ddpm
-import rundir
+from plumbing import rundir
 import boundary
 import generation
-import lock
+from plumbing import lock
 import sample
 import train
 
@@ -110,8 +110,8 @@ def test_every_condition_writes_a_run_directory(folder, tmp_path, cond):
 
 def test_positions_from_a_classifiers_features(folder, tmp_path):
     """--backbone classifier --weights FILE: a semantic space, fitted at training and used again at sampling."""
-    import classifier
-    from data import load_dataset
+    from plumbing import classifier
+    from plumbing.data import load_dataset
 
     images, labels, _ = load_dataset(folder)
     weights = str(tmp_path / "features.pt")
@@ -619,6 +619,7 @@ def test_the_readmes_recipe_adds_a_condition_in_two_places(folder, tmp_path):
     for name in os.listdir(REPO):
         if name.endswith(".py"):
             shutil.copy(os.path.join(REPO, name), code / name)
+    shutil.copytree(os.path.join(REPO, "plumbing"), code / "plumbing", ignore=shutil.ignore_patterns("__pycache__"))
     anchors = [("unet.py", "    raise ValueError(f\"unknown condition"),
                ("conditions.py", "    missing = [name for name in names if name not in cond]\n")]
     blocks = readme_blocks("Forking: add a new condition")

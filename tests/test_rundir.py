@@ -9,9 +9,9 @@ import sys
 import pytest
 import torch
 
-import lock
-import rundir
-from rundir import RunError
+from plumbing import lock
+from plumbing import rundir
+from plumbing.rundir import RunError
 
 
 def tiny_checkpoint(value: float = 1.0) -> dict:

@@ -8,10 +8,10 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-import lock
-import precision
+from plumbing import lock
+from plumbing import precision
 import sample
-import losslog
+from plumbing import losslog
 import train
 from test_pipeline import folder, tiny  # noqa: F401  (the tiny two-class image folder and its run flags)
 from unet import UNet
@@ -159,7 +159,7 @@ def test_log_lines_instead_of_a_bar_when_the_output_is_not_a_terminal(folder, tm
 
 # ---------------------------------------------------------------- fp16: the loss scaler's state survives a resume
 def test_an_fp16_resume_restores_the_loss_scaler_and_replays_exactly(folder, tmp_path, monkeypatch):  # noqa: F811
-    import rundir
+    from plumbing import rundir
     from test_pipeline import advice, interrupted_at_step_5, state
     monkeypatch.setattr(train, "resolve_precision", lambda name, device: torch.float16)  # fp16 + GradScaler on CPU
     straight, broken = tmp_path / "straight", tmp_path / "broken"

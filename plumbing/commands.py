@@ -8,14 +8,14 @@ import os
 
 import numpy as np
 
-import rundir
+from plumbing import rundir
 from boundary import BOUNDARY_GRID, BOUNDARY_METHODS, DEFAULT_BOUNDARY_METHOD, MAX_WALKS_PER_SAMPLE, WALK_LABELS, \
     WALK_PATHS, check_boundary
-from data import open_image
+from plumbing.data import open_image
 from ddpm import SAMPLERS, check_guidance_interval
 from generation import DEFAULT_GUIDANCE, DEFAULT_GUIDANCE_INTERVAL, DEFAULT_SAMPLER, DEFAULT_STEPS
-from precision import PRECISIONS
-from rundir import Run, RunError
+from plumbing.precision import PRECISIONS
+from plumbing.rundir import Run, RunError
 
 DESCRIPTION = "Generate images from a trained run: class grids, reference control, class boundaries, metrics."
 DEFAULT_BOUNDARY_N, DEFAULT_EVAL_N = 16, 1000  # --n without a value: --boundary, --eval

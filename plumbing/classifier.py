@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from data import write_atomically
+from plumbing.data import write_atomically
 
 # The name and version its files carry. The name is the class's old address (metrics.py); it is
 # kept so that the files written before the move, the same format, still load.

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from data import write_atomically
+from plumbing.data import write_atomically
 
 LOG_COLUMNS = ["step", "loss", "lr", "images_per_s"] + [f"loss_t{k}" for k in range(4)]  # loss_tK: t in the K-th quarter of 0..T-1
 

@@ -41,10 +41,10 @@ import re
 import numpy as np
 import torch
 
-from data import load_dataset, temporary_beside, write_atomically
+from plumbing.data import load_dataset, temporary_beside, write_atomically
 from ddpm import Diffusion, beta_schedule
 from features import FeatureSpace, pick_device
-from precision import resolve_precision
+from plumbing.precision import resolve_precision
 from unet import UNet
 
 CONFIG_FORMAT = "fpdiff-run-3"  # 3: config["space_file"] (2: "space") and settings["data_seed"] (2: none)

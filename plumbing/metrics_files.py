@@ -9,10 +9,10 @@ import os
 
 import numpy as np
 
-import classifier
-import data
-import rundir
-from classifier import FeatureNetwork
+from plumbing import classifier
+from plumbing import data
+from plumbing import rundir
+from plumbing.classifier import FeatureNetwork
 
 
 def load_image_set(path: str, image_size=None) -> tuple[np.ndarray, np.ndarray | None, list | None]:

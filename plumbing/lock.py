@@ -8,7 +8,7 @@ import os
 import socket
 import time
 
-from rundir import RunError, missing_folders, remove_empty
+from plumbing.rundir import RunError, missing_folders, remove_empty
 
 
 LOCK_FILE = ".lock"
