@@ -33,7 +33,7 @@ from plumbing import classifier
 import metrics
 import generation
 from plumbing import outputs
-from plumbing import rundir
+from plumbing import rundir, train_command
 import train
 from plumbing.data import choose_per_class, load_mnist_sample, mnist_sample_split, write_atomically
 
@@ -147,8 +147,8 @@ def trained(runs: str, name: str, *flags: str) -> rundir.Run:
 
 def new_run_settings(argv: list[str]) -> dict:
     """The settings train.py would give a new run of this command line (its defaults resolved)."""
-    args, typed = train.parse_args(argv)
-    return train.run_settings(args, typed, None, 1)[0]
+    args, typed = train_command.parse_args(argv)
+    return train_command.run_settings(args, typed, None, 1)[0]
 
 
 def train_classifier(images: np.ndarray, labels: np.ndarray, seed: int, **args) -> classifier.FeatureNetwork:

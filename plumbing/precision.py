@@ -43,3 +43,15 @@ def precision_name(dtype: torch.dtype | None) -> str:
 def autocast(device: torch.device, dtype: torch.dtype | None):
     """bf16 or fp16 autocast for the network's matrix maths; weights, loss and sampler stay fp32."""
     return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
+
+
+def make_scaler(device: torch.device, precision: torch.dtype, state: dict | None) -> torch.amp.GradScaler:
+    """fp16's loss scaler (disabled in other precisions), continuing from a checkpoint's `scaler` state on --resume.
+
+    The scale and its growth tracker decide which fp16 steps are skipped, so a
+    resume that restarted them would not replay the run that never stopped.
+    """
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == torch.float16)
+    if state and scaler.is_enabled():
+        scaler.load_state_dict(state)
+    return scaler

@@ -20,6 +20,7 @@ import generation
 from plumbing import lock
 import sample
 import train
+from plumbing import train_command
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -98,7 +99,7 @@ def test_every_condition_writes_a_run_directory(folder, tmp_path, cond):
     train.main(tiny(folder, out, "--cond", cond))
     config = json.loads((out / "config.json").read_text())
     assert config["settings"]["cond"] == cond and config["data"]["class_names"] == ["bottom", "top"]
-    assert sorted(config["unet"]["conditions"]) == sorted(train.cond_names(cond))
+    assert sorted(config["unet"]["conditions"]) == sorted(train_command.cond_names(cond))
     assert state(out)["step"] == 4 and state(out)["run_id"] == config["run_id"]
     assert (out / "grids" / "step0000004.png").exists()
     assert (out / "space.npz").exists() == ("pos" in cond) and config["space_file"] == ("space.npz" if "pos" in cond else None)

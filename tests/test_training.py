@@ -13,6 +13,7 @@ from plumbing import precision
 import sample
 from plumbing import losslog
 import train
+from plumbing import train_command
 from test_pipeline import folder, tiny  # noqa: F401  (the tiny two-class image folder and its run flags)
 from unet import UNet
 
@@ -89,7 +90,7 @@ def _rank(rank: int, world: int, port: int, argv: list[str], tmp: str) -> None:
     dist.init_process_group("gloo", rank=rank, world_size=world)
     torch.set_num_threads(1)
     try:
-        args, typed = train.parse_args(argv)
+        args, typed = train_command.parse_args(argv)
         run = train.prepare(args, typed, rank, world)
         seen = []
         original = train.batch_indices
@@ -179,7 +180,7 @@ def test_make_scaler_continues_from_a_saved_state_and_is_off_outside_fp16():
     saved = torch.amp.GradScaler("cpu", init_scale=8.0)
     saved._lazy_init_scale_growth_tracker(torch.device("cpu"))
     saved._growth_tracker.fill_(5)
-    restored = train.make_scaler(torch.device("cpu"), torch.float16, saved.state_dict())
+    restored = precision.make_scaler(torch.device("cpu"), torch.float16, saved.state_dict())
     assert restored.state_dict() == saved.state_dict() and restored.get_scale() == 8.0
-    assert train.make_scaler(torch.device("cpu"), torch.float16, None).get_scale() == 2.0 ** 16
-    assert not train.make_scaler(torch.device("cpu"), torch.bfloat16, saved.state_dict()).is_enabled()
+    assert precision.make_scaler(torch.device("cpu"), torch.float16, None).get_scale() == 2.0 ** 16
+    assert not precision.make_scaler(torch.device("cpu"), torch.bfloat16, saved.state_dict()).is_enabled()

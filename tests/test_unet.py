@@ -135,8 +135,8 @@ def test_a_checkpoint_of_the_previous_release_loads_under_the_new_names():
 
 
 def test_the_defaults_are_train_pys_small_unet_and_the_time_embedding_width_is_its_own_attribute():
-    import train
-    small = train.unet_kwargs("small", (28, 28, 1), None, {"label": 10, "pos": 20})
+    from plumbing import train_command
+    small = train_command.unet_kwargs("small", (28, 28, 1), None, {"label": 10, "pos": 20})
     shapes = lambda net: {k: v.shape for k, v in net.state_dict().items()}  # noqa: E731
     assert shapes(UNet(conditions={"label": 10, "pos": 20})) == shapes(UNet(**small))
     net = UNet(image_size=8, base_channels=8, channel_mults=(1, 2), conditions={"label": 2})

@@ -1,0 +1,307 @@
+"""train.py's command: its flags and their checks, the run in --out (new, resumed or replaced), the config and
+the checkpoint it writes, the lock, the processes under torchrun, and its one-line errors.
+
+train.py calls each of these once; the rules of a run directory (belonging, resume, overwrite) are rundir.py's.
+"""
+import argparse
+import contextlib
+import math
+import os
+import sys
+
+import torch
+import torch.distributed as dist
+
+from ddpm import PREDICTIONS, SCHEDULES, Diffusion, beta_schedule
+from features import FeatureSpace, pick_device
+from plumbing import commands, lock, rundir
+from plumbing.precision import PRECISIONS
+from plumbing.rundir import CHECKPOINT_FORMAT, CONFIG_FORMAT, RunError
+from plumbing.weights import WeightsUnavailableError
+from unet import condition_encoder
+
+DEFAULT_P_DROP = 0.1  # chosen by measurement: docs/EXPERIMENT.md, "Why v-prediction and 600 steps"
+DESCRIPTION = "Train a conditional DDPM on images and their feature-space positions."
+NOT_SETTINGS = ("out", "resume", "overwrite", "eval")  # the command's flags; every other flag is a setting of the run
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                allow_abbrev=False)  # flags typed in full, so that parse_args can tell which were typed
+    p.add_argument("--out", required=True, help="run directory")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out (its settings are the defaults)")
+    p.add_argument("--overwrite", action="store_true", help="replace the run in --out (only its own files)")
+    g = p.add_argument_group("data and condition")
+    g.add_argument("--data", default="mnist-sample", help="mnist-sample (embedded), mnist, or an image-folder path")
+    g.add_argument("--root", default="data", help="where datasets and the feature cache live")
+    g.add_argument("--per-class", type=int, default=None, help="training images per class (the report: 1000 from MNIST)")
+    g.add_argument("--data-seed", type=int, default=0, help="which images a --per-class subset takes")
+    g.add_argument("--image-size", type=int, default=None, help="resize images to this size")
+    g.add_argument("--channels", type=int, default=None, choices=(1, 3), help="force grey (1) or RGB (3)")
+    g.add_argument("--cond", default="label+pos", help="conditions joined by +: label, pos; or none")
+    g.add_argument("--backbone", default="pixels",
+                   help="pixels, classifier (--weights FILE: a classifier.py classifier), or a timm model name "
+                   "(the report: swinv2_base_...)")
+    g.add_argument("--weights", default=None, help="local weights file for the backbone (offline use)")
+    g.add_argument("--pos-dim", type=int, default=20, help="dimension of the UMAP position (the report: 20)")
+    g = p.add_argument_group("model and diffusion")
+    g.add_argument("--size", default="small", choices=("small", "paper"), help="U-Net size (see unet_kwargs)")
+    g.add_argument("--dropout", type=float, default=None, help="U-Net dropout (default: the size's own)")
+    g.add_argument("--schedule", default="linear", choices=SCHEDULES)
+    g.add_argument("--timesteps", type=int, default=1000)
+    g.add_argument("--prediction", default="v", choices=PREDICTIONS,
+                   help="what the U-Net predicts: the noise eps (Ho et al.) or v (Salimans & Ho)")
+    g.add_argument("--min-snr", type=float, default=None, metavar="GAMMA",
+                   help="weight the loss by min-SNR-gamma (Hang et al. 2023); default: unweighted")
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--steps", type=int, default=600, help="optimizer steps (may be raised on --resume)")
+    g.add_argument("--epochs", type=float, default=None, help="train this many epochs instead of --steps")
+    g.add_argument("--batch-size", type=int, default=64, help="images per step (per process under torchrun)")
+    g.add_argument("--lr", type=float, default=2e-3)
+    g.add_argument("--weight-decay", type=float, default=0.0)
+    g.add_argument("--warmup", type=int, default=100, help="linear learning-rate warm-up steps")
+    g.add_argument("--lr-schedule", default="constant", choices=("constant", "cosine"),
+                   help="after the warm-up: constant, or a cosine decay to 0 at the last step")
+    g.add_argument("--ema", type=float, default=0.999, help="the EMA's largest decay: the weights used for sampling "
+                   "average with decay d = min(EMA, (1 + step) / (10 + step)), which reaches 0.999 only at step 8,990 "
+                   "(counting from 0; the default 600 steps end at d = 600/609 = 0.985)")
+    g.add_argument("--p-uncond", type=float, default=0.1,
+                   help="probability that a training image drops all its conditions (classifier-free guidance)")
+    g.add_argument("--p-drop", type=commands.parse_condition_numbers, default=None, metavar="NAME=P,...",
+                   help="probability that an image drops one condition on its own, e.g. label=0.1,pos=0.1 "
+                   "(what per-condition guidance needs; default: 0.1 for each condition of a model with two "
+                   "or more, '' for none)")
+    g.add_argument("--grad-clip", type=float, default=1.0)
+    g.add_argument("--seed", type=int, default=0, help="seeds the training: the U-Net's initialisation, the UMAP "
+                   "fit, the batches, timesteps, noise and condition dropout, the progress grids (--data-seed: which "
+                   "images; sample.py's --seed seeds only its sampling noise and reference draws)")
+    g = p.add_argument_group("running")
+    g.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available)")
+    g.add_argument("--precision", default="auto", choices=PRECISIONS,
+                   help="auto: bf16 autocast where the hardware runs it natively (CUDA 8.0+, AVX512-BF16/AMX CPUs), fp16 with "
+                   "loss scaling on older CUDA GPUs (7.x), else fp32")
+    g.add_argument("--save-every", type=int, default=250, help="checkpoint every N steps")
+    g.add_argument("--log-every", type=int, default=50, help="a row of log.csv every N steps")
+    g.add_argument("--sample-every", type=int, default=0,
+                   help="also a class grid every N steps (0: only the one at the end)")
+    g.add_argument("--eval", action="store_true", help="at the end, score the trained run: sample.py OUT --out "
+                   "OUT/samples --references 2 --eval (metrics.json there; see sample.py --eval)")
+    g.add_argument("--compile", action="store_true", help="torch.compile the U-Net (GPU)")
+    return p
+
+
+def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, set[str]]:
+    """The command line, and the names of the flags the user actually typed."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    tokens = [token.split("=")[0] for token in (sys.argv[1:] if argv is None else argv)]
+    typed = {action.dest for action in parser._actions if set(action.option_strings) & set(tokens)}
+    return args, typed
+
+
+def check_settings(s: dict) -> None:
+    """Every setting in range, before any work; each error names its flag and the fix."""
+    positive = ["steps", "batch_size", "save_every", "timesteps", "pos_dim"]
+    positive += [k for k in ("per_class", "image_size") if s[k] is not None]
+    for key in positive:
+        if s[key] < 1:
+            raise RunError(f"--{key.replace('_', '-')} must be a positive number, got {s[key]}")
+    ranges = dict(lr=(0, math.inf, False), grad_clip=(0, math.inf, False), ema=(0, 1, True), p_uncond=(0, 1, True),
+                  weight_decay=(0, math.inf, True), warmup=(0, math.inf, True), sample_every=(0, math.inf, True))
+    if s["dropout"] is not None:
+        ranges["dropout"] = (0, 1, True)
+    if s["epochs"] is not None:
+        ranges["epochs"] = (0, math.inf, False)
+    for key, (low, high, low_ok) in ranges.items():
+        if not ((s[key] >= low if low_ok else s[key] > low) and s[key] < high):
+            raise RunError(f"--{key.replace('_', '-')} must lie in {'[' if low_ok else '('}{low}, {high}), got {s[key]}")
+    try:
+        Diffusion(beta_schedule(s["schedule"], s["timesteps"]))
+    except ValueError as error:
+        raise RunError(f"--timesteps {s['timesteps']} does not give a valid {s['schedule']} schedule ({error}); "
+                       "choose more --timesteps") from error
+    for name in cond_names(s["cond"]):
+        try:
+            condition_encoder(name, 2, 8)
+        except ValueError as error:
+            raise RunError(f"--cond {s['cond']}: {error}") from error
+    for name, p in (s.get("p_drop") or {}).items():
+        if name not in cond_names(s["cond"]):
+            raise RunError(f"--p-drop names {name}, which --cond {s['cond']} does not have")
+        if not 0 <= p < 1:
+            raise RunError(f"--p-drop {name}={p:g}: a probability in [0, 1) is needed")
+    if s.get("min_snr") is not None and not s["min_snr"] > 0:
+        raise RunError(f"--min-snr must be a positive gamma (Hang et al. use 5), got {s['min_snr']}")
+    if s.get("log_every", 1) < 1:
+        raise RunError(f"--log-every must be a positive number of steps, got {s['log_every']}")
+    if s["weights"] is not None and s["backbone"] != "pixels" and not os.path.isfile(s["weights"]):
+        raise RunError(f"--weights {s['weights']}: file not found")
+    if s["backbone"] == "classifier" and s["weights"] is None:
+        raise RunError("--backbone classifier needs --weights FILE, a classifier file written by classifier.py "
+                       "(python metrics.py REAL GENERATED --features classifier --classifier FILE trains one on "
+                       "the labelled images REAL and saves it as FILE)")
+
+
+def cond_names(cond: str) -> list[str]:
+    """--cond "label+pos" -> ["label", "pos"]; "none" -> []."""
+    return [] if cond == "none" else cond.split("+")
+
+
+def unet_kwargs(size: str, image_shape: tuple, dropout: float | None, conditions: dict[str, int]) -> dict:
+    """Every argument of the run's U-Net (stored in config.json: the U-Net is rebuilt from it alone).
+
+    small: ~1.2M parameters, the CPU default; paper: ~40M (improved-diffusion's CIFAR-10 shape), for a GPU.
+    """
+    height, _, channels = image_shape
+    common = dict(image_channels=channels, image_size=height, conditions=conditions)
+    if size == "small":
+        # attention only in the middle (at H/4): cheap enough for a laptop CPU
+        return dict(common, base_channels=32, channel_mults=[1, 2, 2], num_res_blocks=1, attention_resolutions=[],
+                    dropout=0.0 if dropout is None else dropout)
+    # paper: attention at H/2 and H/4
+    half, quarter = (height + 1) // 2, (height + 3) // 4
+    return dict(common, base_channels=128, channel_mults=[1, 2, 2, 2], num_res_blocks=2,
+                attention_resolutions=[half, quarter], dropout=0.1 if dropout is None else dropout)
+
+
+def check_command(args: argparse.Namespace) -> None:
+    """What can be checked from the command line alone, before the lock, the data or the UMAP fit."""
+    if args.resume and args.overwrite:
+        raise RunError("pass either --resume or --overwrite, not both")
+    rundir.check_out(args.out)
+    rundir.check_device(args.device)
+
+
+def existing_run(out: str, resume: bool, overwrite: bool) -> tuple[dict | None, dict | None]:
+    """The run already in --out as this command may use it: (config, checkpoint or None) to resume, else (None, None)."""
+    if not rundir.holds_run(out):
+        if resume:
+            raise RunError(f"nothing to resume in {out} (no config.json or checkpoint.pt): drop --resume to start a run")
+        rundir.check_new_run_out(out)  # a file of the user's with one of the run's names is never replaced
+        return None, None
+    if resume:
+        return rundir.read_run(out)
+    rundir.check_ours(out)  # a folder of somebody else's is never taken for a run, nor emptied
+    if not overwrite:
+        raise RunError(f"{out} already holds a run; pass --resume to continue it or --overwrite to replace it")
+    return None, None  # to be replaced, never loaded (a damaged run may be replaced too)
+
+
+def run_settings(args: argparse.Namespace, typed: set[str], saved: dict | None, world: int) -> tuple[dict, dict]:
+    """(settings, changes): the flags of a new run, or a resumed run's saved settings with the flags typed now."""
+    if saved is None:
+        settings, changes = {k: v for k, v in vars(args).items() if k not in NOT_SETTINGS}, {}
+        if settings["p_drop"] is None:  # the default: each condition of a multi-condition model on its own
+            names = cond_names(settings["cond"])
+            settings["p_drop"] = {name: DEFAULT_P_DROP for name in names} if len(names) > 1 else {}
+    else:
+        if world != saved["world_size"]:
+            raise RunError(f"{args.out} was trained with {saved['world_size']} processes; resume it with as many")
+        now = {key: getattr(args, key) for key in typed - set(NOT_SETTINGS)}
+        settings, changes = rundir.resumed_settings(saved["settings"], now, args.out)
+    check_settings(settings)
+    return settings, changes
+
+
+def write_run(out: str, config: dict, space: FeatureSpace | None, overwrite: bool) -> None:
+    """Everything is checked: now, and only now, --out changes (rank 0, holding --out's lock)."""
+    if overwrite:
+        rundir.remove_run_files(out)
+    rundir.remove_stale_tmp(out)
+    os.makedirs(os.path.join(out, "grids"), exist_ok=True)
+    if space is not None and space.run_id != config["run_id"]:  # fitted by this call (a loaded one carries the id)
+        space.save(os.path.join(out, rundir.SPACE_FILE), run_id=config["run_id"])
+    rundir.write_config(out, config)
+
+
+def setup_processes(device_name: str | None) -> tuple[int, int, torch.device]:
+    """(rank, world size, device); under torchrun, join the process group."""
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    device = pick_device(device_name)
+    if world > 1:
+        if device.type == "cuda":
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return rank, world, device
+
+def open_run(args: argparse.Namespace, typed: set[str], world: int) -> dict:
+    """Everything train.py needs before the conditions, checked before --out is touched: the run in --out (its
+    config and checkpoint on --resume), the settings, the training images and the run's identity."""
+    saved, checkpoint = existing_run(args.out, args.resume, args.overwrite)
+    settings, changes = run_settings(args, typed, saved, world)
+    images, labels, class_names = rundir.load_training_images(settings)
+    digest = rundir.data_digest(images, labels, class_names)
+    if saved is not None:
+        rundir.check_data(args.out, saved, digest)
+    if settings["epochs"] is not None:
+        settings["steps"] = math.ceil(settings["epochs"] * len(images) / (settings["batch_size"] * world))
+    run_id = saved["run_id"] if saved is not None else rundir.make_run_id(settings, digest)  # fixed at the start
+    space = rundir.load_space(args.out, saved) if checkpoint is not None else None
+    return dict(saved=saved, checkpoint=checkpoint, settings=settings, changes=changes, images=images, labels=labels,
+                class_names=class_names, digest=digest, run_id=run_id, space=space,
+                start=checkpoint["step"] if checkpoint is not None else 0)
+
+
+def run_config(run: dict, condition_sizes: dict[str, int], space: FeatureSpace | None, world: int) -> dict:
+    """config.json: the settings, the data, the U-Net's arguments (a resumed run keeps its own) and the changes."""
+    settings, saved, images = run["settings"], run["saved"], run["images"]
+    data = dict(class_names=run["class_names"], num_images=len(images), image_shape=list(images.shape[1:]),
+                digest=run["digest"])
+    unet = saved["unet"] if saved is not None else unet_kwargs(settings["size"], images.shape[1:], settings["dropout"],
+                                                                 condition_sizes)
+    changes = [dict(step=run["start"], **run["changes"])] if run["changes"] else []
+    history = saved["changes"] + changes if saved is not None else []
+    return dict(format=CONFIG_FORMAT, run_id=run["run_id"], settings=settings, data=data, unet=unet,
+                space_file=rundir.SPACE_FILE if space is not None else None, world_size=world, changes=history)
+
+
+def load_training_state(out: str, checkpoint: dict, net, ema, optimizer) -> None:
+    """--resume: the U-Net, its EMA and AdamW's state from checkpoint.pt."""
+    try:
+        net.load_state_dict(checkpoint["model"])
+        ema.load_state_dict(checkpoint["ema"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+    except (RuntimeError, KeyError, ValueError) as error:
+        raise RunError(f"{out}/checkpoint.pt does not fit the U-Net in its config.json") from error
+
+
+def save_training_state(out: str, config: dict, step: int, loss: float, net, ema, optimizer, scaler) -> bool:
+    """checkpoint.pt: everything --resume needs to continue exactly (the step, the weights, the EMA, AdamW's moments
+    and fp16's loss scale; the randomness of a step comes from its number). False: not written (non-finite)."""
+    return rundir.save_checkpoint(os.path.join(out, "checkpoint.pt"), dict(
+        format=CHECKPOINT_FORMAT, run_id=config["run_id"], step=step, config=config, loss=loss,
+        model=net.state_dict(), ema=ema.state_dict(), optimizer=optimizer.state_dict(), scaler=scaler.state_dict()))
+
+
+def describe(setup: dict, parameters: int, device: torch.device, world: int, precision_name: str) -> str:
+    """The line a run starts with."""
+    settings = setup["config"]["settings"]
+    return (f"{settings['data']}: {len(setup['images'])} images {tuple(setup['images'].shape[1:])}, "
+            f"{len(setup['config']['data']['class_names'])} classes | cond {settings['cond']} | U-Net {settings['size']} "
+            f"{parameters / 1e6:.2f}M params | {device} x{world} {precision_name} | "
+            f"steps {setup['start']}->{settings['steps']}")
+
+
+def writer_lock(out: str, rank: int):
+    """One train.py at a time works on a run: --out/.lock, held by rank 0."""
+    return lock.writer_lock(out) if rank == 0 else contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def one_line_errors(out: str, own_interrupt_message: bool = True):
+    """Every expected failure as one line, `train.py: ...`; a Ctrl-C says where the run stopped and how to go on
+    (own_interrupt_message=False: raised on, as KeyboardInterrupt(step), to a caller with its own message)."""
+    try:
+        yield
+    except (RunError, ValueError, FileNotFoundError, WeightsUnavailableError) as error:
+        sys.exit(f"train.py: {' '.join(str(error).split())}")
+    except KeyboardInterrupt as stop:  # train() passes the step it was at
+        if not own_interrupt_message:
+            raise
+        sys.exit(f"train.py: {rundir.interrupted_message(out, stop.args[0] if stop.args else None)}")
+    except OSError as error:  # a write that failed: a full disk, a folder made read-only meanwhile, ...
+        sys.exit(f"train.py: cannot write {error.filename or out}: {error.strerror or error}")
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
