@@ -346,3 +346,9 @@ def trusted_boundary_samples(run: Run, a: int, b: int, n: int, method: str = DEF
     found = concatenate_parts([p for p in parts if len(p["walk"])] or parts[:1])
     counts = dict(tried=tried, crossed=len(found["walk"]), trusted=kept, guidance=parts[0]["guidance"])
     return take_rows(found, np.flatnonzero(found["trusted"])[:n]), counts
+
+
+def search_settings(guide) -> dict:
+    """What meta.json records of the search: the grid, the bisection's tolerance, the guide's members and the trust rule."""
+    return dict(grid=BOUNDARY_GRID, tolerance=BOUNDARY_TOLERANCE, guide_seeds=guide.seeds,
+                trust=dict(member_min=metrics.AMBIGUOUS, mass=TRUST_MASS))

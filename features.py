@@ -20,7 +20,7 @@ and on MNIST UMAP separates the digits well from pixels alone.
 
 `create_backbone` is the one place a backbone is made (metrics.py's Inception too), with the hub's
 weights, a local file's or seeded random ones; where weights come from and the feature cache are
-weights.py's (not the method).
+plumbing/weights.py's (not the method).
 """
 import os
 import sys
@@ -54,7 +54,7 @@ def extract_features(
     """Feature vectors of uint8 images (N, H, W, C) -> float32 (N, D).
 
     backbone: "pixels" (flattened pixels in [0, 1]), "classifier" (the 128-d
-      penultimate features of a small digit classifier saved by classifier.py,
+      penultimate features of a small digit classifier saved by plumbing/classifier.py,
       given as `weights`: a semantic space) or any timm model name, such as
       the report's PAPER_BACKBONE. No default: every caller says which.
     weights: see `create_backbone` (None: the hub; a path: a local file;
@@ -107,7 +107,7 @@ def classifier_features(images: np.ndarray, weights: str | None, device: str | N
     classifier.save_classifier, run on `device` (None: the best available). Its distances follow the
     labels it was trained on, not the pixels."""
     if weights is None:
-        raise FileNotFoundError("--backbone classifier needs --weights FILE, a classifier saved by classifier.py "
+        raise FileNotFoundError("--backbone classifier needs --weights FILE, a classifier saved by plumbing/classifier.py "
                                 "(metrics.py REAL GENERATED --features classifier --classifier FILE)")
     if not os.path.isfile(weights):
         raise FileNotFoundError(f"--weights {weights}: file not found (the classifier of --backbone classifier)")

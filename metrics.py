@@ -4,15 +4,15 @@ walks, memorisation, intervals over replicates (seeds) and shares, and compariso
     net = load_feature_network("classifier", classifier_path="runs/clf.pt", train_images=x, train_labels=y)
     scores = evaluate_images(real_images, generated_images, generated_labels, net)
 
-or, like pytorch-fid: `python metrics.py REAL GENERATED [--features inception|classifier]`.
+or, like pytorch-fid: `python metrics.py REAL GENERATED [--features inception|classifier]` (its flags and
+file handling: plumbing/metrics_command.py).
 Images are uint8 arrays (N, H, W, C), C = 1 or 3, everywhere. The "inception"
 network is timm's inception_v3.tv_in1k (torchvision's weights), so its FID and
 IS are close to, not identical with, pytorch-fid's (TensorFlow FID weights) and
 the original IS code's (1,008 classes); tests/test_metrics.py checks the
-formulas against those tools' own. The "classifier" network is classifier.py's
+formulas against those tools' own. The "classifier" network is plumbing/classifier.py's
 small classifier, trained on the real images.
 """
-import json
 import math
 import os
 import sys
@@ -24,8 +24,6 @@ import scipy.special
 import scipy.stats
 
 from plumbing import classifier
-from plumbing import metrics_files
-from plumbing import rundir
 from plumbing.classifier import FeatureNetwork
 from features import create_backbone
 from plumbing.weights import WeightsUnavailableError
@@ -476,7 +474,7 @@ def expected_calibration_error(prob, labels, bins: int = 15) -> float:
 
 
 # ---------------------------------------------------------------------------
-# 6. Feature networks: Inception v3, or the small classifier trained on the data (classifier.py)
+# 6. Feature networks: Inception v3, or the small classifier trained on the data (plumbing/classifier.py)
 # ---------------------------------------------------------------------------
 def inception_network(weights=None) -> FeatureNetwork:
     """timm's Inception v3 with its ImageNet weights: 2,048-d pool features, 1,000 logits.
@@ -556,54 +554,6 @@ def evaluate_images(real_images, generated_images, generated_labels, net: Featur
     return out
 
 
-# ---------------------------------------------------------------------------
-# 7. The command line
-# ---------------------------------------------------------------------------
-
-
-def main(argv=None) -> int:
-    parser = metrics_files.build_parser(MIN_IMAGES_PER_SPLIT)
-    try:
-        args = parser.parse_args(argv)
-        metrics_files.check_args(args)
-        classifier.choose_device(args.device)  # an unavailable --device fails before any work
-        real, real_labels, real_names = metrics_files.load_image_set(args.real, args.image_size)
-        generated, labels, names = metrics_files.load_image_set(args.generated, args.image_size)
-        metrics_files.check_same_size(real, generated, args.real, args.generated)
-        if args.features == "inception":
-            net, labels = load_feature_network("inception", weights=args.inception_weights, device=args.device), None
-        else:
-            path = args.classifier
-            if path is None and real_labels is not None:
-                path = metrics_files.classifier_cache_path(real, real_labels)
-            if path is None or not os.path.exists(path):
-                if real_labels is None:
-                    raise ValueError(f"--features classifier trains on REAL, but {args.real} has no labels: "
-                                     "use a .npz with 'labels', class sub-directories, or an existing --classifier")
-                print(f"metrics.py: training the classifier on {args.real}, saving it to {path}", file=sys.stderr)
-            net = load_feature_network("classifier", classifier_path=path, train_images=real,
-                                       train_labels=real_labels, device=args.device)
-            labels = metrics_files.align_labels(labels, names, real_names, args.generated)
-            if labels is not None and labels.max() >= net.num_classes:
-                raise ValueError(f"labels in {args.generated} go up to {labels.max()}, "
-                                 f"but the classifier knows {net.num_classes} classes")
-        net.batch_size = args.feature_batch_size or net.batch_size
-        metrics_files.check_batch_memory(net, real.shape[3], args.feature_batch_size)
-        result = {**evaluate_images(real, generated, labels, net, args.splits), "features": args.features}
-    except (ValueError, OSError, WeightsUnavailableError, rundir.RunError) as error:
-        print("metrics.py: error: " + " ".join(str(error).split()), file=sys.stderr)
-        return 2
-    if args.json:
-        print(json.dumps(result))
-    else:
-        print(f"FID: {result['fid']:.4f}")
-        print(f"IS:  {result['is_mean']:.4f} +- {result['is_std']:.4f} ({result['is_splits']} splits)")
-        if "is_note" in result:
-            print(f"note: {result['is_note']}")
-        if "conditioning_accuracy" in result:
-            print(f"conditioning accuracy: {result['conditioning_accuracy']:.4f}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # the command line (flags, image sets, output) is plumbing/metrics_command.py's
+    from plumbing import metrics_command
+    sys.exit(metrics_command.main())

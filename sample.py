@@ -4,11 +4,12 @@
     python sample.py runs/quick --out DIR --references 2                 # reference control (Figs 5-6)
     python sample.py runs/quick --out DIR --between 4 9                  # a walk from a 4 to a 9
     python sample.py runs/quick --out DIR --references 2 --eval          # + metrics.json
-    python sample.py runs/quick --out DIR --boundary 4 9 --n 16          # digits between a 4 and a 9
+    python sample.py runs/quick --out DIR --boundary 4 9 --boundary-n 16 # digits between a 4 and a 9
 
 The method's generation step: take a reference image, compute its
-conditions (its class; its position: features, then the fitted UMAP's
-`transform`) and sample from the model with them. Every request here is
+conditions (its class; its position: a training image's fitted UMAP
+position, a new image's features placed by the fitted UMAP's `transform`;
+conditions.py) and sample from the model with them. Every request here is
 "a class and a reference image": the class grid draws one training image
 per class as the reference (the report's protocol), `--references K` draws
 K per class and shows each at the left of its row, `--between A B` walks
@@ -26,10 +27,11 @@ guided given the other conditions; ddpm.Diffusion.guided_output). Every call wri
 end, after every argument has been checked and every image made; meta.json
 lists the files this call wrote (an earlier call's outputs it does not remake are removed: they would not match).
 
-`rundir.load_run` reads a run directory back (rundir.py's files and rules); the
-conditions of a request come from conditions.py, as in training; `generate`
-(generation.py) samples; walks and boundary samples are boundary.py's. The
-flags and their checks are commands.py's, the files it writes outputs.py's.
+`load_run` reads a run directory back; the conditions of a request come from
+conditions.py, as in training; `generate` (generation.py) samples; walks and
+boundary samples are boundary.py's. The flags and their checks
+(plumbing/commands.py), meta.json and the files it writes (plumbing/outputs.py)
+are one call each.
 """
 import json
 import os
@@ -47,6 +49,7 @@ from ddpm import SAMPLER_ETA
 from features import extract_features
 from plumbing.weights import WeightsUnavailableError
 from generation import default_guidance, generate, walk_guidance
+from plumbing import outputs
 from plumbing.outputs import concatenate_parts, grid_png, samples_npz
 from plumbing.rundir import Run, RunError, load_run
 
@@ -172,11 +175,11 @@ def control(run: Run, references: dict) -> dict:
 
 
 # ---------------------------------------------------------------------------
-# The command: every argument checked (commands.py), every image made, then the files
+# The command: every argument checked (plumbing/commands.py), every image made, then the files
 # ---------------------------------------------------------------------------
 def run_command(args) -> dict:
-    args.eta = SAMPLER_ETA[args.sampler] if args.eta is None else args.eta  # no --eta: the sampler's own
     commands.check_args(args)
+    args.eta = SAMPLER_ETA[args.sampler] if args.eta is None else args.eta  # no --eta: the sampler's own
     run = load_run(args.run, args.device, args.precision)
     commands.check_against_run(args, run)
     if args.boundary:
@@ -206,10 +209,8 @@ def run_command(args) -> dict:
                                                   args.walks, args.walk_label, args.walk_path)
         parts.append(part)
     files["samples.npz"] = samples_npz(concatenate_parts(parts))
-    written = sorted([*files, "meta.json", *(["metrics.json", "eval_samples.npz"] if args.eval else [])])
-    meta = dict(vars(args), guidance=guidance, walk_guidance=walk_sampler["guidance"] if args.between else None,
-                written_by="sample.py", files=written, conditions=sorted(names),
-                class_names=run.config["data"]["class_names"], run_id=run.config["run_id"])
+    meta = outputs.sample_meta(args, run, guidance, walk_sampler["guidance"] if args.between else None,
+                               [*files, "meta.json", *(["metrics.json", "eval_samples.npz"] if args.eval else [])])
     files["meta.json"] = json.dumps(meta, indent=2).encode()
 
     result = {}
@@ -225,10 +226,10 @@ def run_command(args) -> dict:
 
 
 def boundary_command(args, run: Run) -> dict:
-    """--boundary A B: --n trusted boundary samples (boundary.trusted_boundary_samples); boundary.png, samples.npz and
-    meta.json. Fewer than --n is a note; none is an error."""
+    """--boundary A B: --boundary-n trusted boundary samples (boundary.trusted_boundary_samples); boundary.png, samples.npz and
+    meta.json. Fewer than --boundary-n is a note; none is an error."""
     a, b = args.boundary
-    n = args.n or commands.DEFAULT_BOUNDARY_N
+    n = args.boundary_n or commands.DEFAULT_BOUNDARY_N
     sampler = dict(name=args.sampler, steps=args.sampling_steps, eta=args.eta, guidance=args.boundary_guidance,
                    batch_size=args.sampling_batch_size, guidance_interval=args.guidance_interval)
     guide = boundary.boundary_guide(run)
@@ -241,13 +242,8 @@ def boundary_command(args, run: Run) -> dict:
     if kept < n:
         print(f"note: {kept} trusted boundary samples in {tried} walks ({crossed} crossed), not {n}", file=sys.stderr)
     files = {"boundary.png": boundary.boundary_grid(run, part), "samples.npz": samples_npz(part)}
-    meta = dict(vars(args), n=n, guidance=counts["guidance"], boundary_method=args.boundary_method,
-                boundary=dict(tried=tried, crossed=crossed, trusted=kept, written=len(part["images"]),
-                              grid=boundary.BOUNDARY_GRID, tolerance=boundary.BOUNDARY_TOLERANCE, guide_seeds=guide.seeds,
-                              trust=dict(member_min=metrics.AMBIGUOUS, mass=boundary.TRUST_MASS)),
-                written_by="sample.py", files=sorted([*files, "meta.json"]),
-                conditions=sorted(run.config["unet"]["conditions"]), class_names=run.config["data"]["class_names"],
-                run_id=run.config["run_id"])
+    meta = outputs.boundary_meta(args, run, n, counts, len(part["images"]), boundary.search_settings(guide),
+                                 [*files, "meta.json"])
     files["meta.json"] = json.dumps(meta, indent=2).encode()
     rundir.write_all_or_none(args.out, files)
     return meta

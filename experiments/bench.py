@@ -104,7 +104,7 @@ def bench_diffusion() -> None:
 
 
 # ---------------------------------------------------------------------------
-# Boundary samples: the time of `python sample.py RUN --boundary A B --n 100` (target: within 3 minutes on 2 CPU cores)
+# Boundary samples: the time of `python sample.py RUN --boundary A B --boundary-n 100` (target: within 3 minutes on 2 CPU cores)
 # ---------------------------------------------------------------------------
 def bench_boundary(run_dir: str = "runs/quick", a: int = 4, b: int = 9, n: int = 100,
                    methods: tuple[str, ...] | None = None) -> None:

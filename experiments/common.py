@@ -5,7 +5,7 @@ The protocol: held-out test digits. The 5,000 digits are split once (data.mnist_
 into 4,000 training digits (400 per class) and 1,000 test digits (100 per class).
 Every diffusion model, feature space and classifier here trains on training
 digits only; the test digits are only ever scored against: FID and IS are
-computed against them, in the features of the **evaluator** (classifier.py's
+computed against them, in the features of the **evaluator** (plumbing/classifier.py's
 small classifier, trained with shifts and intensity maps on 3,000 of the
 training digits, seed 0). The **noise floor** is the other 1,000 training
 digits (100 per class, `Digits.floor`), which the evaluator never trained on,
@@ -152,7 +152,7 @@ def new_run_settings(argv: list[str]) -> dict:
 
 
 def train_classifier(images: np.ndarray, labels: np.ndarray, seed: int, **args) -> classifier.FeatureNetwork:
-    """classifier.py's small classifier (its defaults: 300 steps, shifts and intensity maps) on (images, labels)."""
+    """plumbing/classifier.py's small classifier (its defaults: 300 steps, shifts and intensity maps) on (images, labels)."""
     return classifier.train_classifier(images, labels, num_classes=10, seed=seed, **CLASSIFIER_ARGS, **args)
 
 

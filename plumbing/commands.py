@@ -18,7 +18,7 @@ from plumbing.precision import PRECISIONS
 from plumbing.rundir import Run, RunError
 
 DESCRIPTION = "Generate images from a trained run: class grids, reference control, class boundaries, metrics."
-DEFAULT_BOUNDARY_N, DEFAULT_EVAL_N = 16, 1000  # --n without a value: --boundary, --eval
+DEFAULT_BOUNDARY_N, DEFAULT_EVAL_N = 16, 1000  # --boundary-n and --n without a value
 
 
 def parse_guidance(text: str) -> float | dict[str, float]:
@@ -112,8 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval", action="store_true", help="also score --n class-balanced samples: metrics.json (FID, "
                    "IS, conditioning accuracy; control with --references) and eval_samples.npz (train.py --eval "
                    "runs this, with --references 2, at the end of training)")
-    p.add_argument("--n", type=int, default=None, help=f"--eval: number of class-balanced samples (default "
-                   f"{DEFAULT_EVAL_N}); --boundary: boundary samples, one per walk (default {DEFAULT_BOUNDARY_N})")
+    p.add_argument("--n", type=int, default=None, help=f"--eval: how many class-balanced samples are scored "
+                   f"(default {DEFAULT_EVAL_N})")
+    p.add_argument("--boundary-n", type=int, default=None, help="--boundary: how many trusted boundary samples, one "
+                   f"per walk (default {DEFAULT_BOUNDARY_N})")
     p.add_argument("--inception-weights", default=None,
                    help="--eval: local Inception weights file for Inception FID/IS (else from the hub, or skipped)")
     p.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available)")
@@ -142,7 +144,7 @@ class Renamed(argparse.Action):
 def check_args(args) -> None:
     """Every argument that can be checked without the run, before any work."""
     counts = dict(sampling_steps=args.sampling_steps, grid_per_class=args.grid_per_class,
-                  per_reference=args.per_reference, points=args.points, walks=args.walks, n=args.n,
+                  per_reference=args.per_reference, points=args.points, walks=args.walks, n=args.n, boundary_n=args.boundary_n,
                   sampling_batch_size=args.sampling_batch_size)
     for name, value in counts.items():
         if value is not None and value < 1:
@@ -177,16 +179,19 @@ def check_args(args) -> None:
 # Flags that act only with another flag: given without it (at another value than their default) they would be
 # ignored, so they are refused. flag -> (the flags it needs, any of them).
 NEEDS = {"boundary_method": ("boundary",), "boundary_guidance": ("boundary",), "points": ("between",),
-         "walks": ("between",), "walk_label": ("between",), "walk_path": ("between",), "n": ("eval", "boundary"),
+         "walks": ("between",), "walk_label": ("between",), "walk_path": ("between",), "n": ("eval",),
+         "boundary_n": ("boundary",),
          "inception_weights": ("eval",), "per_reference": ("references", "reference_images"),
          "reference_labels": ("reference_images",)}
 
 
 UNUSED_BY_BOUNDARY = ("guidance", "grid_per_class", "per_reference")  # --boundary makes only its own samples
+UNUSED_BY_DDPM = ("sampling_steps", "eta")  # --sampler ddpm takes all T steps of Algorithm 2, with its own noise
 
 
 def check_unused_flags(args) -> None:
-    """A flag the chosen mode cannot honour is a one-line error naming it, never silently ignored."""
+    """A flag the chosen mode or sampler cannot honour is a one-line error naming it (checked before --eta takes the
+    sampler's own value)."""
     defaults = build_parser()
     def given(name):
         return getattr(args, name) != defaults.get_default(name)
@@ -200,6 +205,11 @@ def check_unused_flags(args) -> None:
                 hint = ("; its weight is --boundary-guidance W" if name == "guidance" else "")
                 raise RunError(f"--{name.replace('_', '-')} does not apply to --boundary, which guides and writes "
                                f"only its own samples{hint}")
+    if args.sampler == "ddpm":
+        for name in UNUSED_BY_DDPM:
+            if given(name):
+                raise RunError(f"--{name.replace('_', '-')} does not apply to --sampler ddpm (Algorithm 2 of Ho et "
+                               "al.: all T steps, its own noise); leave it out, or choose --sampler ddim or dpm++2m")
 
 
 def check_against_run(args, run: Run) -> None:
@@ -272,7 +282,8 @@ def check_memory(args, run: Run) -> None:
               (f"--points {args.points}" if args.points > walk_rows else f"--walks {args.walks}"):
                   walk_rows * args.points,
               # --boundary: a grid per walk, up to MAX_WALKS_PER_SAMPLE walks per sample in one round
-              f"--n {args.n}": (args.n or 0) * (MAX_WALKS_PER_SAMPLE * BOUNDARY_GRID if args.boundary else 1)}
+              f"--n {args.n}": args.n or 0,
+              f"--boundary-n {args.boundary_n}": (args.boundary_n or 0) * MAX_WALKS_PER_SAMPLE * BOUNDARY_GRID}
     requests = {flag: count * image for flag, count in counts.items()}
     batch = min(args.sampling_batch_size, max(counts.values()))  # a batch never holds more rows than the request
     requests[f"--sampling-batch-size {args.sampling_batch_size}"] = 2 * ACTIVATIONS * unet["base_channels"] * h * w * 4 * batch

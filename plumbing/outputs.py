@@ -87,3 +87,21 @@ def samples_npz(part: dict) -> bytes:
                         width=part["width"], **{field: part[field] for field in BOUNDARY_FIELDS if field in part},
                         **{f"cond_{name}": value for name, value in part["cond"].items()})
     return buffer.getvalue()
+
+
+def sample_meta(args, run, guidance, walk_guidance, written: list[str]) -> dict:
+    """sample.py's meta.json: every argument as used (--eta: the value the sampler took), the guidance, the files
+    this call wrote (sample.py's own: rundir.sample_outputs), the run's conditions, classes and id."""
+    return dict(vars(args), guidance=guidance, walk_guidance=walk_guidance, written_by="sample.py",
+                files=sorted(written), conditions=sorted(run.config["unet"]["conditions"]),
+                class_names=run.config["data"]["class_names"], run_id=run.config["run_id"])
+
+
+def boundary_meta(args, run, n: int, counts: dict, written_samples: int, search: dict, written: list[str]) -> dict:
+    """--boundary's meta.json: the arguments, the walks tried, crossed and trusted, the search and trust settings
+    (boundary.search_settings)."""
+    return dict(vars(args), boundary_n=n, guidance=counts["guidance"], boundary_method=args.boundary_method,
+                boundary=dict(tried=counts["tried"], crossed=counts["crossed"], trusted=counts["trusted"],
+                              written=written_samples, **search),
+                written_by="sample.py", files=sorted(written), conditions=sorted(run.config["unet"]["conditions"]),
+                class_names=run.config["data"]["class_names"], run_id=run.config["run_id"])

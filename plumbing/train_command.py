@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--channels", type=int, default=None, choices=(1, 3), help="force grey (1) or RGB (3)")
     g.add_argument("--cond", default="label+pos", help="conditions joined by +: label, pos; or none")
     g.add_argument("--backbone", default="pixels",
-                   help="pixels, classifier (--weights FILE: a classifier.py classifier), or a timm model name "
+                   help="pixels, classifier (--weights FILE: a classifier saved by metrics.py --features classifier), or a timm model name "
                    "(the report: swinv2_base_...)")
     g.add_argument("--weights", default=None, help="local weights file for the backbone (offline use)")
     g.add_argument("--pos-dim", type=int, default=20, help="dimension of the UMAP position (the report: 20)")
@@ -137,7 +137,7 @@ def check_settings(s: dict) -> None:
     if s["weights"] is not None and s["backbone"] != "pixels" and not os.path.isfile(s["weights"]):
         raise RunError(f"--weights {s['weights']}: file not found")
     if s["backbone"] == "classifier" and s["weights"] is None:
-        raise RunError("--backbone classifier needs --weights FILE, a classifier file written by classifier.py "
+        raise RunError("--backbone classifier needs --weights FILE, a classifier file written by plumbing/classifier.py "
                        "(python metrics.py REAL GENERATED --features classifier --classifier FILE trains one on "
                        "the labelled images REAL and saves it as FILE)")
 

@@ -307,7 +307,7 @@ def test_eval_refuses_a_foreign_or_id_less_evaluator(label_run, tmp_path, run_id
 
 # ---------------------------------------------------------------- unbounded requests
 @pytest.mark.parametrize("flags, flag", [(["--eval", "--n", "1000000000"], "--n 1000000000"),
-                                         (["--boundary", "0", "1", "--n", "1000000000"], "--n 1000000000"),
+                                         (["--boundary", "0", "1", "--boundary-n", "1000000000"], "--boundary-n 1000000000"),
                                          (["--grid-per-class", "1000000000"], "--grid-per-class 1000000000"),
                                          (["--references", "1", "--per-reference", "1000000000"],
                                           "--per-reference 1000000000"),

@@ -144,7 +144,7 @@ def test_the_boundary_command_end_to_end(run_dir, tmp_path, monkeypatch):  # noq
         return real(*args, **kwargs)
     monkeypatch.setattr(boundary, "boundary_samples", spy)
     out = tmp_path / "b"
-    sample.main([str(run), "--out", str(out), "--boundary", "0", "1", "--n", "3", "--sampling-steps", "2",
+    sample.main([str(run), "--out", str(out), "--boundary", "0", "1", "--boundary-n", "3", "--sampling-steps", "2",
                  "--boundary-method", "compose", "--guidance-interval", "0.5,inf", "--boundary-guidance", "2"])
     meta = json.loads((out / "meta.json").read_text())
     assert meta["files"] == ["boundary.png", "meta.json", "samples.npz"] and meta["boundary_method"] == "compose"
@@ -175,7 +175,7 @@ def test_a_boundary_without_trusted_samples_is_one_line_and_writes_nothing(run_d
     monkeypatch.setattr(Sure, "prob", lambda self, images: Ramp().prob(images))  # the search still crosses
     out = tmp_path / "none"
     with pytest.raises(SystemExit, match="none of 16 walks gave a trusted sample"):
-        sample.main([str(run), "--out", str(out), "--boundary", "0", "1", "--n", "2", "--sampling-steps", "2"])
+        sample.main([str(run), "--out", str(out), "--boundary", "0", "1", "--boundary-n", "2", "--sampling-steps", "2"])
     assert not out.exists()
 
 
@@ -186,7 +186,12 @@ def test_a_boundary_without_trusted_samples_is_one_line_and_writes_nothing(run_d
     (["--boundary-guidance", "2"], "--boundary-guidance acts only with --boundary"),
     (["--walks", "3"], "--walks acts only with --between"),
     (["--walk-path", "features"], "--walk-path acts only with --between"),
-    (["--n", "5"], "--n acts only with --eval or --boundary"),
+    (["--n", "5"], "--n acts only with --eval"),
+    (["--boundary-n", "5"], "--boundary-n acts only with --boundary"),
+    (["--boundary", "0", "1", "--n", "5"], "--n acts only with --eval"),
+    (["--sampler", "ddpm", "--sampling-steps", "5"], "--sampling-steps does not apply to --sampler ddpm"),
+    (["--sampler", "ddpm", "--eta", "0.5"], "--eta does not apply to --sampler ddpm"),
+    (["--boundary", "0", "1", "--sampler", "ddpm", "--eta", "0"], "--eta does not apply to --sampler ddpm"),
     (["--per-reference", "3"], "--per-reference acts only with --references or --reference-images"),
     (["--reference-labels", "1"], "--reference-labels acts only with --reference-images"),
     (["--boundary", "0", "1", "--boundary-guidance", "nan"], "--boundary-guidance must be finite"),

@@ -1,4 +1,4 @@
-"""Tests of classifier.py on its own: where it sits among the modules, its augmentations and its devices.
+"""Tests of plumbing/classifier.py on its own: where it sits among the modules, its augmentations and its devices.
 (Its training, accuracy and files are tested through metrics.load_feature_network in test_metrics.py.)"""
 import ast
 from pathlib import Path

@@ -1,4 +1,4 @@
-"""data.py: IDX parsing, the MNIST download, the train/test splits, image folders (16-bit, TIFF), per-class sampling."""
+"""plumbing/data.py: IDX parsing, the MNIST download, the train/test splits, image folders (16-bit, TIFF), per-class sampling."""
 import gzip
 import hashlib
 import http.server
@@ -17,7 +17,7 @@ IDX_TYPE = {np.dtype(np.uint8): 0x08, np.dtype(np.int32): 0x0C, np.dtype(np.floa
 
 
 def idx_bytes(array: np.ndarray) -> bytes:
-    """IDX encoding written independently of data.py: magic, big-endian sizes, big-endian data."""
+    """IDX encoding written independently of plumbing/data.py: magic, big-endian sizes, big-endian data."""
     magic = bytes([0, 0, IDX_TYPE[array.dtype], array.ndim])
     sizes = np.array(array.shape, ">u4").tobytes()
     return magic + sizes + array.astype(array.dtype.newbyteorder(">")).tobytes()

@@ -1,4 +1,4 @@
-"""Tests of metrics.py and classifier.py: FID and IS against the accepted tools' formulas,
+"""Tests of metrics.py and plumbing/classifier.py: FID and IS against the accepted tools' formulas,
 feature networks (the small classifier, robust to grey backgrounds, and Inception), controllability,
 class-boundary walks, memorisation, intervals, and the command line."""
 import json
@@ -20,6 +20,7 @@ from PIL import Image
 
 from plumbing import classifier
 import metrics
+from plumbing import metrics_command
 from metrics import (conditioning_accuracy, controllability, feature_statistics,
                      fid_from_features, frechet_distance, inception_score, load_feature_network,
                      memorisation, t_interval, walk_statistics, boundary_statistics)
@@ -796,11 +797,11 @@ def test_cli_trains_the_classifier_on_labelled_real_images(tmp_path, mnist_split
     monkeypatch.setattr(classifier, "train_classifier",
                         lambda *a, **k: fast_train(*a, **{**k, "steps": 5}))
     clf = tmp_path / "sub" / "clf.pt"
-    assert metrics.main([str(real), str(generated), "--features", "classifier",
+    assert metrics_command.main([str(real), str(generated), "--features", "classifier",
                          "--classifier", str(clf)]) == 0
     assert clf.is_file()
     monkeypatch.chdir(tmp_path)  # default location: .cache/metrics/ under the working directory
-    assert metrics.main([str(real), str(generated), "--features", "classifier", "--json"]) == 0
+    assert metrics_command.main([str(real), str(generated), "--features", "classifier", "--json"]) == 0
     assert len(list((tmp_path / ".cache" / "metrics").glob("classifier-*.pt"))) == 1
     assert "conditioning_accuracy" in json.loads(capsys.readouterr().out.strip().splitlines()[-1])
 
@@ -810,7 +811,7 @@ def test_cli_with_inception_and_a_local_weights_file(tmp_path, inception_weights
     np.savez(tmp_path / "a.npz", images=rng.integers(0, 256, (3, 32, 32, 3), dtype=np.uint8))
     np.savez(tmp_path / "b.npz", images=rng.integers(0, 256, (3, 32, 32, 3), dtype=np.uint8),
              labels=np.arange(3))
-    assert metrics.main([str(tmp_path / "a.npz"), str(tmp_path / "b.npz"), "--inception-weights",
+    assert metrics_command.main([str(tmp_path / "a.npz"), str(tmp_path / "b.npz"), "--inception-weights",
                          str(inception_weights), "--json", "--device", "cpu"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert np.isfinite(result["fid"]) and result["is_splits"] == 1  # 3 images: one split (is_splits), not 3 of one
@@ -824,9 +825,9 @@ def test_cli_image_size_resizes_mixed_sizes(tmp_path, trained_classifier, capsys
     for i, size in enumerate((28, 32, 28)):
         Image.new("L", (size, size), 40 * i).save(mixed / f"{i}.png")
     args = [str(mixed), str(mixed), "--features", "classifier", "--classifier", str(clf_path), "--json"]
-    assert metrics.main(args) == 2
+    assert metrics_command.main(args) == 2
     assert "--image-size" in capsys.readouterr().err
-    assert metrics.main(args + ["--image-size", "28"]) == 0
+    assert metrics_command.main(args + ["--image-size", "28"]) == 0
     assert json.loads(capsys.readouterr().out)["n_real"] == 3
 
 
@@ -890,7 +891,7 @@ def test_cli_user_errors_are_one_line_naming_the_file_or_flag_and_exit_2(tmp_pat
         extra = {"splits-zero": ["--splits", "0"], "negative-batch-size": ["--feature-batch-size", "-1"],
                  "old-batch-size": ["--batch-size", "8"], "no-such-device": ["--device", "tpu9"],
                  "not-a-number": ["--splits", "ten"], "unknown-flag": ["--frobnicate"]}[case]
-    assert metrics.main([str(other), str(good), *extra]) == 2
+    assert metrics_command.main([str(other), str(good), *extra]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("metrics.py: error:"), err
     must_name, must_not_say = CLI_ERRORS[case]

@@ -1,4 +1,4 @@
-"""rundir.py's rules on their own: resume, belonging, overwrite, one writer, saving, the messages. No training."""
+"""plumbing/rundir.py's rules on their own: resume, belonging, overwrite, one writer, saving, the messages. No training."""
 import errno
 import json
 import os

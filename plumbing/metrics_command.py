@@ -1,11 +1,11 @@
-"""metrics.py's command line: the image sets it reads (folders or .npz files) and the checks on them.
-
-Not the method: reading and checking the two image sets `python metrics.py REAL GENERATED` compares;
-metrics.main calls these in one line each.
+"""metrics.py's command line: its flags, the image sets it reads (folders or .npz files), the checks on them and
+its output. Not the method: the metrics are metrics.py's (`python metrics.py REAL GENERATED` runs `main` here).
 """
 import argparse
 import hashlib
+import json
 import os
+import sys
 
 import numpy as np
 
@@ -13,6 +13,8 @@ from plumbing import classifier
 from plumbing import data
 from plumbing import rundir
 from plumbing.classifier import FeatureNetwork
+from plumbing.weights import WeightsUnavailableError
+import metrics
 
 
 def load_image_set(path: str, image_size=None) -> tuple[np.ndarray, np.ndarray | None, list | None]:
@@ -115,3 +117,49 @@ def classifier_cache_path(real: np.ndarray, real_labels: np.ndarray) -> str:
     digest.update(real.data), digest.update(real_labels.astype(np.int64).data)
     digest.update(classifier.RECIPE.encode())  # a new training recipe trains a new classifier
     return os.path.join(".cache", "metrics", f"classifier-{digest.hexdigest()[:16]}.pt")
+
+
+def main(argv=None) -> int:
+    """python metrics.py REAL GENERATED: FID, IS (and conditioning accuracy) of two image sets; 0, or 2 after a
+    one-line error."""
+    parser = build_parser(metrics.MIN_IMAGES_PER_SPLIT)
+    try:
+        args = parser.parse_args(argv)
+        check_args(args)
+        classifier.choose_device(args.device)  # an unavailable --device fails before any work
+        real, real_labels, real_names = load_image_set(args.real, args.image_size)
+        generated, labels, names = load_image_set(args.generated, args.image_size)
+        check_same_size(real, generated, args.real, args.generated)
+        if args.features == "inception":
+            net, labels = metrics.load_feature_network("inception", weights=args.inception_weights, device=args.device), None
+        else:
+            path = args.classifier
+            if path is None and real_labels is not None:
+                path = classifier_cache_path(real, real_labels)
+            if path is None or not os.path.exists(path):
+                if real_labels is None:
+                    raise ValueError(f"--features classifier trains on REAL, but {args.real} has no labels: "
+                                     "use a .npz with 'labels', class sub-directories, or an existing --classifier")
+                print(f"metrics.py: training the classifier on {args.real}, saving it to {path}", file=sys.stderr)
+            net = metrics.load_feature_network("classifier", classifier_path=path, train_images=real,
+                                       train_labels=real_labels, device=args.device)
+            labels = align_labels(labels, names, real_names, args.generated)
+            if labels is not None and labels.max() >= net.num_classes:
+                raise ValueError(f"labels in {args.generated} go up to {labels.max()}, "
+                                 f"but the classifier knows {net.num_classes} classes")
+        net.batch_size = args.feature_batch_size or net.batch_size
+        check_batch_memory(net, real.shape[3], args.feature_batch_size)
+        result = {**metrics.evaluate_images(real, generated, labels, net, args.splits), "features": args.features}
+    except (ValueError, OSError, WeightsUnavailableError, rundir.RunError) as error:
+        print("metrics.py: error: " + " ".join(str(error).split()), file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"FID: {result['fid']:.4f}")
+        print(f"IS:  {result['is_mean']:.4f} +- {result['is_std']:.4f} ({result['is_splits']} splits)")
+        if "is_note" in result:
+            print(f"note: {result['is_note']}")
+        if "conditioning_accuracy" in result:
+            print(f"conditioning accuracy: {result['conditioning_accuracy']:.4f}")
+    return 0
