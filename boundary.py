@@ -113,18 +113,21 @@ TRUST_MASS = 0.9
 WIDTH_LEVELS = (0.1, 0.9)  # the transition width: the s range over which P(B) goes from 0.1 to 0.9
 
 
-GUIDE_FILE, GUIDE_SEEDS, GUIDE_STEPS = "guide.pt", 3, 300  # members, each train_classifier's default steps
+# The guide: its file in the run directory, its number of member classifiers (trained with the seeds seed ..
+# seed + GUIDE_MEMBERS - 1) and each member's training steps (classifier.train_classifier's default, 300).
+GUIDE_FILE, GUIDE_MEMBERS, GUIDE_STEPS = "guide.pt", 3, 300
 
 
 EVALUATOR_SEED = 0  # train_classifier's default seed: the run's classifier.pt, which scores; never a guide's
 
 
-def boundary_guide(run: Run, seed: int = 1, members: int = GUIDE_SEEDS, steps: int | None = None):
+def boundary_guide(run: Run, seed: int = 1, members: int = GUIDE_MEMBERS, steps: int | None = None):
     """The guide of boundary_samples: `members` small classifiers (classifier.train_ensemble) trained on the
     run's training digits with seeds seed .. seed + members - 1 (never the evaluator's 0), mean softmax.
 
     steps: each member's training steps (None: GUIDE_STEPS). Kept in the run directory as guide.pt (atomically;
-    reloaded with weights_only) for this run, seeds and steps.
+    reloaded with weights_only) for this run, seeds and steps; a guide.pt of another run, other seeds or other
+    steps is trained again and replaced.
     """
     seeds, steps = list(range(seed, seed + members)), GUIDE_STEPS if steps is None else steps
     if EVALUATOR_SEED in seeds or members < 1:
@@ -276,11 +279,12 @@ def boundary_samples(run: Run, a: int, b: int, walks: int, method: str = DEFAULT
 
     guide: an object with .prob(images) -> (N, K) and .member_prob(images) -> (M, N, K) (classifier.Ensemble;
     None: boundary_guide(run)); never one of `evaluators` (None: the run's classifier.pt), which score the
-    result. sampler: as generate's, guidance None or a number w for the method's own form (method_guidance).
+    result. sampler: as generate's, guidance None or a number w for the method's own form, or a dict used as
+    given (method_guidance).
     Returns a part with ONE row per walk that crossed: images, labels (= a), reference -1, cond at s*, walk,
     s (= s*), endpoints (N, 2), prob (N, 2) the guide's (P(a), P(b)) at s*, guide_prob (N, M, 2) each member's,
-    trusted (N,) bool (`trusted`: what --boundary keeps), width (N,) (transition_width); and crossed (walks,)
-    bool for every walk tried.
+    trusted (N,) bool (`trusted`: what --boundary keeps), width (N,) (transition_width); crossed (walks,)
+    bool for every walk tried; method and guidance (the guidance used, method_guidance's form).
     """
     check_boundary(run, a, b, method)
     if walks < 1 or first_walk < 0:

@@ -1,10 +1,12 @@
 """The conditions of a set of images: what the U-Net is told about each image, in training and in sampling.
 
 The method: an image's conditions are its class, `label`, and its
-position in a pretrained feature space, `pos`:
+position in a feature space, `pos`: by default (train.py --backbone pixels)
+the space of the flattened pixels, no pretrained network; a pretrained
+network's, such as the report's SwinV2, when --backbone names one:
 
-    f(x)       features of the image: pixels, a small classifier or a timm model (the report: SwinV2)
-    u          a 20-d UMAP position of f(x)      (McInnes et al. 2018; features.FeatureSpace)
+    f(x)       features of the image: pixels (the default), a small classifier or a timm model (the report: SwinV2)
+    u          a --pos-dim (default 20) UMAP position of f(x)      (McInnes et al. 2018; features.FeatureSpace)
     pos        z = (u - mean) / std, each dimension standardised over the training positions
 
 Training fits the UMAP on the features of every training image
@@ -69,8 +71,9 @@ def positions(images: np.ndarray, space: FeatureSpace, settings: dict,
 
 
 def image_features(images: np.ndarray, settings: dict, device=None) -> np.ndarray:
-    """f(x) with the run's backbone: (M, H, W, C) uint8 -> (M, D) float32 (backbone features cached under --root),
-    on `device` (the command's --device; None: the best available)."""
+    """f(x) with the run's backbone: (M, H, W, C) uint8 -> (M, D) float32 (a timm backbone's features cached in
+    ROOT/cache, ROOT the run's train.py --root; pixels and classifier features never), on `device` (the command's
+    --device; None: the best available)."""
     return extract_features(images, backbone=settings["backbone"], weights=settings["weights"],
                             device=None if device is None else str(device), cache_dir=os.path.join(settings["root"], "cache"))
 

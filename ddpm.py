@@ -2,9 +2,9 @@
 
 A DDPM (Ho et al. 2020) corrupts an image x_0 with Gaussian noise over T steps,
 
-    q(x_t | x_{t-1}) = N(sqrt(1 - beta_t) x_{t-1}, beta_t I),
+    q(x_t | x_{t-1}) = N(sqrt(1 - beta_t) x_{t-1}, beta_t I)      (Ho et al., eq. 2),
 
-which has the closed form q(x_t | x_0) = N(sqrt(abar_t) x_0, (1 - abar_t) I)
+which has the closed form q(x_t | x_0) = N(sqrt(abar_t) x_0, (1 - abar_t) I) (eq. 4)
 with alpha_t = 1 - beta_t and abar_t = prod_{s<=t} alpha_s. A network
 eps_theta(x_t, t, cond) learns to predict the noise (or v, below); running the chain
 backwards with it turns pure noise into an image.
@@ -217,8 +217,9 @@ class Diffusion:
         x_0 = sqrt(abar_t) x_t - sqrt(1 - abar_t) v and eps = sqrt(1 - abar_t) x_t + sqrt(abar_t) v.
 
         Why v: near t = T-1, x_0 from eps multiplies eps's error by sqrt(1/abar_t - 1), about 1/sqrt(abar_t):
-        up to 1/0.0064 = 157 for the linear schedule with T = 1000 (about 20,000 for the cosine one), so a
-        small eps error there is a large error in the image's mean; from v the factor is sqrt(1 - abar_t) <= 1.
+        up to 157 for the linear schedule with T = 1000 (abar_{T-1} = 4.0e-5), about 20,000 for the cosine one
+        (abar_{T-1} = 2.4e-9), so a small eps error there is a large error in the image's mean; from v the
+        factor is sqrt(1 - abar_t) <= 1.
         """
         if self.prediction == "eps":
             return self.predict_x0_from_eps(x_t, t, out), out
@@ -299,7 +300,7 @@ class Diffusion:
         """The reverse step p(x_{t-1} | x_t) = N(mu_theta, beta~_t I) ("fixed small" variance).
 
         mu_theta is the posterior mean with the predicted x_0 in place of the
-        true one; the prediction is clipped to the image range [-1, 1].
+        true one; the prediction is clipped to the image range [-1, 1] when clip_denoised.
         Returns (mean, variance, log_variance, predicted x_0).
         """
         x0, _ = self.predict_x0(model, x_t, t, cond, guidance, clip_denoised)
@@ -388,7 +389,13 @@ class Diffusion:
         return torch.linspace(self.num_timesteps - 1, 0, steps).round().long().unique_consecutive().tolist()
 
     def logsnr_timesteps(self, steps: int) -> list[int]:
-        """`steps` timesteps from T-1 down to 0, evenly spaced in lambda = log(alpha / sigma) (half the log-SNR).
+        """Up to `steps` timesteps from T-1 down to 0, evenly spaced in
+        lambda_t = log(sqrt(abar_t) / sqrt(1 - abar_t)) = 0.5 log SNR_t = -log sigma_t
+        (Lu et al.'s lambda = log(alpha_t / sigma_t), in their notation; their alpha_t, sigma_t are a_t, s_t of
+        dpm_solver_step, not this file's alpha_t = 1 - beta_t nor the sigma_t of `sigma`): each of `steps`
+        evenly spaced values of lambda from lambda_{T-1} to lambda_0 is taken to its nearest timestep, and
+        repeats are merged, so where the grid is finer than the schedule fewer than `steps` remain (e.g. 9 of 10
+        on the cosine schedule with T = 1000).
 
         DPM-Solver's spacing for low-resolution images (Lu et al. 2022, sec. 5): on the linear schedule
         evenly spaced t would end with one long step in lambda next to a short one (a ratio r near 0.2),
@@ -408,7 +415,8 @@ class Diffusion:
 
     def step_guidance(self, t: int, guidance: float | dict, guidance_interval: tuple[float, float] | None):
         """The guidance of step t: `guidance` where sigma_t lies in (lo, hi] of guidance_interval (or always,
-        None), else weight 1: the plain conditional model (one B-row call), or for composition {"compose": 1}. Kynkaanniemi et al. 2024, "Applying
+        None), else weight 1: the plain conditional model (one B-row call), or for composition {"compose": 1}
+        (still one 3B-row call). Kynkaanniemi et al. 2024, "Applying
         Guidance in a Limited Interval Improves Sample and Distribution Quality in Diffusion Models", sec. 3:
         guidance at the highest noise levels only narrows the classes' modes, at the lowest it does little."""
         if guidance_interval is None:
@@ -429,9 +437,10 @@ class Diffusion:
 
         sampler "ddpm": the full ancestral sampler, Algorithm 2 of Ho et al. (T network calls; steps and eta
         ignored); "ddim": DDIM over `steps` evenly spaced timesteps with the given eta in [0, 1]; "dpm++2m":
-        DPM-Solver++(2M) over `steps` timesteps evenly spaced in log-SNR, eta 0 (ODE) or 1 (SDE).
-        steps None: all T timesteps. eta None: the sampler's own, SAMPLER_ETA (ddim 0, dpm++2m 1: sample.py's
-        --eta without a value). guidance: see guided_output.
+        DPM-Solver++(2M) over up to `steps` timesteps evenly spaced in log-SNR (logsnr_timesteps), eta 0 (ODE)
+        or 1 (SDE). steps None: all T timesteps (for dpm++2m, fewer: logsnr_timesteps merges repeats). eta None:
+        the sampler's own, SAMPLER_ETA (ddim 0, dpm++2m 1: what sample.py uses when --eta is not given).
+        guidance: see guided_output.
         noise_index (B,) long: rows with the same index share their starting noise and every step's noise
         (a walk that changes only its conditions); None: every row its own noise.
         guidance_interval (lo, hi): guide only at steps whose sigma_t lies in (lo, hi], see step_guidance.
@@ -476,8 +485,9 @@ PREDICTIONS = ("eps", "v")
 # guidance {COMPOSE: w}: product composition of the classes of a soft label (Diffusion.composed_output)
 COMPOSE, LABEL = "compose", "label"
 SAMPLERS = ("ddim", "dpm++2m", "ddpm")
-# Each sampler's eta when none is given (sample() and sample.py's --eta): deterministic DDIM, DPM-Solver++(2M)'s
-# SDE form (sample.py's default sampler); the ddpm sampler has none (its noise is the posterior's, DDIM's eta = 1).
+# Each sampler's eta when none is given (sample() with eta None, sample.py without --eta): deterministic DDIM,
+# DPM-Solver++(2M)'s SDE form (sample.py's default sampler); the ddpm sampler has none (its noise is the
+# posterior's, DDIM's eta = 1).
 SAMPLER_ETA = {"ddim": 0.0, "dpm++2m": 1.0, "ddpm": None}
 
 

@@ -1,4 +1,6 @@
-"""Where an image sits in a pretrained feature space: its position `pos` (the report's `umap_loc`).
+"""Where an image sits in a feature space: its position `pos` (the report's `umap_loc`). The space is the
+flattened pixels by default (train.py --backbone pixels: no pretrained network), a pretrained network's such as
+the report's SwinV2 when --backbone names one.
 
 The paper's new condition (docs/METHOD.md, steps 1, 2 and 4):
 
@@ -6,19 +8,22 @@ The paper's new condition (docs/METHOD.md, steps 1, 2 and 4):
    V2 (timm `swinv2_base_window12to16_192to256.ms_in22k_ft_in1k`); its pooled
    features are a 1,024-d vector f(x)                 -> `extract_features`
 2. UMAP (McInnes et al. 2018, umap-learn), fitted on the training features,
-   maps each f(x) to a 20-d position u(x), the image's `pos`
+   maps each f(x) to a 20-d (--pos-dim) position u(x), the image's `pos`
                                                        -> `FeatureSpace.fit`
-4. a reference image's position comes from the same fitted UMAP
-                                                       -> `FeatureSpace.transform`
+4. a reference image's position comes from the same fitted UMAP: a training
+   image's is its fitted position, space.positions[i], the one it was
+   trained with; only a new image (not in training) is placed by UMAP's
+   transform of its features                           -> `FeatureSpace.transform`
+   (conditions.positions chooses between the two)
 
 The U-Net is fed standardised positions, (u - mean) / std with the mean and
 std of the training positions (`FeatureSpace.standardize`). Figure 7 of the
 report, a 2-D UMAP scatter coloured by class, is `plot_positions`.
 
-`--backbone pixels` replaces step 1 by the flattened pixels: no weights, fast,
+`--backbone pixels` (train.py's default) replaces step 1 by the flattened pixels: no weights, fast,
 and on MNIST UMAP separates the digits well from pixels alone.
 
-`create_backbone` is the one place a backbone is made (metrics.py's Inception too), with the hub's
+`create_backbone` is the one place a timm backbone is made (metrics.py's Inception too), with the hub's
 weights, a local file's or seeded random ones; where weights come from and the feature cache are
 plumbing/weights.py's (not the method).
 """
@@ -59,14 +64,14 @@ def extract_features(
       the report's PAPER_BACKBONE. No default: every caller says which.
     weights: see `create_backbone` (None: the hub; a path: a local file;
       "random": seeded random weights, tests only).
-    device: where a timm backbone runs (the user's --device); None picks the
-      best available (`pick_device`). It runs in bfloat16 on CUDA, float32
-      elsewhere (`backbone_dtype`).
-    cache_dir: backbone features are saved there as .npy, keyed by the
+    device: where a timm backbone or the classifier runs (the user's --device);
+      None picks the best available (`pick_device`). A timm backbone runs in
+      bfloat16 on CUDA, float32 elsewhere (`backbone_dtype`).
+    cache_dir: timm backbone features are saved there as .npy, keyed by the
       images' content, the backbone, the weights, the device type and the
       precision, so that a second run skips extraction and features computed
       in bf16 on a GPU are never mixed with fp32 ones; None disables the
-      cache. Pixels are never cached.
+      cache. Pixels and classifier features are never cached.
     """
     if images.ndim != 4 or images.dtype != np.uint8 or images.shape[3] not in (1, 3):
         raise ValueError(
@@ -132,7 +137,7 @@ def create_backbone(
       needs Inception's logits).
     ignore_prefixes: keys of a weights file to skip (see `load_weights`).
     """
-    import timm  # imported on use, like umap below: both take seconds, and "pixels" needs neither
+    import timm  # imported on use, like umap below: each takes seconds to import; "pixels" never needs timm
 
     if not timm.is_model(name):
         raise ValueError(f"unknown backbone {name!r}: use --backbone pixels or a timm model name such as {PAPER_BACKBONE}")
@@ -269,11 +274,12 @@ class FeatureSpace:
         start = time.perf_counter()
         reducer.fit(features)
         print(f" done in {time.perf_counter() - start:.0f} s", file=sys.stderr)
-        params = dict(  # everything UMAP.transform reads from the fitted model, besides the two arrays
+        params = dict(  # the settings UMAP.transform reads from the fitted model (besides the two arrays) and,
+            # not read by it, min_dist, spread and the fit's seed, kept to say how the space was made
             n_neighbors=int(reducer._n_neighbors),
             min_dist=float(reducer.min_dist),
             spread=float(reducer.spread),
-            a=float(reducer._a),  # the output similarity 1 / (1 + a d^2b), fitted to min_dist and spread
+            a=float(reducer._a),  # the output similarity 1 / (1 + a d^(2b)), a and b fitted to min_dist and spread
             b=float(reducer._b),
             seed=int(seed),
             transform_seed=int(reducer.transform_seed),
@@ -317,23 +323,28 @@ class FeatureSpace:
         # 1. The k nearest training images of each new image, found exactly: (M, k) indices and distances.
         indices, distances = nearest_neighbours(x, self.features, k)
 
-        # 2. Fuzzy membership of each edge new -> training image (Sec. 3.1, Algorithm 3):
-        #    w = exp(-(d - rho) / sigma), rho the distance to the nearest neighbour,
-        #    sigma such that the k weights sum to log2(k).
+        # 2. Fuzzy membership of each edge new -> training image, as umap's transform computes it (the graph of
+        #    Sec. 3.1 and its Algorithm 3, with two departures): w_j = exp(-(d_j - rho) / sigma) for each of the k
+        #    neighbours j = 1..k, nearest first. rho = 0 here, not the paper's distance to the nearest neighbour:
+        #    transform passes local_connectivity - 1 (0 for the fitted 1, umap's default), so only a neighbour
+        #    at distance 0 (the same features) gets w = 1. sigma is found by binary search such that the k - 1
+        #    weights of neighbours 2..k sum to log2(k) (smooth_knn_dist skips the first neighbour, which in a
+        #    fit is the point itself), and is at least 1e-3 times the mean of all M x k distances.
         sigmas, rhos = smooth_knn_dist(
             distances, float(k), local_connectivity=float(max(0.0, p["local_connectivity"] - 1.0))
         )
         rows, cols, weights, _ = compute_membership_strengths(indices, distances, sigmas, rhos, bipartite=True)
         graph = coo_matrix((weights, (rows, cols)), shape=(len(x), len(self.features)))  # (M, N)
 
-        # 3. Start at the weighted mean of the neighbours' positions (or at the
-        #    position of an identical training image, whose weight is 1).
+        # 3. Start at the weighted mean of the neighbours' positions (or at the position of a
+        #    training image with the same features, whose weight is 1).
         start = graph.tocsr()
         start.eliminate_zeros()
         embedding = init_graph_transform(start, self.positions)  # (M, d) float32
 
-        # 4. Epochs as umap chooses them; edges too weak to be sampled once in
-        #    n_epochs are dropped, and each edge is sampled in proportion to its weight.
+        # 4. Epochs as umap's transform chooses them (100 for up to 10,000 new images, else 30; with an
+        #    n_epochs given to the fit, a third of it); edges too weak to be sampled once in n_epochs
+        #    (w < max w / n_epochs) are dropped, and each edge is sampled in proportion to its weight.
         if p["n_epochs"] < 0:
             n_epochs = 100 if len(x) <= 10_000 else 30
         else:
@@ -344,8 +355,9 @@ class FeatureSpace:
 
         # 5. Stochastic gradient descent on the fuzzy-set cross entropy (Sec. 3.2,
         #    Algorithm 5): attract along the edges, repel from randomly drawn
-        #    training positions, which themselves stay fixed (move_other=False).
-        #    The random stream is seeded by transform_seed, as in umap.
+        #    training positions, which themselves stay fixed (move_other=False), with a
+        #    learning rate starting at a quarter of the fit's. As in umap's transform;
+        #    the random stream is seeded by transform_seed, as there.
         rng_state = np.random.RandomState(p["transform_seed"]).randint(INT32_MIN, INT32_MAX, 3).astype(np.int64)
         embedding = optimize_layout_euclidean(
             embedding, self.positions.copy(), graph.row, graph.col, n_epochs, len(self.features),

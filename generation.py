@@ -1,9 +1,11 @@
-"""Method step 5: generate images for requests, each a class and a reference image's conditions.
+"""Method step 4's sampling (docs/METHOD.md): generate images for requests, each a class and a reference
+image's conditions.
 
 `generate` samples from a loaded run's EMA model (rundir.load_run) with the
 sampler of ddpm.py: batched, guided (classifier-free, ddpm.Diffusion.guided_output),
-its noise per batch from one seed, per walk (rows sharing all their noise) or per row
-(ddpm.RowNoise). The defaults a user gets without flags are here too.
+its noise drawn batch after batch from one generator seeded with `seed` (rows of one walk sharing all
+their noise), or per row from the row's own seed (ddpm.RowNoise). The defaults a user gets without flags
+are here too.
 """
 import numpy as np
 import torch
@@ -15,24 +17,31 @@ from plumbing.rundir import Run
 
 
 # The sampler a user gets without flags: DPM-Solver++(2M), SDE form (eta 1), 10 steps. `python -m experiments.bench sampler`
-# compares samplers at guidance 3 on both conditions (not this default guidance, the label alone): there 10 of these
-# steps matched DDIM with 25 (docs/SPEED.md).
-DEFAULT_SAMPLER, DEFAULT_STEPS, DEFAULT_GUIDANCE = "dpm++2m", 10, 3.0
+# compares samplers at guidance 3 on both conditions (not the default guidance, the label alone): there 10 of these
+# steps matched DDIM (eta 1) with 25 (docs/SPEED.md).
+DEFAULT_SAMPLER, DEFAULT_STEPS = "dpm++2m", 10
 
 
 DEFAULT_ETA = SAMPLER_ETA[DEFAULT_SAMPLER]  # 1.0; without --eta every sampler takes its own (ddpm.SAMPLER_ETA)
 
 
-# ... with that guidance weight on the label alone, given the other conditions (default_guidance; README).
-# The default --guidance-interval: guidance at every step until experiments/compare.py's guidance curve says otherwise.
+# The guidance weight w a user gets without --guidance: on the label alone, given the other conditions, for a
+# model with a label; on every condition for one without (default_guidance). Also --boundary-guidance's default.
+DEFAULT_GUIDANCE = 3.0
+
+
+# The default --guidance-interval, None: guidance at every step. experiments/compare.py's interval curve found no
+# interval better at a matched share of requested digits (docs/EXPERIMENT.md, section 1).
 DEFAULT_GUIDANCE_INTERVAL = None
 
 
 def default_guidance(conditions) -> float | dict[str, float]:
     """The guidance without --guidance: w = DEFAULT_GUIDANCE on the label given the other conditions,
     out(others) + w (out(others, label) - out(others)) (ddpm.Diffusion.guided_output); for a model without a
-    label, w on every condition. Measured on the main command's model, label-given-position guidance at w = 3
-    reaches the requested digit more often and with a lower FID than w = 3 on both conditions (README)."""
+    label, w on every condition. Measured (docs/EXPERIMENT.md, "Why v-prediction and 600 steps"): the main
+    command's model with label-given-position guidance at w = 3 reaches 98.7% requested digits at FID 5.5,
+    against 96.4-97.4% at FID 8.0-11.9 for runs of the same recipe with w = 3 on both conditions; those used
+    DDIM with 25 steps, so the sampler changed together with the guidance."""
     return {"label": DEFAULT_GUIDANCE} if "label" in conditions else DEFAULT_GUIDANCE
 
 
@@ -54,11 +63,18 @@ def generate(run: Run, count: int, cond: dict[str, np.ndarray], sampler: dict, s
              noise_index: np.ndarray | None = None, row_seeds: np.ndarray | None = None) -> np.ndarray:
     """`count` images for the conditions cond (name -> (count, ...) arrays) -> uint8 (count, H, W, C).
 
-    sampler = dict(name, steps, eta, guidance, batch_size, guidance_interval (optional: None or [lo, hi])):
-    see ddpm.Diffusion.sample. noise_index (count,):
-    rows with the same value share all their noise (the points of one walk); such rows stay in one batch.
+    sampler = dict(name, steps, eta, guidance, batch_size (optional, 64), guidance_interval (optional: None or
+    [lo, hi])): see ddpm.Diffusion.sample. noise_index (count,): rows of one batch with the same value share all
+    their noise (the points of one walk); `batches` keeps each run of consecutive equal values in one batch
+    (a run longer than batch_size is a batch of its own), so give a walk's rows consecutively.
     row_seeds (count,): each row's noise from its own seed instead (ddpm.RowNoise), the same whatever rows
-    share its batch (the boundary search). Batches of 64 by default (128 rows with guidance): on a 2-core CPU about twice as fast per image as 500.
+    share its batch (the boundary search).
+    Batches of 64 images by default: on a 2-core CPU about twice as fast per image as batches of 500. A batch
+    of B images is B network rows per step without guidance (w = 1, or a step outside guidance_interval) and
+    (number of condition sets guided_output needs) x B with it: 2B (128) for one weight (a bare w, or the
+    default w on the label), 3B (192) for two different weights on two conditions (e.g. label=3,pos=1) or for
+    composition ({"compose": w}, at every step, weight 1 too); per-condition weights need at most
+    (conditions + 1) x B.
     """
     device = run.device
     generator = torch.Generator(device).manual_seed(seed)
@@ -79,7 +95,8 @@ def generate(run: Run, count: int, cond: dict[str, np.ndarray], sampler: dict, s
 
 
 def batches(count: int, size: int, groups: np.ndarray | None) -> list[np.ndarray]:
-    """Row indices of each batch: runs of `size` rows, or of whole groups (consecutive equal values) up to `size`."""
+    """Row indices of each batch: runs of `size` rows, or of whole groups (consecutive equal values) up to `size`
+    rows (a group larger than `size` is one batch of its own)."""
     if groups is None:
         return [np.arange(start, min(start + size, count)) for start in range(0, count, size)]
     starts = np.flatnonzero(np.r_[True, groups[1:] != groups[:-1]])

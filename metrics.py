@@ -11,7 +11,11 @@ network is timm's inception_v3.tv_in1k (torchvision's weights), so its FID and
 IS are close to, not identical with, pytorch-fid's (TensorFlow FID weights) and
 the original IS code's (1,008 classes); tests/test_metrics.py checks the
 formulas against those tools' own. The "classifier" network is plumbing/classifier.py's
-small classifier, trained on the real images.
+small classifier, trained on the labelled images it is given (load_feature_network's
+train_images), not necessarily on the real images the samples are scored against:
+sample.py --eval trains it on the run's training images and scores against the
+held-out test digits; the command line here trains it on REAL unless --classifier
+names a file.
 """
 import math
 import os
@@ -109,7 +113,8 @@ def fid_from_features(features1, features2, eps: float = 1e-6) -> float:
 # 2. Inception Score (Salimans et al. 2016)
 # ---------------------------------------------------------------------------
 def inception_score(logits, splits: int = 10, seed: int = 0) -> tuple[float, float]:
-    """IS = exp(E_x KL(p(y|x) || p(y))) per split: (mean, population std) over splits.
+    """IS = exp(E_x KL(p(y|x) || p(y))) (Salimans et al. 2016, sec. 4) per split: (mean, population std) over
+    splits.
 
     logits (N, K). p(y) is each split's marginal. The rows are shuffled with
     `seed` first, as torch-fidelity does, so that a class-sorted set does not
@@ -134,8 +139,13 @@ def inception_score(logits, splits: int = 10, seed: int = 0) -> tuple[float, flo
     return float(np.mean(scores)), float(np.std(scores))
 
 
-# A split's IS is at most its size (p(y) of n images has entropy <= log n), and a split of one image scores
-# exactly 1: every IS here takes splits of at least this many images (is_splits), fewer splits if need be.
+# A split's IS is at most its size n and at most the number of classes K: with x uniform over the split's n
+# images and y ~ p(y|x), E_x KL(p(y|x) || p(y)) = H(p(y)) - E_x H(p(y|x)) = I(x; y), so IS = exp I(x; y)
+# (Barratt & Sharma 2018, "A Note on the Inception Score"), and I(x; y) <= H(x) = log n, I(x; y) <= H(y) <= log K.
+# (p(y)'s own entropy is not bounded by log n: one image with a uniform p(y|x) has H(p(y)) = log K.) A split
+# of one image scores exactly 1 (its p(y) is its p(y|x)). Every IS here takes splits of at least this many
+# images (is_splits), fewer splits if need be (one split of all n below 20): 20 lies above MNIST's K = 10, so
+# there n is not the binding cap.
 MIN_IMAGES_PER_SPLIT = 20
 
 
@@ -316,7 +326,7 @@ def memorisation(generated, train, test, own_reference=None, near_copy_percentil
 
 
 # ---------------------------------------------------------------------------
-# 5. Intervals over replicates (seeds)
+# 5. Intervals over replicates (seeds); also KID, comparisons at a matched share, diversity, calibration
 # ---------------------------------------------------------------------------
 def t_interval(values, level: float = 0.95) -> tuple[float, float, float]:
     """(mean, low, high): the Student t interval of the mean of n >= 2 replicates,

@@ -75,7 +75,7 @@ def boundary_set(run: rundir.Run, method: str, pairs: list, count: int, seed: in
     of the guide's P(B) = 0.5), the pairs' two directions in turn, each labelled with its walk's start class A.
     Walks that never cross are asked for again (BOUNDARY_ROUNDS rounds at most) and counted in `crossed`."""
     directions = [d for a, b in pairs for d in ((a, b), (b, a))]
-    guide = boundary.boundary_guide(run, seed=1 + seed * boundary.GUIDE_SEEDS)  # never seed 0 (the evaluator's seed)
+    guide = boundary.boundary_guide(run, seed=1 + seed * boundary.GUIDE_MEMBERS)  # never seed 0 (the evaluator's seed)
     parts, crossed, have = [], [], 0
     for round_ in range(BOUNDARY_ROUNDS):
         walks = -(-(count - have) // len(directions))  # walks per direction still wanted, rounded up

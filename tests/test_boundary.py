@@ -58,7 +58,7 @@ def test_the_guide_is_never_the_evaluator(run_dir, tmp_path):  # noqa: F811
     evaluator = classifier.train_classifier(run.images, run.labels, 2, steps=5)  # seed 0, as --eval's classifier.pt
     classifier.save_classifier(evaluator, os.path.join(run.dir, "classifier.pt"))
     guide = boundary.boundary_guide(run, steps=5)
-    assert len(guide.members) == boundary.GUIDE_SEEDS and 0 not in guide.seeds
+    assert len(guide.members) == boundary.GUIDE_MEMBERS and 0 not in guide.seeds
     assert not any(classifier.same_weights(m, evaluator) for m in guide.members)
     assert os.path.exists(os.path.join(run.dir, "guide.pt"))
     again = boundary.boundary_guide(run, steps=5)  # reloaded from guide.pt: the same weights
