@@ -47,7 +47,7 @@ from ddpm import SAMPLER_ETA
 from features import extract_features
 from plumbing.weights import WeightsUnavailableError
 from generation import default_guidance, generate, walk_guidance
-from plumbing.outputs import concatenate_parts, grid_png, samples_npz
+from plumbing.outputs import concatenate_parts, grid_png, recorded_settings, samples_npz
 from plumbing.rundir import Run, RunError, load_run
 
 
@@ -207,7 +207,7 @@ def run_command(args) -> dict:
         parts.append(part)
     files["samples.npz"] = samples_npz(concatenate_parts(parts))
     written = sorted([*files, "meta.json", *(["metrics.json", "eval_samples.npz"] if args.eval else [])])
-    meta = dict(vars(args), guidance=guidance, walk_guidance=walk_sampler["guidance"] if args.between else None,
+    meta = dict(recorded_settings(args), guidance=guidance, walk_guidance=walk_sampler["guidance"] if args.between else None,
                 written_by="sample.py", files=written, conditions=sorted(names),
                 class_names=run.config["data"]["class_names"], run_id=run.config["run_id"])
     files["meta.json"] = json.dumps(meta, indent=2).encode()
@@ -241,7 +241,7 @@ def boundary_command(args, run: Run) -> dict:
     if kept < n:
         print(f"note: {kept} trusted boundary samples in {tried} walks ({crossed} crossed), not {n}", file=sys.stderr)
     files = {"boundary.png": boundary.boundary_grid(run, part), "samples.npz": samples_npz(part)}
-    meta = dict(vars(args), n=n, guidance=counts["guidance"], boundary_method=args.boundary_method,
+    meta = dict(recorded_settings(args), n=n, guidance=counts["guidance"], boundary_method=args.boundary_method,
                 boundary=dict(tried=tried, crossed=crossed, trusted=kept, written=len(part["images"]),
                               grid=boundary.BOUNDARY_GRID, tolerance=boundary.BOUNDARY_TOLERANCE, guide_seeds=guide.seeds,
                               trust=dict(member_min=metrics.AMBIGUOUS, mass=boundary.TRUST_MASS)),
@@ -256,7 +256,7 @@ def boundary_command(args, run: Run) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     try:
         return run_command(commands.build_parser().parse_args(argv))
-    except (RunError, ValueError, FileNotFoundError, WeightsUnavailableError) as error:
+    except (RunError, ValueError, OSError, WeightsUnavailableError) as error:  # OSError: an unreadable file, ...
         sys.exit(f"sample.py: {' '.join(str(error).split())}")
     except KeyboardInterrupt:
         sys.exit("sample.py: interrupted; --out is as it was (sample.py writes its files only at the end)")

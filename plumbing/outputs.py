@@ -5,6 +5,7 @@ Not the method: a "part" is a dict of generated images and what they were asked 
 and store them.
 """
 import io
+import os
 
 import numpy as np
 from PIL import Image
@@ -87,3 +88,30 @@ def samples_npz(part: dict) -> bytes:
                         width=part["width"], **{field: part[field] for field in BOUNDARY_FIELDS if field in part},
                         **{f"cond_{name}": value for name, value in part["cond"].items()})
     return buffer.getvalue()
+
+
+# sample.py's flags that name a file or folder: meta.json (and metrics.json's settings) record them portably.
+PATH_FLAGS = ("run", "out", "reference_images", "inception_weights")
+
+
+def portable_path(path: str) -> str:
+    """A path as a result file records it: as typed when relative; an absolute one relative to the folder the
+    command ran in (os.path.relpath), so that no committed result names a folder of the machine that made it."""
+    if not os.path.isabs(path):
+        return path
+    try:
+        return os.path.relpath(path)
+    except ValueError:  # another drive (Windows): no relative path exists
+        return os.path.basename(path)
+
+
+def recorded_settings(args) -> dict:
+    """sample.py's flags as meta.json records them: every flag, the paths portable (portable_path)."""
+    settings = dict(vars(args))
+    for flag in PATH_FLAGS:
+        value = settings.get(flag)
+        if isinstance(value, str):
+            settings[flag] = portable_path(value)
+        elif isinstance(value, list):
+            settings[flag] = [portable_path(v) if isinstance(v, str) else v for v in value]
+    return settings
