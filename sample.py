@@ -252,7 +252,7 @@ def boundary_command(args, run: Run) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     try:
         return run_command(commands.build_parser().parse_args(argv))
-    except (RunError, ValueError, FileNotFoundError, WeightsUnavailableError) as error:
+    except (RunError, ValueError, OSError, WeightsUnavailableError) as error:  # OSError: an unreadable file, ...
         sys.exit(f"sample.py: {' '.join(str(error).split())}")
     except KeyboardInterrupt:
         sys.exit("sample.py: interrupted; --out is as it was (sample.py writes its files only at the end)")

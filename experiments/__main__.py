@@ -51,6 +51,7 @@ try:  # a Ctrl-C while the modules load (torch: seconds) is one line too
     import time
 
     from plumbing.data import write_atomically
+    from plumbing.errors import RunError
     from experiments.augment import augment, augment_summaries, augment_tables
     from experiments.between import between, between_tables
     from experiments.common import TRAIN_FLAGS, Context, Digits, Scorer, new_run_settings
@@ -137,6 +138,8 @@ def main(argv: list[str] | None = None) -> None:
                          + [f"--{k} {getattr(args, k)}" for k in ("runs", "out") if getattr(args, k) != p.get_default(k)])
         sys.exit(f"python -m experiments: interrupted {stage['where']}; {path} keeps every section finished before "
                  f"and {args.runs} every trained model (an unfinished one resumes from its last checkpoint): {rerun}")
+    except (RunError, OSError) as error:  # a file it could not write (a full disk, a read-only --out, ...)
+        sys.exit(f"python -m experiments: {' '.join(str(error).split())}")
 
 
 def run_sections(args: argparse.Namespace, path: str, todo: list[str], stage: dict) -> None:

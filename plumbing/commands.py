@@ -10,7 +10,7 @@ import numpy as np
 
 from plumbing import rundir
 from boundary import BOUNDARY_GRID, BOUNDARY_METHODS, DEFAULT_BOUNDARY_METHOD, MAX_WALKS_PER_SAMPLE, WALK_LABELS, \
-    WALK_PATHS, check_boundary
+    WALK_PATHS, GUIDE_FILE, check_boundary
 from plumbing.data import open_image
 from ddpm import SAMPLERS, check_guidance_interval
 from generation import DEFAULT_GUIDANCE, DEFAULT_GUIDANCE_INTERVAL, DEFAULT_SAMPLER, DEFAULT_STEPS
@@ -236,6 +236,9 @@ def check_against_run(args, run: Run) -> None:
                 raise RunError(f"{flag} {' '.join(map(str, classes))}: class {c} does not exist; "
                                f"{run.dir} has classes 0..{k - 1}")
     check_memory(args, run)
+    for flag, name in (("--eval", "classifier.pt"), ("--boundary", GUIDE_FILE)):
+        if getattr(args, flag[2:]) and not os.path.exists(os.path.join(run.dir, name)):
+            rundir.check_run_writable(run.dir, name, flag)
     if args.boundary:
         check_boundary(run, *args.boundary, args.boundary_method)
     fewest = int(np.bincount(run.labels, minlength=k).min())

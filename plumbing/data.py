@@ -34,17 +34,23 @@ need to know where the images came from.
 `per_class` draws that many images of every class from the chosen split with
 `data_seed`; no seed changes which images are held out.
 """
+import contextlib
+import errno
 import gzip
 import hashlib
 import http.client
 import os
+import re
 import sys
 import tempfile
 import urllib.request
+import warnings
 import zlib
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+
+from plumbing.errors import WriteError
 
 # torchvision.datasets.MNIST's mirrors and file checksums (torchvision/datasets/mnist.py, `resources`).
 MNIST_MIRRORS = [
@@ -421,16 +427,38 @@ def read_images(paths: list[str], image_size: int | None = None, channels: int |
     return images
 
 
+# The largest image read (width x height): these are small images (MNIST is 28 x 28); a larger file is refused in one
+# line before it is decoded. PIL's own guard (Image.MAX_IMAGE_PIXELS, about 89 million) would warn first and only
+# refuse above twice that, as a traceback, after a 218 KB PNG of 15000 x 15000 had asked for 225 MB.
+MAX_IMAGE_PIXELS = 4096 * 4096
+
+
 def open_image(path: str) -> Image.Image:
-    """A decoded PIL image, grey ("L") or RGB; an unreadable file is an error naming it."""
+    """A decoded PIL image, grey ("L") or RGB; an unreadable file, or one larger than MAX_IMAGE_PIXELS, is an error
+    naming it (one line)."""
     try:
-        with Image.open(path) as picture:
-            picture.load()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)  # PIL's warning: refused here anyway
+            with Image.open(path) as picture:  # reads the header only: the size is known, nothing decoded yet
+                if picture.size[0] * picture.size[1] <= MAX_IMAGE_PIXELS:
+                    picture.load()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:  # PIL's guard, at Image.open
+        pixels = re.search(r"\((\d+) pixels\)", str(error))
+        too_large(path, f"{int(pixels[1]):,} pixels" if pixels else "too large")
     except (OSError, UnidentifiedImageError, ValueError) as error:
         raise ValueError(f"{path}: unreadable image ({error}); replace or remove it") from error
+    if picture.size[0] * picture.size[1] > MAX_IMAGE_PIXELS:
+        too_large(path, f"{picture.size[0]} x {picture.size[1]} pixels")
     if picture.mode in WIDE_GREY_MODES:  # PIL's convert("L") would clip these to 255, not scale them
         return Image.fromarray(to_8_bits(np.asarray(picture), picture.mode, path))
     return picture.convert("L" if picture.mode in GREY_MODES else "RGB")
+
+
+def too_large(path: str, size: str) -> None:
+    """Refuse an image of more than MAX_IMAGE_PIXELS pixels, in one line naming it, its size and the limit."""
+    side = int(MAX_IMAGE_PIXELS ** 0.5)
+    raise ValueError(f"{path}: the image is {size}, more than the {MAX_IMAGE_PIXELS:,} ({side} x {side}) read "
+                     "here; shrink it (these are small images) or remove it")
 
 
 def to_8_bits(pixels: np.ndarray, mode: str, path: str) -> np.ndarray:
@@ -461,30 +489,85 @@ def to_8_bits(pixels: np.ndarray, mode: str, path: str) -> np.ndarray:
 # ---------------------------------------------------------------------------
 # Writing files: the one atomic-write helper every module uses
 # ---------------------------------------------------------------------------
+# The mark of this program's temporary files: `.NAME.<pid>.<8 random characters>.fpdiff-tmp`, exactly
+# (temporary_beside). Only a file whose whole name matches TEMPORARY_NAME is ever taken for one of ours.
+TEMPORARY_SUFFIX = ".fpdiff-tmp"
+TEMPORARY_NAME = re.compile(r"\.(?P<name>.+)\.(?P<pid>[1-9][0-9]{0,9})\.[a-z0-9_]{8}" + re.escape(TEMPORARY_SUFFIX))
+
+
 def write_atomically(path: str, write) -> None:
     """write(f) into a new temporary file beside `path`, then rename it over `path` (os.replace is atomic).
 
     A crash or kill leaves either the old file or the new one, never half of
     one. The temporary name is unique (temporary_beside: made with O_EXCL), so
     it never takes over a file of the user's; a killed write leaves one stray
-    `.NAME.XXXXXXXX.tmp`, which rundir.remove_stale_tmp removes. The file gets
-    the usual permissions (umask), like any file open() creates.
+    `.NAME.<pid>.XXXXXXXX.fpdiff-tmp`, which rundir.remove_stale_tmp removes. The file gets
+    the usual permissions (umask), like any file open() creates. A write that
+    fails (a full disk, a read-only folder, torch.save's RuntimeError about it)
+    is a WriteError, one line naming the file and the fix; the file at `path` is as it was.
     """
-    tmp = temporary_beside(path)
+    tmp = None
     try:
+        tmp = temporary_beside(path)
         with open(tmp, "wb") as f:
             write(f)
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as error:
+        if write_failure(error) is None:
+            raise  # not a failed write: a bug, shown as one
+        raise WriteError(cannot_write(path, error)) from error
     finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        if tmp is not None and os.path.lexists(tmp):
+            with contextlib.suppress(OSError):
+                os.remove(tmp)
+
+
+def write_failure(error: BaseException) -> OSError | RuntimeError | None:
+    """The failed write behind `error` (an OSError, or torch.save's RuntimeError about its stream), else None."""
+    seen = error
+    while seen is not None:  # the OSError, where torch's RuntimeError carries one
+        if isinstance(seen, OSError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    if isinstance(error, RuntimeError) and any(words in str(error) for words in TORCH_WRITE_FAILURES):
+        return error
+    return None
+
+
+# torch.save's words for a stream it could not write (caffe2's PyTorchStreamWriter, inline_container.cc)
+TORCH_WRITE_FAILURES = ("inline_container", "PytorchStreamWriter", "file write failed", "unexpected pos",
+                        "iostream error")
+
+
+def cannot_write(path: str, error: BaseException) -> str:
+    """One line: which file could not be written, why, and what to do."""
+    cause = write_failure(error)
+    folder = os.path.dirname(os.path.abspath(path))
+    if isinstance(cause, OSError):
+        reason = cause.strerror or str(cause)
+        if cause.filename and os.path.abspath(str(cause.filename)) not in (os.path.abspath(path), folder):
+            reason += f" ({cause.filename})"
+        code = cause.errno
+    else:
+        reason, code = f"the write failed ({' '.join(str(cause).split())[:120]})", None
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        fix = "free some space and run it again"
+    elif code in (errno.EACCES, errno.EPERM, errno.EROFS):
+        fix = f"make {folder} writable (or work on a copy of it where you can write) and run it again"
+    elif code in (errno.ENOTDIR, errno.EEXIST):
+        fix = f"a part of {folder} is a file, not a folder: move that file away"
+    else:
+        fix = f"check {folder} and run it again"
+    kept = "; the file there before is as it was" if os.path.isfile(path) else ""
+    return f"cannot write {path}: {reason}{kept}; {fix}"
 
 
 def temporary_beside(path: str) -> str:
-    """A new, empty file `.NAME.XXXXXXXX.tmp` in path's folder (made if missing), with the umask's permissions."""
+    """A new, empty file `.NAME.<pid>.XXXXXXXX.fpdiff-tmp` in path's folder (made if missing), with the umask's
+    permissions. The process id says whose it is: rundir.remove_stale_tmp removes it only once that process is gone."""
     folder = os.path.dirname(path) or "."
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.{os.getpid()}.", suffix=TEMPORARY_SUFFIX)
     os.close(fd)
     umask = os.umask(0)
     os.umask(umask)

@@ -47,6 +47,9 @@ def take_lock(path: str, out: str) -> None:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
             holder = read_lock(path)
+            if not ours(holder, path):
+                raise RunError(f"{out} holds {path}, which train.py did not write (not its process id and host); it "
+                               "is left alone: move it away (if it is a lock of yours), or use another --out") from None
             if not stale(holder, path):
                 raise RunError(f"{out} is in use by train.py, process {holder.get('pid', '?')} on "
                                f"{holder.get('host', '?')} (since {holder.get('since', '?')}); wait for it to finish, "
@@ -67,6 +70,17 @@ def read_lock(path: str) -> dict:
         return holder if isinstance(holder, dict) else {}
     except (OSError, ValueError):
         return {}
+
+
+def ours(holder: dict, path: str) -> bool:
+    """Is the lock file train.py's? Its JSON names a process and a host; or it is empty (made with O_EXCL, not yet
+    written, or its writer killed in between). Anything else is someone else's file, never removed."""
+    if isinstance(holder.get("pid"), int) and isinstance(holder.get("host"), str):
+        return True
+    try:
+        return os.path.getsize(path) == 0
+    except OSError:
+        return True  # gone meanwhile: nothing of anyone's to keep
 
 
 def stale(holder: dict, path: str) -> bool:

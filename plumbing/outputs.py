@@ -5,6 +5,7 @@ Not the method: a "part" is a dict of generated images and what they were asked 
 and store them.
 """
 import io
+import os
 
 import numpy as np
 from PIL import Image
@@ -92,7 +93,7 @@ def samples_npz(part: dict) -> bytes:
 def sample_meta(args, run, guidance, walk_guidance, written: list[str]) -> dict:
     """sample.py's meta.json: every argument as used (--eta: the value the sampler took), the guidance, the files
     this call wrote (sample.py's own: rundir.sample_outputs), the run's conditions, classes and id."""
-    return dict(vars(args), guidance=guidance, walk_guidance=walk_guidance, written_by="sample.py",
+    return dict(recorded_settings(args), guidance=guidance, walk_guidance=walk_guidance, written_by="sample.py",
                 files=sorted(written), conditions=sorted(run.config["unet"]["conditions"]),
                 class_names=run.config["data"]["class_names"], run_id=run.config["run_id"])
 
@@ -100,8 +101,33 @@ def sample_meta(args, run, guidance, walk_guidance, written: list[str]) -> dict:
 def boundary_meta(args, run, n: int, counts: dict, written_samples: int, search: dict, written: list[str]) -> dict:
     """--boundary's meta.json: the arguments, the walks tried, crossed and trusted, the search and trust settings
     (boundary.search_settings)."""
-    return dict(vars(args), boundary_n=n, guidance=counts["guidance"], boundary_method=args.boundary_method,
+    return dict(recorded_settings(args), boundary_n=n, guidance=counts["guidance"], boundary_method=args.boundary_method,
                 boundary=dict(tried=counts["tried"], crossed=counts["crossed"], trusted=counts["trusted"],
                               written=written_samples, **search),
                 written_by="sample.py", files=sorted(written), conditions=sorted(run.config["unet"]["conditions"]),
                 class_names=run.config["data"]["class_names"], run_id=run.config["run_id"])
+# sample.py's flags that name a file or folder: meta.json (and metrics.json's settings) record them portably.
+PATH_FLAGS = ("run", "out", "reference_images", "inception_weights")
+
+
+def portable_path(path: str) -> str:
+    """A path as a result file records it: as typed when relative; an absolute one relative to the folder the
+    command ran in (os.path.relpath), so that no committed result names a folder of the machine that made it."""
+    if not os.path.isabs(path):
+        return path
+    try:
+        return os.path.relpath(path)
+    except ValueError:  # another drive (Windows): no relative path exists
+        return os.path.basename(path)
+
+
+def recorded_settings(args) -> dict:
+    """sample.py's flags as meta.json records them: every flag, the paths portable (portable_path)."""
+    settings = dict(vars(args))
+    for flag in PATH_FLAGS:
+        value = settings.get(flag)
+        if isinstance(value, str):
+            settings[flag] = portable_path(value)
+        elif isinstance(value, list):
+            settings[flag] = [portable_path(v) if isinstance(v, str) else v for v in value]
+    return settings

@@ -41,7 +41,8 @@ import re
 import numpy as np
 import torch
 
-from plumbing.data import load_dataset, temporary_beside, write_atomically
+from plumbing.data import TEMPORARY_NAME, cannot_write, load_dataset, temporary_beside, write_atomically
+from plumbing.errors import RunError, WriteError  # noqa: F401 (rundir.RunError: where every module finds it)
 from ddpm import Diffusion, beta_schedule
 from features import FeatureSpace, pick_device
 from plumbing.precision import resolve_precision
@@ -61,10 +62,6 @@ GRID_NAME = re.compile(r"step\d{7}\.png")
 # Everything a sample.py call may write into its --out (and the only files it ever replaces there).
 SAMPLE_FILES = ("class_grid.png", "references.png", "between.png", "boundary.png", "samples.npz", "meta.json",
                 "metrics.json", "eval_samples.npz")
-
-
-class RunError(Exception):
-    """A problem with the user's settings or files: printed as one line, no traceback."""
 
 
 # ---------------------------------------------------------------------------
@@ -292,27 +289,38 @@ def remove_run_files(out: str) -> None:
             os.rmdir(folder)
 
 
-# data.temporary_beside's names: .NAME.XXXXXXXX.tmp (8 of tempfile's characters)
-STRAY_TMP = re.compile(r"\.(?P<name>.+)\.[a-z0-9_]{8}\.tmp")
-
-
 def stray_of(filename: str) -> str:
-    """The NAME whose temporary file `filename` is ("" if it is none): .NAME.XXXXXXXX.tmp, or NAME.tmp (older versions)."""
-    match = STRAY_TMP.fullmatch(filename)
-    return match["name"] if match else filename[:-4] if filename.endswith(".tmp") else ""
+    """The NAME whose temporary file `filename` is, "" if it is none of ours: only a name that matches
+    data.TEMPORARY_NAME exactly (`.NAME.<pid>.XXXXXXXX.fpdiff-tmp`, what temporary_beside makes) is one."""
+    match = TEMPORARY_NAME.fullmatch(filename)
+    return match["name"] if match else ""
+
+
+def process_alive(pid: int) -> bool:
+    """Does process `pid` run on this machine? (Signal 0 only asks; another user's process counts as running.)"""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return pid > 0
+    return True
 
 
 def remove_stale_tmp(out: str) -> None:
-    """A kill during a write leaves a temporary file beside NAME (data.write_atomically); ours go when the next
-    run starts: those of RUN_FILES (the fixed NAME.tmp of older versions only in a run) and of our grids."""
-    grids = os.path.join(out, "grids")
-    tmp = [os.path.join(out, f) for f in os.listdir(out) if stray_of(f) in RUN_FILES and
-           (STRAY_TMP.fullmatch(f) or holds_run(out))] if os.path.isdir(out) else []
-    if os.path.isdir(grids):
-        tmp += [os.path.join(grids, f) for f in os.listdir(grids) if GRID_NAME.fullmatch(stray_of(f))]
-    for path in tmp:
-        if os.path.isfile(path):
-            os.remove(path)
+    """A kill during a write leaves a temporary file beside NAME (data.write_atomically); the next run removes
+    those in `out`, grids/ and samples/ whose name is exactly one temporary_beside makes and whose process
+    is gone (a sample.py writing classifier.pt there meanwhile keeps its own). Any other name is the user's
+    and stays, whatever it looks like (`log.csv.tmp`, `.config.json.20241201.tmp`, ...)."""
+    for folder in (out, os.path.join(out, "grids"), os.path.join(out, "samples")):
+        if not os.path.isdir(folder):
+            continue
+        for filename in os.listdir(folder):
+            match = TEMPORARY_NAME.fullmatch(filename)
+            path = os.path.join(folder, filename)
+            if match and not process_alive(int(match["pid"])) and os.path.isfile(path) and not os.path.islink(path):
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(path)
 
 
 # ---------------------------------------------------------------------------
@@ -332,10 +340,11 @@ def check_sample_out(out: str, names: list[str]) -> None:
 def write_all_or_none(out: str, files: dict[str, bytes]) -> None:
     """Write a call's files into `out`: all to new temporary names first, then each renamed over its name.
 
-    A failed write (a full disk) removes only the temporary files this call made,
-    and a folder it made: the files there before are as they were, never a mix of
-    this call's and an earlier one's. Then the earlier call's outputs that this one
-    does not remake are removed (they would not match); anything else in `out` stays.
+    A failed write (a full disk, a folder made read-only meanwhile, ...) removes
+    only the temporary files this call made, and a folder it made, and is one
+    line: the files there before are as they were, never a mix of this call's
+    and an earlier one's. Then the earlier call's outputs that this one does
+    not remake are removed (they would not match); anything else in `out` stays.
     """
     made, stale = missing_folders(out), [name for name in sample_outputs(out) if name not in files]
     temporary, done = {}, 0
@@ -350,16 +359,28 @@ def write_all_or_none(out: str, files: dict[str, bytes]) -> None:
             with contextlib.suppress(OSError):
                 os.remove(path)
         remove_empty(made)
-        if not disk_full(error):
-            raise
         kept = "the folder is removed again" if made else "the files in it are as they were"
-        raise RunError(f"the disk is full: --out {out} could not be written ({done} of {len(files)} "
-                       f"files done; {kept}); free some space and run it again") from None
-    for name, path in temporary.items():
-        os.replace(path, os.path.join(out, name))
-    for name in stale:
-        if os.path.isfile(os.path.join(out, name)):
-            os.remove(os.path.join(out, name))
+        if disk_full(error):
+            raise RunError(f"the disk is full: --out {out} could not be written ({done} of {len(files)} "
+                           f"files done; {kept}); free some space and run it again") from None
+        raise WriteError(f"--out {out} could not be written ({done} of {len(files)} files done; {kept}): "
+                         + cannot_write(os.path.join(out, list(files)[done]), error)) from error
+    renamed = []
+    try:
+        for name, path in temporary.items():
+            os.replace(path, os.path.join(out, name))
+            renamed.append(name)
+        for name in stale:
+            if os.path.isfile(os.path.join(out, name)):
+                os.remove(os.path.join(out, name))
+    except OSError as error:  # (rare: the files are written; a rename or a removal was refused)
+        for name, path in temporary.items():
+            if name not in renamed:
+                with contextlib.suppress(OSError):
+                    os.remove(path)
+        raise WriteError(f"--out {out} is only partly updated ({', '.join(renamed) or 'no file'} of this call's "
+                         f"files in place): {error.strerror or error} ({error.filename}); fix that and run it "
+                         "again") from error
 
 
 def write_bytes(path: str, content: bytes) -> None:
@@ -429,7 +450,7 @@ def healthy(checkpoint: dict) -> bool:
 
 
 def save_checkpoint(path: str, checkpoint: dict) -> bool:
-    """torch.save to path.tmp, then an atomic rename: a kill never leaves half a checkpoint.
+    """torch.save to a temporary file beside it, then an atomic rename: a kill never leaves half a checkpoint.
 
     Returns False, writing nothing, when the weights are not `healthy`: the
     checkpoint already at `path` stays. A full disk is a one-line error; the
@@ -440,9 +461,9 @@ def save_checkpoint(path: str, checkpoint: dict) -> bool:
     earlier = os.path.isfile(path)  # what the message can promise
     try:
         write_atomically(path, lambda f: torch.save(checkpoint, f))
-    except (OSError, RuntimeError) as error:  # torch.save reports a failed write as a RuntimeError about its position
+    except WriteError as error:  # any failed write (torch.save reports one as a RuntimeError about its position)
         if not disk_full(error):
-            raise
+            raise  # one line already: the file, why, and the fix
         kept = "the checkpoint there before it is intact" if earlier else "no earlier checkpoint existed"
         raise RunError(f"the disk is full: {path} (step {checkpoint['step']}) could not be written; {kept}. Free "
                        f"some space, then: python train.py --out {os.path.dirname(path) or '.'} --resume") from None
@@ -520,6 +541,14 @@ def check_out(out: str) -> None:
         raise RunError(f"--out {out} {where}; give a folder")
     if not os.access(path, os.W_OK | os.X_OK):
         raise RunError(f"--out {out}: {path} is read-only for you; give a folder you can write to")
+
+
+def check_run_writable(run_dir: str, name: str, flag: str) -> None:
+    """sample.py's `flag` keeps `name` (the evaluator, the guide) in the run: refused before any work where the
+    run directory is read-only for the user (a full disk shows only when written: a WriteError then)."""
+    if not os.access(run_dir, os.W_OK | os.X_OK):
+        raise RunError(f"cannot write {os.path.join(run_dir, name)}: {run_dir} is read-only for you, and {flag} "
+                       f"keeps its {name} there; make {run_dir} writable (or sample from a copy of the run)")
 
 
 def check_device(name: str | None) -> None:

@@ -2,6 +2,8 @@
 import argparse
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -158,11 +160,16 @@ def test_temporary_names_are_unique_and_never_take_over_a_users_file(tmp_path):
     assert temporary_beside(str(tmp_path / "x")) != temporary_beside(str(tmp_path / "x"))  # O_EXCL, new each time
     strays = [f for f in os.listdir(tmp_path) if f.startswith(".x.")]
     assert len(strays) == 2 and all(rundir.stray_of(f) == "x" for f in strays)
-    # a stray of a killed write goes when the next run starts; the user's look-alike stays (no run here)
-    os.rename(tmp_path / strays[0], tmp_path / (".log.csv" + strays[0][2:]))
+    # a stray of a killed write (its process gone) goes when the next run starts; the user's look-alikes stay
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    killed = f".log.csv.{child.pid}.{strays[0].split('.')[-2]}.fpdiff-tmp"
+    os.rename(tmp_path / strays[0], tmp_path / killed)
+    (tmp_path / ".log.csv.mybackup.tmp").write_bytes(b"the user's")
     os.remove(tmp_path / "config.json")
     rundir.remove_stale_tmp(str(tmp_path))
-    assert not (tmp_path / (".log.csv" + strays[0][2:])).exists() and (tmp_path / "config.json.tmp").exists()
+    assert not (tmp_path / killed).exists() and (tmp_path / "config.json.tmp").exists()
+    assert (tmp_path / ".log.csv.mybackup.tmp").exists() and (tmp_path / strays[1]).exists()  # its process runs
 
 
 # ---------------------------------------------------------------- python -m experiments: its results.json and Ctrl-C

@@ -484,15 +484,19 @@ def test_a_full_disk_during_a_save_is_one_line_and_the_last_checkpoint_stays(lab
     fails(train, ["--out", str(out), "--resume", "--steps", "4"],
           r"the disk is full: \S+checkpoint.pt \(step 4\) could not be written; the checkpoint there before it is intact")
     monkeypatch.undo()
-    assert state(out)["step"] == 2 and not [name for name in os.listdir(out) if name.endswith(".tmp")]
+    assert state(out)["step"] == 2 and not [name for name in os.listdir(out) if name.endswith("tmp")]
 
 
 def test_a_stray_tmp_of_a_killed_save_goes_when_the_next_run_starts(label_run, tmp_path):
     out = copy_run(label_run, tmp_path)
-    (out / "checkpoint.pt.tmp").write_bytes(b"half a checkpoint")  # what kill -9 during torch.save leaves
+    killed = subprocess.Popen([sys.executable, "-c", "pass"])
+    killed.wait()
+    stray = f".checkpoint.pt.{killed.pid}.a1b2c3d4.fpdiff-tmp"  # what kill -9 during torch.save leaves
+    (out / stray).write_bytes(b"half a checkpoint")
+    (out / "checkpoint.pt.tmp").write_bytes(b"the user's")  # named like one, but not made by train.py
     (out / "grids" / "mine.tmp").write_bytes(b"the user's")
     train.main(["--out", str(out), "--resume"])  # already trained to step 2: no save, yet the stray file goes
-    assert not (out / "checkpoint.pt.tmp").exists() and (out / "grids" / "mine.tmp").exists()
+    assert not (out / stray).exists() and (out / "grids" / "mine.tmp").exists() and (out / "checkpoint.pt.tmp").exists()
     umask = os.umask(0)
     os.umask(umask)
     assert (out / "checkpoint.pt").stat().st_mode & 0o777 == 0o666 & ~umask  # like any file the user makes
@@ -670,7 +674,7 @@ def test_torchrun_with_two_cpu_processes(folder, tmp_path):
     config = json.loads((out / "config.json").read_text())
     assert config["world_size"] == 2
     assert state(out)["step"] == 3
-    assert [p for p in os.listdir(out) if p.endswith(".tmp")] == []
+    assert [p for p in os.listdir(out) if p.endswith("tmp")] == []
 
 
 def test_guidance_interval_is_passed_on_and_recorded_and_bad_values_are_one_line_errors(run_dir, tmp_path, capsys,

@@ -148,14 +148,18 @@ def test_overwrite_removes_only_files_of_a_proven_run(tmp_path):
     (out / "config.json").write_text(json.dumps(dict(format=rundir.CONFIG_FORMAT)))
     (out / "checkpoint.pt").write_bytes(b"truncated")
     (out / "grids" / "step0000004.png").write_bytes(b"png")
-    (out / "grids" / "step0000004.png.tmp").write_bytes(b"half")
+    killed = subprocess.Popen([sys.executable, "-c", "pass"])
+    killed.wait()
+    (out / "grids" / f".step0000004.png.{killed.pid}.abcdefgh.fpdiff-tmp").write_bytes(b"half")
     (out / "grids" / "mine.png").write_bytes(b"the user's")
-    (out / "checkpoint.pt.tmp").write_bytes(b"half")
+    (out / f".checkpoint.pt.{killed.pid}.abcdefgh.fpdiff-tmp").write_bytes(b"half")
+    (out / "checkpoint.pt.tmp").write_bytes(b"the user's: train.py never makes this name")
     rundir.check_ours(str(out))  # our config.json beside a damaged checkpoint: a run that may be replaced
     rundir.remove_stale_tmp(str(out))
-    assert sorted(os.listdir(out / "grids")) == ["mine.png", "step0000004.png"] and not (out / "checkpoint.pt.tmp").exists()
+    assert sorted(os.listdir(out / "grids")) == ["mine.png", "step0000004.png"]
     rundir.remove_run_files(str(out))
-    assert sorted(os.listdir(out)) == ["grids"] and os.listdir(out / "grids") == ["mine.png"]
+    assert sorted(os.listdir(out)) == ["checkpoint.pt.tmp", "grids"] and os.listdir(out / "grids") == ["mine.png"]
+    os.remove(out / "checkpoint.pt.tmp")
     (out / "config.json").write_text('{"mine": 1}')
     with pytest.raises(RunError, match="not written by this version of train.py"):
         rundir.check_ours(str(out))

@@ -1,0 +1,13 @@
+"""The errors every command prints as one line (no traceback): RunError, and WriteError for a file that could not
+be written (it names the file, why, and the fix)."""
+
+
+class RunError(Exception):
+    """A problem with the user's settings or files: printed as one line, no traceback."""
+
+
+class WriteError(RunError):
+    """A file could not be written (a full disk, a read-only folder, a path through a file, ...).
+
+    Raised `from` the OSError (or torch's RuntimeError) behind it, so rundir.disk_full still finds the cause.
+    """
