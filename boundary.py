@@ -1,12 +1,13 @@
 """Samples at a class boundary: walks from a class-A to a class-B image, and each walk's crossing.
 
 A walk moves the conditions from a class-A training image's to a class-B one's
-(`walk_conditions` in conditions.py) with one noise for every point, so along a
+(`walk_conditions`) with one noise for every point, so along a
 walk only the conditions change (`walks`; sample.py --between). A boundary
 sample is the point of a walk where a guide (small classifiers, never the one
 that scores the result) reads P(B) = 0.5: a coarse grid, then bisection
-(`find_crossings`); it is kept when the guide's members agree it is ambiguous
-between A and B (`trusted`; sample.py --boundary).
+(`find_crossings`); it is kept when every guide member reads it as ambiguous
+between A and B and the guide puts most of its mass on A and B (`trusted`;
+sample.py --boundary, `trusted_boundary_samples`).
 """
 import os
 
@@ -15,7 +16,7 @@ import torch
 
 from plumbing import classifier
 import metrics
-from conditions import walk_conditions
+from conditions import request_conditions
 from ddpm import COMPOSE
 from generation import DEFAULT_ETA, DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DEFAULT_STEPS, generate
 from plumbing.outputs import concatenate_parts, grid_png, take_rows
@@ -40,6 +41,37 @@ def walk_endpoints(run: Run, a: int, b: int, path: str, rng: np.random.Generator
     features = run.space.features  # (N, D) the training images' features, in training order
     distances = ((features[candidates] - features[ref_a]) ** 2).sum(axis=1)
     return ref_a, int(candidates[np.argmin(distances)])
+
+
+def walk_conditions(run: Run, ref_a: int, ref_b: int, s: np.ndarray, label: str, row_label: int,
+                    path: str) -> dict[str, np.ndarray]:
+    """The conditions at the points s (P,) of a walk from training image ref_a to ref_b: name -> (P, ...).
+
+    Float conditions (pos, a fork's own) move as c(s) = (1 - s) c_A + s c_B; with path "features" the
+    position is instead UMAP's transform of the interpolated features (1 - s) f_A + s f_B, which lands
+    among the training positions (transform places a point by its neighbours in the training data).
+    The label: "fixed" keeps row_label, "soft" mixes the one-hot vectors (1 - s) e_A + s e_B (the report's
+    soft-label alternative), "none" drops the label (the model without it). Any other integer condition (a
+    fork's own) is not the label: it keeps image A's value in every mode.
+    """
+    refs = np.array([ref_a, ref_b])
+    ends = request_conditions(run, run.labels[refs], run.images[refs], refs)  # name -> (2, ...)
+    s_col = s.astype(np.float32)[:, None]  # (P, 1): s as a column
+    cond = {}
+    for name, value in ends.items():
+        if value.dtype.kind == "f":
+            cond[name] = ((1 - s_col) * value[0] + s_col * value[1]).astype(np.float32)  # (P, d)
+        elif name != "label":
+            cond[name] = np.full(len(s), value[0], dtype=value.dtype)  # (P,) image A's
+        elif label == "soft":
+            onehot = np.eye(run.config["unet"]["conditions"][name], dtype=np.float32)[value]  # (2, K)
+            cond[name] = (1 - s_col) * onehot[0] + s_col * onehot[1]  # (P, K)
+        elif label == "fixed":
+            cond[name] = np.full(len(s), row_label, dtype=np.int64)
+    if path == "features" and "pos" in cond:
+        features = (1 - s_col) * run.space.features[ref_a] + s_col * run.space.features[ref_b]  # (P, D)
+        cond["pos"] = run.space.standardize(run.space.transform(features)).astype(np.float32)
+    return cond
 
 
 def walks(run: Run, a: int, b: int, points: int, sampler: dict, seed: int, count: int = 1,
@@ -131,8 +163,8 @@ def boundary_guide(run: Run, seed: int = 1, members: int = GUIDE_MEMBERS, steps:
     """
     seeds, steps = list(range(seed, seed + members)), GUIDE_STEPS if steps is None else steps
     if EVALUATOR_SEED in seeds or members < 1:
-        raise ValueError(f"the guide's seeds {seeds} must not include the evaluator's seed {EVALUATOR_SEED}: "
-                         "use seed >= 1")
+        raise ValueError(f"the guide needs at least one member (got {members}) and seeds without the evaluator's "
+                         f"{EVALUATOR_SEED} (got {seeds}): use members >= 1 and seed >= 1")
     tag = f"{run.config['run_id']} steps={steps}"
     path = os.path.join(run.dir, GUIDE_FILE)
     if os.path.exists(path):

@@ -19,7 +19,7 @@ Training fits the UMAP on the features of every training image
   `--walk-path line`) is therefore at its training position, and its
   features are not extracted again. Not so along `--walk-path features`:
   there every point, the endpoints s = 0 and 1 included, is UMAP's transform
-  of the mixed features (1 - s) f_A + s f_B (conditions.walk_conditions; the
+  of the mixed features (1 - s) f_A + s f_B (boundary.walk_conditions; the
   stored training features, not extracted again), and UMAP's transform of a
   training image's own features is in general not its fitted position;
 - a new image (a reference file of the user's) gets UMAP's transform of its
@@ -126,34 +126,3 @@ def request_conditions(run: Run, labels: np.ndarray, reference_images: np.ndarra
     """
     return image_conditions(list(run.config["unet"]["conditions"]), reference_images, labels, run.space,
                                        run.config["settings"], train_index=reference, device=run.device)
-
-
-def walk_conditions(run: Run, ref_a: int, ref_b: int, s: np.ndarray, label: str, row_label: int,
-                    path: str) -> dict[str, np.ndarray]:
-    """The conditions at the points s (P,) of a walk from training image ref_a to ref_b: name -> (P, ...).
-
-    Float conditions (pos, a fork's own) move as c(s) = (1 - s) c_A + s c_B; with path "features" the
-    position is instead UMAP's transform of the interpolated features (1 - s) f_A + s f_B, which lands
-    among the training positions (transform places a point by its neighbours in the training data).
-    The label: "fixed" keeps row_label, "soft" mixes the one-hot vectors (1 - s) e_A + s e_B (the report's
-    soft-label alternative), "none" drops the label (the model without it). Any other integer condition (a
-    fork's own) is not the label: it keeps image A's value in every mode.
-    """
-    refs = np.array([ref_a, ref_b])
-    ends = request_conditions(run, run.labels[refs], run.images[refs], refs)  # name -> (2, ...)
-    w = s.astype(np.float32)[:, None]  # (P, 1)
-    cond = {}
-    for name, value in ends.items():
-        if value.dtype.kind == "f":
-            cond[name] = ((1 - w) * value[0] + w * value[1]).astype(np.float32)  # (P, d)
-        elif name != "label":
-            cond[name] = np.full(len(s), value[0], dtype=value.dtype)  # (P,) image A's
-        elif label == "soft":
-            onehot = np.eye(run.config["unet"]["conditions"][name], dtype=np.float32)[value]  # (2, K)
-            cond[name] = (1 - w) * onehot[0] + w * onehot[1]  # (P, K)
-        elif label == "fixed":
-            cond[name] = np.full(len(s), row_label, dtype=np.int64)
-    if path == "features" and "pos" in cond:
-        features = (1 - w) * run.space.features[ref_a] + w * run.space.features[ref_b]  # (P, D)
-        cond["pos"] = run.space.standardize(run.space.transform(features)).astype(np.float32)
-    return cond

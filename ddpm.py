@@ -31,6 +31,16 @@ import torch
 from tqdm.auto import tqdm
 
 SCHEDULES = ("linear", "cosine")
+# Condition dropout in training (Diffusion.losses), train.py's defaults: all conditions of an image together with
+# DEFAULT_P_UNCOND (Ho & Salimans 2022), and each on its own with DEFAULT_P_DROP where a model has two or more
+# (`default_p_drop`), which per-condition guidance needs. Chosen by measurement: docs/EXPERIMENT.md, "Why
+# v-prediction and 600 steps".
+DEFAULT_P_UNCOND, DEFAULT_P_DROP = 0.1, 0.1
+
+
+def default_p_drop(names: list[str]) -> dict[str, float]:
+    """train.py's --p-drop without a value: DEFAULT_P_DROP for each condition of a model with two or more, else none."""
+    return {name: DEFAULT_P_DROP for name in names} if len(names) > 1 else {}
 
 
 def beta_schedule(name: str, timesteps: int) -> torch.Tensor:
@@ -308,7 +318,7 @@ class Diffusion:
         return mean, var, log_var, x0
 
     def predict_x0(self, model, x_t, t, cond, guidance, clip_denoised: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """(x_0, eps) of the guided network, x_0 clipped to [-1, 1] and eps made consistent with it."""
+        """(x_0, eps) of the guided network; with clip_denoised, x_0 clipped to [-1, 1] and eps made consistent with it."""
         x0, eps = self.model_output_to_x0_eps(x_t, t, self.guided_output(model, x_t, t, cond, guidance))
         if clip_denoised:
             x0 = x0.clamp(-1, 1)
@@ -429,7 +439,7 @@ class Diffusion:
 
     @torch.no_grad()
     def sample(self, model, shape, cond: dict | None = None, steps: int | None = None, eta: float | None = None,
-               guidance: float | dict = 1.0, generator: torch.Generator | None = None, device=None,
+               guidance: float | dict = 1.0, generator: torch.Generator | RowNoise | None = None, device=None,
                clip_denoised: bool = True, progress: bool = False, sampler: str = "ddim",
                noise_index: torch.Tensor | None = None,
                guidance_interval: tuple[float, float] | None = None) -> torch.Tensor:

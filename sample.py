@@ -14,9 +14,10 @@ conditions.py) and sample from the model with them. Every request here is
 per class as the reference (the report's protocol), `--references K` draws
 K per class and shows each at the left of its row, `--between A B` walks
 the conditions from a class-A training image to a class-B one (the
-class-boundary samples that motivate the method; `walks`); `--boundary A B`
-finds on each walk the point where a guide's P(B) = 0.5 (`boundary_samples`). A model that does
-not take a condition simply ignores it.
+class-boundary samples that motivate the method; boundary.walks), and
+`--boundary A B` keeps the points of walks where a guide's P(B) = 0.5 that the
+guide trusts (boundary.trusted_boundary_samples). A model that does not take a
+condition simply ignores it.
 
 The sampler is DPM-Solver++(2M) (Lu et al. 2022) with `--sampling-steps` steps and
 `--eta` 1 (its SDE form; 0: the ODE), or DDIM (Song et al. 2021; `--eta` 0 unless given), or

@@ -62,7 +62,7 @@ from plumbing import rundir, train_command
 from plumbing.data import write_atomically
 from plumbing.losslog import LossLog, plot_loss
 from plumbing.precision import autocast, make_scaler, precision_name, resolve_precision
-from plumbing.rundir import RunError
+from plumbing.rundir import CHECKPOINT_FORMAT, RunError
 from plumbing.train_command import cond_names
 from unet import count_parameters
 
@@ -79,14 +79,14 @@ def prepare(args, typed: set[str], rank: int, world: int) -> dict:
     Returns what the training loop needs. Raises RunError (and the library's
     ValueError / FileNotFoundError / WeightsUnavailableError) before touching --out.
     """
-    run = train_command.open_run(args, typed, world)  # settings, training images, the saved run on --resume
-    cond, space = training_conditions(run["settings"], run["images"], run["labels"], run["space"], rank, world)
-    config = train_command.run_config(run, conditions.condition_sizes(cond), space, world)
-    net, ema, optimizer = build_training_state(args.out, config, run["checkpoint"])
+    opened = train_command.open_run(args, typed, world)  # settings, training images, the saved run on --resume
+    cond, space = training_conditions(opened["settings"], opened["images"], opened["labels"], opened["space"], rank, world)
+    config = train_command.run_config(opened, conditions.condition_sizes(cond), space, world)
+    net, ema, optimizer = build_training_state(args.out, config, opened["checkpoint"])
     if rank == 0:
         train_command.write_run(args.out, config, space, args.overwrite)
-    checkpoint = run["checkpoint"] or {}
-    return dict(out=args.out, config=config, start=run["start"], images=run["images"], labels=run["labels"],
+    checkpoint = opened["checkpoint"] or {}
+    return dict(out=args.out, config=config, start=opened["start"], images=opened["images"], labels=opened["labels"],
                 cond=cond, space=space, net=net, ema=ema, optimizer=optimizer, scaler=checkpoint.get("scaler"))
 
 
@@ -123,8 +123,26 @@ def build_training_state(out: str, config: dict, checkpoint: dict | None) -> tup
     ema.load_state_dict(net.state_dict())
     optimizer = torch.optim.AdamW(net.parameters(), lr=settings["lr"], weight_decay=settings["weight_decay"])
     if checkpoint is not None:
-        train_command.load_training_state(out, checkpoint, net, ema, optimizer)
+        load_training_state(out, checkpoint, net, ema, optimizer)
     return net, ema, optimizer
+
+
+def load_training_state(out: str, checkpoint: dict, net, ema, optimizer) -> None:
+    """--resume: the U-Net, its EMA and AdamW's state from checkpoint.pt."""
+    try:
+        net.load_state_dict(checkpoint["model"])
+        ema.load_state_dict(checkpoint["ema"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+    except (RuntimeError, KeyError, ValueError) as error:
+        raise RunError(f"{out}/checkpoint.pt does not fit the U-Net in its config.json") from error
+
+
+def save_training_state(out: str, config: dict, step: int, loss: float, net, ema, optimizer, scaler) -> bool:
+    """checkpoint.pt: everything --resume needs to continue exactly (the step, the weights, the EMA, AdamW's moments
+    and fp16's loss scale; the randomness of a step comes from its number). False: not written (non-finite)."""
+    return rundir.save_checkpoint(os.path.join(out, "checkpoint.pt"), dict(
+        format=CHECKPOINT_FORMAT, run_id=config["run_id"], step=step, config=config, loss=loss,
+        model=net.state_dict(), ema=ema.state_dict(), optimizer=optimizer.state_dict(), scaler=scaler.state_dict()))
 
 
 # ---------------------------------------------------------------------------
@@ -274,8 +292,8 @@ def train(setup: dict, rank: int, world: int, device: torch.device) -> str:
                     bar.set_postfix(loss=f"{mean:.4f}", img_s=f"{rate:.0f}")
                     if not terminal:
                         print(f"step {done}/{settings['steps']} loss {mean:.4f} lr {lr:.3g} {rate:.0f} img/s", flush=True)
-            if main_process and saving and train_command.save_training_state(out, config, done, mean, net, ema,
-                                                                             optimizer, scaler):
+            if main_process and saving and save_training_state(out, config, done, mean, net, ema, optimizer,
+                                                                scaler):
                 last_saved = done  # (a checkpoint with non-finite weights is never written)
             if main_process and ((settings["sample_every"] and done % settings["sample_every"] == 0)
                                  or done == settings["steps"]):

@@ -44,7 +44,7 @@ import torch.nn.functional as F
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
     """Sinusoidal embedding of integer timesteps (Vaswani et al. 2017), (B,) -> (B, dim).
 
-    emb[i] = cos(t w_i) for i < dim/2 and sin(t w_i) after, w_i = max_period^(-i / (dim/2)).
+    emb[i] = cos(t w_i) and emb[dim/2 + i] = sin(t w_i) for i < dim/2, w_i = max_period^(-i / (dim/2)).
     """
     half = dim // 2
     freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)

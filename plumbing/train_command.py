@@ -12,15 +12,14 @@ import sys
 import torch
 import torch.distributed as dist
 
-from ddpm import PREDICTIONS, SCHEDULES, Diffusion, beta_schedule
+from ddpm import DEFAULT_P_UNCOND, PREDICTIONS, SCHEDULES, Diffusion, beta_schedule, default_p_drop
 from features import FeatureSpace, pick_device
 from plumbing import commands, lock, rundir
 from plumbing.precision import PRECISIONS
-from plumbing.rundir import CHECKPOINT_FORMAT, CONFIG_FORMAT, RunError
+from plumbing.rundir import CONFIG_FORMAT, RunError
 from plumbing.weights import WeightsUnavailableError
 from unet import condition_encoder
 
-DEFAULT_P_DROP = 0.1  # chosen by measurement: docs/EXPERIMENT.md, "Why v-prediction and 600 steps"
 DESCRIPTION = "Train a conditional DDPM on images and their feature-space positions."
 NOT_SETTINGS = ("out", "resume", "overwrite", "eval")  # the command's flags; every other flag is a setting of the run
 
@@ -65,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--ema", type=float, default=0.999, help="the EMA's largest decay: the weights used for sampling "
                    "average with decay d = min(EMA, (1 + step) / (10 + step)), which reaches 0.999 only at step 8,990 "
                    "(counting from 0; the default 600 steps end at d = 600/609 = 0.985)")
-    g.add_argument("--p-uncond", type=float, default=0.1,
+    g.add_argument("--p-uncond", type=float, default=DEFAULT_P_UNCOND,
                    help="probability that a training image drops all its conditions (classifier-free guidance)")
     g.add_argument("--p-drop", type=commands.parse_condition_numbers, default=None, metavar="NAME=P,...",
                    help="probability that an image drops one condition on its own, e.g. label=0.1,pos=0.1 "
@@ -193,7 +192,7 @@ def run_settings(args: argparse.Namespace, typed: set[str], saved: dict | None, 
         settings, changes = {k: v for k, v in vars(args).items() if k not in NOT_SETTINGS}, {}
         if settings["p_drop"] is None:  # the default: each condition of a multi-condition model on its own
             names = cond_names(settings["cond"])
-            settings["p_drop"] = {name: DEFAULT_P_DROP for name in names} if len(names) > 1 else {}
+            settings["p_drop"] = default_p_drop(names)
     else:
         if world != saved["world_size"]:
             raise RunError(f"{args.out} was trained with {saved['world_size']} processes; resume it with as many")
@@ -254,24 +253,6 @@ def run_config(run: dict, condition_sizes: dict[str, int], space: FeatureSpace |
     history = saved["changes"] + changes if saved is not None else []
     return dict(format=CONFIG_FORMAT, run_id=run["run_id"], settings=settings, data=data, unet=unet,
                 space_file=rundir.SPACE_FILE if space is not None else None, world_size=world, changes=history)
-
-
-def load_training_state(out: str, checkpoint: dict, net, ema, optimizer) -> None:
-    """--resume: the U-Net, its EMA and AdamW's state from checkpoint.pt."""
-    try:
-        net.load_state_dict(checkpoint["model"])
-        ema.load_state_dict(checkpoint["ema"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-    except (RuntimeError, KeyError, ValueError) as error:
-        raise RunError(f"{out}/checkpoint.pt does not fit the U-Net in its config.json") from error
-
-
-def save_training_state(out: str, config: dict, step: int, loss: float, net, ema, optimizer, scaler) -> bool:
-    """checkpoint.pt: everything --resume needs to continue exactly (the step, the weights, the EMA, AdamW's moments
-    and fp16's loss scale; the randomness of a step comes from its number). False: not written (non-finite)."""
-    return rundir.save_checkpoint(os.path.join(out, "checkpoint.pt"), dict(
-        format=CHECKPOINT_FORMAT, run_id=config["run_id"], step=step, config=config, loss=loss,
-        model=net.state_dict(), ema=ema.state_dict(), optimizer=optimizer.state_dict(), scaler=scaler.state_dict()))
 
 
 def describe(setup: dict, parameters: int, device: torch.device, world: int, precision_name: str) -> str:

@@ -240,12 +240,12 @@ def test_bench_boundary_runs_on_a_tiny_run(run_dir, tmp_path, monkeypatch, capsy
 def test_walk_modes_mix_or_drop_only_the_label_a_forks_integer_condition_stays_image_as(run_dir, monkeypatch):  # noqa: F811
     run = rundir.load_run(str(run_dir))
     ends = dict(label=np.array([0, 1]), style=np.array([5, 7]), pos=np.array([[0.0, 2.0], [1.0, 0.0]], np.float32))
-    monkeypatch.setattr(conditions, "request_conditions", lambda *a, **k: ends)
+    monkeypatch.setattr(boundary, "request_conditions", lambda *a, **k: ends)
     s = np.array([0.0, 0.25, 1.0], np.float32)
     for mode in boundary.WALK_LABELS:
-        cond = conditions.walk_conditions(run, 0, 1, s, mode, 1, "line")
+        cond = boundary.walk_conditions(run, 0, 1, s, mode, 1, "line")
         assert cond["style"].tolist() == [5, 5, 5] and cond["style"].dtype == ends["style"].dtype, mode
         assert np.allclose(cond["pos"][1], [0.25, 1.5])
-    assert np.allclose(conditions.walk_conditions(run, 0, 1, s, "soft", 0, "line")["label"][1], [0.75, 0.25])
-    assert "label" not in conditions.walk_conditions(run, 0, 1, s, "none", 0, "line")
-    assert conditions.walk_conditions(run, 0, 1, s, "fixed", 1, "line")["label"].tolist() == [1, 1, 1]
+    assert np.allclose(boundary.walk_conditions(run, 0, 1, s, "soft", 0, "line")["label"][1], [0.75, 0.25])
+    assert "label" not in boundary.walk_conditions(run, 0, 1, s, "none", 0, "line")
+    assert boundary.walk_conditions(run, 0, 1, s, "fixed", 1, "line")["label"].tolist() == [1, 1, 1]
