@@ -27,6 +27,7 @@ and on MNIST UMAP separates the digits well from pixels alone.
 weights, a local file's or seeded random ones; where weights come from and the feature cache are
 plumbing/weights.py's (not the method).
 """
+import functools
 import os
 import sys
 import time
@@ -206,6 +207,30 @@ def run_backbone(
 # ---------------------------------------------------------------------------
 # Steps 2 and 4: UMAP positions u(x)
 # ---------------------------------------------------------------------------
+def keeps_torch_threads(function):
+    """Run `function` (UMAP's numba code) and give torch back the number of CPU threads it had.
+
+    numba's first parallel kernel in a process starts its OpenMP pool with
+    omp_set_num_threads(NUMBA_NUM_THREADS, the logical CPUs); torch and numba
+    load the same libgomp.so.1, so that call also sets the threads of every
+    later torch op. The sums inside a torch op then split differently: a run
+    that fitted its UMAP would train with other numerics than its --resume,
+    which loads space.npz and never starts numba (e.g. OMP_NUM_THREADS=1: 1
+    thread resumed, 2 after the fit on a 2-CPU machine). numba starts its
+    pool only once, so restoring the count afterwards is enough; it is left
+    alone where it did not change.
+    """
+    @functools.wraps(function)
+    def kept(*args, **kwargs):
+        threads = torch.get_num_threads()
+        try:
+            return function(*args, **kwargs)
+        finally:
+            if torch.get_num_threads() != threads:
+                torch.set_num_threads(threads)
+    return kept
+
+
 SPACE_FORMAT = 2  # the .npz layout below; 1 was the refitting format (no a, b)
 REFIT = "train.py writes it: train the run again with --overwrite"  # the fix for a bad space file
 
@@ -244,6 +269,7 @@ class FeatureSpace:
         self.std = positions.std(axis=0)  # (d,)
 
     @classmethod
+    @keeps_torch_threads
     def fit(
         cls,
         features: np.ndarray,
@@ -291,6 +317,7 @@ class FeatureSpace:
         )
         return cls(features, reducer.embedding_.astype(np.float32), params, backbone, umap=reducer)
 
+    @keeps_torch_threads
     def transform(self, features: np.ndarray) -> np.ndarray:
         """Positions of new images (references) in this space: (M, D) -> (M, d) float32.
 
@@ -457,6 +484,7 @@ def nearest_neighbours(x: np.ndarray, train: np.ndarray, k: int, chunk: int = 25
     return indices, distances
 
 
+@keeps_torch_threads
 def plot_positions(
     features_or_positions: np.ndarray,
     labels: np.ndarray,

@@ -305,6 +305,26 @@ def test_resume_after_an_interruption_gives_identical_weights(folder, tmp_path, 
         assert all(torch.equal(a[key][name], b[key][name]) for name in a[key])
 
 
+def test_a_resume_in_a_fresh_process_trains_as_the_process_that_fitted_the_umap(folder, tmp_path):
+    """numba's OpenMP pool, started by the UMAP fit, shares libgomp with torch and set torch's threads to
+    NUMBA_NUM_THREADS; a resume loads space.npz and never starts it, so it trained with other numerics.
+    With 1 torch thread and 2 numba threads: one process fits, trains 2 steps and goes on to 4; a copy of
+    its step-2 run is resumed to 4 in a fresh process. (One fit only: numba compiles UMAP's kernels anew in
+    every process.)"""
+    fitted, fresh = tmp_path / "fitted", tmp_path / "fresh"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "2"}
+    script = (f"import shutil, train; train.main({tiny(folder, fitted, '--cond', 'label+pos', '--steps', '2')!r}); "
+              f"shutil.copytree({str(fitted)!r}, {str(fresh)!r}); "
+              f"train.main(['--out', {str(fitted)!r}, '--resume', '--steps', '4'])")
+    for argv in (["-c", script], ["train.py", "--out", str(fresh), "--resume", "--steps", "4"]):
+        proc = subprocess.run([sys.executable, *argv], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    a, b = state(fitted), state(fresh)
+    assert a["step"] == b["step"] == 4
+    for key in ("model", "ema"):
+        assert all(torch.equal(a[key][name], b[key][name]) for name in a[key]), key
+
+
 def test_resume_can_extend_a_run_and_change_its_optimisation_but_not_what_defines_it(folder, label_run, tmp_path):
     out = copy_run(label_run, tmp_path)
     fails(train, tiny(folder, out, "--cond", "label"), "already holds a run; pass --resume")
