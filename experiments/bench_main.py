@@ -1,0 +1,83 @@
+"""Where the seconds of the main command go: `python -m experiments.bench main`.
+
+Runs the README's main command, `python train.py --out OUT --eval`, twice in fresh processes, each as a new user
+meets it: cold (numba compiles umap's kernels into an empty NUMBA_CACHE_DIR, as in a fresh virtual environment):
+once plain, for the wall time a user sees, and once under cProfile, for the table of where that time goes
+(cProfile slows Python-heavy code a little: the table says by how much). Nothing in the method is instrumented:
+the phases are the cumulative times of the functions the command calls.
+"""
+import os
+import pstats
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# (phase, file, function): the cumulative time of that function in the profile. Indented phases are parts of
+# the phase above them.
+PHASES = [
+    ("training images (load, check)", "plumbing/train_command.py", "open_run"),
+    ("UMAP fit (numba compiling its kernels, cold)", "conditions.py", "fit_space"),
+    ("training (all steps)", "train.py", "train"),
+    ("  of which the final class grid", "train.py", "write_grid"),
+    ("evaluation (sample.py --references 2 --eval)", "sample.py", "run_command"),
+    ("  loading the run", "plumbing/rundir.py", "load_run"),
+    ("  class grid (100 samples)", "sample.py", "class_grid"),
+    ("  reference grid (200 samples)", "sample.py", "reference_grid"),
+    ("  sampling all (class grid, references, 1,000 scored)", "generation.py", "generate"),
+    ("  the evaluator: trained (or loaded)", "metrics.py", "load_feature_network"),
+    ("  FID / IS / accuracy (features included)", "metrics.py", "evaluate_images"),
+    ("  memorisation", "sample.py", "memorisation_check"),
+    ("  control (features, UMAP transform)", "sample.py", "control"),
+    ("  writing the files", "plumbing/rundir.py", "write_all_or_none"),
+]
+
+
+def run_main_command(out: str, profile: str | None, env: dict) -> float:
+    """Wall seconds of `python train.py --out OUT --eval` in a fresh process (under cProfile when profile names a file)."""
+    command = [sys.executable, *(["-m", "cProfile", "-o", profile] if profile else []), "train.py", "--out", out, "--eval"]
+    start = time.perf_counter()
+    done = subprocess.run(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"python -m experiments.bench main: the main command failed: {done.stderr.strip()[-500:]}")
+    return time.perf_counter() - start
+
+
+def cumulative(stats: pstats.Stats, path: str, name: str) -> float:
+    """Cumulative seconds of the function `name` defined in the repository file `path` (0 if never called)."""
+    suffix = os.path.join(ROOT, path)
+    return sum(row[3] for (file, _, function), row in stats.stats.items()
+               if function == name and os.path.abspath(os.path.join(ROOT, file)) == suffix)  # (the profiled run's cwd: ROOT)
+
+
+def phase_table(profile: str, plain_wall: float, profiled_wall: float) -> list[tuple[str, float]]:
+    """[(phase, seconds)]: the start-up (imports) as the profiled wall time not inside train.main, then PHASES."""
+    stats = pstats.Stats(profile)
+    rows = [("start-up and imports", profiled_wall - cumulative(stats, "train.py", "main"))]
+    rows += [(label, cumulative(stats, path, name)) for label, path, name in PHASES]
+    return rows
+
+
+def bench_main(keep: str | None = None) -> list[tuple[str, float]]:
+    """Time the cold main command and print where its seconds go (a markdown table for docs/SPEED.md)."""
+    work = tempfile.mkdtemp(prefix="bench-main-")
+    try:
+        walls = []
+        for profile in (None, os.path.join(work, "main.prof")):
+            env = {**os.environ, "NUMBA_CACHE_DIR": tempfile.mkdtemp(dir=work)}  # cold: umap's kernels not cached
+            out = os.path.join(work, "run-profiled" if profile else "run")
+            print(f"main command, cold{', under cProfile' if profile else ''} ...", flush=True)
+            walls.append(run_main_command(out, profile, env))
+        rows = phase_table(os.path.join(work, "main.prof"), *walls)
+        print(f"\nthe main command, cold: {walls[0]:.0f} s (under cProfile {walls[1]:.0f} s: x{walls[1] / walls[0]:.2f})")
+        print("\n| phase (cProfile's cumulative seconds) | s |\n|---|---|")
+        for label, seconds in rows:
+            print(f"| {label.replace('  ', '&nbsp;&nbsp;')} | {seconds:.1f} |")
+        if keep:
+            shutil.copy(os.path.join(work, "main.prof"), keep)
+        return rows
+    finally:
+        shutil.rmtree(work, ignore_errors=True)

@@ -1,0 +1,29 @@
+"""experiments/bench_main.py: the phases of the main command's time table name functions that exist, and the
+profile is read per function and file."""
+import ast
+import cProfile
+import os
+
+import pytest
+
+from experiments import bench_main
+
+
+def defined_functions(path: str) -> set[str]:
+    tree = ast.parse(open(os.path.join(bench_main.ROOT, path)).read())
+    return {node.name for node in ast.walk(tree) if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))}
+
+
+@pytest.mark.parametrize("label, path, name", bench_main.PHASES)
+def test_every_phase_names_a_function_of_its_file(label, path, name):
+    assert name in defined_functions(path), f"{label}: {path} has no function {name} (the table would read 0)"
+
+
+def test_cumulative_reads_one_functions_time_in_its_own_file(tmp_path):
+    import ddpm
+    profile = str(tmp_path / "p.prof")
+    cProfile.runctx("ddpm.beta_schedule('linear', 1000)", {"ddpm": ddpm}, {}, profile)
+    import pstats
+    stats = pstats.Stats(profile)
+    assert bench_main.cumulative(stats, "ddpm.py", "beta_schedule") > 0
+    assert bench_main.cumulative(stats, "unet.py", "beta_schedule") == 0  # another file's function of that name: not it
