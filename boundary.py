@@ -369,16 +369,21 @@ def walks_to_try(wanted: int, kept: int, tried: int) -> int:
 
 
 def trusted_boundary_samples(run: Run, a: int, b: int, n: int, method: str = DEFAULT_BOUNDARY_METHOD,
-                             seed: int = 0, guide=None, sampler: dict | None = None) -> tuple[dict, dict]:
+                             seed: int = 0, guide=None, sampler: dict | None = None, report=None) -> tuple[dict, dict]:
     """Up to n trusted boundary samples (`trusted`), from rounds of boundary_samples' walks (ids 0, 1, ..), at
     most MAX_WALKS_PER_SAMPLE * n walks. Returns the part of the first n trusted samples and the counts:
-    tried (walks), crossed (walks whose guide crossed), trusted (found points that passed), guidance (used)."""
+    tried (walks), crossed (walks whose guide crossed), trusted (found points that passed), guidance (used).
+    report: None, or a function called with one line of progress after each round (sample.py prints it)."""
     guide = boundary_guide(run) if guide is None else guide
     parts, tried, kept, budget = [], 0, 0, MAX_WALKS_PER_SAMPLE * n
     while kept < n and tried < budget:
         walks = min(budget - tried, walks_to_try(n - kept, kept, tried))
         parts.append(boundary_samples(run, a, b, walks, method, seed, guide, sampler, first_walk=tried))
         tried, kept = tried + walks, kept + int(parts[-1]["trusted"].sum())
+        if report is not None:
+            crossed = sum(len(part["walk"]) for part in parts)
+            report(f"--boundary {a} {b}: round {len(parts)}: {walks} walks; so far {tried} walks (at most {budget}), "
+                   f"{crossed} crossed, {kept} of {n} trusted")
     found = concatenate_parts([p for p in parts if len(p["walk"])] or parts[:1])
     counts = dict(tried=tried, crossed=len(found["walk"]), trusted=kept, guidance=parts[0]["guidance"])
     return take_rows(found, np.flatnonzero(found["trusted"])[:n]), counts

@@ -234,19 +234,24 @@ def boundary_command(args, run: Run) -> dict:
     sampler = dict(name=args.sampler, steps=args.sampling_steps, eta=args.eta, guidance=args.boundary_guidance,
                    batch_size=args.sampling_batch_size, guidance_interval=args.guidance_interval)
     guide = boundary.boundary_guide(run)
-    part, counts = boundary.trusted_boundary_samples(run, a, b, n, args.boundary_method, args.seed, guide, sampler)
+    progress = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731  (a line per round of walks)
+    part, counts = boundary.trusted_boundary_samples(run, a, b, n, args.boundary_method, args.seed, guide, sampler,
+                                                     report=progress)
     tried, crossed, kept = counts["tried"], counts["crossed"], counts["trusted"]
     if not kept:
         raise RunError(f"--boundary {a} {b}: none of {tried} walks gave a trusted sample ({crossed} crossed the "
                        f"guide's P({b}) = 0.5, none where all its members read it as ambiguous and as {a} or {b}); "
                        "try another --boundary-method or --boundary-guidance")
     if kept < n:
-        print(f"note: {kept} trusted boundary samples in {tried} walks ({crossed} crossed), not {n}", file=sys.stderr)
+        print(f"note: {kept} trusted boundary samples in {tried} walks ({crossed} crossed), not {n}: at most "
+              f"{boundary.MAX_WALKS_PER_SAMPLE} walks per sample are tried", file=sys.stderr)
     files = {"boundary.png": boundary.boundary_grid(run, part), "samples.npz": samples_npz(part)}
     meta = outputs.boundary_meta(args, run, n, counts, len(part["images"]), boundary.search_settings(guide),
                                  [*files, "meta.json"])
     files["meta.json"] = json.dumps(meta, indent=2).encode()
     rundir.write_all_or_none(args.out, files)
+    print(f"kept {len(part['images'])} trusted boundary samples between {a} and {b} from {tried} walks ({crossed} "
+          f"crossed the guide's P({b}) = 0.5); wrote {', '.join(sorted(files))} in {args.out}")
     return meta
 
 

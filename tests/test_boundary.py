@@ -133,7 +133,7 @@ def test_boundary_samples_keep_each_walks_noise_and_report_what_they_found(run_d
     assert np.array_equal(later["images"], part["images"][keep]) and np.allclose(later["s"], part["s"][keep])
 
 
-def test_the_boundary_command_end_to_end(run_dir, tmp_path, monkeypatch):  # noqa: F811
+def test_the_boundary_command_end_to_end(run_dir, tmp_path, monkeypatch, capsys):  # noqa: F811
     run = copy_run(run_dir, tmp_path)
     monkeypatch.setattr(boundary, "boundary_guide", lambda run: Members())  # a guide that reads these tiny images
     seen = []
@@ -147,6 +147,14 @@ def test_the_boundary_command_end_to_end(run_dir, tmp_path, monkeypatch):  # noq
     sample.main([str(run), "--out", str(out), "--boundary", "0", "1", "--boundary-n", "3", "--sampling-steps", "2",
                  "--boundary-method", "compose", "--guidance-interval", "0.5,inf", "--boundary-guidance", "2"])
     meta = json.loads((out / "meta.json").read_text())
+    said = capsys.readouterr()
+    b = meta["boundary"]
+    rounds = [line for line in said.err.splitlines() if line.startswith("--boundary 0 1: round ")]
+    assert rounds and rounds[-1].endswith(f"so far {b['tried']} walks (at most 24), {b['crossed']} crossed, "
+                                          f"{b['trusted']} of 3 trusted")  # a line per round, also without a terminal
+    assert said.out.splitlines()[-1] == (f"kept {b['written']} trusted boundary samples between 0 and 1 from "
+                                         f"{b['tried']} walks ({b['crossed']} crossed the guide's P(1) = 0.5); "
+                                         f"wrote boundary.png, meta.json, samples.npz in {out}")
     assert meta["files"] == ["boundary.png", "meta.json", "samples.npz"] and meta["boundary_method"] == "compose"
     # what meta.json records is what was done: the interval and the method's weight reached the sampler
     assert all(s["guidance_interval"] == (0.5, float("inf")) and s["guidance"] == 2.0 for s in seen)
