@@ -18,6 +18,7 @@ try:  # a Ctrl-C while the modules load (torch: seconds) is one line too
     import torch
 
     from experiments import bench_recipes
+    from experiments.bench_main import bench_main
     from experiments.bench_recipes import bench_quality, bench_recipe, bench_sampler, bench_walks, python
 except KeyboardInterrupt:
     raise SystemExit("python -m experiments.bench: interrupted while starting, before anything ran: "
@@ -60,7 +61,7 @@ def matmul_gflops(dtype: torch.dtype, device: str = "cpu", n: int | None = None,
 def unet_setup(size: str = "small", batch: int = 64, device: str = "cpu"):
     """A U-Net of train.py's --size (label+pos, 28x28), its diffusion, AdamW and a random batch of `batch`."""
     from ddpm import Diffusion, beta_schedule
-    from train import unet_kwargs
+    from plumbing.train_command import unet_kwargs
     from unet import UNet
 
     torch.manual_seed(0)
@@ -369,7 +370,7 @@ def bench_metrics() -> None:
 
 SECTIONS = {"diffusion": bench_diffusion, "features": bench_features, "metrics": bench_metrics,
             "quality": bench_quality, "recipe": bench_recipe, "sampler": bench_sampler, "walks": bench_walks, "boundary": bench_boundary,
-            "gpu": bench_gpu}
+            "gpu": bench_gpu, "main": bench_main}
 DEFAULT_SECTIONS = ("diffusion", "features", "metrics")  # no section named: these (the others only when asked for)
 SECTION_HELP = {  # what `--help` lists
     "diffusion": "training and sampling speed of the small U-Net, fp32 and bf16 (seconds)",
@@ -381,6 +382,7 @@ SECTION_HELP = {  # what `--help` lists
     "walks": "walks from 4 to 9 on recipe's two 600-step runs (run recipe first)",
     "boundary": "seconds for 100 trusted boundary samples 4 -> 9 per method, on runs/quick",
     "gpu": "the paper-size U-Net and a 300-step quick run on a CUDA GPU (needs one; no CPU fallback)",
+    "main": "where the seconds of the cold main command go (train.py --out OUT --eval, plain and under cProfile)",
 }
 
 

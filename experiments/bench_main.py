@@ -15,6 +15,7 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MAIN_FLAGS = ["--eval"]  # the README's main command: python train.py --out OUT --eval (tests make it tiny)
 
 # (phase, file, function): the cumulative time of that function in the profile. Indented phases are parts of
 # the phase above them.
@@ -37,8 +38,8 @@ PHASES = [
 
 
 def run_main_command(out: str, profile: str | None, env: dict) -> float:
-    """Wall seconds of `python train.py --out OUT --eval` in a fresh process (under cProfile when profile names a file)."""
-    command = [sys.executable, *(["-m", "cProfile", "-o", profile] if profile else []), "train.py", "--out", out, "--eval"]
+    """Wall seconds of `python train.py --out OUT --eval` (MAIN_FLAGS) in a fresh process (under cProfile when profile names a file)."""
+    command = [sys.executable, *(["-m", "cProfile", "-o", profile] if profile else []), "train.py", "--out", out, *MAIN_FLAGS]
     start = time.perf_counter()
     done = subprocess.run(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     if done.returncode != 0:

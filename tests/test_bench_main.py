@@ -27,3 +27,14 @@ def test_cumulative_reads_one_functions_time_in_its_own_file(tmp_path):
     stats = pstats.Stats(profile)
     assert bench_main.cumulative(stats, "ddpm.py", "beta_schedule") > 0
     assert bench_main.cumulative(stats, "unet.py", "beta_schedule") == 0  # another file's function of that name: not it
+
+
+def test_the_section_times_a_tiny_command_in_fresh_processes(monkeypatch, capsys):
+    monkeypatch.setattr(bench_main, "MAIN_FLAGS", ["--cond", "label", "--per-class", "2", "--steps", "2",
+                                                   "--batch-size", "4", "--save-every", "2"])
+    rows = dict(bench_main.bench_main())
+    printed = capsys.readouterr().out
+    assert "the main command, cold:" in printed and "| training (all steps) |" in printed
+    assert rows["start-up and imports"] > 0 and rows["training (all steps)"] > 0
+    assert rows["UMAP fit (numba compiling its kernels, cold)"] == 0  # --cond label fits no UMAP
+    assert rows["evaluation (sample.py --references 2 --eval)"] == 0  # no --eval in this tiny command
