@@ -63,8 +63,11 @@ def phase_table(profile: str, plain_wall: float, profiled_wall: float) -> list[t
 
 
 def bench_main(keep: str | None = None) -> list[tuple[str, float]]:
-    """Time the cold main command and print where its seconds go (a markdown table for docs/SPEED.md)."""
-    work = tempfile.mkdtemp(prefix="bench-main-")
+    """Time the cold main command and print where its seconds go (a markdown table for docs/SPEED.md).
+    keep: a new folder to keep the two runs and the profile in (else they are removed)."""
+    work = tempfile.mkdtemp(prefix="bench-main-") if keep is None else keep
+    if keep is not None:
+        os.makedirs(keep)  # a new folder: nothing of the user's is written into or removed
     try:
         walls = []
         for profile in (None, os.path.join(work, "main.prof")):
@@ -77,8 +80,7 @@ def bench_main(keep: str | None = None) -> list[tuple[str, float]]:
         print("\n| phase (cProfile's cumulative seconds) | s |\n|---|---|")
         for label, seconds in rows:
             print(f"| {label.replace('  ', '&nbsp;&nbsp;')} | {seconds:.1f} |")
-        if keep:
-            shutil.copy(os.path.join(work, "main.prof"), keep)
         return rows
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        if keep is None:
+            shutil.rmtree(work, ignore_errors=True)
