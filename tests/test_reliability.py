@@ -5,11 +5,12 @@
 3. an image larger than data.MAX_IMAGE_PIXELS is one line naming the file and the limit, at every entry point;
 4. results name no absolute path of the machine that made them.
 
-Tiny sizes throughout: a two-class 8x8 image folder and a label-only run of 2 steps.
+Tiny sizes throughout: test_pipeline's two-class 8x8 image folder and a label-only run of 2 steps.
 """
 import errno
 import json
 import os
+from pathlib import Path
 import re
 import shutil
 import subprocess
@@ -21,27 +22,14 @@ import torch
 from PIL import Image
 
 import boundary
-import metrics
 import sample
 import train
-from plumbing import classifier, data, rundir
+from plumbing import classifier, data, metrics_command, rundir
 from plumbing.errors import WriteError
 
+from test_pipeline import folder  # noqa: F401  (a two-class folder of 8x8 grey images, 20 each)
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-@pytest.fixture(scope="module")
-def folder(tmp_path_factory):
-    """Two classes of 8x8 grey images, 12 each: 'bottom' bright below, 'top' bright above."""
-    root = tmp_path_factory.mktemp("folder")
-    rng = np.random.default_rng(0)
-    for k, name in enumerate(["bottom", "top"]):
-        os.makedirs(root / name)
-        for i in range(12):
-            image = rng.integers(0, 60, (8, 8), dtype=np.uint8)
-            image[(4 if k == 0 else 0):(8 if k == 0 else 4)] += 180
-            Image.fromarray(image).save(root / name / f"{i}.png")
-    return root
 
 
 def tiny(folder, out, *extra):
@@ -234,7 +222,7 @@ def test_sample_boundary_cannot_write_guide_pt_one_line(run, tmp_path, monkeypat
     run_before = snapshot(run_copy)
     monkeypatch.setattr(boundary, "GUIDE_STEPS", 1)
     refuse_writes(monkeypatch, {boundary.GUIDE_FILE}, code)
-    fails(sample, [str(run_copy), "--out", str(out), "--boundary", "0", "1", "--n", "1", "--sampling-steps", "1"],
+    fails(sample, [str(run_copy), "--out", str(out), "--boundary", "0", "1", "--boundary-n", "1", "--sampling-steps", "1"],
           rf"cannot write \S+/r/guide.pt: {why}")
     assert snapshot(run_copy) == run_before and not out.exists()
 
@@ -271,7 +259,7 @@ def test_metrics_cannot_write_its_classifier_one_line(tmp_path, capsys, monkeypa
     np.savez(tmp_path / "real.npz", images=images, labels=labels)
     (tmp_path / "file").write_text("the user's")
     quick_classifiers(monkeypatch)
-    assert metrics.main([str(tmp_path / "real.npz"), str(tmp_path / "real.npz"), "--features", "classifier",
+    assert metrics_command.main([str(tmp_path / "real.npz"), str(tmp_path / "real.npz"), "--features", "classifier",
                          "--classifier", str(tmp_path / "file" / "c.pt")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert re.fullmatch(r"metrics.py: error: cannot write \S+/file/c.pt: .*a part of \S+ is a file.*", err[-1]), err
@@ -303,9 +291,9 @@ def test_sample_reference_images_refuses_a_huge_image(run, tmp_path, huge_png):
 def test_metrics_folder_refuses_a_huge_image(folder, tmp_path, huge_png, capsys):
     flat = tmp_path / "flat"
     flat.mkdir()
-    shutil.copy(folder / "top" / "0.png", flat / "a.png")
+    shutil.copy(Path(folder) / "top" / "0.png", flat / "a.png")
     shutil.copy(huge_png, flat / "b.png")
-    assert metrics.main([str(flat), str(flat), "--features", "classifier"]) == 2
+    assert metrics_command.main([str(flat), str(flat), "--features", "classifier"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and re.search(rf"b.png: the image is 225,000,000 pixels, {LIMIT}", err[0]), err
 
@@ -326,7 +314,7 @@ ABSOLUTE = re.compile(r"""(^|["'\s(=:,])(/(tmp|home|work|root|Users|mnt|scratch|
 
 def test_meta_json_records_no_absolute_path(run, folder, tmp_path, monkeypatch):
     out = tmp_path / "o"
-    reference = str(folder / "top" / "0.png")
+    reference = str(Path(folder) / "top" / "0.png")
     monkeypatch.chdir(tmp_path)
     sample.main([str(run.absolute()), "--out", str(out.absolute()), "--sampling-steps", "1", "--grid-per-class", "1",
                  "--reference-images", reference, "--reference-labels", "1", "--per-reference", "1"])
