@@ -191,7 +191,8 @@ def check_guide(guide, evaluators: list) -> None:
 def run_evaluator(run: Run) -> list:
     """The run's classifier.pt (what sample.py --eval scores with), where there is one."""
     path = os.path.join(run.dir, "classifier.pt")
-    return [classifier.load_classifier(path, run.device)] if os.path.exists(path) else []
+    fix = "move it away, and sample.py --eval trains this run's own"
+    return [classifier.load_classifier(path, run.device, fix)] if os.path.exists(path) else []
 
 
 def check_boundary(run: Run, a: int, b: int, method: str) -> None:

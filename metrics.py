@@ -520,7 +520,9 @@ def load_feature_network(name: str, weights=None, classifier_path=None, train_im
     if name != "classifier":
         raise ValueError(f"unknown feature network {name!r}; choose from inception, classifier")
     if classifier_path is not None and os.path.exists(classifier_path):
-        net = classifier.load_classifier(classifier_path, device)
+        net = classifier.load_classifier(classifier_path, device, fix=(  # run_id: sample.py --eval's, else metrics.py's
+            "move it away, and sample.py --eval trains this run's own" if run_id is not None else
+            "pass another --classifier FILE, or move this one away and metrics.py trains a new one there"))
         if run_id is not None and net.model.run_id != run_id:
             raise ValueError(f"{classifier_path} belongs to another run (run id {net.model.run_id or 'none'}, this "
                              f"run is {run_id}), and it would score this run's samples: move it away, and "

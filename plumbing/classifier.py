@@ -360,9 +360,10 @@ def save_classifier(net: FeatureNetwork, path, run_id: str = "") -> None:
     write_atomically(str(path), lambda f: torch.save(payload, f))
 
 
-def load_classifier(path, device=None) -> FeatureNetwork:
+def load_classifier(path, device=None, fix: str = "give a classifier file written by save_classifier") -> FeatureNetwork:
     """Read a file written by save_classifier (torch.load with weights_only=True: no code runs),
-    onto `device` (None: see `choose_device`). Its .model.recipe says how it was trained."""
+    onto `device` (None: see `choose_device`). Its .model.recipe says how it was trained. fix: what the caller's
+    user does about a file that is not one (cut off, or another kind of file), in the one-line error."""
     device = choose_device(device)
     try:
         payload = torch.load(str(path), map_location="cpu", weights_only=True)
@@ -374,8 +375,8 @@ def load_classifier(path, device=None) -> FeatureNetwork:
         model.recipe = str(payload.get("recipe", "shift"))  # files from before the intensity map: shifts only
         model.run_id = str(payload.get("run_id", ""))  # files from before run ids: of no run
     except Exception:  # torch's own message would advise weights_only=False: never the fix
-        raise ValueError(f"{path} is not a classifier file of this classifier.py; delete it "
-                         "(or pass another --classifier) to train a new one") from None
+        raise ValueError(f"{path} is not a classifier file of this classifier.py (cut off, or another kind of "
+                         f"file): {fix}") from None
     return model.network().to(device)
 
 

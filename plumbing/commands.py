@@ -5,6 +5,7 @@ errors naming the flag and the fix); sample.py calls these in one line each.
 """
 import argparse
 import os
+import re
 
 import numpy as np
 
@@ -19,6 +20,18 @@ from plumbing.rundir import Run, RunError
 
 DESCRIPTION = "Generate images from a trained run: class grids, reference control, class boundaries, metrics."
 DEFAULT_BOUNDARY_N, DEFAULT_EVAL_N = 16, 1000  # --boundary-n and --n without a value
+# A seed, in train.py and sample.py alike: what numpy's RandomState takes (UMAP is seeded with train.py's --seed;
+# torch's generators and numpy's default_rng take more, and step_seed's products of it stay below 2**64).
+SEED_LIMIT = 2**32
+# A value that starts with "-" and then a digit, "." or inf/nan ("-1,2", "-.5", "-inf"): a value, never a flag
+# (argparse's own rule takes only plain negative numbers, and reads "--guidance-interval -1,2" as a missing value).
+MINUS_VALUE = re.compile(r"^-(\d|\.\d|inf|nan)", re.IGNORECASE)
+
+
+def check_seed(flag: str, value: int) -> None:
+    """A seed flag (--seed, --data-seed) lies in [0, SEED_LIMIT): else one line naming it."""
+    if not 0 <= value < SEED_LIMIT:
+        raise RunError(f"{flag} must be a whole number in [0, 2**32) ({SEED_LIMIT - 1:,} at most), got {value}")
 
 
 def parse_guidance(text: str) -> float | dict[str, float]:
@@ -26,10 +39,14 @@ def parse_guidance(text: str) -> float | dict[str, float]:
     try:
         weights = float(text)
     except ValueError:
-        weights = parse_condition_numbers(text)
-    if weights == {}:  # "" or "," would mean no guidance at all, unasked
+        try:
+            weights = parse_condition_numbers(text)
+        except argparse.ArgumentTypeError:
+            weights = None
+    if weights is None or weights == {}:  # "" or "," would mean no guidance at all, unasked; "=3" names no condition
+        hint = f"; for one weight on every condition write --guidance {text.strip(' =')}" if text.strip().startswith("=") else ""
         raise argparse.ArgumentTypeError(f"expected a weight W (e.g. 3; 1: no guidance) or NAME=W pairs joined by "
-                                         f"commas (e.g. label=3,pos=1), got {text!r}")
+                                         f"commas (e.g. label=3,pos=1), got {text!r}{hint}")
     if not all(np.isfinite(w) for w in (weights.values() if isinstance(weights, dict) else [weights])):
         raise argparse.ArgumentTypeError(f"every weight must be a finite number (1: no guidance, 3: the default), got {text!r}")
     return weights
@@ -54,7 +71,10 @@ def parse_condition_numbers(text: str) -> dict[str, float]:
     """A number per condition, as flags take it: "label=1,pos=3" -> {"label": 1.0, "pos": 3.0} (in that order)."""
     try:
         pairs = [item.split("=") for item in text.split(",") if item.strip()]
-        return {name.strip(): float(value) for name, value in pairs}
+        numbers = {name.strip(): float(value) for name, value in pairs}
+        if "" in numbers:  # "=3": a number without its condition's name
+            raise ValueError(text)
+        return numbers
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected NAME=NUMBER pairs joined by commas (e.g. label=1,pos=3), "
                                          f"got {text!r}") from None
@@ -63,6 +83,7 @@ def parse_condition_numbers(text: str) -> dict[str, float]:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter,
                                 allow_abbrev=False)  # flags typed in full, as in train.py
+    p._negative_number_matcher = MINUS_VALUE  # --guidance-interval -1,2 and --guidance -inf reach their checks
     p.add_argument("run", help="a run directory written by train.py")
     p.add_argument("--out", required=True, help="where the PNGs, samples.npz and meta.json go")
     p.add_argument("--sampler", default=DEFAULT_SAMPLER, choices=SAMPLERS,
@@ -151,6 +172,7 @@ def check_args(args) -> None:
             raise RunError(f"--{name.replace('_', '-')} must be a positive count, got {value}")
     if args.references < 0:
         raise RunError(f"--references must be 0 (none) or a positive count, got {args.references}")
+    check_seed("--seed", args.seed)
     if args.eta is not None and not 0 <= args.eta <= 1:  # None: the sampler's own (run_command)
         raise RunError(f"--eta must lie in [0, 1] (0: deterministic DDIM, 1: DDPM's noise), got {args.eta}")
     weights = [] if args.guidance is None else list(args.guidance.values()) if isinstance(args.guidance, dict) else [args.guidance]

@@ -2,12 +2,16 @@
 its output. Not the method: the metrics are metrics.py's (`python metrics.py REAL GENERATED` runs `main` here).
 """
 import argparse
+import contextlib
 import hashlib
+import io
 import json
 import os
 import sys
+import zipfile
 
 import numpy as np
+from PIL import Image
 
 from plumbing import classifier
 from plumbing import data
@@ -74,6 +78,56 @@ def check_batch_memory(net: FeatureNetwork, channels: int, batch_size) -> None:
         rundir.check_memory({f"--feature-batch-size {batch_size}": batch_size * 16 * 4 * max(3, channels) * net.image_size ** 2})
 
 
+# check_request_memory's estimates, in bytes: an image resized by --image-size is held about RESIZE_COPIES times (the
+# set as read, the resized set); a batch row of the feature network FLOAT_COPIES float32 copies at the images' size
+# (before the network's own resize), beside check_batch_memory's maps at the network's input size.
+RESIZE_COPIES, FLOAT_COPIES = 2, 2
+DEFAULT_FEATURE_BATCH = dict(classifier=256, inception=32)  # FeatureNetwork.batch_size of each
+NETWORK_INPUT = dict(classifier=64, inception=299)  # the largest image side each network reads
+
+
+def image_set_shape(path: str) -> tuple[int, int, int, int] | None:
+    """(N, H, W, C) of an image set from its file names and headers alone: a folder's first image, a .npz's
+    'images' header (None: unknown; then reading the set says what is wrong)."""
+    try:
+        if os.path.isdir(path):
+            with contextlib.redirect_stderr(io.StringIO()):  # a note on skipped files comes when the set is read
+                paths = data.list_images(path) or data.list_image_folder(data.split_folder(path, "train"))[0]
+            with Image.open(paths[0]) as first:
+                grey = first.mode in data.GREY_MODES + data.WIDE_GREY_MODES
+                return len(paths), first.size[1], first.size[0], 1 if grey else 3
+        with zipfile.ZipFile(path) as archive, archive.open("images.npy") as f:
+            version = np.lib.format.read_magic(f)
+            shape, _, _ = (np.lib.format.read_array_header_1_0(f) if version == (1, 0) else
+                           np.lib.format.read_array_header_2_0(f))
+        return tuple(int(n) for n in shape) if len(shape) == 4 else None
+    except (OSError, ValueError, KeyError, IndexError, zipfile.BadZipFile):
+        return None
+
+
+def check_request_memory(args) -> None:
+    """--image-size and --feature-batch-size against the memory available (rundir.check_memory), before any image is
+    read: the two sets resized, and a batch of the feature network at that size. Each request is named by the flag
+    that makes it large: a batch by --feature-batch-size or --image-size, whichever is the further above its default.
+    (--splits holds nothing: the score uses at most one split per metrics.MIN_IMAGES_PER_SPLIT images.)"""
+    shapes = [shape for shape in (image_set_shape(args.real), image_set_shape(args.generated)) if shape is not None]
+    if not shapes:
+        return
+    size, channels = args.image_size, max(shape[3] for shape in shapes)
+    pixels = max(h * w for _, h, w, _ in shapes) if size is None else size * size  # of an image
+    default_batch = DEFAULT_FEATURE_BATCH[args.features]
+    batch = args.feature_batch_size or default_batch
+    grown = pixels / min(h * w for _, h, w, _ in shapes)
+    size_flag = f"--image-size {size}"
+    batch_flag = size_flag if size is not None and grown > batch / default_batch else f"--feature-batch-size {batch}"
+    side = min(NETWORK_INPUT[args.features], int(pixels ** 0.5)) if args.features == "classifier" else NETWORK_INPUT["inception"]
+    requests = {batch_flag: batch * 4 * (FLOAT_COPIES * pixels * channels + 16 * max(3, channels) * side ** 2)}
+    if size is not None:
+        held = sum(n * (h * w * c + RESIZE_COPIES * pixels * c) for n, h, w, c in shapes)
+        requests[size_flag] = requests.get(size_flag, 0) + held
+    rundir.check_memory(requests)
+
+
 def build_parser(min_per_split: int) -> argparse.ArgumentParser:
     """metrics.py's flags; argparse's errors raised as ValueError (one line, exit code 2 in metrics.main)."""
     parser = argparse.ArgumentParser(prog="metrics.py", description="FID and IS between two image sets: folders "
@@ -108,6 +162,13 @@ def check_args(args) -> None:
                         ("--feature-batch-size", args.feature_batch_size)):
         if value is not None and value < 1:
             raise ValueError(f"{flag} must be a positive number, got {value}")
+    for flag, path in (("--classifier", args.classifier), ("--inception-weights", args.inception_weights)):
+        if path == "":
+            raise ValueError(f"{flag} is an empty path (''): give a file, or leave the flag out")
+        if path is not None and os.path.isdir(path):
+            what = ("read if it exists, else trained on REAL and saved there" if flag == "--classifier" else
+                    "a weights file")
+            raise ValueError(f"{flag} {path} is a folder: give a file path ({what})")
 
 
 def classifier_cache_path(real: np.ndarray, real_labels: np.ndarray) -> str:
@@ -127,6 +188,7 @@ def main(argv=None) -> int:
         args = parser.parse_args(argv)
         check_args(args)
         classifier.choose_device(args.device)  # an unavailable --device fails before any work
+        check_request_memory(args)
         real, real_labels, real_names = load_image_set(args.real, args.image_size)
         generated, labels, names = load_image_set(args.generated, args.image_size)
         check_same_size(real, generated, args.real, args.generated)

@@ -120,10 +120,41 @@ def load_checkpoint(path: str) -> dict:
 
 
 def check_belongs(path: str, run_id: str, expected: str) -> None:
-    """A checkpoint or space carries its run's id: one from another run is refused, naming the file."""
+    """A space (or checkpoint) carries its run's id: one from another run is refused, naming the file. The advice
+    never removes anything (--overwrite would remove the run's own files too)."""
     if run_id != expected:
-        raise RunError(f"{path} belongs to another run (run id {run_id or 'none'}, this run is {expected}); "
-                       "copy back this run's own file, or start afresh with --overwrite")
+        raise RunError(f"{path} belongs to another run (run id {run_id or 'none'}, this run is {expected}); move it "
+                       "away and copy back this run's own file, or train a new run in another --out")
+
+
+def check_same_run(run_dir: str, config: dict, checkpoint: dict) -> None:
+    """config.json and checkpoint.pt carry one run id; when they do not, the one copied in is named.
+
+    The checkpoint holds the run (its weights and a copy of its config), so config.json is taken for the stray
+    one, unless the run's space.npz carries config.json's id and not the checkpoint's. Either way the advice
+    moves the stray file away, never removes the other (--overwrite would remove the checkpoint).
+    """
+    theirs, ours = config["run_id"], checkpoint.get("run_id", "")
+    if theirs == ours:
+        return
+    space = space_run_id(os.path.join(run_dir, SPACE_FILE))
+    if space == theirs:
+        raise RunError(f"{run_dir}/checkpoint.pt belongs to another run (run id {ours or 'none'}; config.json and "
+                       f"{SPACE_FILE} are of run {theirs}): it was copied in; move it away and copy back this run's "
+                       "own checkpoint.pt")
+    others = f"checkpoint.pt and {SPACE_FILE} are" if space == ours else "checkpoint.pt is"
+    raise RunError(f"{run_dir}/config.json belongs to another run (run id {theirs}; {others} of run {ours or 'none'}): "
+                   f"it was copied in. Move it away; then python train.py --out {run_dir} --resume restores this "
+                   "run's config.json from checkpoint.pt's own copy")
+
+
+def space_run_id(path: str) -> str | None:
+    """The run id a space file carries (None: no such file, or unreadable); only that array is read."""
+    try:
+        with np.load(path, allow_pickle=False) as saved:
+            return str(saved["run_id"])
+    except Exception:  # absent, damaged, not ours: no evidence either way
+        return None
 
 
 def read_run(run_dir: str) -> tuple[dict, dict | None]:
@@ -137,7 +168,7 @@ def read_run(run_dir: str) -> tuple[dict, dict | None]:
     if config is None:
         config = in_todays_format(checkpoint.get("config"), checkpoint_path)
     if checkpoint is not None:
-        check_belongs(checkpoint_path, checkpoint.get("run_id", ""), config["run_id"])
+        check_same_run(run_dir, config, checkpoint)
     return config, checkpoint
 
 
@@ -406,18 +437,27 @@ def available_memory() -> int | None:
         return None  # unknown: no bound
 
 
-def check_memory(requests: dict[str, int]) -> None:
+def check_memory(requests: dict[str, int], available: int | None = None, where: str = "this machine") -> None:
     """requests: a flag as typed ("--n 1000") -> the bytes it makes the call hold at once (an estimate).
 
-    Their sum must fit in the memory available now; else one line naming the largest, the estimate and the limit.
+    Their sum must fit in the memory available now (`available`, else available_memory(): `where`'s); else one
+    line naming the largest, the estimate and the limit. Python's integers never overflow: 100000**2 pixels is a
+    request like any other.
     """
-    limit, total = available_memory(), sum(requests.values())
+    limit, total = available_memory() if available is None else available, sum(requests.values())
     if limit is None or total <= limit:
         return
     flag = max(requests, key=requests.get)
-    size = lambda n: f"{n / 2**30:,.1f} GiB" if n >= 2**30 else f"{n / 2**20:,.0f} MiB"  # noqa: E731
-    raise RunError(f"{flag} asks for more than this machine can hold: about {size(total)} of memory "
-                   f"({size(requests[flag])} for {flag.split()[0]} alone), and {size(limit)} is available; ask for fewer")
+    raise RunError(f"{flag} asks for more than {where} can hold: about {byte_size(total)} of memory "
+                   f"({byte_size(requests[flag])} for {flag.split()[0]} alone), and {byte_size(limit)} is available; "
+                   "ask for fewer")
+
+
+def byte_size(n: int) -> str:
+    """1.5 GiB, 300 MiB; a number of bytes too large for a float (10**400) in powers of ten."""
+    if n >= 2**30 * 10**15:
+        return f"10^{len(str(n)) - 1} bytes"
+    return f"{n / 2**30:,.1f} GiB" if n >= 2**30 else f"{n / 2**20:,.0f} MiB"
 
 
 # ---------------------------------------------------------------------------
@@ -530,6 +570,8 @@ def interrupted_message(out: str, at_step: int | None = None) -> str:
 # ---------------------------------------------------------------------------
 def check_out(out: str) -> None:
     """--out is a folder, or a path where one can be made, and writable: else one line saying what is wrong."""
+    if not out:  # os.path.abspath("") is the current folder, where nothing could be written as asked
+        raise RunError("--out is an empty path (''): give the folder to write in")
     path = os.path.abspath(out)
     while not os.path.exists(path):  # up to the nearest thing that exists
         if os.path.islink(path):
@@ -608,7 +650,7 @@ def load_run(run_dir: str, device: str | None = None, precision: str = "auto") -
     config = read_config(run_dir)
     path = os.path.join(run_dir, "checkpoint.pt")
     checkpoint = load_checkpoint(path)
-    check_belongs(path, checkpoint.get("run_id", ""), config["run_id"])
+    check_same_run(run_dir, config, checkpoint)
     model = build_unet(config)
     try:
         model.load_state_dict(checkpoint["ema"])

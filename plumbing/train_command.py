@@ -5,16 +5,18 @@ train.py calls each of these once; the rules of a run directory (belonging, resu
 """
 import argparse
 import contextlib
+import io
 import math
 import os
 import sys
 
 import torch
 import torch.distributed as dist
+from PIL import Image
 
 from ddpm import DEFAULT_P_UNCOND, PREDICTIONS, SCHEDULES, Diffusion, beta_schedule, default_p_drop
 from features import FeatureSpace, pick_device
-from plumbing import commands, lock, rundir
+from plumbing import commands, data, lock, rundir
 from plumbing.precision import PRECISIONS
 from plumbing.rundir import CONFIG_FORMAT, RunError
 from plumbing.weights import WeightsUnavailableError
@@ -114,6 +116,9 @@ def check_settings(s: dict) -> None:
     for key, (low, high, low_ok) in ranges.items():
         if not ((s[key] >= low if low_ok else s[key] > low) and s[key] < high):
             raise RunError(f"--{key.replace('_', '-')} must lie in {'[' if low_ok else '('}{low}, {high}), got {s[key]}")
+    commands.check_seed("--seed", s["seed"])
+    commands.check_seed("--data-seed", s.get("data_seed", 0))
+    check_memory(s)  # before the schedule below is built: --timesteps 10**9 would take 100 GB
     try:
         Diffusion(beta_schedule(s["schedule"], s["timesteps"]))
     except ValueError as error:
@@ -139,6 +144,86 @@ def check_settings(s: dict) -> None:
         raise RunError("--backbone classifier needs --weights FILE, a classifier file written by plumbing/classifier.py "
                        "(python metrics.py REAL GENERATED --features classifier --classifier FILE trains one on "
                        "the labelled images REAL and saves it as FILE)")
+
+
+# check_memory's estimates, in bytes (measured on the CPU, fp32; bf16 and a GPU take less):
+IMAGE_COPIES = 3  # a training pixel: the loaded images, a resized copy, the (N, C, H, W) tensor the loop indexes
+PIXEL_FEATURE_BYTES = 8  # and with --backbone pixels and a pos condition: its float32 feature and UMAP's copy
+TRAIN_MAPS = dict(small=96, paper=240)  # a batch row, forward and backward: float32 maps of the U-Net's base width
+SCHEDULE_BYTES = 16 * 8  # a timestep: the schedule's float64 and float32 arrays (ddpm.Diffusion)
+GRID_PER_CLASS, GRID_BATCH = 8, 64  # the progress grid (train.write_grid): images per class, rows per network call
+MNIST_IMAGES = {"mnist": 60_000, "mnist-sample": 4_000}  # their train splits: 10 classes of 28 x 28 grey digits
+
+
+def training_data_shape(s: dict) -> tuple[int, int, int, int, int] | None:
+    """(images, classes, height, width, channels) that --data, --per-class and --channels will load, at the images'
+    own size, from the names and headers of the files alone (None: unknown; loading the data says what is wrong)."""
+    if s["data"] in MNIST_IMAGES:
+        count, classes, height, width, channels = MNIST_IMAGES[s["data"]], 10, 28, 28, 1
+    else:
+        try:
+            with contextlib.redirect_stderr(io.StringIO()):  # its note on skipped files comes when the data loads
+                paths, _, names = data.list_image_folder(data.split_folder(s["data"], "train"))
+            with Image.open(paths[0]) as first:  # the header only
+                grey = first.mode in data.GREY_MODES + data.WIDE_GREY_MODES
+                (width, height), channels = first.size, 1 if grey else 3
+        except (OSError, ValueError, IndexError):
+            return None
+        count, classes = len(paths), len(names)
+    if s["per_class"] is not None:
+        count = classes * s["per_class"]
+    return count, classes, height, width, s["channels"] or channels
+
+
+def check_memory(s: dict) -> None:
+    """The settings' requests against the memory this machine has now (rundir.check_memory), before any work:
+    the training images (and the progress grid), a batch's activations, the schedule and the positions.
+
+    Each request is named by the flag that makes it large: a batch by --batch-size or --image-size, whichever is
+    the further above its default. On a CUDA device the batch's activations are checked against its free memory.
+    """
+    shape = training_data_shape(s)
+    if shape is None:
+        return
+    count, classes, own_height, own_width, channels = shape
+    height, width = (s["image_size"], s["image_size"]) if s["image_size"] is not None else (own_height, own_width)
+    pixels = height * width * channels
+    base = unet_kwargs(s["size"], (height, width, channels), None, {})["base_channels"]
+    pos = "pos" in cond_names(s["cond"])
+    default_batch = build_parser().get_default("batch_size")
+    images_flag = (f"--image-size {s['image_size']}" if s["image_size"] is not None else
+                   f"--per-class {s['per_class']}" if s["per_class"] is not None else f"--data {s['data']}")
+    grown = height * width / (own_height * own_width)  # how much --image-size enlarges every map
+    batch_flag = images_flag if grown > s["batch_size"] / default_batch else f"--batch-size {s['batch_size']}"
+    grid_rows = min(GRID_BATCH, classes * GRID_PER_CLASS)
+    host, device = {}, {}
+    for requests, flag, size in (
+            (host, images_flag, count * pixels * (IMAGE_COPIES + PIXEL_FEATURE_BYTES * (pos and s["backbone"] == "pixels"))),
+            (host, images_flag, classes * GRID_PER_CLASS * pixels * commands.IMAGE_COPIES),  # the grid's images
+            (device, images_flag, 2 * commands.ACTIVATIONS * base * height * width * 4 * grid_rows),  # and sampling
+            (device, batch_flag, s["batch_size"] * TRAIN_MAPS[s["size"]] * base * height * width * 4),
+            (host, f"--timesteps {s['timesteps']}", s["timesteps"] * SCHEDULE_BYTES),
+            # UMAP's embedding and spectral start (float64), and the pos encoder's first layer: weights, EMA,
+            # gradient and AdamW's two moments
+            (host, f"--pos-dim {s['pos_dim']}", pos * s["pos_dim"] * (4 * 8 * count + 5 * 4 * 4 * base))):
+        requests[flag] = requests.get(flag, 0) + size
+    gpu = cuda_memory(s["device"])
+    if gpu is None:  # the batch in this machine's memory
+        rundir.check_memory({flag: host.get(flag, 0) + device.get(flag, 0) for flag in {**host, **device}})
+    else:
+        rundir.check_memory(host)
+        rundir.check_memory(device, available=gpu, where="the GPU")
+
+
+def cuda_memory(name: str | None) -> int | None:
+    """Bytes free on the CUDA device train.py will train on (under torchrun: LOCAL_RANK's); None: not CUDA."""
+    try:
+        device = pick_device(name)
+        if device.type != "cuda":
+            return None
+        return torch.cuda.mem_get_info(device.index if device.index is not None else int(os.environ.get("LOCAL_RANK", 0)))[0]
+    except (RuntimeError, ValueError, AssertionError):  # AssertionError: a torch built without CUDA
+        return None
 
 
 def cond_names(cond: str) -> list[str]:

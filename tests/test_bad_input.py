@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import re
 
 import pytest
 
@@ -33,8 +34,8 @@ def test_finite_guidance_still_parses():
     ("sample", ["run", "--out", "x", "--grid", "5"], "--grid"),  # --grid-per-class
 ])
 def test_train_and_sample_both_refuse_an_abbreviated_flag_in_argparses_one_line(script, argv, typo, capsys):
-    import train
-    parser = (train if script == "train" else commands).build_parser()
+    from plumbing import train_command
+    parser = (train_command if script == "train" else commands).build_parser()
     with pytest.raises(SystemExit) as stop:
         parser.parse_args(argv)
     last = capsys.readouterr().err.strip().splitlines()[-1]
@@ -45,10 +46,10 @@ def test_train_and_sample_both_refuse_an_abbreviated_flag_in_argparses_one_line(
 
 
 def test_eta_without_a_value_is_left_to_the_sampler_and_seed_and_eval_say_what_they_mean_in_each_script():
-    import train
+    from plumbing import train_command
     assert commands.build_parser().parse_args(["run", "--out", "x"]).eta is None  # resolved by run_command
     helps = {name: {a.dest: a.help for a in module.build_parser()._actions} for name, module in
-             (("train", train), ("sample", commands))}
+             (("train", train_command), ("sample", commands))}
     assert "initialisation" in helps["train"]["seed"] and "sampling noise" in helps["sample"]["seed"]
     assert "sample.py" in helps["train"]["seed"] and "train.py" in helps["sample"]["seed"]
     assert "--references 2 --eval" in helps["train"]["eval"] and "metrics.json" in helps["sample"]["eval"]
@@ -330,3 +331,183 @@ def test_a_request_larger_than_memory_is_refused_before_any_work(label_run, tmp_
     monkeypatch.setattr(rundir, "available_memory", lambda: 2**28)  # 256 MiB: a grid of 2 x 10^6 8x8 images does not fit
     fails(sample, [str(label_run), "--out", str(tmp_path / "o"), "--grid-per-class", "1000000"],
           r"--grid-per-class 1000000 asks for more than this machine can hold: about \d+ MiB .* 256 MiB is available")
+
+
+@pytest.mark.parametrize("flags, flag", [(["--batch-size", "100000"], "--batch-size 100000"),
+                                         (["--timesteps", "1000000000"], "--timesteps 1000000000"),
+                                         (["--image-size", "2000"], "--image-size 2000"),
+                                         (["--image-size", "100000"], "--image-size 100000"),  # 10**10 pixels each
+                                         (["--pos-dim", "100000000"], "--pos-dim 100000000")])
+def test_a_training_request_larger_than_memory_is_one_line_before_any_work(folder, tmp_path, monkeypatch, flags, flag):  # noqa: F811
+    import train
+    monkeypatch.setattr(rundir, "load_training_images", lambda *a: pytest.fail("loaded the data before the check"))
+    out = tmp_path / "run"
+    fails(train, tiny(folder, out, *flags), rf"^train.py: {flag} asks for more than this machine can hold: about "
+          r"[\d,.]+ GiB of memory \([\d,.]+ GiB for \S+ alone\), and [\d,.]+ GiB is available; ask for fewer$")
+    assert not out.exists()
+
+
+def test_the_training_memory_check_names_the_flag_against_what_is_available(folder, tmp_path, monkeypatch):  # noqa: F811
+    import train
+    from plumbing import train_command
+    monkeypatch.setattr(rundir, "available_memory", lambda: 2**28)  # 256 MiB: 2000 rows of 8x8 maps do not fit
+    fails(train, tiny(folder, tmp_path / "run", "--batch-size", "2000"),
+          r"--batch-size 2000 asks for more than this machine can hold: about [\d,.]+ GiB .* 256 MiB is available")
+    fails(train, tiny(folder, tmp_path / "run", "--image-size", "200"),  # 625 times the pixels: --image-size's doing
+          r"--image-size 200 asks for more than this machine can hold")
+    assert not (tmp_path / "run").exists()
+    settings = lambda *argv: {k: v for k, v in vars(train_command.parse_args(["--out", "x", *argv])[0]).items()  # noqa: E731
+                              if k not in train_command.NOT_SETTINGS}
+    train_command.check_memory(settings("--data", folder, "--batch-size", "8"))  # the tiny runs fit
+
+
+@pytest.mark.parametrize("argv", [[], ["--data", "mnist", "--per-class", "1000", "--size", "paper", "--batch-size", "64"],
+                                  ["--data", "mnist", "--per-class", "1000", "--cond", "label+pos", "--backbone",
+                                   "swinv2_base_window12to16_192to256.ms_in22k_ft_in1k", "--size", "paper", "--lr", "1e-5",
+                                   "--epochs", "500", "--batch-size", "64", "--sample-every", "5000"],  # the report's
+                                  ["--data", "mnist", "--cond", "label+pos", "--size", "paper"]])
+@pytest.mark.parametrize("gpu", [None, 70 * 2**30])  # the CPU, an H100's free memory
+def test_the_defaults_and_the_readmes_runs_pass_the_memory_check_of_a_24_gb_machine(monkeypatch, argv, gpu):
+    from plumbing import train_command
+    monkeypatch.setattr(rundir, "available_memory", lambda: 16 * 2**30)  # what a 24 GB machine has free, and less
+    monkeypatch.setattr(train_command, "cuda_memory", lambda name: gpu)  # None: the batch in this machine's memory
+    args, _ = train_command.parse_args(["--out", "x", *argv])
+    train_command.check_memory({k: v for k, v in vars(args).items() if k not in train_command.NOT_SETTINGS})
+
+
+def test_on_a_gpu_the_training_batch_is_checked_against_the_gpus_memory(monkeypatch):
+    from plumbing import train_command
+    monkeypatch.setattr(rundir, "available_memory", lambda: 16 * 2**30)
+    monkeypatch.setattr(train_command, "cuda_memory", lambda name: 2**30)  # 1 GiB free on the GPU
+    args, _ = train_command.parse_args(["--out", "x", "--batch-size", "1000"])
+    with pytest.raises(rundir.RunError, match=r"^--batch-size 1000 asks for more than the GPU can hold: about [\d.]+ "
+                                              r"GiB of memory .* and 1.0 GiB is available; ask for fewer$"):
+        train_command.check_memory({k: v for k, v in vars(args).items() if k not in train_command.NOT_SETTINGS})
+
+
+@pytest.mark.parametrize("flags, flag", [(["--image-size", "1500"], "--image-size 1500"),
+                                         (["--image-size", "100000"], "--image-size 100000"),  # past numpy's sizes
+                                         (["--feature-batch-size", "100000"], "--feature-batch-size 100000")])
+def test_a_metrics_request_larger_than_memory_is_one_line_before_any_image_is_read(tmp_path, monkeypatch, capsys,
+                                                                                   flags, flag):
+    import numpy as np
+    from plumbing import metrics_command
+    real, generated = tmp_path / "real.npz", tmp_path / "gen"
+    np.savez(real, images=np.zeros((1000, 28, 28, 1), np.uint8), labels=np.arange(1000) % 10)
+    generated.mkdir()
+    from PIL import Image
+    for i in range(3):
+        Image.new("L", (28, 28)).save(generated / f"{i}.png")
+    monkeypatch.setattr(rundir, "available_memory", lambda: 2**30)  # 1 GiB
+    monkeypatch.setattr(metrics_command, "load_image_set", lambda *a: pytest.fail("read the images before the check"))
+    assert metrics_command.main([str(real), str(generated), "--features", "classifier", *flags]) == 2
+    err = capsys.readouterr()
+    assert not err.out and len(err.err.strip().splitlines()) == 1, err
+    assert re.match(rf"metrics.py: error: {flag} asks for more than this machine can hold: about [\d,.]+ GiB .*"
+                    r"1.0 GiB is available", err.err), err.err
+
+
+@pytest.mark.parametrize("flags, says", [(["--classifier", "DIR"], "--classifier DIR is a folder: give a file path"),
+                                         (["--classifier", ""], r"--classifier is an empty path \(''\): give a file"),
+                                         (["--inception-weights", ""], r"--inception-weights is an empty path"),
+                                         (["--inception-weights", "DIR"], "--inception-weights DIR is a folder")])
+def test_metrics_path_flags_that_are_empty_or_a_folder_are_refused_up_front(tmp_path, monkeypatch, capsys, flags, says):
+    from plumbing import metrics_command
+    monkeypatch.chdir(tmp_path)
+    os.mkdir("DIR")
+    monkeypatch.setattr(metrics_command, "load_image_set", lambda *a: pytest.fail("read the images before the check"))
+    assert metrics_command.main(["real.npz", "gen.npz", "--features", "classifier", *flags]) == 2
+    err = capsys.readouterr().err.strip()
+    assert re.match(rf"metrics.py: error: {says}", err) and "delete" not in err and "\n" not in err, err
+    assert os.path.isdir("DIR")
+
+
+# ---------------------------------------------------------------- unclear messages
+@pytest.mark.parametrize("argv, says", [
+    (["--guidance-interval", "-1,2"], r"argument --guidance-interval: .* needs 0 <= LO < HI .* got -1.0,2.0"),
+    (["--guidance", "=3"], r"argument --guidance: .* got '=3'; for one weight on every condition write --guidance 3"),
+    (["--guidance", "-inf"], r"argument --guidance: every weight must be a finite number"),
+])
+def test_a_value_starting_with_minus_or_equals_reaches_its_flags_check(capsys, argv, says):
+    with pytest.raises(SystemExit):
+        commands.build_parser().parse_args(["run", "--out", "x", *argv])
+    assert re.search(says, capsys.readouterr().err.strip().splitlines()[-1])
+    assert commands.build_parser().parse_args(["run", "--out", "x", "--guidance-interval", "0.5,inf"]).guidance_interval == (0.5, float("inf"))
+
+
+@pytest.mark.parametrize("script, flag, value", [("train", "--seed", -1), ("train", "--seed", 2**64),
+                                                 ("train", "--data-seed", -1), ("train", "--data-seed", 2**32),
+                                                 ("sample", "--seed", -1), ("sample", "--seed", 2**64)])
+def test_a_seed_out_of_range_is_one_line_naming_its_flag_in_both_scripts(label_run, folder, tmp_path, script, flag, value):  # noqa: F811
+    import train
+    argv = (tiny(folder, tmp_path / "run") if script == "train" else [str(label_run), "--out", str(tmp_path / "run")])
+    fails(train if script == "train" else sample, [*argv, flag, str(value)],
+          rf"^\w+.py: {flag} must be a whole number in \[0, 2\*\*32\) \(4,294,967,295 at most\), got {value}$")
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("script", ["train", "sample"])
+def test_an_empty_out_is_refused_before_any_work(label_run, folder, tmp_path, monkeypatch, script):  # noqa: F811
+    import train
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sample, "generate", lambda *a, **k: pytest.fail("generated before the check"))
+    argv = tiny(folder, "") if script == "train" else [str(label_run), "--out", ""]
+    fails(train if script == "train" else sample, argv, r"--out is an empty path \(''\): give the folder to write in")
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_truncated_classifier_pt_says_what_sample_py_does_about_it(label_run, tmp_path):  # noqa: F811
+    run = copy_run(label_run, tmp_path)
+    (run / "classifier.pt").write_bytes(b"PK\x03\x04 half a file")
+    message = fails(sample, [str(run), "--out", str(tmp_path / "o"), "--sampling-steps", "2", "--grid-per-class", "1",
+                             "--eval", "--n", "4"],
+                    r"classifier.pt is not a classifier file of this classifier.py \(cut off, or another kind of "
+                    r"file\): move it away, and sample.py --eval trains this run's own$")
+    assert "--classifier" not in message and "delete" not in message and not (tmp_path / "o").exists()
+
+
+def test_a_config_json_of_another_run_is_named_and_the_advice_keeps_the_checkpoint(label_run, tmp_path):  # noqa: F811
+    import train
+    run = copy_run(label_run, tmp_path)
+    config = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps(dict(config, run_id="0123456789abcdef")))  # another run's config.json
+    before = snapshot(run)
+    for script, argv in ((sample, [str(run), "--out", str(tmp_path / "o")]), (train, ["--out", str(run), "--resume"])):
+        message = fails(script, argv, rf"{run}/config.json belongs to another run \(run id 0123456789abcdef; "
+                        rf"checkpoint.pt is of run {config['run_id']}\): it was copied in. Move it away; then "
+                        rf"python train.py --out {run} --resume restores this run's config.json")
+        assert "--overwrite" not in message and snapshot(run) == before
+    os.rename(run / "config.json", tmp_path / "stray.json")  # the advice, followed
+    train.main(["--out", str(run), "--resume"])
+    assert json.loads((run / "config.json").read_text())["run_id"] == config["run_id"]
+
+
+def test_a_run_with_fewer_timesteps_than_the_grids_sampling_steps_trains_and_writes_its_grid(folder, tmp_path):  # noqa: F811
+    import train
+    out = tmp_path / "t1"
+    train.main(tiny(folder, out, "--cond", "label", "--timesteps", "1", "--steps", "2"))
+    assert (out / "grids" / "step0000002.png").is_file() and (out / "loss.png").is_file()
+
+
+def test_ctrl_c_during_the_last_grid_is_finished_by_resume(folder, tmp_path, monkeypatch, capsys):  # noqa: F811
+    import train
+    straight, broken = tmp_path / "straight", tmp_path / "broken"
+    train.main(tiny(folder, straight, "--cond", "label", "--steps", "2"))
+    real_write_grid = train.write_grid
+
+    def ctrl_c_at_the_last_step(run, step):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "write_grid", ctrl_c_at_the_last_step)
+    fails(train, tiny(folder, broken, "--cond", "label", "--steps", "2"),
+          r"interrupted at step \d+; \S+checkpoint.pt \(step 2\) is intact. Continue: python train.py --out \S+ --resume")
+    assert not (broken / "loss.png").exists() and not (broken / "grids" / "step0000002.png").exists()
+    monkeypatch.setattr(train, "write_grid", real_write_grid)
+    capsys.readouterr()
+    train.main(["--out", str(broken), "--resume"])
+    said = capsys.readouterr().out
+    assert f"{broken}: wrote loss.png and grids/step0000002.png, which the run stopped before writing" in said
+    assert (broken / "grids" / "step0000002.png").read_bytes() == (straight / "grids" / "step0000002.png").read_bytes()
+    assert (broken / "loss.png").is_file()
+    train.main(["--out", str(broken), "--resume"])  # a finished run: nothing more to write, nor to say
+    assert "wrote" not in capsys.readouterr().out
