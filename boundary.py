@@ -162,9 +162,11 @@ def boundary_guide(run: Run, seed: int = 1, members: int = GUIDE_MEMBERS, steps:
     steps is trained again and replaced.
     """
     seeds, steps = list(range(seed, seed + members)), GUIDE_STEPS if steps is None else steps
-    if EVALUATOR_SEED in seeds or members < 1:
-        raise ValueError(f"the guide needs at least one member (got {members}) and seeds without the evaluator's "
-                         f"{EVALUATOR_SEED} (got {seeds}): use members >= 1 and seed >= 1")
+    if members < 1:
+        raise ValueError(f"the guide needs at least one member, got members={members}")
+    if EVALUATOR_SEED in seeds:
+        raise ValueError(f"the guide's seeds {seeds} must not include the evaluator's seed {EVALUATOR_SEED}: "
+                         "use seed >= 1")
     tag = f"{run.config['run_id']} steps={steps}"
     path = os.path.join(run.dir, GUIDE_FILE)
     if os.path.exists(path):
