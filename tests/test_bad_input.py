@@ -31,8 +31,8 @@ def test_finite_guidance_still_parses():
     ("sample", ["run", "--out", "x", "--grid", "5"], "--grid"),  # --grid-per-class
 ])
 def test_train_and_sample_both_refuse_an_abbreviated_flag_in_argparses_one_line(script, argv, typo, capsys):
-    import train
-    parser = (train if script == "train" else commands).build_parser()
+    from plumbing import train_command
+    parser = (train_command if script == "train" else commands).build_parser()
     with pytest.raises(SystemExit) as stop:
         parser.parse_args(argv)
     last = capsys.readouterr().err.strip().splitlines()[-1]
@@ -43,10 +43,10 @@ def test_train_and_sample_both_refuse_an_abbreviated_flag_in_argparses_one_line(
 
 
 def test_eta_without_a_value_is_left_to_the_sampler_and_seed_and_eval_say_what_they_mean_in_each_script():
-    import train
+    from plumbing import train_command
     assert commands.build_parser().parse_args(["run", "--out", "x"]).eta is None  # resolved by run_command
     helps = {name: {a.dest: a.help for a in module.build_parser()._actions} for name, module in
-             (("train", train), ("sample", commands))}
+             (("train", train_command), ("sample", commands))}
     assert "initialisation" in helps["train"]["seed"] and "sampling noise" in helps["sample"]["seed"]
     assert "sample.py" in helps["train"]["seed"] and "train.py" in helps["sample"]["seed"]
     assert "--references 2 --eval" in helps["train"]["eval"] and "metrics.json" in helps["sample"]["eval"]
