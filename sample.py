@@ -178,8 +178,8 @@ def control(run: Run, references: dict) -> dict:
 # ---------------------------------------------------------------------------
 # The command: every argument checked (plumbing/commands.py), every image made, then the files
 # ---------------------------------------------------------------------------
-def run_command(args) -> dict:
-    commands.check_args(args)
+def run_command(args, typed=frozenset()) -> dict:
+    commands.check_args(args, typed)
     args.eta = SAMPLER_ETA[args.sampler] if args.eta is None else args.eta  # no --eta: the sampler's own
     run = load_run(args.run, args.device, args.precision)
     commands.check_against_run(args, run)
@@ -210,7 +210,7 @@ def run_command(args) -> dict:
                                                   args.walks, args.walk_label, args.walk_path)
         parts.append(part)
     files["samples.npz"] = samples_npz(concatenate_parts(parts))
-    meta = outputs.sample_meta(args, run, guidance, walk_sampler["guidance"] if args.between else None,
+    meta = outputs.sample_meta(commands.recorded(args, run), run, guidance, walk_sampler["guidance"] if args.between else None,
                                [*files, "meta.json", *(["metrics.json", "eval_samples.npz"] if args.eval else [])])
     files["meta.json"] = json.dumps(meta, indent=2).encode()
 
@@ -246,7 +246,7 @@ def boundary_command(args, run: Run) -> dict:
         print(f"note: {kept} trusted boundary samples in {tried} walks ({crossed} crossed), not {n}: at most "
               f"{boundary.MAX_WALKS_PER_SAMPLE} walks per sample are tried", file=sys.stderr)
     files = {"boundary.png": boundary.boundary_grid(run, part), "samples.npz": samples_npz(part)}
-    meta = outputs.boundary_meta(args, run, n, counts, len(part["images"]), boundary.search_settings(guide),
+    meta = outputs.boundary_meta(commands.recorded(args, run), run, n, counts, len(part["images"]), boundary.search_settings(guide),
                                  [*files, "meta.json"])
     files["meta.json"] = json.dumps(meta, indent=2).encode()
     rundir.write_all_or_none(args.out, files)
@@ -257,7 +257,7 @@ def boundary_command(args, run: Run) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     try:
-        return run_command(commands.build_parser().parse_args(argv))
+        return run_command(*commands.parse_args(argv))
     except (RunError, ValueError, OSError, WeightsUnavailableError) as error:  # OSError: an unreadable file, ...
         sys.exit(f"sample.py: {' '.join(str(error).split())}")
     except KeyboardInterrupt:

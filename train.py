@@ -341,7 +341,8 @@ def main(argv: list[str] | None = None, own_interrupt_message: bool = True) -> N
             train(setup, rank, world, device)
     if rank == 0 and args.eval:  # score the trained run as sample.py does
         settings = setup["config"]["settings"]
-        sample.main([args.out, "--out", os.path.join(args.out, "samples"), "--references", "2", "--eval",
+        references = ["--references", "2"] if setup["config"]["unet"]["conditions"] else []  # (--cond none: no control)
+        sample.main([args.out, "--out", os.path.join(args.out, "samples"), *references, "--eval",
                      "--precision", settings["precision"], *(["--device", settings["device"]] if settings["device"] else [])])
 
 

@@ -6,6 +6,7 @@ errors naming the flag and the fix); sample.py calls these in one line each.
 import argparse
 import os
 import re
+import sys
 
 import numpy as np
 
@@ -70,14 +71,17 @@ def parse_guidance_interval(text: str) -> tuple[float, float]:
 def parse_condition_numbers(text: str) -> dict[str, float]:
     """A number per condition, as flags take it: "label=1,pos=3" -> {"label": 1.0, "pos": 3.0} (in that order)."""
     try:
-        pairs = [item.split("=") for item in text.split(",") if item.strip()]
-        numbers = {name.strip(): float(value) for name, value in pairs}
-        if "" in numbers:  # "=3": a number without its condition's name
+        pairs = [(name.strip(), float(value)) for name, value in (item.split("=") for item in text.split(",") if item.strip())]
+        if any(name == "" for name, _ in pairs):  # "=3": a number without its condition's name
             raise ValueError(text)
-        return numbers
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected NAME=NUMBER pairs joined by commas (e.g. label=1,pos=3), "
                                          f"got {text!r}") from None
+    names = [name for name, _ in pairs]
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:  # a dict would keep the last value silently
+        raise argparse.ArgumentTypeError(f"{text!r} names {', '.join(twice)} more than once: give each name one value")
+    return dict(pairs)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -162,14 +166,27 @@ class Renamed(argparse.Action):
                        f"{'optimizer steps' if option_string == '--steps' else 'training images per class'})")
 
 
-def check_args(args) -> None:
-    """Every argument that can be checked without the run, before any work."""
+def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, set[str]]:
+    """sample.py's command line, and the names (dests) of the flags the user typed: a flag typed at its default
+    value is still a request, refused where the mode cannot honour it (check_unused_flags)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    tokens = {token.split("=")[0] for token in (sys.argv[1:] if argv is None else argv) if token.startswith("--")}
+    return args, {action.dest for action in parser._actions if set(action.option_strings) & tokens}
+
+
+def check_args(args, typed=frozenset()) -> None:
+    """Every argument that can be checked without the run, before any work (typed: the flags typed, parse_args)."""
     counts = dict(sampling_steps=args.sampling_steps, grid_per_class=args.grid_per_class,
                   per_reference=args.per_reference, points=args.points, walks=args.walks, n=args.n, boundary_n=args.boundary_n,
                   sampling_batch_size=args.sampling_batch_size)
     for name, value in counts.items():
         if value is not None and value < 1:
             raise RunError(f"--{name.replace('_', '-')} must be a positive count, got {value}")
+    if args.points < 2:  # one point would be image A's conditions alone, s = 0: no walk
+        raise RunError(f"--points must be at least 2 (a walk runs from A at s = 0 to B at s = 1), got {args.points}")
+    if args.n is not None and args.n < 2:  # FID's covariance of one image is undefined
+        raise RunError(f"--n must be at least 2 (FID compares the covariances of two sets of images), got {args.n}")
     if args.references < 0:
         raise RunError(f"--references must be 0 (none) or a positive count, got {args.references}")
     check_seed("--seed", args.seed)
@@ -180,7 +197,7 @@ def check_args(args) -> None:
         raise RunError(f"--guidance weights must be finite and >= 0 (1: no guidance, 3: the default), got {args.guidance}")
     if not (np.isfinite(args.boundary_guidance) and args.boundary_guidance >= 0):
         raise RunError(f"--boundary-guidance must be finite and >= 0 (1: no guidance), got {args.boundary_guidance}")
-    check_unused_flags(args)
+    check_unused_flags(args, typed)
     if args.references and args.reference_images:
         raise RunError("pass either --references K or --reference-images FILES, not both")
     if args.reference_images and (args.reference_labels is None or len(args.reference_labels) != len(args.reference_images)):
@@ -211,12 +228,17 @@ UNUSED_BY_BOUNDARY = ("guidance", "grid_per_class", "per_reference")  # --bounda
 UNUSED_BY_DDPM = ("sampling_steps", "eta")  # --sampler ddpm takes all T steps of Algorithm 2, with its own noise
 
 
-def check_unused_flags(args) -> None:
+def guidance_text(guidance: float | dict) -> str:
+    """--guidance as typed: 3 or label=3,pos=1."""
+    return ",".join(f"{k}={v:g}" for k, v in guidance.items()) if isinstance(guidance, dict) else f"{guidance:g}"
+
+
+def check_unused_flags(args, typed=frozenset()) -> None:
     """A flag the chosen mode or sampler cannot honour is a one-line error naming it (checked before --eta takes the
-    sampler's own value)."""
+    sampler's own value). A flag counts as given when typed (even at its default) or away from its default."""
     defaults = build_parser()
     def given(name):
-        return getattr(args, name) != defaults.get_default(name)
+        return name in typed or getattr(args, name) != defaults.get_default(name)
     for name, needs in NEEDS.items():
         if given(name) and not any(getattr(args, need) for need in needs):
             raise RunError(f"--{name.replace('_', '-')} acts only with {' or '.join('--' + n.replace('_', '-') for n in needs)}; "
@@ -232,6 +254,34 @@ def check_unused_flags(args) -> None:
             if given(name):
                 raise RunError(f"--{name.replace('_', '-')} does not apply to --sampler ddpm (Algorithm 2 of Ho et "
                                "al.: all T steps, its own noise); leave it out, or choose --sampler ddim or dpm++2m")
+    if args.between and args.walk_label == "none" and isinstance(args.guidance, dict) and "label" in args.guidance:
+        raise RunError(f"--guidance {guidance_text(args.guidance)} weighs the label, which --walk-label none drops "
+                       "from the walk (its images would not change with that weight): give the weights without label "
+                       "(e.g. pos=3, or a bare 3), or choose --walk-label fixed or soft")
+    if given("guidance_interval"):
+        weights = ([args.boundary_guidance] if args.boundary else [] if args.guidance is None  # (the default: 3)
+                   else list(args.guidance.values()) if isinstance(args.guidance, dict) else [args.guidance])
+        if weights and all(w == 1 for w in weights):
+            flag = (f"--boundary-guidance {args.boundary_guidance:g}" if args.boundary
+                    else f"--guidance {guidance_text(args.guidance)}")
+            raise RunError(f"--guidance-interval limits the guidance to some steps, and {flag} guides none (1: no "
+                           "guidance): leave --guidance-interval out, or give a weight other than 1")
+
+
+def recorded(args, run: Run) -> argparse.Namespace:
+    """The arguments as meta.json records them: what this call did. A flag of a mode not run is None (a class
+    grid made no walk, whatever --points says); --sampler ddpm took all T steps; --eval scored --n or its default."""
+    done = argparse.Namespace(**vars(args))
+    for name, needs in NEEDS.items():
+        if not any(getattr(args, need) for need in needs):
+            setattr(done, name, None)
+    if args.boundary:
+        done.grid_per_class = done.per_reference = None
+    if args.sampler == "ddpm":
+        done.sampling_steps = run.diffusion.num_timesteps
+    if args.eval:
+        done.n = args.n or DEFAULT_EVAL_N
+    return done
 
 
 def check_against_run(args, run: Run) -> None:
@@ -261,11 +311,43 @@ def check_against_run(args, run: Run) -> None:
     for flag, name in (("--eval", "classifier.pt"), ("--boundary", GUIDE_FILE)):
         if getattr(args, flag[2:]) and not os.path.exists(os.path.join(run.dir, name)):
             rundir.check_run_writable(run.dir, name, flag)
+    check_conditions_used(args, run)
     if args.boundary:
         check_boundary(run, *args.boundary, args.boundary_method)
     fewest = int(np.bincount(run.labels, minlength=k).min())
     if args.references > fewest:
         raise RunError(f"--references {args.references} is more than the {fewest} training images of the smallest class")
+
+
+def check_conditions_used(args, run: Run) -> None:
+    """A request the run's conditions cannot act on is refused: guidance, or a reference, for a model without
+    conditions; a walk along which no condition moves (every point the same image); a --guidance-interval
+    that holds none of the sampled steps' noise levels."""
+    names = list(run.config["unet"]["conditions"])
+    if not names:
+        for flag, given in (("--guidance", args.guidance is not None),
+                            ("--guidance-interval", args.guidance_interval is not None),
+                            ("--references", args.references), ("--reference-images", args.reference_images),
+                            ("--between", args.between)):
+            if given:
+                raise RunError(f"{flag}: {run.dir} was trained without conditions (--cond none), so nothing "
+                               "guides or steers its samples; leave the flag out")
+    if args.between:
+        moving = [n for n in names if n != "label"] + (["label"] if args.walk_label == "soft" else [])
+        if not moving:  # only the label, held fixed or dropped: every point of a walk has the same conditions
+            raise RunError(f"--between on {run.dir} (conditions: {', '.join(names)}) moves no condition with "
+                           f"--walk-label {args.walk_label}: every point would be the same image; use --walk-label soft")
+    if args.guidance_interval is not None:
+        diffusion = run.diffusion
+        T = diffusion.num_timesteps
+        steps = (range(T) if args.sampler == "ddpm" else diffusion.ddim_timesteps(args.sampling_steps)
+                 if args.sampler == "ddim" else diffusion.logsnr_timesteps(args.sampling_steps))
+        sigmas = [diffusion.sigma(t) for t in steps]
+        lo, hi = args.guidance_interval
+        if not any(lo < sigma <= hi for sigma in sigmas):
+            raise RunError(f"--guidance-interval {lo:g},{hi:g} holds none of the sampled steps' noise levels (sigma "
+                           f"{min(sigmas):.3g} to {max(sigmas):.3g} with --sampler {args.sampler}), so no step would "
+                           "be guided: choose LO,HI around them, or leave the flag out")
 
 
 def load_reference_files(run: Run, paths: list[str]) -> np.ndarray:

@@ -155,9 +155,15 @@ def build_parser(min_per_split: int) -> argparse.ArgumentParser:
 
 
 def check_args(args) -> None:
-    """The counts and the renamed --batch-size, before any image is read."""
+    """The counts, the renamed --batch-size and each feature network's own flag, before any image is read."""
     if args.old_batch_size is not None:  # train.py's --batch-size is the training batch; this is another thing
         raise ValueError("--batch-size is now --feature-batch-size (images per batch of the feature network)")
+    if args.features == "inception" and args.classifier is not None:
+        raise ValueError("--classifier is the network of --features classifier; with --features inception it would "
+                         "be ignored: add --features classifier, or leave --classifier out")
+    if args.features == "classifier" and args.inception_weights is not None:
+        raise ValueError("--inception-weights are the weights of --features inception; with --features classifier "
+                         "they would be ignored: leave --inception-weights out, or choose --features inception")
     for flag, value in (("--splits", args.splits), ("--image-size", args.image_size),
                         ("--feature-batch-size", args.feature_batch_size)):
         if value is not None and value < 1:

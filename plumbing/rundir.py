@@ -238,8 +238,8 @@ def resumed_settings(saved: dict, typed: dict, out: str) -> tuple[dict, dict]:
             raise RunError(f"{out} was trained with --{key.replace('_', '-')} {saved.get(key)}; a resumed run "
                            f"keeps the settings that define it (use --overwrite, or another --out, to start a new run)")
         settings[key], changes[key] = new, [saved.get(key), new]
-    if "steps" in typed:
-        settings["epochs"] = None  # --steps on resume wins over a saved --epochs
+    if "steps" in typed and saved.get("epochs") is not None:  # --steps on resume wins over a saved --epochs
+        settings["epochs"], changes["epochs"] = None, [saved["epochs"], None]
     return settings, changes
 
 

@@ -86,7 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--sample-every", type=int, default=0,
                    help="also a class grid every N steps (0: only the one at the end)")
     g.add_argument("--eval", action="store_true", help="at the end, score the trained run: sample.py OUT --out "
-                   "OUT/samples --references 2 --eval (metrics.json there; see sample.py --eval)")
+                   "OUT/samples --references 2 --eval (metrics.json there; see sample.py --eval; no --references "
+                   "for --cond none)")
     g.add_argument("--compile", action="store_true", help="torch.compile the U-Net (GPU)")
     return p
 
@@ -124,7 +125,11 @@ def check_settings(s: dict) -> None:
     except ValueError as error:
         raise RunError(f"--timesteps {s['timesteps']} does not give a valid {s['schedule']} schedule ({error}); "
                        "choose more --timesteps") from error
-    for name in cond_names(s["cond"]):
+    names = cond_names(s["cond"])
+    if len(set(names)) < len(names):  # label+label: one encoder, the second name silently dropped
+        raise RunError(f"--cond {s['cond']} names {', '.join(sorted({n for n in names if names.count(n) > 1}))} more "
+                       "than once: give each condition once (e.g. --cond label+pos)")
+    for name in names:
         try:
             condition_encoder(name, 2, 8)
         except ValueError as error:
@@ -284,7 +289,63 @@ def run_settings(args: argparse.Namespace, typed: set[str], saved: dict | None, 
         now = {key: getattr(args, key) for key in typed - set(NOT_SETTINGS)}
         settings, changes = rundir.resumed_settings(saved["settings"], now, args.out)
     check_settings(settings)
+    check_typed(settings, typed, saved is None)
     return settings, changes
+
+
+# Flags of a new run that act only with a condition: flag -> the condition.
+NEEDS_CONDITION = {"backbone": "pos", "weights": "pos", "pos_dim": "pos"}
+
+
+def check_typed(s: dict, typed: set[str], new: bool) -> None:
+    """A flag typed where the run cannot use it is a one-line error naming it and the fix (a resumed run's
+    flags that define it are rundir.resumed_settings' to refuse, and what --resume does with --steps open_run's)."""
+    if {"steps", "epochs"} <= typed:
+        raise RunError("--steps and --epochs both set the run's length (--epochs would win): pass one of them")
+    if not new:
+        return
+    names = cond_names(s["cond"])
+    for key, condition in NEEDS_CONDITION.items():
+        if key in typed and condition not in names:
+            raise RunError(f"--{key.replace('_', '-')} shapes the {condition} condition, and --cond {s['cond']} has "
+                           f"none: leave --{key.replace('_', '-')} out, or add {condition} to --cond (e.g. --cond label+pos)")
+    if "weights" in typed and s["backbone"] == "pixels":
+        raise RunError("--weights is a backbone's weights file, and --backbone pixels takes none (its features are "
+                       "the pixels): leave --weights out, or choose a --backbone that takes weights")
+    for key in ("p_uncond", "p_drop"):
+        if key in typed and not names:
+            raise RunError(f"--{key.replace('_', '-')} drops conditions, and --cond none has none: leave it out")
+    if "data_seed" in typed and s["per_class"] is None:
+        raise RunError("--data-seed chooses which images a --per-class subset takes, and without --per-class every "
+                       "image is taken: add --per-class N, or leave --data-seed out")
+
+
+def check_length(out: str, settings: dict, typed: set[str], changes: dict, start: int, resumed: bool) -> None:
+    """The run's length against where it is and what the flags ask of the steps to come, before any write: a
+    resume must train (a --steps at or below the run's step, or a change to a run that is done, would record
+    what was never done); --sample-every and --lr-schedule cosine must fall inside the steps."""
+    steps, flag = settings["steps"], "--epochs" if "epochs" in typed else "--steps"
+    if resumed and ({"steps", "epochs"} & typed) and steps <= start:
+        asked = f"--epochs {settings['epochs']:g} ({steps} steps)" if flag == "--epochs" else f"--steps {steps}"
+        raise RunError(f"{out} is at step {start}: {asked} would not train it; give {flag} beyond step {start} to "
+                       "train longer, or leave it out")
+    if resumed and changes and steps <= start:
+        raise RunError(f"{out} is already trained to step {start} (its --steps): "
+                       f"{', '.join('--' + k.replace('_', '-') for k in changes)} would change nothing; add --steps "
+                       f"above {start} to train on with it")
+    if steps <= start:
+        return  # nothing to train ("already trained"), and nothing changed
+    every = settings["sample_every"]
+    if "sample_every" in typed and every and (steps - 1) // every <= start // every:
+        raise RunError(f"--sample-every {every}: no step between {start} and the last, {steps}, is a multiple of it "
+                       "(the last step's grid is always made): give a smaller N, or 0")
+    if {"lr_schedule", "warmup", "steps", "epochs"} & typed and settings["lr_schedule"] == "cosine" \
+            and settings["warmup"] >= steps:
+        raise RunError(f"--lr-schedule cosine decays after the warm-up, and --warmup {settings['warmup']} lasts "
+                       f"the run's {steps} steps: give a --warmup below {steps}, or more --steps")
+    if resumed and "warmup" in changes and settings["lr_schedule"] == "constant" and max(changes["warmup"]) <= start:
+        raise RunError(f"--warmup {settings['warmup']}: {out} is at step {start}, past the warm-up either way, so "
+                       "with --lr-schedule constant it would change nothing; leave it out")
 
 
 def write_run(out: str, config: dict, space: FeatureSpace | None, overwrite: bool) -> None:
@@ -320,11 +381,14 @@ def open_run(args: argparse.Namespace, typed: set[str], world: int) -> dict:
         rundir.check_data(args.out, saved, digest)
     if settings["epochs"] is not None:
         settings["steps"] = math.ceil(settings["epochs"] * len(images) / (settings["batch_size"] * world))
+        if saved is not None and settings["steps"] != saved["settings"]["steps"]:  # the steps --epochs gives: a change
+            changes["steps"] = [saved["settings"]["steps"], settings["steps"]]
+    start = checkpoint["step"] if checkpoint is not None else 0
+    check_length(args.out, settings, typed, changes, start, saved is not None)
     run_id = saved["run_id"] if saved is not None else rundir.make_run_id(settings, digest)  # fixed at the start
     space = rundir.load_space(args.out, saved) if checkpoint is not None else None
     return dict(saved=saved, checkpoint=checkpoint, settings=settings, changes=changes, images=images, labels=labels,
-                class_names=class_names, digest=digest, run_id=run_id, space=space,
-                start=checkpoint["step"] if checkpoint is not None else 0)
+                class_names=class_names, digest=digest, run_id=run_id, space=space, start=start)
 
 
 def run_config(run: dict, condition_sizes: dict[str, int], space: FeatureSpace | None, world: int) -> dict:

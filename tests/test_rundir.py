@@ -28,7 +28,8 @@ def tiny_checkpoint(value: float = 1.0) -> dict:
 def test_resume_keeps_what_defines_a_run_and_records_the_rest():
     saved = dict(data="mnist-sample", data_seed=0, seed=0, lr=2e-3, steps=100, epochs=3.0)
     settings, changes = rundir.resumed_settings(saved, dict(lr=1e-3, steps=200, seed=0), "runs/x")
-    assert settings["lr"] == 1e-3 and settings["epochs"] is None and changes == {"lr": [2e-3, 1e-3], "steps": [100, 200]}
+    assert settings["lr"] == 1e-3 and settings["epochs"] is None  # --steps takes over from --epochs: both recorded
+    assert changes == {"lr": [2e-3, 1e-3], "steps": [100, 200], "epochs": [3.0, None]}
     for key in ("seed", "data_seed"):
         with pytest.raises(RunError, match=f"trained with --{key.replace('_', '-')} 0; a resumed run keeps"):
             rundir.resumed_settings(saved, {key: 1}, "runs/x")
