@@ -6,6 +6,8 @@ once plain, for the wall time a user sees, and once under cProfile, for the tabl
 (cProfile slows Python-heavy code a little: the table says by how much). Nothing in the method is instrumented:
 the phases are the cumulative times of the functions the command calls.
 """
+if not __package__:  # run as a file, it could not import its neighbours: say what to run instead
+    raise SystemExit("experiments/bench_main.py: run python -m experiments.bench main (from the repository root)")
 import os
 import pstats
 import shutil

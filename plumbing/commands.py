@@ -42,7 +42,9 @@ def parse_guidance(text: str) -> float | dict[str, float]:
     except ValueError:
         try:
             weights = parse_condition_numbers(text)
-        except argparse.ArgumentTypeError:
+        except argparse.ArgumentTypeError as error:
+            if "more than once" in str(error):  # label=3,label=2: its own message
+                raise
             weights = None
     if weights is None or weights == {}:  # "" or "," would mean no guidance at all, unasked; "=3" names no condition
         hint = f"; for one weight on every condition write --guidance {text.strip(' =')}" if text.strip().startswith("=") else ""

@@ -409,8 +409,10 @@ def test_a_metrics_request_larger_than_memory_is_one_line_before_any_image_is_re
 
 @pytest.mark.parametrize("flags, says", [(["--classifier", "DIR"], "--classifier DIR is a folder: give a file path"),
                                          (["--classifier", ""], r"--classifier is an empty path \(''\): give a file"),
-                                         (["--inception-weights", ""], r"--inception-weights is an empty path"),
-                                         (["--inception-weights", "DIR"], "--inception-weights DIR is a folder")])
+                                         (["--features", "inception", "--inception-weights", ""],
+                                          r"--inception-weights is an empty path"),
+                                         (["--features", "inception", "--inception-weights", "DIR"],
+                                          "--inception-weights DIR is a folder")])
 def test_metrics_path_flags_that_are_empty_or_a_folder_are_refused_up_front(tmp_path, monkeypatch, capsys, flags, says):
     from plumbing import metrics_command
     monkeypatch.chdir(tmp_path)
