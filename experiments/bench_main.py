@@ -43,9 +43,12 @@ def run_main_command(out: str, profile: str | None, env: dict) -> float:
     """Wall seconds of `python train.py --out OUT --eval` (MAIN_FLAGS) in a fresh process (under cProfile when profile names a file)."""
     command = [sys.executable, *(["-m", "cProfile", "-o", profile] if profile else []), "train.py", "--out", out, *MAIN_FLAGS]
     start = time.perf_counter()
-    done = subprocess.run(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"python -m experiments.bench main: the main command failed: {done.stderr.strip()[-500:]}")
+    umap_line = [line for line in done.stdout.splitlines() if line.startswith("UMAP:")]
+    if umap_line and not profile:  # the fit's own time, unprofiled (cProfile slows numba's compilation most)
+        print(f"  {umap_line[0]}", flush=True)
     return time.perf_counter() - start
 
 

@@ -243,8 +243,9 @@ def check_unused_flags(args, typed=frozenset()) -> None:
         return name in typed or getattr(args, name) != defaults.get_default(name)
     for name, needs in NEEDS.items():
         if given(name) and not any(getattr(args, need) for need in needs):
+            hint = "; --boundary's count of trusted samples is --boundary-n" if name == "n" and args.boundary else ""
             raise RunError(f"--{name.replace('_', '-')} acts only with {' or '.join('--' + n.replace('_', '-') for n in needs)}; "
-                           "add it or leave the flag out")
+                           f"add it or leave the flag out{hint}")
     if args.boundary:
         for name in UNUSED_BY_BOUNDARY:
             if given(name):

@@ -196,7 +196,7 @@ def test_a_boundary_without_trusted_samples_is_one_line_and_writes_nothing(run_d
     (["--walk-path", "features"], "--walk-path acts only with --between"),
     (["--n", "5"], "--n acts only with --eval"),
     (["--boundary-n", "5"], "--boundary-n acts only with --boundary"),
-    (["--boundary", "0", "1", "--n", "5"], "--n acts only with --eval"),
+    (["--boundary", "0", "1", "--n", "5"], "--n acts only with --eval.*--boundary's count of trusted samples is --boundary-n"),
     (["--sampler", "ddpm", "--sampling-steps", "5"], "--sampling-steps does not apply to --sampler ddpm"),
     (["--sampler", "ddpm", "--eta", "0.5"], "--eta does not apply to --sampler ddpm"),
     (["--boundary", "0", "1", "--sampler", "ddpm", "--eta", "0"], "--eta does not apply to --sampler ddpm"),
