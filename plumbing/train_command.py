@@ -322,10 +322,11 @@ def check_typed(s: dict, typed: set[str], new: bool) -> None:
 
 def check_length(out: str, settings: dict, typed: set[str], changes: dict, start: int, resumed: bool) -> None:
     """The run's length against where it is and what the flags ask of the steps to come, before any write: a
-    resume must train (a --steps at or below the run's step, or a change to a run that is done, would record
-    what was never done); --sample-every and --lr-schedule cosine must fall inside the steps."""
+    resume must train (a --steps below the run's step, or one that changes the run's --steps to its step, or a
+    change to a run that is done, would record what was never done; the run's own --steps restated is "already
+    trained"); --sample-every and --lr-schedule cosine must fall inside the steps."""
     steps, flag = settings["steps"], "--epochs" if "epochs" in typed else "--steps"
-    if resumed and ({"steps", "epochs"} & typed) and steps <= start:
+    if resumed and ({"steps", "epochs"} & typed) and (steps < start or (steps == start and {"steps", "epochs"} & set(changes))):
         asked = f"--epochs {settings['epochs']:g} ({steps} steps)" if flag == "--epochs" else f"--steps {steps}"
         raise RunError(f"{out} is at step {start}: {asked} would not train it; give {flag} beyond step {start} to "
                        "train longer, or leave it out")

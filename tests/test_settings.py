@@ -137,7 +137,7 @@ RESUME = [  # train.py --resume on a copy of a label run trained to its --steps 
     ([], "used"),  # "already trained": nothing changes
     (["--steps", "4"], "used"), (["--steps", "4", "--lr", "1e-3", "--grad-clip", "0.5"], "used"),
     (["--steps", "1"], "is at step 2: --steps 1 would not train it; give --steps beyond step 2"),
-    (["--steps", "2"], "is at step 2: --steps 2 would not train it"),
+    (["--steps", "2"], "used"),  # the run's own --steps restated: "already trained", config.json as it was
     (["--epochs", "0.2"], r"is at step 2: --epochs 0.2 \(1 steps\) would not train it"),
     (["--epochs", "1"], "used"), (["--steps", "4", "--epochs", "1"], "--steps and --epochs both"),
     (["--lr", "1e-3"], "already trained to step 2 .*--lr would change nothing; add --steps above 2"),
