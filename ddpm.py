@@ -93,6 +93,67 @@ def randn(shape, generator: torch.Generator | RowNoise | None, device) -> torch.
     return torch.randn(shape, generator=generator, device=gen_device).to(device)
 
 
+# ---------------------------------------------------------------------------
+# Names the Diffusion class uses: predictions, samplers, and the order and terms of guidance
+# ---------------------------------------------------------------------------
+PREDICTIONS = ("eps", "v")
+# guidance {COMPOSE: w}: product composition of the classes of a soft label (Diffusion.composed_output)
+COMPOSE, LABEL = "compose", "label"
+SAMPLERS = ("ddim", "dpm++2m", "ddpm")
+# Each sampler's eta when none is given (sample() with eta None, sample.py without --eta): deterministic DDIM,
+# DPM-Solver++(2M)'s SDE form (sample.py's default sampler); the ddpm sampler has none (its noise is the
+# posterior's, DDIM's eta = 1).
+SAMPLER_ETA = {"ddim": 0.0, "dpm++2m": 1.0, "ddpm": None}
+
+
+def check_guidance_interval(guidance_interval) -> None:
+    """None, or (lo, hi) with 0 <= lo < hi (hi may be inf): else a one-line ValueError."""
+    if guidance_interval is None:
+        return
+    try:
+        lo, hi = (float(v) for v in guidance_interval)
+    except (TypeError, ValueError):
+        raise ValueError(f"the guidance interval must be two numbers LO,HI, got {guidance_interval!r}") from None
+    if not (0 <= lo < hi) or math.isnan(hi):
+        raise ValueError(f"the guidance interval LO,HI needs 0 <= LO < HI (sigma values; HI may be inf), "
+                         f"got {lo},{hi}")
+
+
+def guidance_order(names: list[str], guidance: float | dict) -> list[str]:
+    """The chain order of guided_output: the request's conditions not named in a guidance dict first, then the
+    named ones as written. A weight for a condition the request lacks (e.g. a dropped label) is ignored."""
+    if not isinstance(guidance, dict):
+        return list(names)
+    return [n for n in names if n not in guidance] + [n for n in guidance if n in names]
+
+
+def guidance_terms(names: list[str], guidance: float | dict) -> tuple[int, list[tuple[float, int, int]]]:
+    """guided_output's sum as (base k, [(w, start k, end k), ...]): out = out(S_base) + sum w (out(S_end) - out(S_start)).
+
+    Consecutive conditions of equal weight form one term; a leading term of weight 1 becomes the base.
+    """
+    order = guidance_order(names, guidance)
+    weights = [float(guidance.get(n, 1.0)) if isinstance(guidance, dict) else float(guidance) for n in order]  # w_1 .. w_n
+    terms, k = [], 0
+    while k < len(order):
+        end = k + 1
+        while end < len(order) and weights[end] == weights[k]:
+            end += 1
+        terms.append((weights[k], k, end))
+        k = end
+    base = 0
+    if terms and terms[0][0] == 1.0:
+        base = terms.pop(0)[2]
+    return base, terms
+
+
+def _model_device(model) -> torch.device:
+    """The device of a module's first parameter; the CPU for plain callables."""
+    params = getattr(model, "parameters", None)
+    first = next(params(), None) if params is not None else None
+    return first.device if first is not None else torch.device("cpu")
+
+
 class Diffusion:
     """The schedule tensors of one noise schedule, and everything computed from them.
 
@@ -489,61 +550,3 @@ class Diffusion:
                 x0, _ = self.predict_x0(model, x, t_b, cond, at(t), clip_denoised)
                 x, history = self.dpm_solver_step(x, t_b, t_prev_b, x0, history, eta, draw() if eta else None)
         return x
-
-
-PREDICTIONS = ("eps", "v")
-# guidance {COMPOSE: w}: product composition of the classes of a soft label (Diffusion.composed_output)
-COMPOSE, LABEL = "compose", "label"
-SAMPLERS = ("ddim", "dpm++2m", "ddpm")
-# Each sampler's eta when none is given (sample() with eta None, sample.py without --eta): deterministic DDIM,
-# DPM-Solver++(2M)'s SDE form (sample.py's default sampler); the ddpm sampler has none (its noise is the
-# posterior's, DDIM's eta = 1).
-SAMPLER_ETA = {"ddim": 0.0, "dpm++2m": 1.0, "ddpm": None}
-
-
-def check_guidance_interval(guidance_interval) -> None:
-    """None, or (lo, hi) with 0 <= lo < hi (hi may be inf): else a one-line ValueError."""
-    if guidance_interval is None:
-        return
-    try:
-        lo, hi = (float(v) for v in guidance_interval)
-    except (TypeError, ValueError):
-        raise ValueError(f"the guidance interval must be two numbers LO,HI, got {guidance_interval!r}") from None
-    if not (0 <= lo < hi) or math.isnan(hi):
-        raise ValueError(f"the guidance interval LO,HI needs 0 <= LO < HI (sigma values; HI may be inf), "
-                         f"got {lo},{hi}")
-
-
-def guidance_order(names: list[str], guidance: float | dict) -> list[str]:
-    """The chain order of guided_output: the request's conditions not named in a guidance dict first, then the
-    named ones as written. A weight for a condition the request lacks (e.g. a dropped label) is ignored."""
-    if not isinstance(guidance, dict):
-        return list(names)
-    return [n for n in names if n not in guidance] + [n for n in guidance if n in names]
-
-
-def guidance_terms(names: list[str], guidance: float | dict) -> tuple[int, list[tuple[float, int, int]]]:
-    """guided_output's sum as (base k, [(w, start k, end k), ...]): out = out(S_base) + sum w (out(S_end) - out(S_start)).
-
-    Consecutive conditions of equal weight form one term; a leading term of weight 1 becomes the base.
-    """
-    order = guidance_order(names, guidance)
-    weights = [float(guidance.get(n, 1.0)) if isinstance(guidance, dict) else float(guidance) for n in order]  # w_1 .. w_n
-    terms, k = [], 0
-    while k < len(order):
-        end = k + 1
-        while end < len(order) and weights[end] == weights[k]:
-            end += 1
-        terms.append((weights[k], k, end))
-        k = end
-    base = 0
-    if terms and terms[0][0] == 1.0:
-        base = terms.pop(0)[2]
-    return base, terms
-
-
-def _model_device(model) -> torch.device:
-    """The device of a module's first parameter; the CPU for plain callables."""
-    params = getattr(model, "parameters", None)
-    first = next(params(), None) if params is not None else None
-    return first.device if first is not None else torch.device("cpu")

@@ -144,7 +144,7 @@ def inception_score(logits, splits: int = 10, seed: int = 0) -> tuple[float, flo
 # (Barratt & Sharma 2018, "A Note on the Inception Score"), and I(x; y) <= H(x) = log n, I(x; y) <= H(y) <= log K.
 # (p(y)'s own entropy is not bounded by log n: one image with a uniform p(y|x) has H(p(y)) = log K.) A split
 # of one image scores exactly 1 (its p(y) is its p(y|x)). Every IS here takes splits of at least this many
-# images (is_splits), fewer splits if need be (one split of all n below 20): 20 lies above MNIST's K = 10, so
+# images (is_splits), fewer splits if need be (one split of all n below 40): 20 lies above MNIST's K = 10, so
 # there n is not the binding cap.
 MIN_IMAGES_PER_SPLIT = 20
 
