@@ -201,17 +201,13 @@ def update_ema(ema: nn.Module, model: nn.Module, decay: float, step: int) -> Non
         e.copy_(b)
 
 
-def grid_path(out: str, step: int) -> str:
-    return os.path.join(out, "grids", f"step{step:07d}.png")
-
-
 def write_grid(run: rundir.Run, step: int) -> None:
     """A class grid from the EMA model (sample.py does the drawing, with its default sampler; a schedule of fewer
     --timesteps than its steps takes one step per timestep)."""
     sampler = dict(GRID_SAMPLER, steps=min(GRID_SAMPLER["steps"], run.diffusion.num_timesteps),
                    guidance=generation.default_guidance(run.config["unet"]["conditions"]))
     _, png = sample.class_grid(run, per_class=8, sampler=sampler, seed=run.config["settings"]["seed"])
-    write_atomically(grid_path(run.dir, step), lambda f: f.write(png))
+    write_atomically(rundir.grid_path(run.dir, step), lambda f: f.write(png))
 
 
 # ---------------------------------------------------------------------------
@@ -310,23 +306,9 @@ def train(setup: dict, rank: int, world: int, device: torch.device) -> str:
     if main_process and start < settings["steps"]:
         plot_loss(out)
     if main_process and start >= settings["steps"]:
-        finish(grid_run, start)
+        train_command.finish_stopped_run(grid_run, start, write_grid)  # a Ctrl-C during the last grid
         print(f"{out} is already trained to step {start}; raise --steps to train longer")
     return out
-
-
-def finish(run: rundir.Run, step: int) -> None:
-    """A run resumed at its last step: what a Ctrl-C after the last checkpoint kept it from writing (loss.png, the
-    last step's grid) is written now, and said."""
-    missing = []
-    if not os.path.isfile(os.path.join(run.dir, "loss.png")):
-        plot_loss(run.dir)
-        missing.append("loss.png")
-    if not os.path.isfile(grid_path(run.dir, step)):
-        write_grid(run, step)
-        missing.append(f"grids/step{step:07d}.png")
-    if missing:
-        print(f"{run.dir}: wrote {' and '.join(missing)}, which the run stopped before writing")
 
 
 def main(argv: list[str] | None = None, own_interrupt_message: bool = True) -> None:

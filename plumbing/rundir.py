@@ -463,6 +463,11 @@ def byte_size(n: int) -> str:
 # ---------------------------------------------------------------------------
 # Writing a run
 # ---------------------------------------------------------------------------
+def grid_path(out: str, step: int) -> str:
+    """A run's progress grid of one step: OUT/grids/stepNNNNNNN.png."""
+    return os.path.join(out, "grids", f"step{step:07d}.png")
+
+
 def write_config(out: str, config: dict) -> None:
     write_atomically(os.path.join(out, "config.json"), lambda f: f.write(json.dumps(config, indent=2).encode()))
 

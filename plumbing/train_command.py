@@ -17,6 +17,7 @@ from PIL import Image
 from ddpm import DEFAULT_P_UNCOND, PREDICTIONS, SCHEDULES, Diffusion, beta_schedule, default_p_drop
 from features import FeatureSpace, pick_device
 from plumbing import commands, data, lock, rundir
+from plumbing.losslog import plot_loss
 from plumbing.precision import PRECISIONS
 from plumbing.rundir import CONFIG_FORMAT, RunError
 from plumbing.weights import WeightsUnavailableError
@@ -436,3 +437,17 @@ def one_line_errors(out: str, own_interrupt_message: bool = True):
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def finish_stopped_run(run: rundir.Run, step: int, write_grid) -> None:
+    """A run resumed at its last step: what a Ctrl-C after the last checkpoint kept it from writing (loss.png, the
+    last step's grid, drawn by train.py's write_grid) is written now, and said."""
+    missing = []
+    if not os.path.isfile(os.path.join(run.dir, "loss.png")):
+        plot_loss(run.dir)
+        missing.append("loss.png")
+    if not os.path.isfile(rundir.grid_path(run.dir, step)):
+        write_grid(run, step)
+        missing.append(f"grids/step{step:07d}.png")
+    if missing:
+        print(f"{run.dir}: wrote {' and '.join(missing)}, which the run stopped before writing")
