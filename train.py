@@ -85,9 +85,10 @@ def prepare(args, typed: set[str], rank: int, world: int) -> dict:
     net, ema, optimizer = build_training_state(args.out, config, opened["checkpoint"])
     if rank == 0:
         train_command.write_run(args.out, config, space, args.overwrite)
-    checkpoint = opened["checkpoint"] or {}
-    return dict(out=args.out, config=config, start=opened["start"], images=opened["images"], labels=opened["labels"],
-                cond=cond, space=space, net=net, ema=ema, optimizer=optimizer, scaler=checkpoint.get("scaler"))
+    checkpoint = opened["checkpoint"] or {}  # --resume: the loop starts at the checkpoint's step, a new run at 0
+    return dict(out=args.out, config=config, start=checkpoint.get("step", 0), images=opened["images"],
+                labels=opened["labels"], cond=cond, space=space, net=net, ema=ema, optimizer=optimizer,
+                scaler=checkpoint.get("scaler"))
 
 
 def training_conditions(settings: dict, images: np.ndarray, labels: np.ndarray, space: FeatureSpace | None,
