@@ -27,7 +27,7 @@ import train
 from plumbing import classifier, data, metrics_command, rundir
 from plumbing.errors import WriteError
 
-from test_pipeline import folder  # noqa: F401  (a two-class folder of 8x8 grey images, 20 each)
+from test_pipeline import fails, folder, snapshot  # noqa: F401  (folder: two classes of 8x8 grey images)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -51,22 +51,6 @@ def huge_png(tmp_path_factory):
     path = tmp_path_factory.mktemp("huge") / "huge.png"
     Image.new("L", (15000, 15000)).save(path)
     return path
-
-
-def fails(script, argv, match):
-    """script.main(argv) must stop with ONE line matching `match` (a SystemExit, no traceback)."""
-    with pytest.raises(SystemExit) as stop:
-        script.main(argv)
-    message = str(stop.value.code)
-    assert "\n" not in message and "Traceback" not in message, message
-    assert re.search(match, message), message
-    return message
-
-
-def snapshot(path):
-    """Every file under path (hidden ones too) with its bytes."""
-    return {os.path.relpath(os.path.join(d, f), path): open(os.path.join(d, f), "rb").read()
-            for d, _, files in os.walk(path) for f in files}
 
 
 def dead_pid() -> int:
