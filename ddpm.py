@@ -477,6 +477,13 @@ class Diffusion:
         grid = torch.linspace(lam[-1].item(), lam[0].item(), steps, dtype=torch.float64)  # from t = T-1 to t = 0
         return (lam[None, :] - grid[:, None]).abs().argmin(1).unique_consecutive().tolist()
 
+    def sampler_timesteps(self, sampler: str, steps: int | None) -> list[int]:
+        """The timesteps `sample` visits with `sampler`, from the noisiest: ddpm all T (T-1 .. 0), ddim
+        `ddim_timesteps`, dpm++2m `logsnr_timesteps`."""
+        if sampler == "ddpm":
+            return list(range(self.num_timesteps - 1, -1, -1))
+        return self.ddim_timesteps(steps) if sampler == "ddim" else self.logsnr_timesteps(steps)
+
     def sigma(self, t: int) -> float:
         """The noise level of step t in the variance-exploding view x_t / sqrt(abar_t) = x_0 + sigma_t eps:
         sigma_t = sqrt((1 - abar_t) / abar_t) (Karras et al. 2022's sigma; the sigma_t of this file and of
@@ -535,11 +542,11 @@ class Diffusion:
 
         x = draw()  # x_T
         if sampler == "ddpm":
-            for t in tqdm(range(self.num_timesteps - 1, -1, -1), desc="DDPM", disable=not progress, leave=False):
+            for t in tqdm(self.sampler_timesteps(sampler, steps), desc="DDPM", disable=not progress, leave=False):
                 x = self.p_sample(model, x, torch.full((b,), t, device=device, dtype=torch.long),
                                   cond, at(t), clip_denoised, draw())
             return x
-        ts = self.ddim_timesteps(steps) if sampler == "ddim" else self.logsnr_timesteps(steps)
+        ts = self.sampler_timesteps(sampler, steps)
         history = None
         for t, t_prev in tqdm(list(zip(ts, ts[1:] + [-1])), desc=sampler, disable=not progress, leave=False):
             t_b = torch.full((b,), t, device=device, dtype=torch.long)

@@ -207,7 +207,7 @@ def write_grid(run: rundir.Run, step: int) -> None:
     --timesteps than its steps takes one step per timestep)."""
     sampler = dict(GRID_SAMPLER, steps=min(GRID_SAMPLER["steps"], run.diffusion.num_timesteps),
                    guidance=generation.default_guidance(run.config["unet"]["conditions"]))
-    _, png = sample.class_grid(run, per_class=8, sampler=sampler, seed=run.config["settings"]["seed"])
+    _, png = sample.class_grid(run, per_class=train_command.GRID_PER_CLASS, sampler=sampler, seed=run.config["settings"]["seed"])
     write_atomically(rundir.grid_path(run.dir, step), lambda f: f.write(png))
 
 

@@ -172,9 +172,13 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, set[s
     """sample.py's command line, and the names (dests) of the flags the user typed: a flag typed at its default
     value is still a request, refused where the mode cannot honour it (check_unused_flags)."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv), typed_flags(parser, argv)
+
+
+def typed_flags(parser: argparse.ArgumentParser, argv: list[str] | None) -> set[str]:
+    """The names (dests) of the flags typed on the command line (argv None: sys.argv), at any value; train.py's too."""
     tokens = {token.split("=")[0] for token in (sys.argv[1:] if argv is None else argv) if token.startswith("--")}
-    return args, {action.dest for action in parser._actions if set(action.option_strings) & tokens}
+    return {action.dest for action in parser._actions if set(action.option_strings) & tokens}
 
 
 def check_args(args, typed=frozenset()) -> None:
@@ -342,10 +346,7 @@ def check_conditions_used(args, run: Run) -> None:
                            f"--walk-label {args.walk_label}: every point would be the same image; use --walk-label soft")
     if args.guidance_interval is not None:
         diffusion = run.diffusion
-        T = diffusion.num_timesteps
-        steps = (range(T) if args.sampler == "ddpm" else diffusion.ddim_timesteps(args.sampling_steps)
-                 if args.sampler == "ddim" else diffusion.logsnr_timesteps(args.sampling_steps))
-        sigmas = [diffusion.sigma(t) for t in steps]
+        sigmas = [diffusion.sigma(t) for t in diffusion.sampler_timesteps(args.sampler, args.sampling_steps)]
         lo, hi = args.guidance_interval
         if not any(lo < sigma <= hi for sigma in sigmas):
             raise RunError(f"--guidance-interval {lo:g},{hi:g} holds none of the sampled steps' noise levels (sigma "

@@ -96,10 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, set[str]]:
     """The command line, and the names of the flags the user actually typed."""
     parser = build_parser()
-    args = parser.parse_args(argv)
-    tokens = [token.split("=")[0] for token in (sys.argv[1:] if argv is None else argv)]
-    typed = {action.dest for action in parser._actions if set(action.option_strings) & set(tokens)}
-    return args, typed
+    return parser.parse_args(argv), commands.typed_flags(parser, argv)
 
 
 def check_settings(s: dict) -> None:
