@@ -9,6 +9,7 @@ import io
 import math
 import os
 import sys
+import warnings
 
 import torch
 import torch.distributed as dist
@@ -154,7 +155,7 @@ IMAGE_COPIES = 3  # a training pixel: the loaded images, a resized copy, the (N,
 PIXEL_FEATURE_BYTES = 8  # and with --backbone pixels and a pos condition: its float32 feature and UMAP's copy
 TRAIN_MAPS = dict(small=96, paper=240)  # a batch row, forward and backward: float32 maps of the U-Net's base width
 SCHEDULE_BYTES = 16 * 8  # a timestep: the schedule's float64 and float32 arrays (ddpm.Diffusion)
-GRID_PER_CLASS, GRID_BATCH = 8, 64  # the progress grid (train.write_grid): images per class, rows per network call
+GRID_PER_CLASS, GRID_BATCH = 8, 64  # the progress grid (train.write_grid draws it): images per class, rows per call
 MNIST_IMAGES = {"mnist": 60_000, "mnist-sample": 4_000}  # their train splits: 10 classes of 28 x 28 grey digits
 
 
@@ -167,11 +168,13 @@ def training_data_shape(s: dict) -> tuple[int, int, int, int, int] | None:
         try:
             with contextlib.redirect_stderr(io.StringIO()):  # its note on skipped files comes when the data loads
                 paths, _, names = data.list_image_folder(data.split_folder(s["data"], "train"))
-            with Image.open(paths[0]) as first:  # the header only
-                grey = first.mode in data.GREY_MODES + data.WIDE_GREY_MODES
-                (width, height), channels = first.size, 1 if grey else 3
-        except (OSError, ValueError, IndexError):
-            return None
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # (data.open_image refuses it)
+                with Image.open(paths[0]) as first:  # the header only
+                    grey = first.mode in data.GREY_MODES + data.WIDE_GREY_MODES
+                    (width, height), channels = first.size, 1 if grey else 3
+        except (OSError, ValueError, IndexError, Image.DecompressionBombError):
+            return None  # loading the data says what is wrong, in one line
         count, classes = len(paths), len(names)
     if s["per_class"] is not None:
         count = classes * s["per_class"]

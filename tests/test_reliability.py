@@ -282,6 +282,15 @@ def test_metrics_folder_refuses_a_huge_image(folder, tmp_path, huge_png, capsys)
     assert len(err) == 1 and re.search(rf"b.png: the image is 225,000,000 pixels, {LIMIT}", err[0]), err
 
 
+def test_train_data_folder_whose_first_image_is_huge_is_one_line_too(folder, tmp_path, huge_png):
+    """The memory check reads the first image's header for the data's size: a bomb there is left to the loader."""
+    data_folder = tmp_path / "data"
+    shutil.copytree(folder, data_folder)
+    shutil.copy(huge_png, data_folder / "bottom" / "0.png")  # the first file train.py's memory check opens
+    fails(train, tiny(data_folder, tmp_path / "out"), rf"bottom/0.png: the image is 225,000,000 pixels, {LIMIT}")
+    assert not (tmp_path / "out").exists()
+
+
 def test_train_data_folder_refuses_a_huge_image(folder, tmp_path, huge_png):
     data_folder = tmp_path / "data"
     shutil.copytree(folder, data_folder)
