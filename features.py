@@ -31,6 +31,7 @@ import functools
 import os
 import sys
 import time
+import warnings
 import zipfile
 
 import numpy as np
@@ -231,6 +232,37 @@ def keeps_torch_threads(function):
     return kept
 
 
+UMAP_EXACT_BELOW = 4096  # umap-learn finds the neighbours of fewer training points exactly (all N^2 distances)
+
+
+def exact_distances(features: np.ndarray) -> np.ndarray:
+    """All pairwise Euclidean distances (N, D) -> (N, N) float32, the very matrix UMAP.fit computes below 4,096 points.
+
+    umap-learn gets it from sklearn's pairwise_distances, calling its numba metric
+    `umap.distances.euclidean` once per pair from Python: about 11 s for 4,000
+    digits. The same metric on the same pairs (i < j, mirrored; then the
+    diagonal, as sklearn does) in one compiled loop takes about 2 s, and UMAP
+    fitted on it (metric="precomputed") gives the same embedding bit for bit
+    (tests/test_features.py).
+    """
+    import numba
+    from umap.distances import euclidean
+
+    @numba.njit
+    def upper_triangle_mirrored(x):
+        n = x.shape[0]
+        out = np.zeros((n, n), dtype=np.float32)
+        for i in range(n):
+            for j in range(i + 1, n):
+                out[i, j] = euclidean(x[i], x[j])
+        out = out + out.T
+        for i in range(n):
+            out[i, i] = euclidean(x[i], x[i])
+        return out
+
+    return upper_triangle_mirrored(np.ascontiguousarray(features, dtype=np.float32))
+
+
 SPACE_FORMAT = 2  # the .npz layout below; 1 was the refitting format (no a, b)
 REFIT = "train.py writes it: train the run again with --overwrite"  # the fix for a bad space file
 
@@ -252,8 +284,9 @@ class FeatureSpace:
     computes UMAP's transform from these alone, with umap-learn's own
     building blocks, so a space loaded from its .npz (no pickle, no refit)
     gives exactly the positions of the space that was fitted and saved, on
-    any machine. `umap` is the fitted umap.UMAP (None after `load`), kept
-    only to compare against; nothing here uses it.
+    any machine. `umap` is the fitted umap.UMAP (None after `load`; below
+    4,096 points fitted on the distances, so it cannot transform), kept only
+    to compare against; nothing here uses it.
     """
 
     def __init__(self, features: np.ndarray, positions: np.ndarray, params: dict, backbone: str,
@@ -292,13 +325,20 @@ class FeatureSpace:
                              f"(--pos-dim {n_components}), got {len(features)}: add images or pass a smaller --pos-dim")
         import umap  # (slow to import: after the checks)
 
-        reducer = umap.UMAP(  # random_state makes the fit deterministic (and single-threaded)
-            n_components=n_components, n_neighbors=n_neighbors, min_dist=min_dist, random_state=seed, n_jobs=1
-        )
         print(f"UMAP: fitting {len(features)} x {features.shape[1]} -> {n_components}-d (numba compiles its "
-              "kernels on first use in a process, about a minute) ...", end="", file=sys.stderr, flush=True)
+              "kernels on first use in a process, about half a minute) ...", end="", file=sys.stderr, flush=True)
         start = time.perf_counter()
-        reducer.fit(features)
+        if len(features) < UMAP_EXACT_BELOW:  # umap's exact case: hand it the distances it would compute
+            data, metric = exact_distances(features), "precomputed"  # (N, D) -> (N, N)
+        else:
+            data, metric = features, "euclidean"
+        reducer = umap.UMAP(  # random_state makes the fit deterministic (and single-threaded)
+            n_components=n_components, n_neighbors=n_neighbors, min_dist=min_dist, random_state=seed, n_jobs=1,
+            metric=metric,
+        )
+        with warnings.catch_warnings():  # "using precomputed metric; inverse_transform will be unavailable": unused
+            warnings.filterwarnings("ignore", message="using precomputed metric")
+            reducer.fit(data)
         print(f" done in {time.perf_counter() - start:.0f} s", file=sys.stderr)
         params = dict(  # the settings UMAP.transform reads from the fitted model (besides the two arrays) and,
             # not read by it, min_dist, spread and the fit's seed, kept to say how the space was made

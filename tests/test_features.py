@@ -12,7 +12,7 @@ from PIL import Image
 
 import features
 from plumbing import weights
-from features import FeatureSpace, create_backbone, extract_features, pick_device, plot_positions
+from features import FeatureSpace, create_backbone, exact_distances, extract_features, pick_device, plot_positions
 from plumbing.weights import WeightsUnavailableError, load_weights, read_state_dict
 
 TINY = "test_vit"  # timm's 0.3M-parameter test ViT (160x160 input, 64-d features)
@@ -334,8 +334,30 @@ def test_save_load_round_trip_is_exact(small_space, mnist_sample, tmp_path):
     assert os.listdir(tmp_path) == ["space.npz"]  # written atomically, no temporary file left
 
 
-def test_transform_is_umap_learns_transform(small_space, mnist_sample):
-    """FeatureSpace.transform vs the fitted umap.UMAP's own transform.
+@pytest.fixture(scope="module")
+def umap_learns_fit(small_space):
+    """umap-learn's own fit on small_space's features, with its own Euclidean metric (no precomputed distances)."""
+    import umap
+
+    p = small_space.params
+    return umap.UMAP(n_components=small_space.n_components, n_neighbors=p["n_neighbors"], min_dist=p["min_dist"],
+                     random_state=p["seed"], n_jobs=1).fit(small_space.features)
+
+
+def test_exact_distances_are_umap_learns(small_space, umap_learns_fit):
+    """FeatureSpace.fit hands UMAP the distances umap-learn would compute (exact_distances, a compiled loop):
+    the same matrix to the bit, hence the same fitted positions to the bit."""
+    from sklearn.metrics import pairwise_distances
+    from umap.distances import euclidean
+
+    x = small_space.features[:60]
+    np.testing.assert_array_equal(exact_distances(x), pairwise_distances(x, metric=euclidean))  # umap's own call
+    assert small_space.umap.metric == "precomputed"  # 300 points: the shortcut was taken
+    np.testing.assert_array_equal(small_space.positions, umap_learns_fit.embedding_)
+
+
+def test_transform_is_umap_learns_transform(small_space, mnist_sample, umap_learns_fit):
+    """FeatureSpace.transform vs umap-learn's own fit's transform.
 
     Below 4,096 training points umap-learn finds the neighbours exactly, as
     FeatureSpace.transform does, and the rest is umap's own kernels on the
@@ -346,7 +368,7 @@ def test_transform_is_umap_learns_transform(small_space, mnist_sample):
     """
     spread = small_space.std.mean()  # of the training positions, in UMAP units
     for references in (held_out_digits(mnist_sample), small_space.features[::7], small_space.features[:20] * 0.9):
-        ours, theirs = small_space.transform(references), small_space.umap.transform(references)
+        ours, theirs = small_space.transform(references), umap_learns_fit.transform(references)
         assert ours.dtype == theirs.dtype == np.float32 and ours.shape == theirs.shape
         difference = np.abs(ours - theirs)
         assert difference.max() == 0.0, (
