@@ -19,7 +19,7 @@ try:  # a Ctrl-C while the modules load (torch: seconds) is one line too
 
     from experiments import bench_recipes
     from experiments.bench_main import bench_main
-    from experiments.bench_recipes import bench_quality, bench_recipe, bench_sampler, bench_walks, python
+    from experiments.bench_recipes import bench_quality, bench_quick, bench_recipe, bench_sampler, bench_walks, python
 except KeyboardInterrupt:
     raise SystemExit("python -m experiments.bench: interrupted while starting, before anything ran: "
                      + " ".join(["python -m experiments.bench", *sys.argv[1:]])) from None
@@ -367,7 +367,7 @@ def bench_metrics() -> None:
 
 
 SECTIONS = {"diffusion": bench_diffusion, "features": bench_features, "metrics": bench_metrics,
-            "quality": bench_quality, "recipe": bench_recipe, "sampler": bench_sampler, "walks": bench_walks, "boundary": bench_boundary,
+            "quality": bench_quality, "recipe": bench_recipe, "quick": bench_quick, "sampler": bench_sampler, "walks": bench_walks, "boundary": bench_boundary,
             "gpu": bench_gpu, "main": bench_main}
 DEFAULT_SECTIONS = ("diffusion", "features", "metrics")  # no section named: these (the others only when asked for)
 SECTION_HELP = {  # what `--help` lists
@@ -376,6 +376,7 @@ SECTION_HELP = {  # what `--help` lists
     "metrics": "FID and IS maths against pytorch-fid's formula; feature-network speed (a minute)",
     "quality": "bf16 against fp32: the quick run trained and scored at both, seeds 0 and 1 (about 20 min)",
     "recipe": "the training recipes of the README, trained and scored (runs/bench-recipe/; hours)",
+    "quick": "the main command's recipe against shorter ones, seeds 0 and 1, one evaluator and a second reader",
     "sampler": "DDIM against DPM-Solver++(2M) at equal network calls, on runs/quick",
     "walks": "walks from 4 to 9 on recipe's two 600-step runs (run recipe first)",
     "boundary": "seconds for 100 trusted boundary samples 4 -> 9 per method, on runs/quick",

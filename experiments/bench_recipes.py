@@ -227,3 +227,86 @@ def bench_walks(run_dirs: list[str] | None = None, a: int = 4, b: int = 9, walks
             crossing = "never" if stats["crossing"] is None else f"{stats['crossing']:.2f}"
             print(f"{os.path.basename(run_dir)} | {label} | {path} | {guidance} | "
                   f"{' '.join(f'{v:.2f}' for v in stats['mean_b'])} | {crossing} | {stats['kept_mass']:.2f}", flush=True)
+
+
+# ---------------------------------------------------------------------------
+# The main command in fewer seconds: which recipe keeps its quality? (docs/SPEED.md)
+# ---------------------------------------------------------------------------
+# name -> train.py flags; everything else is train.py's defaults at the time of the call ("" is today's default).
+QUICK_RECIPES = {
+    "default": [],
+    "400 steps, warm-up 25": ["--steps", "400", "--warmup", "25"],
+    "300 steps, warm-up 25": ["--steps", "300", "--warmup", "25"],
+}
+QUICK_SEEDS = (0, 1)  # seed S: the training (U-Net, UMAP, batches) and sample.py --eval's noise and references
+QUICK_RUNS = os.path.join("runs", "bench-quick")
+QUICK_RESULTS = os.path.join("results", "quick-recipe")  # every scored set and the table, to rescore
+
+
+def quick_readers():
+    """The experiment's evaluator and second reader (experiments/common.py, between.py; trained once, on the
+    training digits without the noise floor's, kept in QUICK_RUNS): the same two readers score every recipe,
+    so recipes are compared without each run's own retrained evaluator."""
+    from experiments import between, common
+
+    digits = common.Digits.load()
+    scorer = common.Scorer(QUICK_RUNS, digits, None)
+    fit = digits.evaluator_train()
+    second = common.kept_classifier(os.path.join(QUICK_RUNS, between.SECOND_READER_FILE), digits.images[fit],
+                                    digits.labels[fit], seed=between.SECOND_READER_SEED,
+                                    width=between.SECOND_READER_WIDTH)
+    return scorer, second
+
+
+def bench_quick(names: list[str] | None = None, seeds=None) -> None:
+    """Each QUICK_RECIPES entry run as the main command runs it (train.py --seed S, then sample.py --references 2
+    --eval --seed S: 1,000 class-balanced samples scored against the 1,000 test digits), seeds QUICK_SEEDS, under
+    QUICK_RUNS (reused when finished); every scored set read by the same two readers (`quick_readers`) and kept in
+    QUICK_RESULTS with the table (quick.json). Per run: the training steps, the evaluator's requested-digit share
+    and classifier-FID, the second reader's requested-digit share, and control (metrics.json's own-reference
+    rate). About 4 minutes per 600-step run on a 2-core CPU."""
+    import json
+    import re
+
+    import metrics
+    from plumbing.data import write_atomically
+
+    seeds = seeds or QUICK_SEEDS
+    scorer, second = quick_readers()
+    os.makedirs(QUICK_RESULTS, exist_ok=True)
+    table = []
+    print("recipe | seed | steps | train s | evaluator: requested digit | classifier-FID | second reader: "
+          "requested digit | control")
+    for name in names or QUICK_RECIPES:
+        for seed in seeds:
+            stem = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") + f"-s{seed}"
+            out = os.path.join(QUICK_RUNS, stem)
+            scored = os.path.join(out, "samples", "eval_samples.npz")
+            trained = float("nan")
+            if not os.path.exists(os.path.join(out, "samples", "metrics.json")):
+                start = time.perf_counter()
+                resume = ["--resume"] if os.path.exists(os.path.join(out, "config.json")) else []
+                python("train.py", "--out", out, "--seed", str(seed), *QUICK_RECIPES[name], *resume, *TRAIN_FLAGS,
+                       quiet=True)
+                trained = time.perf_counter() - start
+                python("sample.py", out, "--out", os.path.join(out, "samples"), "--references", "2", "--eval",
+                       "--seed", str(seed), *SAMPLE_FLAGS, quiet=True)
+            with open(os.path.join(out, "samples", "metrics.json")) as f:
+                control = json.load(f)["controllability"]["own_reference_rate"]
+            with open(os.path.join(out, "config.json")) as f:
+                steps = json.load(f)["settings"]["steps"]
+            with np.load(scored) as z:
+                images, requested = z["images"], z["labels"]
+            score = scorer.score(images, requested, None)[0]
+            row = dict(recipe=name, seed=seed, steps=steps, train_seconds=trained, accuracy=score["accuracy"],
+                       fid=score["fid"], second_accuracy=metrics.conditioning_accuracy(second.logits(images), requested),
+                       control=control, samples=f"{stem}.npz")
+            table.append(row)
+            write_atomically(os.path.join(QUICK_RESULTS, f"{stem}.npz"),
+                             lambda f: np.savez_compressed(f, images=images, labels=requested))
+            print(f"{name} | {seed} | {steps} | {trained:.0f} | {row['accuracy']:.3f} | {row['fid']:.2f} | "
+                  f"{row['second_accuracy']:.3f} | {control:.3f}", flush=True)
+    write_atomically(os.path.join(QUICK_RESULTS, "quick.json"),
+                     lambda f: f.write(json.dumps(dict(readers="the experiment's evaluator and second reader, "
+                                                               "kept in runs/bench-quick/", rows=table),
+                                                  indent=2).encode()))
