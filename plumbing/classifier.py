@@ -9,6 +9,11 @@ position space:
     features, logits = net.features_and_logits(images)       # float64 (N, 128), (N, K)
     save_classifier(net, "clf.pt");  net = load_classifier("clf.pt", device="cpu")
 
+`PixelMLP` is a reader of another architecture (a perceptron on the pixels, no
+convolutions) with the same interface, files and training (`architecture="mlp"`),
+and `Ensemble` reads a few classifiers together, each through its temperature
+(the guide of boundary.py).
+
 It is trained with two augmentations (`shift`, `intensity`): +-2 px shifts, and
 a random linear intensity map that can lift the background up to mid-grey, so
 that a digit on a grey background is still that digit (an evaluator trained on
@@ -28,7 +33,11 @@ from plumbing.data import write_atomically
 # The name and version its files carry. The name is the class's old address (metrics.py); it is
 # kept so that the files written before the move, the same format, still load.
 CLASSIFIER_FORMAT, CLASSIFIER_VERSION = "metrics.SmallClassifier", 1
-ENSEMBLE_FORMAT = "classifier.Ensemble"  # save_ensemble's files: several SmallClassifiers
+# save_ensemble's files: several classifiers and each one's temperature. Version 2 added the temperatures: a file
+# of version 1 is refused, so that boundary.boundary_guide trains the guide of a run again.
+ENSEMBLE_FORMAT, ENSEMBLE_VERSION = "classifier.Ensemble", 2
+ARCHITECTURES = ("cnn", "mlp")  # train_classifier's architecture: SmallClassifier, PixelMLP
+MLP_HIDDEN = 256  # PixelMLP's hidden layer
 # The training recipe, saved with the weights: files without one were trained with SHIFT_PIXELS shifts alone.
 RECIPE = "shift+intensity"
 SHIFT_PIXELS = 2  # random shifts of up to +-2 px
@@ -132,31 +141,16 @@ class FeatureNetwork(nn.Module):
 # ---------------------------------------------------------------------------
 # 3. The network
 # ---------------------------------------------------------------------------
-class SmallClassifier(nn.Module):
-    """Three conv stages, 4x4 average pooling, 128-d features, then the class layer.
+class Reader(nn.Module):
+    """What SmallClassifier and PixelMLP share: body -> penultimate (128-d features) -> dropout -> head (logits),
+    in timm's interface, and the FeatureNetwork that reads it. A subclass sets config (what its file keeps to
+    build it again: `new_network`), body, penultimate and head."""
 
-    Stage 1: two 3x3 convs of width w, 2x2 max-pool; stage 2: two of width 2w,
-    2x2 max-pool; stage 3: one of width 4w. Each conv is followed by BatchNorm
-    and ReLU. The 4x4 adaptive average pooling makes the features independent
-    of the image size S; dropout 0.25 acts on the features in training only.
-    """
-
-    def __init__(self, in_channels: int, num_classes: int, image_size: int, width: int = 16):
+    def __init__(self):
         super().__init__()
-        self.config = dict(in_channels=in_channels, num_classes=num_classes, image_size=image_size, width=width)
         self.recipe = RECIPE  # how train_classifier trains it; load_classifier sets the one of its file
         self.run_id = ""  # the training run it evaluates (save_classifier's run_id), "" for none
-
-        def block(cin, cout):
-            return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
-
-        w = width
-        self.body = nn.Sequential(*block(in_channels, w), *block(w, w), nn.MaxPool2d(2),  # (B, w, S/2, S/2)
-                                  *block(w, 2 * w), *block(2 * w, 2 * w), nn.MaxPool2d(2),  # (B, 2w, S/4, S/4)
-                                  *block(2 * w, 4 * w), nn.AdaptiveAvgPool2d(4), nn.Flatten())  # (B, 64 w)
-        self.penultimate = nn.Sequential(nn.Linear(4 * w * 16, 128), nn.ReLU(inplace=True))  # (B, 128)
         self.dropout = nn.Dropout(0.25)
-        self.head = nn.Linear(128, num_classes)  # (B, K)
 
     def forward_features(self, x):
         return self.penultimate(self.body(x))
@@ -174,6 +168,57 @@ class SmallClassifier(nn.Module):
         c = self.config["in_channels"]
         return FeatureNetwork("classifier", self, self.config["image_size"], (0.5,) * c, (0.5,) * c,
                               antialias=True, batch_size=256)
+
+
+class SmallClassifier(Reader):
+    """Three conv stages, 4x4 average pooling, 128-d features, then the class layer.
+
+    Stage 1: two 3x3 convs of width w, 2x2 max-pool; stage 2: two of width 2w,
+    2x2 max-pool; stage 3: one of width 4w. Each conv is followed by BatchNorm
+    and ReLU. The 4x4 adaptive average pooling makes the features independent
+    of the image size S; dropout 0.25 acts on the features in training only.
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, image_size: int, width: int = 16):
+        super().__init__()
+        self.config = dict(in_channels=in_channels, num_classes=num_classes, image_size=image_size, width=width)
+
+        def block(cin, cout):
+            return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+
+        w = width
+        self.body = nn.Sequential(*block(in_channels, w), *block(w, w), nn.MaxPool2d(2),  # (B, w, S/2, S/2)
+                                  *block(w, 2 * w), *block(2 * w, 2 * w), nn.MaxPool2d(2),  # (B, 2w, S/4, S/4)
+                                  *block(2 * w, 4 * w), nn.AdaptiveAvgPool2d(4), nn.Flatten())  # (B, 64 w)
+        self.penultimate = nn.Sequential(nn.Linear(4 * w * 16, 128), nn.ReLU(inplace=True))  # (B, 128)
+        self.head = nn.Linear(128, num_classes)  # (B, K)
+
+
+class PixelMLP(Reader):
+    """A perceptron on the pixels, no convolutions: a reader of another architecture than SmallClassifier.
+
+    The C x S x S pixels flattened, a hidden layer of `hidden` units, 128-d features, each Linear followed by
+    ReLU; dropout 0.25 on the features in training only; then the class layer. Nothing in it is shared across
+    positions, so it reads a digit by which pixels are lit, not by local strokes.
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, image_size: int, hidden: int = MLP_HIDDEN):
+        super().__init__()
+        self.config = dict(architecture="mlp", in_channels=in_channels, num_classes=num_classes,
+                           image_size=image_size, hidden=hidden)
+        self.body = nn.Sequential(nn.Flatten(), nn.Linear(in_channels * image_size ** 2, hidden),
+                                  nn.ReLU(inplace=True))  # (B, C, S, S) -> (B, hidden)
+        self.penultimate = nn.Sequential(nn.Linear(hidden, 128), nn.ReLU(inplace=True))  # (B, 128)
+        self.head = nn.Linear(128, num_classes)  # (B, K)
+
+
+def new_network(config: dict) -> Reader:
+    """The untrained network a file's config describes: PixelMLP where it says architecture "mlp", else
+    SmallClassifier (every file written before PixelMLP existed)."""
+    sizes = {k: int(config[k]) for k in ("in_channels", "num_classes", "image_size")}
+    if config.get("architecture", "cnn") == "mlp":
+        return PixelMLP(**sizes, hidden=int(config["hidden"]))
+    return SmallClassifier(**sizes, width=int(config["width"]))
 
 
 # ---------------------------------------------------------------------------
@@ -302,7 +347,7 @@ def real_passes(steps: int, batch_size: int, real_count: int, real_share: float)
 
 def train_classifier(images, labels, num_classes=None, steps: int = 300, batch_size: int = 64,
                      lr: float = 2e-3, seed: int = 0, device=None, width: int = 16, real_count: int | None = None,
-                     real_share: float = 0.5) -> FeatureNetwork:
+                     real_share: float = 0.5, architecture: str = "cnn") -> FeatureNetwork:
     """Train the small classifier on uint8 images (N, H, W, C) and integer labels (N,), or soft labels
     (N, K) float (rows summing to 1: the loss is then the cross-entropy to those probabilities).
 
@@ -311,7 +356,8 @@ def train_classifier(images, labels, num_classes=None, steps: int = 300, batch_s
     64 px are downscaled to 64 px. device: where it trains and stays (None: see
     `choose_device`). The defaults reach 97-98% held-out accuracy on the
     MNIST sample in well under a minute on a 2-core CPU. width: SmallClassifier's channels (another width
-    and seed give an independent second reader of the same digits).
+    and seed give an independent second reader of the same digits). architecture: "cnn" (SmallClassifier) or
+    "mlp" (PixelMLP, trained the same way; width does not apply to it).
 
     real_count: the first real_count rows are real digits, the rest added images; each batch then holds
     round(real_share * batch_size) real rows, so that at equal steps every arm makes the same passes over
@@ -321,12 +367,16 @@ def train_classifier(images, labels, num_classes=None, steps: int = 300, batch_s
     y, num_classes = check_targets(labels, len(x), num_classes)
     if x.shape[1] != x.shape[2]:
         raise ValueError(f"the classifier takes square images, got {x.shape[2]}x{x.shape[1]}")
+    if architecture not in ARCHITECTURES:
+        raise ValueError(f"architecture must be one of {', '.join(ARCHITECTURES)}, got {architecture!r}")
     if real_count is not None and not (0 < real_count <= len(x) and 0 < real_share <= 1):
         raise ValueError(f"real_count must lie in (0, {len(x)}] and real_share in (0, 1], got {real_count}, {real_share}")
     device = choose_device(device)
     with torch.random.fork_rng(devices=[]):  # seeded, without touching the caller's generator
         torch.manual_seed(seed)
-        model = SmallClassifier(x.shape[3], num_classes, min(x.shape[1], 64), width)
+        size = min(x.shape[1], 64)
+        model = (SmallClassifier(x.shape[3], num_classes, size, width) if architecture == "cnn"
+                 else PixelMLP(x.shape[3], num_classes, size))
     net = model.network().to(device)
     generator = torch.Generator().manual_seed(seed)  # on the CPU: the same draws on every device
     pixels = torch.from_numpy(x).to(device)
@@ -369,8 +419,7 @@ def load_classifier(path, device=None, fix: str = "give a classifier file writte
         payload = torch.load(str(path), map_location="cpu", weights_only=True)
         if payload["format"] != CLASSIFIER_FORMAT or payload["version"] != CLASSIFIER_VERSION:
             raise ValueError(payload["format"])
-        model = SmallClassifier(**{k: int(payload["config"][k]) for k in
-                                   ("in_channels", "num_classes", "image_size", "width")})
+        model = new_network(payload["config"])
         model.load_state_dict(payload["state_dict"])
         model.recipe = str(payload.get("recipe", "shift"))  # files from before the intensity map: shifts only
         model.run_id = str(payload.get("run_id", ""))  # files from before run ids: of no run
@@ -384,55 +433,70 @@ def load_classifier(path, device=None, fix: str = "give a classifier file writte
 # 6. An ensemble of small classifiers (the guide of boundary.boundary_samples)
 # ---------------------------------------------------------------------------
 class Ensemble:
-    """A few classifiers read together: prob(images) = the mean of their softmax outputs, (N, K)."""
+    """A few classifiers read together, each through its temperature T_m (1: as trained):
 
-    def __init__(self, members: list[FeatureNetwork], seeds: list[int], tag: str = ""):
+        p_m(x) = softmax(z_m(x) / T_m),   prob(x) = mean_m p_m(x)   (N, K)
+
+    z_m the member's logits. Dividing the logits by T is temperature scaling (Guo et al. 2017, sec. 4.2): T > 1
+    softens the probabilities, T < 1 sharpens them, the argmax stays. boundary.fit_temperature fits each T."""
+
+    def __init__(self, members: list[FeatureNetwork], seeds: list[int], tag: str = "",
+                 temperatures: list[float] | None = None):
         self.members, self.seeds, self.tag = members, list(seeds), tag  # tag: what they were trained on
+        self.temperatures = [1.0] * len(members) if temperatures is None else [float(t) for t in temperatures]
+        if len(self.temperatures) != len(members) or not all(np.isfinite(t) and t > 0 for t in self.temperatures):
+            raise ValueError(f"an ensemble needs one finite temperature > 0 per member, got {self.temperatures} "
+                             f"for {len(members)} members")
 
     def member_prob(self, images) -> np.ndarray:
-        """uint8 (N, H, W, C) -> (M, N, K) float: each member's softmax(logits)."""
-        return np.stack([torch.softmax(torch.from_numpy(member.logits(images)).double(), 1).numpy()
-                         for member in self.members])
+        """uint8 (N, H, W, C) -> (M, N, K) float: each member's softmax(logits / T)."""
+        return np.stack([torch.softmax(torch.from_numpy(member.logits(images) / t).double(), 1).numpy()
+                         for member, t in zip(self.members, self.temperatures)])
 
     def prob(self, images) -> np.ndarray:
-        """uint8 (N, H, W, C) -> (N, K) float: mean over members of softmax(logits)."""
+        """uint8 (N, H, W, C) -> (N, K) float: mean over members of softmax(logits / T)."""
         return self.member_prob(images).mean(axis=0)
 
 
 def train_ensemble(images, labels, seeds: list[int], num_classes=None, steps: int = 300, device=None,
-                   tag: str = "") -> Ensemble:
-    """One train_classifier per seed, on the same images and labels."""
-    return Ensemble([train_classifier(images, labels, num_classes, steps=steps, seed=seed, device=device)
-                     for seed in seeds], seeds, tag)
+                   tag: str = "", widths: list[int] | None = None) -> Ensemble:
+    """One train_classifier per seed, on the same images and labels; member i a SmallClassifier of widths[i]
+    (None: the default width 16 for each). Every temperature 1 (boundary.train_guide fits them)."""
+    widths = [16] * len(seeds) if widths is None else list(widths)
+    if len(widths) != len(seeds):
+        raise ValueError(f"an ensemble needs one width per seed, got {len(widths)} widths for {len(seeds)} seeds")
+    return Ensemble([train_classifier(images, labels, num_classes, steps=steps, seed=seed, device=device, width=width)
+                     for seed, width in zip(seeds, widths)], seeds, tag)
 
 
 def save_ensemble(ensemble: Ensemble, path) -> None:
     """Write an ensemble as one file of numbers, strings and tensors (as save_classifier), atomically."""
-    payload = {"format": ENSEMBLE_FORMAT, "version": CLASSIFIER_VERSION, "seeds": ensemble.seeds,
-               "tag": ensemble.tag, "members": [
+    payload = {"format": ENSEMBLE_FORMAT, "version": ENSEMBLE_VERSION, "seeds": ensemble.seeds,
+               "tag": ensemble.tag, "temperatures": ensemble.temperatures, "members": [
                    {"config": m.model.config, "recipe": m.model.recipe,
                     "state_dict": {k: v.cpu() for k, v in m.model.state_dict().items()}} for m in ensemble.members]}
     write_atomically(str(path), lambda f: torch.save(payload, f))
 
 
 def load_ensemble(path, device=None) -> Ensemble:
-    """Read a file written by save_ensemble (torch.load with weights_only=True)."""
+    """Read a file written by save_ensemble (torch.load with weights_only=True). A file of another format or
+    version (one from before the temperatures), cut off or damaged, is a ValueError."""
     device = choose_device(device)
     try:
         payload = torch.load(str(path), map_location="cpu", weights_only=True)
-        if payload["format"] != ENSEMBLE_FORMAT or payload["version"] != CLASSIFIER_VERSION:
+        if payload["format"] != ENSEMBLE_FORMAT or payload["version"] != ENSEMBLE_VERSION:
             raise ValueError(payload["format"])
         members = []
         for member in payload["members"]:
-            model = SmallClassifier(**{k: int(member["config"][k]) for k in
-                                       ("in_channels", "num_classes", "image_size", "width")})
+            model = new_network(member["config"])
             model.load_state_dict(member["state_dict"])
             model.recipe = str(member["recipe"])
             members.append(model.network().to(device).eval())
+        return Ensemble(members, [int(s) for s in payload["seeds"]], str(payload["tag"]),
+                        [float(t) for t in payload["temperatures"]])
     except Exception:
         raise ValueError(f"{path} is not a classifier ensemble file of this classifier.py; delete it "
                          "to train a new one") from None
-    return Ensemble(members, [int(s) for s in payload["seeds"]], str(payload["tag"]))
 
 
 def same_weights(a: FeatureNetwork, b: FeatureNetwork) -> bool:
