@@ -7,11 +7,16 @@ sample is the point of a walk where a guide (small classifiers, never the one
 that scores the result) reads P(B) = 0.5: a coarse grid, then bisection
 (`find_crossings`); it is kept when every guide member reads it as ambiguous
 between A and B and the guide puts most of its mass on A and B (`trusted`;
-sample.py --boundary, `trusted_boundary_samples`).
+sample.py --boundary, `trusted_boundary_samples`). The guide's members differ in
+width and are each read through a temperature fitted on training digits they
+did not train on (`boundary_guide`, `train_guide`, `fit_temperature`).
 """
+import dataclasses
 import os
 
 import numpy as np
+import scipy.optimize
+import scipy.special
 import torch
 
 from plumbing import classifier
@@ -138,46 +143,152 @@ MAX_WALKS_PER_SAMPLE = 8  # --boundary tries up to 8 N walks for N trusted sampl
 
 # A found point is trusted (kept by --boundary) when the guide's members agree that it is ambiguous, each
 # reading min(P(A), P(B)) >= metrics.AMBIGUOUS, and the guide sees A or B, nothing else: the members' mean
-# P(A) + P(B) >= TRUST_MASS (a third class there is a wrong boundary). `trusted`.
+# P(A) + P(B) >= TRUST_MASS (a third class there is a wrong boundary). `trusted`. The probabilities are the
+# members' calibrated ones (each through its temperature, `fit_temperature`): see `trusted` for what that sets.
 TRUST_MASS = 0.9
 
 
 WIDTH_LEVELS = (0.1, 0.9)  # the transition width: the s range over which P(B) goes from 0.1 to 0.9
 
 
-# The guide: its file in the run directory, its number of member classifiers (trained with the seeds seed ..
-# seed + GUIDE_MEMBERS - 1) and each member's training steps (classifier.train_classifier's default, 300).
-GUIDE_FILE, GUIDE_MEMBERS, GUIDE_STEPS = "guide.pt", 3, 300
+# ---------------------------------------------------------------------------
+# The guide: which classifiers choose the point, and how far their probabilities are believed
+# ---------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class GuideDesign:
+    """How a guide is made: one SmallClassifier per entry of `widths` (seeds seed, seed + 1, ..), trained on the
+    run's training digits less a class-balanced `calibration_share` of them (`calibration_split`), each member
+    read through its temperature fitted on that held-out share (`fit_temperature`; share 0: nothing held out,
+    every T = 1)."""
+    widths: tuple[int, ...]
+    calibration_share: float
+
+
+GUIDE_DESIGNS = {
+    # v1, the guide until issue 38: three seeds of the evaluator's own network (width 16) on every training digit,
+    # read as trained (T = 1). Its members share architecture, data and training with the evaluator, so its
+    # filter keeps what that one kind of classifier finds ambiguous. Kept for comparison (python -m experiments.guide)
+    # and for the experiment's sections 3 and 4 (experiments/common.py's GUIDE_DESIGN).
+    "v1": GuideDesign(widths=(16, 16, 16), calibration_share=0.0),
+    # v2: members that differ in capacity (widths 8, 12, 24: half to one and a half times the evaluator's), none of
+    # them the width of a reader that scores boundary samples (the evaluator's 16, between.py's second reader's
+    # 32), so that "every member finds it ambiguous" is said by three kinds of network, none a reader's sibling;
+    # 10% of the digits held out, on which each member's temperature is fitted, so that the members' 0.2 in
+    # `trusted` is the same calibrated 0.2 for a sharp wide member and a soft narrow one.
+    "v2": GuideDesign(widths=(8, 12, 24), calibration_share=0.1),
+}
+
+
+DEFAULT_GUIDE_DESIGN = "v2"  # sample.py --boundary's guide
+
+
+# Each design's file in the run directory (so that comparing designs trains each once), the default's guide.pt;
+# GUIDE_MEMBERS the default's members (trained with the seeds seed .. seed + GUIDE_MEMBERS - 1); GUIDE_STEPS each
+# member's training steps (classifier.train_classifier's default, 300).
+GUIDE_FILES = {"v2": "guide.pt", "v1": "guide-v1.pt"}
+GUIDE_FILE = GUIDE_FILES[DEFAULT_GUIDE_DESIGN]
+GUIDE_MEMBERS, GUIDE_STEPS = len(GUIDE_DESIGNS[DEFAULT_GUIDE_DESIGN].widths), 300
+
+
+CALIBRATION_SEED = 0  # which training digits the calibration split holds out: fixed, the same for every design
+# Where fit_temperature searches T. The lower end matters where the held-out digits are all read right: the NLL
+# then keeps falling as T -> 0 (sharper is always better on separable data), and 1/4 stops that.
+TEMPERATURE_RANGE = (0.25, 20.0)
 
 
 EVALUATOR_SEED = 0  # train_classifier's default seed: the run's classifier.pt, which scores; never a guide's
 
 
-def boundary_guide(run: Run, seed: int = 1, members: int = GUIDE_MEMBERS, steps: int | None = None):
-    """The guide of boundary_samples: `members` small classifiers (classifier.train_ensemble) trained on the
-    run's training digits with seeds seed .. seed + members - 1 (never the evaluator's 0), mean softmax.
+def calibration_split(labels: np.ndarray, share: float, seed: int = CALIBRATION_SEED) -> tuple[np.ndarray, np.ndarray]:
+    """The guide's calibration split of a run's training digits (labels (N,)): indices (fit, held), each sorted.
 
-    steps: each member's training steps (None: GUIDE_STEPS). Kept in the run directory as guide.pt (atomically;
-    reloaded with weights_only) for this run, seeds and steps; a guide.pt of another run, other seeds or other
-    steps is trained again and replaced.
+    held: the same number of digits of every class, round(share x the smallest class's count) and at least one,
+    drawn without replacement with rng(seed); fit: all the others, on which the members train. share 0: nothing
+    held out (fit = every digit). A class must keep at least one digit to train on."""
+    labels = np.asarray(labels)
+    if share == 0:
+        return np.arange(len(labels)), np.zeros(0, np.int64)
+    if not 0 < share < 1:
+        raise ValueError(f"the guide's calibration share must lie in [0, 1), got {share}")
+    classes, counts = np.unique(labels, return_counts=True)
+    per_class = max(1, int(round(share * counts.min())))
+    if counts.min() <= per_class:
+        raise ValueError(f"the guide's calibration split holds out {per_class} digit(s) of every class, and class "
+                         f"{classes[np.argmin(counts)]} has only {counts.min()}: it needs at least {per_class + 1}")
+    rng = np.random.default_rng(seed)
+    held = np.sort(np.concatenate([rng.choice(np.flatnonzero(labels == k), per_class, replace=False)
+                                   for k in classes]))
+    return np.setdiff1d(np.arange(len(labels)), held), held
+
+
+def nll(logits: np.ndarray, labels: np.ndarray, temperature: float = 1.0) -> float:
+    """The mean negative log-likelihood of labels (N,) under softmax(logits / T), logits (N, K):
+
+        NLL(T) = mean_i [ log sum_k exp(z_ik / T) - z_iy_i / T ]"""
+    z = np.asarray(logits, np.float64) / temperature  # (N, K)
+    return float(np.mean(scipy.special.logsumexp(z, axis=1) - z[np.arange(len(z)), labels]))
+
+
+def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
+    """Temperature scaling (Guo et al. 2017, "On Calibration of Modern Neural Networks", sec. 4.2): the T that
+    minimises NLL(T) of held-out digits' logits (N, K) and labels (N,), one number per network.
+
+    A bounded 1-d search over log T within TEMPERATURE_RANGE (scipy.optimize.minimize_scalar); NLL is convex in
+    1 / T, so it has one minimum there. T > 1: the network was overconfident on digits it did not train on, and
+    its probabilities are softened; T < 1: underconfident, sharpened; the argmax (its accuracy) is unchanged."""
+    low, high = np.log(TEMPERATURE_RANGE)
+    found = scipy.optimize.minimize_scalar(lambda log_t: nll(logits, labels, float(np.exp(log_t))),
+                                           bounds=(low, high), method="bounded", options=dict(xatol=1e-4))
+    return float(np.exp(found.x))
+
+
+def train_guide(images: np.ndarray, labels: np.ndarray, num_classes: int, design: GuideDesign, seeds: list[int],
+                steps: int, device=None, tag: str = "") -> classifier.Ensemble:
+    """A guide of `design` for uint8 images (N, H, W, C) and labels (N,): member i a SmallClassifier of
+    design.widths[i] and seeds[i], trained on the digits outside the calibration split; then each member's
+    temperature fitted on the held-out digits (fit_temperature), which no member trained on."""
+    fit, held = calibration_split(labels, design.calibration_share)
+    guide = classifier.train_ensemble(images[fit], labels[fit], seeds, num_classes, steps=steps, device=device,
+                                      tag=tag, widths=list(design.widths))
+    if len(held):
+        guide.temperatures = [fit_temperature(member.logits(images[held]), labels[held]) for member in guide.members]
+    return guide
+
+
+def guide_tag(run: Run, design: str, steps: int) -> str:
+    """What a kept guide was made for: the run, its members' steps and the design in full (a design edited in
+    place is trained again)."""
+    spec = GUIDE_DESIGNS[design]
+    return (f"{run.config['run_id']} steps={steps} design={design} widths={','.join(map(str, spec.widths))} "
+            f"calibration={spec.calibration_share:g} split_seed={CALIBRATION_SEED}")
+
+
+def boundary_guide(run: Run, seed: int = 1, steps: int | None = None, design: str = DEFAULT_GUIDE_DESIGN):
+    """The guide of boundary_samples, made as GUIDE_DESIGNS[design] says (`train_guide`) from the run's training
+    digits, its members' seeds seed, seed + 1, .. (never the evaluator's 0): a classifier.Ensemble whose prob is
+    the mean of its members' calibrated softmax.
+
+    steps: each member's training steps (None: GUIDE_STEPS). Kept in the run directory as GUIDE_FILES[design]
+    (atomically; reloaded with weights_only) for this run, seeds, steps and design; a file of another run, other
+    seeds, steps or design, or of an older format (classifier.ENSEMBLE_VERSION), is trained again and replaced.
     """
-    seeds, steps = list(range(seed, seed + members)), GUIDE_STEPS if steps is None else steps
-    if members < 1:
-        raise ValueError(f"the guide needs at least one member, got members={members}")
+    if design not in GUIDE_DESIGNS:
+        raise ValueError(f"unknown guide design {design!r}; choose one of {', '.join(GUIDE_DESIGNS)}")
+    seeds, steps = list(range(seed, seed + len(GUIDE_DESIGNS[design].widths))), GUIDE_STEPS if steps is None else steps
     if EVALUATOR_SEED in seeds:
         raise ValueError(f"the guide's seeds {seeds} must not include the evaluator's seed {EVALUATOR_SEED}: "
                          "use seed >= 1")
-    tag = f"{run.config['run_id']} steps={steps}"
-    path = os.path.join(run.dir, GUIDE_FILE)
+    tag = guide_tag(run, design, steps)
+    path = os.path.join(run.dir, GUIDE_FILES[design])
     if os.path.exists(path):
         try:
             guide = classifier.load_ensemble(path, run.device)
             if guide.seeds == seeds and guide.tag == tag:
                 return guide
         except ValueError:
-            pass  # a damaged guide.pt (ours: RUN_FILES) is trained again and replaced
-    guide = classifier.train_ensemble(run.images, run.labels, seeds, len(run.config["data"]["class_names"]),
-                                      steps=steps, device=run.device, tag=tag)
+            pass  # a damaged or older guide file (ours: RUN_FILES) is trained again and replaced
+    guide = train_guide(run.images, run.labels, len(run.config["data"]["class_names"]), GUIDE_DESIGNS[design], seeds,
+                        steps, run.device, tag)
     classifier.save_ensemble(guide, path)
     return guide
 
@@ -298,9 +409,22 @@ def transition_width(points: list[tuple[float, float]], s_star: float, levels=WI
     return float(s_high - s_low)
 
 
+def guide_readings(guide, images: np.ndarray, a: int, b: int) -> np.ndarray:
+    """Each guide member's (P(a), P(b)) of uint8 images (N, H, W, C): (N, M, 2), from guide.member_prob (for a
+    classifier.Ensemble, the calibrated softmax(z / T) of each member): what `trusted` reads."""
+    return guide.member_prob(images)[:, :, [a, b]].transpose(1, 0, 2)  # (M, N, K) -> (N, M, 2)
+
+
 def trusted(guide_prob: np.ndarray) -> np.ndarray:
     """guide_prob (N, M, 2): each guide member's (P(A), P(B)) at a found point -> (N,) bool: every member reads it
-    as ambiguous (min(P(A), P(B)) >= metrics.AMBIGUOUS) and the members' mean P(A) + P(B) >= TRUST_MASS."""
+    as ambiguous (min(P(A), P(B)) >= metrics.AMBIGUOUS) and the members' mean P(A) + P(B) >= TRUST_MASS.
+
+    The readings are calibrated (`guide_readings`: each member through the temperature fitted on digits it did
+    not train on), and that is what gives the threshold its meaning: of the held-out digits a calibrated member
+    reads at P(A) = 0.2, about one in five is an A, whatever the member's width. So "every member gives each of
+    A and B at least 0.2" asks the same odds of every member; read as trained, it would ask most of the
+    sharpest member (a more confident network reads lower probabilities off the same evidence), and members
+    that differ differ in sharpness. The mass rule reads the same calibrated probabilities."""
     members_agree = guide_prob.min(axis=2).min(axis=1) >= metrics.AMBIGUOUS  # (N,)
     on_a_and_b = guide_prob.sum(axis=2).mean(axis=1) >= TRUST_MASS  # (N,)
     return members_agree & on_a_and_b
@@ -341,9 +465,9 @@ def boundary_samples(run: Run, a: int, b: int, walks: int, method: str = DEFAULT
     s_star = found["s"][live].astype(np.float32)
     if len(live):
         images, cond = walk_images(run, endpoints, ids[live], s_star, method, a, sampler, seed)
-        readings = guide.member_prob(images)  # (M, N, K)
-        prob = readings.mean(axis=0)[:, [a, b]].astype(np.float32)  # (N, 2), = guide.prob
-        guide_prob = readings[:, :, [a, b]].transpose(1, 0, 2).astype(np.float32)  # (N, M, 2)
+        readings = guide_readings(guide, images, a, b)  # (N, M, 2)
+        prob = readings.mean(axis=1).astype(np.float32)  # (N, 2), = guide.prob's (P(a), P(b))
+        guide_prob = readings.astype(np.float32)
     else:
         images, prob = np.zeros((0, *run.images.shape[1:]), np.uint8), np.zeros((0, 2), np.float32)
         guide_prob = np.zeros((0, len(getattr(guide, "members", [guide])), 2), np.float32)
@@ -393,6 +517,10 @@ def trusted_boundary_samples(run: Run, a: int, b: int, n: int, method: str = DEF
 
 
 def search_settings(guide) -> dict:
-    """What meta.json records of the search: the grid, the bisection's tolerance, the guide's members and the trust rule."""
+    """What meta.json records of the search: the grid, the bisection's tolerance, the guide's members (seeds, what
+    they were made for, each one's width and temperature where it has them) and the trust rule."""
     return dict(grid=BOUNDARY_GRID, tolerance=BOUNDARY_TOLERANCE, guide_seeds=guide.seeds,
+                guide_tag=getattr(guide, "tag", ""),
+                guide_widths=[m.model.config.get("width") for m in getattr(guide, "members", [])],
+                guide_temperatures=list(getattr(guide, "temperatures", [])),
                 trust=dict(member_min=metrics.AMBIGUOUS, mass=TRUST_MASS))

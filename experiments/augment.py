@@ -42,9 +42,9 @@ from plumbing import rundir
 import sample
 from plumbing.data import MNIST_SAMPLE_TEST_PER_CLASS, write_atomically
 from experiments.between import BETWEEN_GRID, BETWEEN_TOLERANCE
-from experiments.common import (EVALUATOR_FILE, SAMPLER, SEEDS, SETS_VERSION, VAL_PER_CLASS, Context, Scorer, cell,
-                                confused_pairs, diversity, guidance_at, kept_json, load_part, sampler, seed_rows,
-                                set_key, soft_confusion, spread, trained, write_figure)
+from experiments.common import (EVALUATOR_FILE, GUIDE_DESIGN, SAMPLER, SEEDS, SETS_VERSION, VAL_PER_CLASS, Context,
+                                Scorer, cell, confused_pairs, diversity, guidance_at, kept_json, load_part, sampler,
+                                seed_rows, set_key, soft_confusion, spread, trained, write_figure)
 
 # The section's settings (tests shrink them)
 SCARCE = (10, 20)  # real training digits per class in the augmentation experiment
@@ -75,7 +75,8 @@ def boundary_set(run: rundir.Run, method: str, pairs: list, count: int, seed: in
     of the guide's P(B) = 0.5), the pairs' two directions in turn, each labelled with its walk's start class A.
     Walks that never cross are asked for again (BOUNDARY_ROUNDS rounds at most) and counted in `crossed`."""
     directions = [d for a, b in pairs for d in ((a, b), (b, a))]
-    guide = boundary.boundary_guide(run, seed=1 + seed * boundary.GUIDE_MEMBERS)  # never seed 0 (the evaluator's seed)
+    members = len(boundary.GUIDE_DESIGNS[GUIDE_DESIGN].widths)  # seeds 1 + seed * members ..: never 0 (the evaluator's)
+    guide = boundary.boundary_guide(run, seed=1 + seed * members, design=GUIDE_DESIGN)
     parts, crossed, have = [], [], 0
     for round_ in range(BOUNDARY_ROUNDS):
         walks = -(-(count - have) // len(directions))  # walks per direction still wanted, rounded up

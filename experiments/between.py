@@ -43,7 +43,7 @@ import generation
 import metrics
 from plumbing import outputs
 from plumbing import rundir
-from experiments.common import (DEFAULT_W, SAMPLER, SEEDS, TABLE_WEIGHTS, VAL_PER_CLASS, Context,
+from experiments.common import (DEFAULT_W, GUIDE_DESIGN, SAMPLER, SEEDS, TABLE_WEIGHTS, VAL_PER_CLASS, Context,
                                 confused_pairs, kept_classifier, kept_json, kept_set, pixels, set_key, soft_confusion,
                                 write_figure, write_png)
 
@@ -320,6 +320,8 @@ def boundary_set(ctx: Context, run: rundir.Run, name: str, a: int, b: int, seed:
     method, eta, w, interval = between_methods()[name]
     chosen = dict(SAMPLER, eta=eta, guidance=w, guidance_interval=interval)
     what = dict(readings="guide members") if readings else {}
+    if GUIDE_DESIGN != "v1":  # (the sets made with v1 were kept before the guide's design had a name: no key field)
+        what["guide_design"] = GUIDE_DESIGN
     key = set_key(run, method=method, sampler=chosen, pair=[a, b], walks=WALKS, grid=BETWEEN_GRID,
                   tolerance=BETWEEN_TOLERANCE, seed=WALK_SEED, guide=guide.seeds, **what)
     folder = f"{slug(name)}-{a}-{b}-s{seed}" + ("-members" if readings else "")
@@ -333,7 +335,7 @@ def between(ctx: Context) -> dict:
     second = second_reader(ctx)
     pairs, methods = between_pairs(ctx), between_methods()
     runs = {seed: ctx.model(BOUNDARY_STEM, seed) for seed in SEEDS}
-    guides = {seed: boundary.boundary_guide(run) for seed, run in runs.items()}
+    guides = {seed: boundary.boundary_guide(run, design=GUIDE_DESIGN) for seed, run in runs.items()}
     near = Nearness(ctx, runs[SEEDS[0]].images)  # every seed's model trains on the same digits
     if any(not np.array_equal(run.images, near.train_images) for run in runs.values()):
         raise ValueError("between: the label+pos models of the seeds must train on the same digits")
