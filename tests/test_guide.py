@@ -1,7 +1,7 @@
 """The guide of sample.py --boundary (boundary.boundary_guide; design v2, issue 38): members that differ, a
 calibration split held out of their training, each member's temperature (Guo et al. 2017) and the trust rule on the
-calibrated probabilities; the guide files' reload and retrain rules; and the reader of another
-architecture (classifier.PixelMLP)."""
+calibrated probabilities; the guide files' reload and retrain rules; the reader of another architecture
+(classifier.PixelMLP); and python -m experiments.guide, tiny, end to end."""
 import json
 import os
 
@@ -234,3 +234,91 @@ def test_the_pixel_mlp_has_no_convolution_learns_and_its_file_loads_with_weights
     assert isinstance(classifier.load_classifier(tmp_path / "cnn.pt", "cpu").model, classifier.SmallClassifier)
     with pytest.raises(ValueError, match="architecture must be one of cnn, mlp"):
         classifier.train_classifier(x, y, steps=1, architecture="transformer")
+
+
+# ---------------------------------------------------------------------------
+# python -m experiments.guide, tiny
+# ---------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def mnist_runs(tmp_path_factory, small_space):
+    """Two tiny label+pos runs on the embedded sample (20 digits per class, 2 steps), under two names (the second a
+    copy of the first). (small_space: the session's one UMAP fit, which compiles umap's kernels.)"""
+    import shutil
+
+    import train
+    root = tmp_path_factory.mktemp("guide-runs")
+    first, second = root / "label-pos-s0", root / "label-pos-s1"
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(train, "write_grid", lambda run, step: None)  # (figures are tested elsewhere)
+        train.main(["--out", str(first), "--cond", "label+pos", "--steps", "2", "--per-class", "20", "--save-every",
+                    "2", "--warmup", "1", "--sample-every", "0", "--root", str(root / "data")])
+    shutil.copytree(first, second)
+    return [str(first), str(second)]
+
+
+def every_walk_crosses_and_every_other_point_is_trusted(monkeypatch):
+    """The 2-step guides of these tiny runs never see a walk cross, nor agree: every walk 'crosses' at s = 1/2 (only
+    the image at s* is made), and found points 0, 2, 4, .. of each round are trusted."""
+    monkeypatch.setattr(boundary, "find_crossings", lambda prob_b, walks, grid, tolerance: dict(
+        s=np.full(walks, 0.5), crossed=np.ones(walks, bool), points=[[(0.5, 0.5)] for _ in range(walks)]))
+    monkeypatch.setattr(boundary, "trusted", lambda guide_prob: np.arange(len(guide_prob)) % 2 == 0)
+
+
+def test_the_guide_experiment_reads_each_designs_trusted_samples_with_three_outside_readers(
+        mnist_runs, tmp_path, monkeypatch):
+    from experiments import common
+    from experiments import guide as experiment
+    monkeypatch.setattr(common, "CLASSIFIER_ARGS", {"steps": 2})  # the readers
+    monkeypatch.setattr(boundary, "GUIDE_STEPS", 2)
+    monkeypatch.setattr(experiment, "SAMPLER", dict(steps=2))
+    every_walk_crosses_and_every_other_point_is_trusted(monkeypatch)
+    out, readers = tmp_path / "out", tmp_path / "readers"
+    argv = [*mnist_runs, "--k", "2", "--pairs", "4-9", "--out", str(out), "--readers", str(readers)]
+    experiment.main(argv)
+    r = json.loads((out / "results.json").read_text())
+    assert r["runs"] == ["label-pos-s0", "label-pos-s1"] and r["pairs"] == ["4-9"] and r["k"] == 2
+    assert set(r["summary"]) == {"v1", "v2"} and set(r["readers"]) == {"evaluator", "second", "mlp"}
+    mlp = classifier.load_classifier(readers / experiment.MLP_READER_FILE, "cpu")
+    assert isinstance(mlp.model, classifier.PixelMLP)  # the reader of another architecture, kept with the others
+    for run in r["runs"]:
+        assert r["guides"][run]["v2"]["widths"] == [8, 12, 24] and r["guides"][run]["v1"]["temperatures"] == [1.0] * 3
+    for design in ("v1", "v2"):
+        m = r["summary"][design]["4-9"]
+        # per run: 2 walks (1 trusted), then 2 more (1 trusted): 2 walks per trusted sample
+        assert m["trusted"] == 4 and m["tried"] == 8 and m["walks_per_trusted_runs"] == [2.0, 2.0]
+        assert m["seconds_per_100"] == pytest.approx(100 * m["seconds"] / 4, rel=0.01)
+        for name in experiment.READERS:
+            share = m["readers"][name]
+            assert len(share["runs"]) == 2 and share["share"] == pytest.approx(np.mean(share["runs"]))
+            assert 0 <= share["interval"][0] <= share["interval"][1] <= 1 and share["range"] == [min(share["runs"]),
+                                                                                               max(share["runs"])]
+        assert m["all_readers"]["share"] <= min(m["readers"][name]["share"] for name in experiment.READERS)
+        assert r["summary"][design]["all pairs"]["trusted"] == 4
+        for run in r["runs"]:
+            cell = r["sets"][design]["4-9"][run]
+            assert not os.path.isabs(cell["path"]) and cell["path"].startswith(os.path.join("sets", run, design))
+            with np.load(out / cell["path"]) as kept:  # the scored set, sample.py's format
+                assert kept["images"].shape == (2, 28, 28, 1) and kept["guide_prob"].shape == (2, 3, 2)
+                assert kept["trusted"].all() and kept["labels"].tolist() == [4, 4]
+                p = experiment.probabilities(mlp, kept["images"])  # (2, 10)
+            assert cell["read"]["readers"]["mlp"]["ambiguous"] == int((np.minimum(p[:, 4], p[:, 9]) >= 0.2).sum())
+    real = r["real"]["4-9"]
+    assert real["n"] >= 20 and 0 <= real["mlp"]["ambiguous_share"] <= 1 and set(real["kept_by_filter"]) == {"v1", "v2"}
+    tables = (out / "tables.md").read_text()
+    assert "| v2 | 4-9 | 4 / 4 | 2.0 (2.0, 2.0) |" in tables and "| v1 | all pairs |" in tables
+    assert "| 4-9 |" in tables.split("The real reference")[1]
+    # run again: every set read back (nothing generated), the same numbers
+    monkeypatch.setattr(boundary, "generate", lambda *a, **k: pytest.fail("a kept set was made again"))
+    again = json.loads(json.dumps(experiment.main(argv)))
+    assert again["summary"] == r["summary"] and again["sets"] == r["sets"]
+
+
+def test_the_guide_experiment_refuses_bad_input_in_one_line(mnist_runs, run_dir, tmp_path):  # noqa: F811
+    from experiments import guide as experiment
+    out = ["--out", str(tmp_path / "out"), "--readers", str(tmp_path / "readers")]
+    fails(experiment, [str(run_dir), *out], "was not trained on the embedded MNIST sample's training digits")
+    fails(experiment, [mnist_runs[0], mnist_runs[0], *out], "two runs are named label-pos-s0")
+    fails(experiment, [mnist_runs[0], "--pairs", "4-4", *out], "--pairs 4-4: a pair is two different digits")
+    fails(experiment, [mnist_runs[0], "--pairs", "4-x", *out], "--pairs 4-x: a pair is two different digits")
+    fails(experiment, [mnist_runs[0], "--k", "0", *out], "--k 0: ask for at least one trusted sample")
+    assert not (tmp_path / "readers").exists()  # refused before any reader trained
