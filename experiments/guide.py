@@ -94,7 +94,7 @@ def probabilities(net: classifier.FeatureNetwork, images: np.ndarray) -> np.ndar
     return scipy.special.softmax(net.logits(images), axis=1) if len(images) else np.zeros((0, 10))
 
 
-def test_accuracy(ctx: Context, net: classifier.FeatureNetwork) -> float:
+def reader_accuracy(ctx: Context, net: classifier.FeatureNetwork) -> float:
     """The reader's accuracy on the 1,000 test digits (what it reads right where no one trained)."""
     test = ctx.digits.test
     return float((net.logits(ctx.digits.images[test]).argmax(1) == ctx.digits.labels[test]).mean())
@@ -118,7 +118,8 @@ def check_runs(runs: list[rundir.Run], digits: Digits) -> None:
                              "different names")
         if run.images.shape[1:] != digits.images.shape[1:] or not all(x.tobytes() in training for x in run.images):
             raise ValueError(f"{run.dir} was not trained on the embedded MNIST sample's training digits (train.py "
-                             "--data mnist-sample): the readers know those digits only; give such a run")
+                             "--data mnist-sample): the readers and the real reference are made from those digits; "
+                             "give such a run")
 
 
 def guide_digest(guide: classifier.Ensemble) -> str:
@@ -253,6 +254,20 @@ def real_rows(ctx: Context, near: between.Nearness, nets: dict, guides: dict, a:
 # ---------------------------------------------------------------------------
 # The command
 # ---------------------------------------------------------------------------
+def run_guides(runs: list[rundir.Run], nets: dict) -> tuple[dict, dict]:
+    """Every run's guide of every design (boundary.boundary_guide: trained once, kept in the run directory), each
+    checked to hold no reader's weights; returns {run: {design: guide}} and what results.json records of them."""
+    guides, records = {}, {}
+    for run in runs:
+        guides[run_name(run)], records[run_name(run)] = {}, {}
+        for design in DESIGNS:
+            guide, seconds = timed_guide(run, design)
+            boundary.check_guide(guide, list(nets.values()))
+            guides[run_name(run)][design] = guide
+            records[run_name(run)][design] = guide_record(guide, seconds)
+    return guides, records
+
+
 def guide_experiment(run_dirs: list[str], k: int = K, pairs=PAIRS, out: str = OUT,
                      readers_dir: str = READERS_DIR) -> dict:
     """Everything the module's docstring says, for the runs in run_dirs; returns what results.json holds."""
@@ -263,19 +278,13 @@ def guide_experiment(run_dirs: list[str], k: int = K, pairs=PAIRS, out: str = OU
     os.makedirs(readers_dir, exist_ok=True)
     ctx = Context(readers_dir, out, digits, Scorer(readers_dir, digits, None))
     nets = readers(ctx)
-    result = dict(k=k, pairs=[f"{a}-{b}" for a, b in pairs], designs={d: dict(
-        widths=list(boundary.GUIDE_DESIGNS[d].widths), calibration_share=boundary.GUIDE_DESIGNS[d].calibration_share)
-        for d in DESIGNS}, runs=[run_name(r) for r in runs], method=METHOD, sampler=SAMPLER or "sample.py's",
-        readers={name: dict(test_accuracy=test_accuracy(ctx, net)) for name, net in nets.items()},
-        guides={}, sets={d: {} for d in DESIGNS}, summary={d: {} for d in DESIGNS}, real={})
-    guides = {}
-    for run in runs:
-        guides[run_name(run)] = {}
-        for design in DESIGNS:
-            guide, seconds = timed_guide(run, design)
-            boundary.check_guide(guide, list(nets.values()))  # no reader's weights in a guide
-            guides[run_name(run)][design] = guide
-            result["guides"].setdefault(run_name(run), {})[design] = guide_record(guide, seconds)
+    guides, records = run_guides(runs, nets)
+    designs = {d: dict(widths=list(boundary.GUIDE_DESIGNS[d].widths),
+                       calibration_share=boundary.GUIDE_DESIGNS[d].calibration_share) for d in DESIGNS}
+    result = dict(k=k, pairs=[f"{a}-{b}" for a, b in pairs], designs=designs, runs=[run_name(r) for r in runs],
+                  method=METHOD, sampler=SAMPLER or "sample.py's", guides=records,
+                  readers={name: dict(test_accuracy=reader_accuracy(ctx, net)) for name, net in nets.items()},
+                  sets={d: {} for d in DESIGNS}, summary={d: {} for d in DESIGNS}, real={})
     for a, b in pairs:
         pair = f"{a}-{b}"
         for design in DESIGNS:
@@ -298,51 +307,74 @@ def guide_experiment(run_dirs: list[str], k: int = K, pairs=PAIRS, out: str = OU
     return result
 
 
-def guide_tables(r: dict) -> list[str]:
-    """results.json as Markdown: the readers, the guides, then per design and pair the readers' ambiguous shares."""
-    def share(m: dict) -> str:
-        if m["share"] is None:
-            return "-"
-        text = f"{100 * m['share']:.0f}%"
-        if m["interval"]:
-            text += f" [{100 * m['interval'][0]:.0f}, {100 * m['interval'][1]:.0f}]"
-        return text + " (" + ", ".join("-" if v is None else f"{100 * v:.0f}" for v in m["runs"]) + ")"
+def number(v, digits: int = 1) -> str:
+    return "-" if v is None else f"{v:.{digits}f}"
 
-    def number(v, digits=1):
-        return "-" if v is None else f"{v:.{digits}f}"
+
+def percent(v) -> str:
+    return "-" if v is None else f"{100 * v:.0f}%"
+
+
+def share_cell(m: dict) -> str:
+    """A share_over_runs as 'pooled% [low, high] (run, run, ..)'."""
+    if m["share"] is None:
+        return "-"
+    interval = f" [{100 * m['interval'][0]:.0f}, {100 * m['interval'][1]:.0f}]" if m["interval"] else ""
+    runs = ", ".join("-" if v is None else f"{100 * v:.0f}" for v in m["runs"])
+    return f"{percent(m['share'])}{interval} ({runs})"
+
+
+def guides_table(r: dict) -> list[str]:
+    """The readers' test accuracy, and each run's guides: widths, temperatures, seconds to make them."""
+    accuracy = ", ".join(f"{name} {100 * m['test_accuracy']:.1f}%" for name, m in r["readers"].items())
     text = [f"Trusted boundary samples (`boundary.trusted_boundary_samples`, method {r['method']}, sampler "
-            f"{r['sampler']}), {r['k']} asked per run, design and pair; runs {', '.join(r['runs'])}. Readers outside "
-            "every guide, accuracy on the 1,000 test digits: " + ", ".join(
-                f"{name} {100 * m['test_accuracy']:.1f}%" for name, m in r["readers"].items()) + ".", "",
-            "| run | design | widths | temperatures | guide s (0: kept) |", "|---|---|---|---|---|"]
+            f"{r['sampler']}), {r['k']} asked per run, design and pair; runs {', '.join(r['runs'])}. Readers "
+            f"outside every guide, accuracy on the 1,000 test digits: {accuracy}.", "",
+            "| run | design | widths | temperatures | guide s (loading only where kept) |", "|---|---|---|---|---|"]
     for run, designs in r["guides"].items():
         for design, g in designs.items():
             text.append(f"| {run} | {design} | {', '.join(map(str, g['widths']))} | "
                         f"{', '.join(f'{t:.2f}' for t in g['temperatures'])} | {g['seconds']:.0f} |")
-    text += ["", "Share of the trusted samples each reader finds ambiguous (min(P(A), P(B)) >= 0.2): pooled over the "
-             "runs [95% logit t-interval over the runs] (each run's); all three: the share every reader finds "
-             "ambiguous. Walks per trusted sample (each run's), seconds for 100 trusted samples (all runs' seconds "
-             "over their trusted samples).", "",
-             "| design | pair | trusted / asked | walks per trusted | s per 100 | evaluator | second | mlp | all three |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    return text + [""]
+
+
+def shares_table(r: dict) -> list[str]:
+    """Per design and pair (and all pairs): trusted samples, walks per trusted sample, seconds, the readers' shares."""
+    text = ["Share of the trusted samples each reader finds ambiguous (min(P(A), P(B)) >= 0.2): pooled over the runs "
+            "[95% logit t-interval over the runs] (each run's); all three: the share every reader finds ambiguous. "
+            "Walks per trusted sample (each run's); seconds for 100 trusted samples (all runs' seconds over their "
+            "trusted samples).", "",
+            "| design | pair | trusted / asked | walks per trusted | s per 100 | evaluator | second | mlp | "
+            "all three |",
+            "|---|---|---|---|---|---|---|---|---|"]
     for design, pairs in r["summary"].items():
         for pair, m in pairs.items():
             asked = r["k"] * len(r["runs"]) * (len(r["pairs"]) if pair == "all pairs" else 1)
-            walks = number(m["walks_per_trusted"]) + " (" + ", ".join(number(v) for v in m["walks_per_trusted_runs"]) + ")"
-            text.append(f"| {design} | {pair} | {m['trusted']} / {asked} | {walks} | {number(m['seconds_per_100'], 0)} | "
-                        + " | ".join(share(m["readers"][name]) for name in READERS) + f" | {share(m['all_readers'])} |")
-    text += ["", "The real reference (between.py's `real_reference`): per pair the real digits of A and B that no "
-             "reader trained on and the evaluator finds most ambiguous (all it finds ambiguous, at least 20); each "
-             "reader's ambiguous share of them, and the share of their test digits each design's filter keeps "
-             "(mean over the runs' guides).", "",
-             "| pair | digits (evaluator-ambiguous) | evaluator | second | mlp | " +
-             " | ".join(f"kept by {d}" for d in r["designs"]) + " |", "|---|---|---|---|---|" + "---|" * len(r["designs"])]
+            walks = f"{number(m['walks_per_trusted'])} ({', '.join(number(v) for v in m['walks_per_trusted_runs'])})"
+            shares = [share_cell(m["readers"][name]) for name in READERS] + [share_cell(m["all_readers"])]
+            text.append(f"| {design} | {pair} | {m['trusted']} / {asked} | {walks} | "
+                        f"{number(m['seconds_per_100'], 0)} | " + " | ".join(shares) + " |")
+    return text + [""]
+
+
+def real_table(r: dict) -> list[str]:
+    """Per pair, the real reference: each reader's ambiguous share of its digits, the share each filter keeps."""
+    text = ["The real reference (between.py's `real_reference`): per pair the real digits of A and B that no reader "
+            "trained on and the evaluator finds most ambiguous (all it finds ambiguous, at least 20); each reader's "
+            "ambiguous share of them, and the share of their test digits each design's filter keeps (mean over the "
+            "runs' guides).", "",
+            "| pair | digits (evaluator-ambiguous) | evaluator | second | mlp | "
+            + " | ".join(f"kept by {d}" for d in r["designs"]) + " |",
+            "|---|---|---|---|---|" + "---|" * len(r["designs"])]
     for pair, real in r["real"].items():
-        shares = [real["evaluator"]["ambiguous_share"], real["second"]["ambiguous_share"], real["mlp"]["ambiguous_share"]]
-        kept = [real["kept_by_filter"][d] for d in r["designs"]]
-        text.append(f"| {pair} | {real['n']} ({real['n_ambiguous']}) | " + " | ".join(
-            "-" if v is None else f"{100 * v:.0f}%" for v in shares + kept) + " |")
-    return text + ["", f"Wall time: {r['wall_s'] / 60:.1f} min", ""]
+        shares = [real[name]["ambiguous_share"] for name in READERS] + [real["kept_by_filter"][d] for d in r["designs"]]
+        text.append(f"| {pair} | {real['n']} ({real['n_ambiguous']}) | " + " | ".join(map(percent, shares)) + " |")
+    return text + [""]
+
+
+def guide_tables(r: dict) -> list[str]:
+    """results.json as Markdown (tables.md)."""
+    return guides_table(r) + shares_table(r) + real_table(r) + [f"Wall time: {r['wall_s'] / 60:.1f} min", ""]
 
 
 def parse_pair(text: str) -> tuple[int, int]:
