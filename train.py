@@ -80,11 +80,14 @@ def prepare(args, typed: set[str], rank: int, world: int) -> dict:
     ValueError / FileNotFoundError / WeightsUnavailableError) before touching --out.
     """
     opened = train_command.open_run(args, typed, world)  # settings, training images, the saved run on --resume
-    cond, space = training_conditions(opened["settings"], opened["images"], opened["labels"], opened["space"], rank, world)
-    config = train_command.run_config(opened, conditions.condition_sizes(cond), space, world)
-    net, ema, optimizer = build_training_state(args.out, config, opened["checkpoint"])
-    if rank == 0:
-        train_command.write_run(args.out, config, space, args.overwrite)
+    with train_command.evaluator_beside(args, opened, rank, world) as beside:  # --eval's, on the core UMAP leaves idle
+        cond, space = training_conditions(opened["settings"], opened["images"], opened["labels"], opened["space"],
+                                          rank, world)
+        config = train_command.run_config(opened, conditions.condition_sizes(cond), space, world)
+        net, ema, optimizer = build_training_state(args.out, config, opened["checkpoint"])
+        if rank == 0:
+            train_command.write_run(args.out, config, space, args.overwrite)
+            beside.keep(args.out)  # waits for it: the U-Net then trains alone
     checkpoint = opened["checkpoint"] or {}  # --resume: the loop starts at the checkpoint's step, a new run at 0
     return dict(out=args.out, config=config, start=checkpoint.get("step", 0), images=opened["images"],
                 labels=opened["labels"], cond=cond, space=space, net=net, ema=ema, optimizer=optimizer,

@@ -24,6 +24,7 @@ MAIN_FLAGS = ["--eval"]  # the README's main command: python train.py --out OUT 
 PHASES = [
     ("training images (load, check)", "plumbing/train_command.py", "open_run"),
     ("UMAP fit (numba compiling its kernels, cold)", "conditions.py", "fit_space"),
+    ("waiting for the evaluator trained beside the UMAP fit", "plumbing/evaluator.py", "keep"),
     ("training (all steps)", "train.py", "train"),
     ("  of which the final class grid", "train.py", "write_grid"),
     ("evaluation (sample.py --references 2 --eval)", "sample.py", "run_command"),

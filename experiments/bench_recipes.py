@@ -236,11 +236,12 @@ def bench_walks(run_dirs: list[str] | None = None, a: int = 4, b: int = 9, walks
 QUICK_RECIPES = {
     "default": [],
     "400 steps, warm-up 25": ["--steps", "400", "--warmup", "25"],
-    "300 steps, warm-up 25": ["--steps", "300", "--warmup", "25"],
+    "400 steps, warm-up 25, min-SNR 5": ["--steps", "400", "--warmup", "25", "--min-snr", "5"],
 }
 QUICK_SEEDS = (0, 1)  # seed S: the training (U-Net, UMAP, batches) and sample.py --eval's noise and references
 QUICK_RUNS = os.path.join("runs", "bench-quick")
 QUICK_RESULTS = os.path.join("results", "quick-recipe")  # every scored set and the table, to rescore
+QUICK_EVAL_FLAGS: tuple[str, ...] = ()  # added to sample.py --eval's flags: none (tests score fewer samples)
 
 
 def quick_readers():
@@ -262,7 +263,7 @@ def bench_quick(names: list[str] | None = None, seeds=None) -> None:
     """Each QUICK_RECIPES entry run as the main command runs it (train.py --seed S, then sample.py --references 2
     --eval --seed S: 1,000 class-balanced samples scored against the 1,000 test digits), seeds QUICK_SEEDS, under
     QUICK_RUNS (reused when finished); every scored set read by the same two readers (`quick_readers`) and kept in
-    QUICK_RESULTS with the table (quick.json). Per run: the training steps, the evaluator's requested-digit share
+    QUICK_RESULTS with the table (quick.json, which keeps the rows of recipes and seeds not run in this call). Per run: the training steps, the evaluator's requested-digit share
     and classifier-FID, the second reader's requested-digit share, and control (metrics.json's own-reference
     rate). About 4 minutes per 600-step run on a 2-core CPU."""
     import json
@@ -274,7 +275,8 @@ def bench_quick(names: list[str] | None = None, seeds=None) -> None:
     seeds = seeds or QUICK_SEEDS
     scorer, second = quick_readers()
     os.makedirs(QUICK_RESULTS, exist_ok=True)
-    table = []
+    kept = os.path.join(QUICK_RESULTS, "quick.json")
+    table = []  # this call's rows, then the kept rows of other recipes and seeds
     print("recipe | seed | steps | train s | evaluator: requested digit | classifier-FID | second reader: "
           "requested digit | control")
     for name in names or QUICK_RECIPES:
@@ -290,7 +292,7 @@ def bench_quick(names: list[str] | None = None, seeds=None) -> None:
                        quiet=True)
                 trained = time.perf_counter() - start
                 python("sample.py", out, "--out", os.path.join(out, "samples"), "--references", "2", "--eval",
-                       "--seed", str(seed), *SAMPLE_FLAGS, quiet=True)
+                       "--seed", str(seed), *SAMPLE_FLAGS, *QUICK_EVAL_FLAGS, quiet=True)
             with open(os.path.join(out, "samples", "metrics.json")) as f:
                 control = json.load(f)["controllability"]["own_reference_rate"]
             with open(os.path.join(out, "config.json")) as f:
@@ -306,7 +308,11 @@ def bench_quick(names: list[str] | None = None, seeds=None) -> None:
                              lambda f: np.savez_compressed(f, images=images, labels=requested))
             print(f"{name} | {seed} | {steps} | {trained:.0f} | {row['accuracy']:.3f} | {row['fid']:.2f} | "
                   f"{row['second_accuracy']:.3f} | {control:.3f}", flush=True)
-    write_atomically(os.path.join(QUICK_RESULTS, "quick.json"),
+    if os.path.exists(kept):
+        with open(kept) as f:
+            done = {(row["recipe"], row["seed"]) for row in table}
+            table += [row for row in json.load(f)["rows"] if (row["recipe"], row["seed"]) not in done]
+    write_atomically(kept,
                      lambda f: f.write(json.dumps(dict(readers="the experiment's evaluator and second reader, "
                                                                "kept in runs/bench-quick/", rows=table),
                                                   indent=2).encode()))

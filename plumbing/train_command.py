@@ -17,7 +17,7 @@ from PIL import Image
 
 from ddpm import DEFAULT_P_UNCOND, PREDICTIONS, SCHEDULES, Diffusion, beta_schedule, default_p_drop
 from features import FeatureSpace, pick_device
-from plumbing import commands, data, lock, rundir
+from plumbing import commands, data, evaluator, lock, rundir
 from plumbing.losslog import plot_loss
 from plumbing.precision import PRECISIONS
 from plumbing.rundir import CONFIG_FORMAT, RunError
@@ -391,6 +391,14 @@ def open_run(args: argparse.Namespace, typed: set[str], world: int) -> dict:
     space = rundir.load_space(args.out, saved) if checkpoint is not None else None
     return dict(saved=saved, checkpoint=checkpoint, settings=settings, changes=changes, images=images, labels=labels,
                 class_names=class_names, digest=digest, run_id=run_id, space=space, start=start)
+
+
+def evaluator_beside(args: argparse.Namespace, run: dict, rank: int, world: int) -> evaluator.Beside:
+    """--eval's evaluator, trained in a second process while the UMAP fit runs where that saves time
+    (plumbing/evaluator.py)."""
+    fits_umap = "pos" in cond_names(run["settings"]["cond"]) and run["space"] is None
+    return evaluator.start(args.eval and rank == 0, fits_umap, run["images"], run["labels"], len(run["class_names"]),
+                           run["run_id"], pick_device(args.device).type, world)
 
 
 def run_config(run: dict, condition_sizes: dict[str, int], space: FeatureSpace | None, world: int) -> dict:

@@ -6,11 +6,13 @@ import ast
 import contextlib
 import importlib.util
 import io
+import json
 import math
 import os
 import re
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -37,7 +39,8 @@ TINY = {
         RECIPES={RECIPE: bench_recipes.RECIPES[RECIPE]}, RECIPE_SEEDS=(0,), RECIPE_N=10,
         RECIPE_SAMPLER=["--sampler", "ddim", "--sampling-steps", "2", "--eta", "1", "--guidance", "3"],
         SAMPLER_GRID=[("dpm++2m", 2, 0.0)], SAMPLER_N=10,  # (ddim: recipe's sampler; dpm++2m eta 1: quality's)
-        WALKS=2, WALK_POINTS=3, WALK_STEPS=2, WALK_RUNS=[RUN]),
+        WALKS=2, WALK_POINTS=3, WALK_STEPS=2, WALK_RUNS=[RUN],
+        QUICK_RECIPES={"default": [], "lower lr": ["--lr", "1e-3"]}, QUICK_SEEDS=(0,), QUICK_EVAL_FLAGS=("--n", "10")),
 }
 NUMBER = r"[-+]?(?:\d[\d,]*\.?\d*(?:e[-+]?\d+)?|nan|inf)"
 
@@ -317,3 +320,26 @@ def test_quality_trains_and_scores_fp32_and_bf16(tiny):
         assert finite(fid) >= 0 and 0 < finite(mse) < 10
     for precision in ("fp32", "bf16"):
         assert os.path.isfile(os.path.join(tiny, "runs", "precision", f"{precision}-seed0", "samples", "metrics.json"))
+
+
+def test_quick_scores_each_recipe_with_the_same_readers_and_keeps_every_set(tiny):
+    """`python -m experiments.bench quick`: each recipe run as the main command runs it, read by the experiment's
+    evaluator and second reader; the sets and the table kept in results/quick-recipe/; a second call over one
+    recipe reuses its run and keeps the other recipe's row."""
+    table = rows(run_main("quick"), "recipe | seed | steps |", 8)
+    assert [(r[0], r[1], r[2]) for r in table] == [("default", "0", "2"), ("lower lr", "0", "2")]
+    for _, _, _, seconds, accuracy, fid, second, control in table:
+        assert finite(seconds) >= 0 and finite(fid) >= 0
+        share(accuracy), share(second), share(control)
+    results = os.path.join(tiny, bench_recipes.QUICK_RESULTS)
+    kept = json.load(open(os.path.join(results, "quick.json")))["rows"]
+    assert [(row["recipe"], row["seed"]) for row in kept] == [("default", 0), ("lower lr", 0)]
+    for row in kept:
+        assert not os.path.isabs(row["samples"])
+        with np.load(os.path.join(results, row["samples"])) as z:
+            assert z["images"].shape == (10, 28, 28, 1) and len(z["labels"]) == 10
+    bench_recipes.bench_quick(["default"])  # reuses its run (train s: nan) and keeps the other row
+    again = json.load(open(os.path.join(results, "quick.json")))["rows"]
+    assert sorted((row["recipe"], row["accuracy"]) for row in again) == sorted((row["recipe"], row["accuracy"])
+                                                                               for row in kept)
+    assert math.isnan(next(row["train_seconds"] for row in again if row["recipe"] == "default"))

@@ -735,3 +735,36 @@ def test_eta_without_a_value_is_the_samplers_own_and_meta_json_records_the_value
         sample.main([str(run_dir), "--out", str(out), "--sampler", sampler, *steps, "--grid-per-class", "1", *extra])
         assert seen and all(s == (sampler, eta) for s in seen), seen
         assert json.loads((out / "meta.json").read_text())["eta"] == eta
+
+
+def test_eval_trains_the_evaluator_beside_the_umap_fit(folder, tmp_path, monkeypatch, capsys):
+    """train.py --eval trains sample.py --eval's classifier in a second process while UMAP fits (plumbing/evaluator):
+    the run's classifier.pt comes from there (nothing in this process trains one), and the U-Net is the one a run
+    without --eval trains; if the second process fails, a note says so and the evaluation trains its own."""
+    from plumbing import classifier, evaluator
+
+    monkeypatch.setattr(evaluator, "FROM_IMAGES", 0)  # (the tiny folder's fit is quick: no time to save here)
+    plain = tmp_path / "plain"
+    train.main(tiny(folder, plain, "--cond", "label+pos", "--pos-dim", "2"))
+    trained_here = classifier.train_classifier
+    with monkeypatch.context() as m:
+        m.setattr(classifier, "train_classifier", lambda *a, **k: pytest.fail("the evaluator was trained again"))
+        beside = tmp_path / "beside"
+        train.main(tiny(folder, beside, "--cond", "label+pos", "--pos-dim", "2", "--eval"))
+    config = json.load(open(beside / "config.json"))
+    assert classifier.load_classifier(str(beside / "classifier.pt")).model.run_id == config["run_id"]
+    assert os.path.exists(beside / "samples" / "metrics.json")
+    for key, value in state(plain)["ema"].items():
+        assert torch.equal(value, state(beside)["ema"][key]), key
+
+    start = evaluator.start  # (eval_after, fits_umap, images, labels, num_classes, ...): 1 class fails there
+    monkeypatch.setattr(evaluator, "start", lambda *args: start(*args[:4], 1, *args[5:]))
+    failed = tmp_path / "failed"
+    calls = []
+    monkeypatch.setattr(classifier, "train_classifier", lambda *a, **k: calls.append(1) or trained_here(*a, **k))
+    capsys.readouterr()
+    train.main(tiny(folder, failed, "--cond", "label+pos", "--pos-dim", "2", "--eval"))
+    err = capsys.readouterr().err
+    assert "the evaluator trained beside the UMAP fit failed" in err and "Traceback" not in err
+    assert calls == [1] and os.path.exists(failed / "classifier.pt")  # the evaluation trained it
+    assert not [name for name in os.listdir(failed) if name.startswith(".")]  # no temporary file left in --out
