@@ -53,8 +53,8 @@ TABLE_WEIGHTS = tuple(sorted({1.0, DEFAULT_W}))  # every seed and protocol at th
 VAL_PER_CLASS = 50  # validation digits per class (training digits outside the scarce set) to find confusions
 KID_SUBSETS = 100  # KID's subsets of min(1000, N) rows (torch-fidelity's defaults; N = 1000: the whole sets)
 SETS_VERSION = 1  # part of every kept set's key: raise it when the way sets are made changes
-# The guide of sections 3 and 4 (boundary.GUIDE_DESIGNS): v1, with which docs/EXPERIMENT.md's numbers were made;
-# sample.py --boundary's default (boundary.DEFAULT_GUIDE_DESIGN) is set against it by python -m experiments.guide.
+# The guide of sections 3 and 4 (boundary.GUIDE_DESIGNS): v1, with which docs/EXPERIMENT.md's numbers were made
+# (also sample.py --boundary's default, chosen over v2 by python -m experiments.guide; pinned here all the same).
 GUIDE_DESIGN = "v1"
 
 

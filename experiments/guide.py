@@ -63,7 +63,7 @@ except KeyboardInterrupt:
 # The command's settings (its flags' defaults; tests shrink SAMPLER)
 PAIRS = ((4, 9), (3, 5), (7, 1), (8, 9), (2, 7))  # between.py's pairs (its three, then the two it found most confused)
 K = 50  # trusted samples asked per run, design and pair (boundary.MAX_WALKS_PER_SAMPLE walks per sample at most)
-DESIGNS = ("v1", boundary.DEFAULT_GUIDE_DESIGN)
+DESIGNS = tuple(boundary.GUIDE_DESIGNS)  # v1 (the default) and v2
 WALK_SEED = 0  # sample.py's default --seed
 SAMPLER = None  # sample.py's (boundary_samples' defaults); tests give fewer steps
 METHOD = boundary.DEFAULT_BOUNDARY_METHOD

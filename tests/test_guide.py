@@ -38,19 +38,19 @@ def run(run_dir, tmp_path):  # noqa: F811
 # ---------------------------------------------------------------------------
 def test_v2_members_differ_in_width_none_a_readers_and_v1_is_three_seeds_of_the_evaluators_network(run, monkeypatch):
     calls = spy_training(monkeypatch)
-    v2 = boundary.boundary_guide(run)
-    assert boundary.DEFAULT_GUIDE_DESIGN == "v2" and v2.seeds == [1, 2, 3]
+    v2 = boundary.boundary_guide(run, design="v2")
+    assert boundary.DEFAULT_GUIDE_DESIGN == "v1" and v2.seeds == [1, 2, 3]  # v1: chosen by experiments.guide
     widths = [m.model.config["width"] for m in v2.members]
     assert widths == [8, 12, 24] and [c["width"] for c in calls] == widths and [c["seed"] for c in calls] == [1, 2, 3]
     assert all(isinstance(m.model, classifier.SmallClassifier) for m in v2.members)
     assert not {16, 32} & set(widths)  # none the width of the evaluator (16) or of between.py's second reader (32)
     assert 0 not in v2.seeds and boundary.EVALUATOR_SEED == 0
     calls.clear()
-    v1 = boundary.boundary_guide(run, design="v1")
+    v1 = boundary.boundary_guide(run)  # the default
     assert [m.model.config["width"] for m in v1.members] == [16] * 3 and v1.seeds == [1, 2, 3]
     assert v1.temperatures == [1.0] * 3  # read as trained
     assert all(np.array_equal(c["images"], run.images) for c in calls)  # v1: every digit, as before issue 38
-    assert os.path.exists(os.path.join(run.dir, "guide.pt")) and os.path.exists(os.path.join(run.dir, "guide-v1.pt"))
+    assert os.path.exists(os.path.join(run.dir, "guide.pt")) and os.path.exists(os.path.join(run.dir, "guide-v2.pt"))
     shifted = boundary.boundary_guide(run, seed=4)  # (the augment section's later seeds)
     assert shifted.seeds == [4, 5, 6]
     with pytest.raises(ValueError, match="evaluator's seed"):
@@ -87,7 +87,7 @@ def test_the_calibration_split_is_class_balanced_fixed_and_disjoint(mnist_sample
 
 def test_no_member_trains_on_the_calibration_digits_and_each_temperature_is_fitted_on_them(run, monkeypatch):
     calls = spy_training(monkeypatch)
-    guide = boundary.boundary_guide(run)
+    guide = boundary.boundary_guide(run, design="v2")
     fit, held = boundary.calibration_split(run.labels, boundary.GUIDE_DESIGNS["v2"].calibration_share)
     assert np.bincount(run.labels[held]).tolist() == [2, 2]  # 10% of each class's 20
     held_images = {image.tobytes() for image in run.images[held]}
@@ -175,18 +175,18 @@ def test_an_ensemble_refuses_a_temperature_that_is_not_positive():
 def test_guide_files_are_reloaded_for_the_same_guide_and_trained_again_otherwise(run, monkeypatch):
     calls = spy_training(monkeypatch)
     path, v1_path = (os.path.join(run.dir, boundary.GUIDE_FILES[d]) for d in ("v2", "v1"))
-    guide = boundary.boundary_guide(run, steps=2)
+    guide = boundary.boundary_guide(run, steps=2, design="v2")
     assert len(calls) == 3
-    again = boundary.boundary_guide(run, steps=2)  # reloaded (weights_only): nothing trained
+    again = boundary.boundary_guide(run, steps=2, design="v2")  # reloaded (weights_only): nothing trained
     assert len(calls) == 3 and again.temperatures == guide.temperatures and again.tag == guide.tag
     assert all(classifier.same_weights(m, n) for m, n in zip(guide.members, again.members))
     assert "design=v2 widths=8,12,24 calibration=0.1" in guide.tag and run.config["run_id"] in guide.tag
     kept = open(path, "rb").read()
-    boundary.boundary_guide(run, steps=2, design="v1")  # another design: its own file, guide.pt untouched
+    boundary.boundary_guide(run, steps=2, design="v1")  # another design: its own file, guide-v2.pt untouched
     assert len(calls) == 6 and os.path.exists(v1_path) and open(path, "rb").read() == kept
-    boundary.boundary_guide(run, steps=2)
-    assert len(calls) == 6  # and guide.pt is still the v2 guide's
-    boundary.boundary_guide(run, steps=3)  # other steps: trained again, replaced
+    boundary.boundary_guide(run, steps=2, design="v2")
+    assert len(calls) == 6  # and guide-v2.pt is still the v2 guide's
+    boundary.boundary_guide(run, steps=3, design="v2")  # other steps: trained again, replaced
     assert len(calls) == 9 and open(path, "rb").read() != kept
     old = torch.load(path, weights_only=True)  # a guide.pt from before the temperatures: format version 1
     old["version"] = 1
@@ -194,19 +194,19 @@ def test_guide_files_are_reloaded_for_the_same_guide_and_trained_again_otherwise
     torch.save(old, path)
     with pytest.raises(ValueError, match="not a classifier ensemble file"):
         classifier.load_ensemble(path)
-    boundary.boundary_guide(run, steps=3)
+    boundary.boundary_guide(run, steps=3, design="v2")
     assert len(calls) == 12 and classifier.load_ensemble(path).temperatures  # trained again, in the new format
     torch.save({"format": classifier.ENSEMBLE_FORMAT, "code": Fixed([0.0])}, path)  # would unpickle code
     with pytest.raises(ValueError, match="not a classifier ensemble file"):
         classifier.load_ensemble(path)  # refused by weights_only, never run
     open(path, "wb").write(b"cut off")
-    boundary.boundary_guide(run, steps=3)
+    boundary.boundary_guide(run, steps=3, design="v2")
     assert len(calls) == 15
 
 
 def test_search_settings_record_the_guides_widths_and_temperatures(run, monkeypatch):
     spy_training(monkeypatch)
-    guide = boundary.boundary_guide(run)
+    guide = boundary.boundary_guide(run, design="v2")
     settings = boundary.search_settings(guide)
     assert settings["guide_widths"] == [8, 12, 24] and settings["guide_temperatures"] == guide.temperatures
     assert settings["guide_seeds"] == [1, 2, 3] and settings["guide_tag"] == guide.tag
