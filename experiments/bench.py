@@ -225,10 +225,18 @@ def bench_features() -> None:
         next to the transform's own seed-to-seed spread (transform_seed 42 vs 43, both exact)."""
         k = space.params["n_neighbors"]
         exact = nearest_neighbours(x, space.features, k)[0]
-        # what umap.transform searches (both spaces here have over 4,095 points: below, it searches exactly)
-        approximate = space.umap._knn_search_index.query(x, k, epsilon=0.12)[0]
+        reference = space.umap
+        if reference.metric == "precomputed":  # under 4,096 points (fitted on exact_distances): umap's own fit,
+            import umap  # whose transform searches exactly too
+
+            p = space.params
+            reference = umap.UMAP(n_components=space.n_components, n_neighbors=k, min_dist=p["min_dist"],
+                                  random_state=p["seed"], n_jobs=1).fit(space.features)
+            approximate = exact
+        else:
+            approximate = reference._knn_search_index.query(x, k, epsilon=0.12)[0]  # what umap.transform searches
         differ = np.mean([set(a) != set(b) for a, b in zip(exact, approximate)])
-        ours, theirs = space.transform(x), space.umap.transform(x)  # (M, d) each
+        ours, theirs = space.transform(x), reference.transform(x)  # (M, d) each
         reseeded = FeatureSpace(space.features, space.positions, dict(space.params, transform_seed=43),
                                 space.backbone).transform(x)
         diff = np.abs(ours - theirs)  # UMAP units

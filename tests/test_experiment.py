@@ -521,7 +521,7 @@ def test_python_m_runs_the_experiment_and_the_benchmarks():
     done = run_python("-m", "experiments.bench", "nope")
     assert done.returncode == 1 and done.stderr.strip() == (
         "python -m experiments.bench: unknown section 'nope'; choose from diffusion, features, metrics, quality, "
-        "recipe, sampler, walks, boundary, gpu, main")
+        "recipe, quick, sampler, walks, boundary, gpu, main")
 
 
 @pytest.mark.parametrize("path", sorted(p for p in glob.glob(os.path.join(ROOT, "experiments", "*.py"))
