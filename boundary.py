@@ -7,9 +7,11 @@ sample is the point of a walk where a guide (small classifiers, never the one
 that scores the result) reads P(B) = 0.5: a coarse grid, then bisection
 (`find_crossings`); it is kept when every guide member reads it as ambiguous
 between A and B and the guide puts most of its mass on A and B (`trusted`;
-sample.py --boundary, `trusted_boundary_samples`). The guide's members differ in
-width and are each read through a temperature fitted on training digits they
-did not train on (`boundary_guide`, `train_guide`, `fit_temperature`).
+sample.py --boundary, `trusted_boundary_samples`). The guide is made as its
+design says (`GUIDE_DESIGNS`): v1, the default, three seeds of one network read
+as trained; v2, members of three widths each read through a temperature fitted
+on training digits they did not train on (`boundary_guide`, `train_guide`,
+`fit_temperature`).
 """
 import dataclasses
 import os
@@ -143,8 +145,8 @@ MAX_WALKS_PER_SAMPLE = 8  # --boundary tries up to 8 N walks for N trusted sampl
 
 # A found point is trusted (kept by --boundary) when the guide's members agree that it is ambiguous, each
 # reading min(P(A), P(B)) >= metrics.AMBIGUOUS, and the guide sees A or B, nothing else: the members' mean
-# P(A) + P(B) >= TRUST_MASS (a third class there is a wrong boundary). `trusted`. The probabilities are the
-# members' calibrated ones (each through its temperature, `fit_temperature`): see `trusted` for what that sets.
+# P(A) + P(B) >= TRUST_MASS (a third class there is a wrong boundary). `trusted`. The probabilities are each
+# member's softmax(z / T): T = 1 in design v1, fitted in v2 (`fit_temperature`); see `trusted`.
 TRUST_MASS = 0.9
 
 
@@ -269,7 +271,7 @@ def guide_tag(run: Run, design: str, steps: int) -> str:
 def boundary_guide(run: Run, seed: int = 1, steps: int | None = None, design: str = DEFAULT_GUIDE_DESIGN):
     """The guide of boundary_samples, made as GUIDE_DESIGNS[design] says (`train_guide`) from the run's training
     digits, its members' seeds seed, seed + 1, .. (never the evaluator's 0): a classifier.Ensemble whose prob is
-    the mean of its members' calibrated softmax.
+    the mean of its members' softmax(z / T) (T = 1 in v1; fitted in v2).
 
     steps: each member's training steps (None: GUIDE_STEPS). Kept in the run directory as GUIDE_FILES[design]
     (atomically; reloaded with weights_only) for this run, seeds, steps and design; a file of another run, other
@@ -414,7 +416,7 @@ def transition_width(points: list[tuple[float, float]], s_star: float, levels=WI
 
 def guide_readings(guide, images: np.ndarray, a: int, b: int) -> np.ndarray:
     """Each guide member's (P(a), P(b)) of uint8 images (N, H, W, C): (N, M, 2), from guide.member_prob (for a
-    classifier.Ensemble, the calibrated softmax(z / T) of each member): what `trusted` reads."""
+    classifier.Ensemble, each member's softmax(z / T), T = 1 in v1): what `trusted` reads."""
     return guide.member_prob(images)[:, :, [a, b]].transpose(1, 0, 2)  # (M, N, K) -> (N, M, 2)
 
 
@@ -427,7 +429,7 @@ def trusted(guide_prob: np.ndarray) -> np.ndarray:
     reads at P(A) = 0.2, about one in five is an A, whatever the member's width. So "every member gives each of
     A and B at least 0.2" asks the same odds of every member; read as trained, it would ask most of the
     sharpest member (a more confident network reads lower probabilities off the same evidence), and members
-    that differ differ in sharpness. The mass rule reads the same calibrated probabilities."""
+    that differ differ in sharpness. The mass rule reads the same probabilities."""
     members_agree = guide_prob.min(axis=2).min(axis=1) >= metrics.AMBIGUOUS  # (N,)
     on_a_and_b = guide_prob.sum(axis=2).mean(axis=1) >= TRUST_MASS  # (N,)
     return members_agree & on_a_and_b

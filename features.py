@@ -243,13 +243,21 @@ def exact_distances(features: np.ndarray) -> np.ndarray:
     digits. The same metric on the same pairs (i < j, mirrored; then the
     diagonal, as sklearn does) in one compiled loop takes about 2 s, and UMAP
     fitted on it (metric="precomputed") gives the same embedding bit for bit
-    (tests/test_features.py).
+    (tests/test_features.py) where the neighbour graph is connected (FeatureSpace.fit
+    refits from the features where it is not: umap's start then places the parts
+    by distances from the data it was given).
     """
+    return compiled_distances()(np.ascontiguousarray(features, dtype=np.float32))
+
+
+@functools.cache
+def compiled_distances():
+    """exact_distances' loop, compiled by numba once per process (umap, and so numba, imported only when needed)."""
     import numba
     from umap.distances import euclidean
 
     @numba.njit
-    def upper_triangle_mirrored(x):
+    def upper_triangle_mirrored(x):  # (N, D) float32 -> (N, N) float32
         n = x.shape[0]
         out = np.zeros((n, n), dtype=np.float32)
         for i in range(n):
@@ -260,7 +268,7 @@ def exact_distances(features: np.ndarray) -> np.ndarray:
             out[i, i] = euclidean(x[i], x[i])
         return out
 
-    return upper_triangle_mirrored(np.ascontiguousarray(features, dtype=np.float32))
+    return upper_triangle_mirrored
 
 
 SPACE_FORMAT = 2  # the .npz layout below; 1 was the refitting format (no a, b)
@@ -285,7 +293,7 @@ class FeatureSpace:
     building blocks, so a space loaded from its .npz (no pickle, no refit)
     gives exactly the positions of the space that was fitted and saved, on
     any machine. `umap` is the fitted umap.UMAP (None after `load`; below
-    4,096 points fitted on the distances, so it cannot transform), kept only
+    4,096 points fitted on the distances, so its transform takes distances, not features), kept only
     to compare against; nothing here uses it.
     """
 
@@ -323,10 +331,11 @@ class FeatureSpace:
         if len(features) <= n_components + 1:  # UMAP's spectral start needs n_components + 1 eigenvectors of an N x N graph
             raise ValueError(f"need more than {n_components + 1} training images for a {n_components}-d position "
                              f"(--pos-dim {n_components}), got {len(features)}: add images or pass a smaller --pos-dim")
+        import scipy.sparse.csgraph
         import umap  # (slow to import: after the checks)
 
         print(f"UMAP: fitting {len(features)} x {features.shape[1]} -> {n_components}-d (numba compiles its "
-              "kernels on first use in a process, about half a minute) ...", end="", file=sys.stderr, flush=True)
+              "kernels on first use in a process: 10-30 s) ...", end="", file=sys.stderr, flush=True)
         start = time.perf_counter()
         if len(features) < UMAP_EXACT_BELOW:  # umap's exact case: hand it the distances it would compute
             data, metric = exact_distances(features), "precomputed"  # (N, D) -> (N, N)
@@ -339,6 +348,10 @@ class FeatureSpace:
         with warnings.catch_warnings():  # "using precomputed metric; inverse_transform will be unavailable": unused
             warnings.filterwarnings("ignore", message="using precomputed metric")
             reducer.fit(data)
+        if metric == "precomputed" and scipy.sparse.csgraph.connected_components(reducer.graph_)[0] > 1:
+            reducer = umap.UMAP(  # a graph in parts: umap places them by the data's distances, so fit on features
+                n_components=n_components, n_neighbors=n_neighbors, min_dist=min_dist, random_state=seed, n_jobs=1
+            ).fit(features)
         print(f" done in {time.perf_counter() - start:.0f} s", file=sys.stderr)
         params = dict(  # the settings UMAP.transform reads from the fitted model (besides the two arrays) and,
             # not read by it, min_dist, spread and the fit's seed, kept to say how the space was made

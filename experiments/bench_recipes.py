@@ -232,7 +232,7 @@ def bench_walks(run_dirs: list[str] | None = None, a: int = 4, b: int = 9, walks
 # ---------------------------------------------------------------------------
 # The main command in fewer seconds: which recipe keeps its quality? (docs/SPEED.md)
 # ---------------------------------------------------------------------------
-# name -> train.py flags; everything else is train.py's defaults at the time of the call ("" is today's default).
+# name -> train.py flags; everything else is train.py's defaults at the time of the call ("default": [] is them).
 QUICK_RECIPES = {
     "default": [],
     "400 steps, warm-up 25": ["--steps", "400", "--warmup", "25"],
@@ -267,6 +267,7 @@ def bench_quick(names: list[str] | None = None, seeds=None) -> None:
     and classifier-FID, the second reader's requested-digit share, and control (metrics.json's own-reference
     rate). About 4 minutes per 600-step run on a 2-core CPU."""
     import json
+    import math
     import re
 
     import metrics
@@ -310,8 +311,12 @@ def bench_quick(names: list[str] | None = None, seeds=None) -> None:
                   f"{row['second_accuracy']:.3f} | {control:.3f}", flush=True)
     if os.path.exists(kept):
         with open(kept) as f:
-            done = {(row["recipe"], row["seed"]) for row in table}
-            table += [row for row in json.load(f)["rows"] if (row["recipe"], row["seed"]) not in done]
+            earlier = {(row["recipe"], row["seed"]): row for row in json.load(f)["rows"]}
+        for row in table:  # a reused run keeps the training seconds measured when it was trained
+            if math.isnan(row["train_seconds"]) and (row["recipe"], row["seed"]) in earlier:
+                row["train_seconds"] = earlier[(row["recipe"], row["seed"])]["train_seconds"]
+        done = {(row["recipe"], row["seed"]) for row in table}
+        table += [row for key, row in earlier.items() if key not in done]
     write_atomically(kept,
                      lambda f: f.write(json.dumps(dict(readers="the experiment's evaluator and second reader, "
                                                                "kept in runs/bench-quick/", rows=table),

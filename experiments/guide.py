@@ -3,7 +3,7 @@
 The filter of sample.py --boundary (boundary.trusted: every guide member reads a found point as ambiguous
 between A and B) keeps what the guide's members find ambiguous; issue 38 found that with the guide of three
 width-16 seeds (design v1) it kept what that one kind of classifier finds ambiguous. Here each guide design
-(boundary.GUIDE_DESIGNS; --designs, v1 and the default v2) makes K trusted boundary samples per pair on each given
+(boundary.GUIDE_DESIGNS: v1, the default, and v2) makes K trusted boundary samples per pair on each given
 run, exactly as sample.py --boundary makes them (boundary.trusted_boundary_samples, its default method and
 sampler, walk seed 0), and three readers outside every guide read them:
 
@@ -33,7 +33,7 @@ read back instead of being made again, its seconds those of when it was made; th
 
 Time on the 2-core CPU: about 0.4 s per walk tried (docs/SPEED.md: 239 s for 598 walks with sample.py's sampler,
 14 images per walk that crosses), and runs x designs x pairs x K x (walks per trusted sample) walks: at the
-default K = 50 with 3 runs, 2 designs, 5 pairs and 4-6 walks per trusted sample, 6,000-9,000 walks, 40-60 min;
+default K = 50 with 3 runs, 2 designs, 5 pairs and 3-4.5 walks per trusted sample, 6,000-9,000 walks, 40-60 min;
 plus, on first use, each guide's training (three members of 300 steps) and the three readers'.
 """
 if not __package__:  # run as a file, it could not import its neighbours: say what to run instead

@@ -461,7 +461,8 @@ class Ensemble:
 def train_ensemble(images, labels, seeds: list[int], num_classes=None, steps: int = 300, device=None,
                    tag: str = "", widths: list[int] | None = None) -> Ensemble:
     """One train_classifier per seed, on the same images and labels; member i a SmallClassifier of widths[i]
-    (None: the default width 16 for each). Every temperature 1 (boundary.train_guide fits them)."""
+    (None: the default width 16 for each). Every temperature 1 (boundary.train_guide fits them where the design
+    holds digits out: v2)."""
     widths = [16] * len(seeds) if widths is None else list(widths)
     if len(widths) != len(seeds):
         raise ValueError(f"an ensemble needs one width per seed, got {len(widths)} widths for {len(seeds)} seeds")

@@ -1,7 +1,7 @@
 """train.py --eval's evaluator, trained in a second process while the UMAP fit runs.
 
 UMAP's fit with a fixed seed runs on one core (numba compiling its kernels, then its single-threaded layout), so
-on a 2-core CPU the other core idles for half a minute. The classifier that sample.py --eval scores with
+on a 2-core CPU the other core idles for 10-30 s. The classifier that sample.py --eval scores with
 (the run's classifier.pt) needs only the training images and labels, so it can be trained there meanwhile: the
 same function and arguments sample.py --eval would call (metrics.load_feature_network), on one thread. train.py
 waits for it before the U-Net trains (two jobs on two cores would slow each other's threads), then moves it into
@@ -11,11 +11,14 @@ If it fails, nothing is lost: a one-line note says so, and sample.py --eval trai
 """
 import multiprocessing
 import os
-import shutil
+import signal
 import sys
 import tempfile
+import threading
 
 import numpy as np
+
+from plumbing.data import write_atomically
 
 FROM_IMAGES = 2000  # below this a fit takes seconds, less than the second process's start (imports: seconds)
 FILE = "classifier.pt"  # sample.py --eval's evaluator in the run directory
@@ -31,9 +34,7 @@ def train_into(path: str, images: np.ndarray, labels: np.ndarray, num_classes: i
     try:
         net = classifier.train_classifier(images, labels, num_classes, device="cpu")
         classifier.save_classifier(net, path, run_id)
-    except KeyboardInterrupt:  # the Ctrl-C train.py reports itself
-        sys.exit(1)
-    except Exception as error:  # one line; train.py's keep says what happens instead
+    except Exception as error:  # its reason, beside train.py's note (keep) of what happens instead
         print(f"note: the evaluator beside the UMAP fit: {' '.join(str(error).split())}", file=sys.stderr)
         sys.exit(1)
 
@@ -50,18 +51,28 @@ class Beside:
             self.path = os.path.join(self.folder.name, FILE)
             self.process = multiprocessing.get_context("spawn").Process(target=train_into, args=(self.path, *work),
                                                                         daemon=True)
-            self.process.start()
+            main = threading.current_thread() is threading.main_thread()  # (only it may set a signal handler)
+            interrupt = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None  # the child ignores Ctrl-C
+            try:  # (a new Python keeps SIGINT ignored): train.py reports it, and __exit__ ends the child
+                self.process.start()
+            finally:
+                if main:
+                    signal.signal(signal.SIGINT, interrupt)
 
     def keep(self, out: str) -> None:
         """Wait for the evaluator; move it into --out (where sample.py --eval finds it), or say why not."""
         if self.process is None:
             return
         self.process.join()
-        if self.process.exitcode != 0 or not os.path.exists(self.path):
-            print(f"note: the evaluator trained beside the UMAP fit failed (exit code {self.process.exitcode}); "
+        try:
+            if self.process.exitcode != 0 or not os.path.exists(self.path):
+                raise RuntimeError(f"exit code {self.process.exitcode}")
+            with open(self.path, "rb") as f:  # (the temporary folder may be on another file system)
+                trained = f.read()
+            write_atomically(os.path.join(out, FILE), lambda f: f.write(trained))
+        except Exception as error:  # nothing lost: the evaluation trains its own, as without this process
+            print(f"note: the evaluator trained beside the UMAP fit failed ({' '.join(str(error).split())}); "
                   "sample.py --eval trains it after the U-Net", file=sys.stderr)
-        else:
-            shutil.move(self.path, os.path.join(out, FILE))  # (the temporary folder may be on another file system)
 
     def __enter__(self) -> "Beside":
         return self

@@ -450,3 +450,18 @@ def test_plot_positions_writes_a_png(small_space, small_space_data, tmp_path):
         with Image.open(tmp_path / name) as picture:
             assert picture.format == "PNG" and min(picture.size) > 200
     assert sorted(os.listdir(tmp_path)) == ["given.png", "umap.png"]  # no temporary files left
+
+
+def test_a_graph_in_parts_is_fitted_as_umap_learn_fits_it(small_space):
+    """Two far-apart clusters: UMAP's neighbour graph has two parts, and umap's spectral start places the parts by
+    distances from the data it is given, so FeatureSpace.fit refits from the features: umap-learn's own positions.
+    (small_space: the session's UMAP fit has compiled umap's kernels.)"""
+    import scipy.sparse.csgraph
+    import umap
+
+    rng = np.random.default_rng(0)
+    features = np.concatenate([rng.normal(0, 1, (40, 8)), rng.normal(1000, 1, (40, 8))]).astype(np.float32)
+    space = FeatureSpace.fit(features, n_components=3, seed=0)
+    assert scipy.sparse.csgraph.connected_components(space.umap.graph_)[0] == 2  # the case this is about
+    theirs = umap.UMAP(n_components=3, n_neighbors=15, min_dist=0.1, random_state=0, n_jobs=1).fit(features)
+    np.testing.assert_array_equal(space.positions, theirs.embedding_)
