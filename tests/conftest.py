@@ -3,11 +3,24 @@
 umap-learn compiles its numba kernels on the first fit in a process, so the
 whole test session fits a single small space and every test reuses it.
 """
-import numpy as np
-import pytest
+import os
 
-from plumbing.data import load_dataset
-from features import FeatureSpace, extract_features
+# Under pytest-xdist (pytest.ini: a worker per core) each worker gets its share of the cores: torch's threads and,
+# through OMP_NUM_THREADS, those of the processes tests start (train.py, torchrun). Two workers of two threads each
+# on two cores would stall each other at every OpenMP barrier.
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", 1))
+if WORKERS > 1:
+    os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // WORKERS))
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from plumbing.data import load_dataset  # noqa: E402
+from features import FeatureSpace, extract_features  # noqa: E402
+
+if WORKERS > 1:
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
 @pytest.fixture(scope="session")

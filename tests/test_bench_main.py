@@ -31,7 +31,7 @@ def test_cumulative_reads_one_functions_time_in_its_own_file(tmp_path):
 
 def test_the_section_times_a_tiny_command_in_fresh_processes(monkeypatch, capsys):
     monkeypatch.setattr(bench_main, "MAIN_FLAGS", ["--cond", "label", "--per-class", "2", "--steps", "2",
-                                                   "--batch-size", "4", "--save-every", "2"])
+                                                   "--batch-size", "4", "--save-every", "2", "--image-size", "8"])
     rows = dict(bench_main.bench_main())
     printed = capsys.readouterr().out
     assert "the main command, cold:" in printed and "| training (all steps) |" in printed

@@ -14,7 +14,7 @@ from plumbing import classifier
 import metrics
 import boundary
 import generation
-from plumbing import rundir
+from plumbing import rundir, train_command
 import train
 from plumbing.data import load_dataset
 from experiments import __main__ as cli
@@ -397,8 +397,8 @@ def shrink(monkeypatch, **settings):
 
 def test_every_section_runs_end_to_end_and_no_test_digit_trains_anything(tmp_path, monkeypatch, digits, small_space):
     # (small_space: the session's one UMAP fit, which compiles umap's kernels for the fits here too)
-    tiny = dict(TRAIN_FLAGS=("--steps", "2", "--per-class", "20", "--save-every", "2", "--warmup", "1",
-                             "--root", str(tmp_path / "data")),
+    tiny = dict(TRAIN_FLAGS=("--steps", "2", "--per-class", "20", "--batch-size", "16", "--save-every", "2",
+                             "--warmup", "1", "--root", str(tmp_path / "data")),
                 SAMPLER=dict(common.SAMPLER, steps=2), CLASSIFIER_ARGS={"steps": 2}, SEEDS=(0, 1), N_EVAL=20,
                 FLOOR_PER_CLASS=2, CURVE_WEIGHTS=(1.0, 2.0), CURVE_N=10,
                 INTERVAL_WEIGHTS=(3.0,), GUIDANCE_INTERVALS=((0.2, 20.0),), KID_SUBSETS=2, PER_REFERENCE=2, PAIRS=((4, 9),), WALKS=2, POINTS=3, SCARCE=(10,),
@@ -409,11 +409,15 @@ def test_every_section_runs_end_to_end_and_no_test_digit_trains_anything(tmp_pat
     monkeypatch.setattr(boundary, "GUIDE_STEPS", 2)
     fake_augment_crossings(monkeypatch)
     monkeypatch.setattr(train, "write_grid", lambda run, step: None)  # figures tested elsewhere: not needed here
+    monkeypatch.setattr(train, "plot_loss", lambda out: None)  # (loss.png: tests/test_training.py, test_bad_input.py)
+    small = train_command.unet_kwargs  # a U-Net of base width 8: what flows where is tested here, not quality
+    monkeypatch.setattr(train_command, "unet_kwargs", lambda *args: {**small(*args), "base_channels": 8})
     shrink(monkeypatch, plot_positions=lambda *args: None)
     seen = []  # every classifier's training images, every diffusion model (its images and feature space)
     train_classifier, load_run = classifier.train_classifier, rundir.load_run
+    # (a classifier trained with its default steps, augment's labeller, trains 2 here, as CLASSIFIER_ARGS's do)
     monkeypatch.setattr(classifier, "train_classifier", lambda images, *a, **k: seen.append(images) or
-                        train_classifier(images, *a, **k))
+                        train_classifier(images, *a, **{"steps": 2, **k}))
     monkeypatch.setattr(rundir, "load_run", lambda *a, **k: seen.append(load_run(*a, **k)) or seen[-1])
 
     out, runs = tmp_path / "out", tmp_path / "runs"

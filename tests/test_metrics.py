@@ -761,30 +761,38 @@ def test_cli_on_folders_and_npz(tmp_path, mnist_split, trained_classifier):
     assert result["n_real"] == 63 and result["features"] == "classifier"
 
 
-def test_cli_refuses_sets_of_two_sizes_unless_image_size_is_given(tmp_path, mnist_split, trained_classifier):
+def test_cli_refuses_sets_of_two_sizes_unless_image_size_is_given(tmp_path, mnist_split, trained_classifier, capsys):
+    # (in this process, as the other refusals here: python metrics.py's own process is test_cli_on_folders_and_npz's
+    # and test_cli_subprocess_offline_inception_is_one_line_exit_2's)
     _, _, test_x, test_y = mnist_split
     clf_path, _ = trained_classifier
     real, generated = tmp_path / "real.npz", tmp_path / "generated.npz"
     np.savez(real, images=test_x[::2], labels=test_y[::2])
     np.savez(generated, images=np.pad(test_x[1::2], ((0, 0), (2, 2), (2, 2), (0, 0))))  # 32 px digits
     for features in ("classifier", "inception"):
-        done = run_cli(real, generated, "--features", features, *(["--classifier", clf_path] if features == "classifier" else []))
-        assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
-        assert "28x28" in done.stderr and "32x32" in done.stderr and "--image-size N" in done.stderr
-    done = run_cli(real, generated, "--features", "classifier", "--classifier", clf_path, "--image-size", "28")
-    assert done.returncode == 0, done.stderr
+        argv = [str(real), str(generated), "--features", features,
+                *(["--classifier", str(clf_path)] if features == "classifier" else [])]
+        assert metrics_command.main(argv) == 2
+        said = capsys.readouterr()
+        assert said.err.count("\n") == 1 and said.out == "", said.err
+        assert "28x28" in said.err and "32x32" in said.err and "--image-size N" in said.err
+    assert metrics_command.main([str(real), str(generated), "--features", "classifier", "--classifier", str(clf_path),
+                                 "--image-size", "28"]) == 0, capsys.readouterr().err
 
 
-def test_cli_says_when_is_uses_fewer_splits_and_bounds_the_feature_batch(tmp_path, mnist_split, trained_classifier):
+def test_cli_says_when_is_uses_fewer_splits_and_bounds_the_feature_batch(tmp_path, mnist_split, trained_classifier,
+                                                                          capsys):
     _, _, test_x, test_y = mnist_split
     clf_path, _ = trained_classifier
     real, ten = tmp_path / "real.npz", tmp_path / "ten.npz"
     np.savez(real, images=test_x[::2], labels=test_y[::2])
     np.savez(ten, images=test_x[1:20:2])
-    done = run_cli(real, ten, "--features", "classifier", "--classifier", clf_path)
-    assert done.returncode == 0 and "(1 splits)" in done.stdout and "note: 1 split of 10 images, not 10" in done.stdout
-    done = run_cli(real, ten, "--features", "classifier", "--classifier", clf_path, "--feature-batch-size", "10000000000")
-    assert done.returncode == 2 and "--feature-batch-size 10000000000 asks for more than this machine can hold" in done.stderr
+    argv = [str(real), str(ten), "--features", "classifier", "--classifier", str(clf_path)]
+    assert metrics_command.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "(1 splits)" in out and "note: 1 split of 10 images, not 10" in out
+    assert metrics_command.main([*argv, "--feature-batch-size", "10000000000"]) == 2
+    assert "--feature-batch-size 10000000000 asks for more than this machine can hold" in capsys.readouterr().err
 
 
 def test_cli_trains_the_classifier_on_labelled_real_images(tmp_path, mnist_split, monkeypatch, capsys):

@@ -17,7 +17,7 @@ import ddpm
 from plumbing import rundir
 import boundary
 import generation
-from plumbing import lock
+from plumbing import commands, lock
 import sample
 import train
 from plumbing import train_command
@@ -744,6 +744,7 @@ def test_eval_trains_the_evaluator_beside_the_umap_fit(folder, tmp_path, monkeyp
     from plumbing import classifier, evaluator
 
     monkeypatch.setattr(evaluator, "FROM_IMAGES", 0)  # (the tiny folder's fit is quick: no time to save here)
+    monkeypatch.setattr(commands, "DEFAULT_EVAL_N", 20)  # (--eval scores 20 samples, not 1,000: what is scored is not tested here)
     plain = tmp_path / "plain"
     train.main(tiny(folder, plain, "--cond", "label+pos", "--pos-dim", "2"))
     trained_here = classifier.train_classifier
@@ -754,8 +755,9 @@ def test_eval_trains_the_evaluator_beside_the_umap_fit(folder, tmp_path, monkeyp
     config = json.load(open(beside / "config.json"))
     assert classifier.load_classifier(str(beside / "classifier.pt")).model.run_id == config["run_id"]
     assert os.path.exists(beside / "samples" / "metrics.json")
-    for key, value in state(plain)["ema"].items():
-        assert torch.equal(value, state(beside)["ema"][key]), key
+    plain_ema, beside_ema = state(plain)["ema"], state(beside)["ema"]
+    for key, value in plain_ema.items():
+        assert torch.equal(value, beside_ema[key]), key
 
     start = evaluator.start  # (eval_after, fits_umap, images, labels, num_classes, ...): 1 class fails there
     monkeypatch.setattr(evaluator, "start", lambda *args: start(*args[:4], 1, *args[5:]))

@@ -115,7 +115,7 @@ def test_tiny_overfit_drives_the_loss_down():
 
     start = fixed_loss()
     opt = torch.optim.AdamW(net.parameters(), lr=3e-3)
-    for _ in range(250):
+    for _ in range(60):  # (below 0.25 x the start by step 25: 0.14, 0.06 at 50; 250 steps gave the same verdict)
         opt.zero_grad()
         d.loss(net, x0.repeat(4, 1, 1, 1), {"label": cond["label"].repeat(4)}).backward()
         opt.step()
