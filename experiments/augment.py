@@ -82,7 +82,8 @@ def boundary_set(run: rundir.Run, method: str, pairs: list, count: int, seed: in
         walks = -(-(count - have) // len(directions))  # walks per direction still wanted, rounded up
         for i, (a, b) in enumerate(directions):
             part = boundary.boundary_samples(run, a, b, walks, method=method, seed=seed + 1000 * round_ + i,
-                                           guide=guide, sampler=SAMPLER, grid=BETWEEN_GRID, tolerance=BETWEEN_TOLERANCE)
+                                           guide=guide, sampler=SAMPLER, grid=BETWEEN_GRID, tolerance=BETWEEN_TOLERANCE,
+                                           point=boundary.GUIDE_DESIGNS[GUIDE_DESIGN].point)
             crossed.append(np.asarray(part.pop("crossed"), bool))
             parts.append(part)
             have += len(part["labels"])

@@ -125,24 +125,27 @@ def bench_diffusion() -> None:
 # Boundary samples: the time of `python sample.py RUN --boundary A B --boundary-n 100` (target: within 3 minutes on 2 CPU cores)
 # ---------------------------------------------------------------------------
 def bench_boundary(run_dir: str | None = None, a: int = 4, b: int = 9, n: int | None = None,
-                   methods: tuple[str, ...] | None = None) -> None:
+                   methods: tuple[str, ...] | None = None, design: str | None = None) -> None:
     """Seconds for n (None: BOUNDARY_N) trusted boundary samples per method on a trained run (None: the main
     command's, bench_recipes.QUICK_RUN), as `sample.py --boundary` makes them
     (boundary.trusted_boundary_samples; the guide trained first, once, not timed): the walks tried, how many crossed,
-    how many found points the filter kept, and so the walks tried per trusted sample (what the filter costs)."""
+    how many found points the filter kept, and so the walks tried per trusted sample (what the filter costs).
+    design: the guide's design (boundary.GUIDE_DESIGNS; None: sample.py's default), its members and its point."""
     import boundary
     from plumbing import rundir
     run_dir, n = run_dir or bench_recipes.QUICK_RUN, n or BOUNDARY_N
+    design = design or boundary.DEFAULT_GUIDE_DESIGN
     run = rundir.load_run(run_dir)
-    guide = boundary.boundary_guide(run)  # kept as guide.pt: later calls only load it
-    print(f"{run_dir}, {a} -> {b}, {n} trusted samples asked | method | seconds | walks tried | crossed | "
-          "trusted | walks per trusted sample")
+    guide = boundary.boundary_guide(run, design=design)  # kept in the run (boundary.GUIDE_FILES): later calls load it
+    print(f"{run_dir}, guide {design}, {a} -> {b}, {n} trusted samples asked | method | seconds | walks tried | "
+          "crossed | trusted | walks per trusted sample")
     for method in methods or boundary.BOUNDARY_METHODS:
         if boundary.BOUNDARY_NEEDS[method] not in run.config["unet"]["conditions"]:
             continue
         start = time.perf_counter()
         _, counts = boundary.trusted_boundary_samples(run, a, b, n, method, seed=0, guide=guide,
-                                                      sampler=BOUNDARY_SAMPLER)
+                                                      sampler=BOUNDARY_SAMPLER,
+                                                      point=boundary.GUIDE_DESIGNS[design].point)
         seconds = time.perf_counter() - start
         per = f"{counts['tried'] / counts['trusted']:.2f}" if counts["trusted"] else "-"
         print(f"{method} | {seconds:.1f} | {counts['tried']} | {counts['crossed']} | {counts['trusted']} | {per}",

@@ -328,7 +328,8 @@ def boundary_set(ctx: Context, run: rundir.Run, name: str, a: int, b: int, seed:
     return kept_set(os.path.join(ctx.out, "between", folder), key,
                     lambda: boundary.boundary_samples(run, a, b, WALKS, method, WALK_SEED, guide, chosen,
                                                     BETWEEN_TOLERANCE, grid=BETWEEN_GRID,
-                                                    evaluators=[ctx.scorer.net, second]))
+                                                    evaluators=[ctx.scorer.net, second],
+                                                    point=boundary.GUIDE_DESIGNS[GUIDE_DESIGN].point))
 
 
 def between(ctx: Context) -> dict:

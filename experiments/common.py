@@ -53,8 +53,9 @@ TABLE_WEIGHTS = tuple(sorted({1.0, DEFAULT_W}))  # every seed and protocol at th
 VAL_PER_CLASS = 50  # validation digits per class (training digits outside the scarce set) to find confusions
 KID_SUBSETS = 100  # KID's subsets of min(1000, N) rows (torch-fidelity's defaults; N = 1000: the whole sets)
 SETS_VERSION = 1  # part of every kept set's key: raise it when the way sets are made changes
-# The guide of sections 3 and 4 (boundary.GUIDE_DESIGNS): v1, with which docs/EXPERIMENT.md's numbers were made
-# (also sample.py --boundary's default, chosen over v2 by python -m experiments.guide; pinned here all the same).
+# The guide of sections 3 and 4 (boundary.GUIDE_DESIGNS), its members and its point: v1, with which
+# docs/EXPERIMENT.md's numbers were made and its sets kept (sample.py --boundary's default is v3 since 2026-12-07:
+# v1's members, the walk's most ambiguous point; python -m experiments.guide chose it).
 GUIDE_DESIGN = "v1"
 
 

@@ -3,7 +3,7 @@
 The filter of sample.py --boundary (boundary.trusted: every guide member reads a found point as ambiguous
 between A and B) keeps what the guide's members find ambiguous; issue 38 found that with the guide of three
 width-16 seeds (design v1) it kept what that one kind of classifier finds ambiguous. Here each guide design
-(boundary.GUIDE_DESIGNS: v1, the default, and v2) makes K trusted boundary samples per pair on each given
+(boundary.GUIDE_DESIGNS: v1, v2 and v3, the default) makes K trusted boundary samples per pair on each given
 run, exactly as sample.py --boundary makes them (boundary.trusted_boundary_samples, its default method and
 sampler, walk seed 0), and three readers outside every guide read them:
 
@@ -33,7 +33,8 @@ read back instead of being made again, its seconds those of when it was made; th
 
 Time on the 2-core CPU: about 0.4 s per walk tried (docs/SPEED.md: 239 s for 598 walks with sample.py's sampler,
 14 images per walk that crosses), and runs x designs x pairs x K x (walks per trusted sample) walks: at the
-default K = 50 with 3 runs, 2 designs, 5 pairs and 3-4.5 walks per trusted sample, 6,000-9,000 walks, 40-60 min;
+default K = 50 with 3 runs, 3 designs, 5 pairs and 2.7-5 walks per trusted sample, 8,000-11,000 walks, about an
+hour (K = 20 with 2 runs: 17 min on 2026-12-07, the guides' training included);
 plus, on first use, each guide's training (three members of 300 steps) and the three readers'.
 """
 if not __package__:  # run as a file, it could not import its neighbours: say what to run instead
@@ -63,7 +64,7 @@ except KeyboardInterrupt:
 # The command's settings (its flags' defaults; tests shrink SAMPLER)
 PAIRS = ((4, 9), (3, 5), (7, 1), (8, 9), (2, 7))  # between.py's pairs (its three, then the two it found most confused)
 K = 50  # trusted samples asked per run, design and pair (boundary.MAX_WALKS_PER_SAMPLE walks per sample at most)
-DESIGNS = tuple(boundary.GUIDE_DESIGNS)  # v1 (the default) and v2
+DESIGNS = tuple(boundary.GUIDE_DESIGNS)  # v1, v2 and v3 (the default)
 WALK_SEED = 0  # sample.py's default --seed
 SAMPLER = None  # sample.py's (boundary_samples' defaults); tests give fewer steps
 METHOD = boundary.DEFAULT_BOUNDARY_METHOD
@@ -168,7 +169,8 @@ def trusted_set(out: str, run: rundir.Run, design: str, guide, a: int, b: int, k
         if kept.get("key") == key:
             return load_part(npz), kept["made"]
     start = time.perf_counter()
-    part, counts = boundary.trusted_boundary_samples(run, a, b, k, METHOD, WALK_SEED, guide, SAMPLER)
+    part, counts = boundary.trusted_boundary_samples(run, a, b, k, METHOD, WALK_SEED, guide, SAMPLER,
+                                                     point=boundary.GUIDE_DESIGNS[design].point)
     made = dict(tried=counts["tried"], crossed=counts["crossed"], trusted=counts["trusted"],
                 seconds=round(time.perf_counter() - start, 2))
     write_atomically(npz, lambda f: f.write(outputs.samples_npz(part)))
@@ -280,7 +282,8 @@ def guide_experiment(run_dirs: list[str], k: int = K, pairs=PAIRS, out: str = OU
     nets = readers(ctx)
     guides, records = run_guides(runs, nets)
     designs = {d: dict(widths=list(boundary.GUIDE_DESIGNS[d].widths),
-                       calibration_share=boundary.GUIDE_DESIGNS[d].calibration_share) for d in DESIGNS}
+                       calibration_share=boundary.GUIDE_DESIGNS[d].calibration_share,
+                       point=boundary.GUIDE_DESIGNS[d].point) for d in DESIGNS}
     result = dict(k=k, pairs=[f"{a}-{b}" for a, b in pairs], designs=designs, runs=[run_name(r) for r in runs],
                   method=METHOD, sampler=SAMPLER or "sample.py's", guides=records,
                   readers={name: dict(test_accuracy=reader_accuracy(ctx, net)) for name, net in nets.items()},

@@ -60,8 +60,8 @@ def test_the_guide_is_never_the_evaluator(run_dir, tmp_path):  # noqa: F811
     guide = boundary.boundary_guide(run, steps=5)
     assert len(guide.members) == boundary.GUIDE_MEMBERS and 0 not in guide.seeds
     assert not any(classifier.same_weights(m, evaluator) for m in guide.members)
-    assert os.path.exists(os.path.join(run.dir, "guide.pt"))
-    again = boundary.boundary_guide(run, steps=5)  # reloaded from guide.pt: the same weights
+    assert os.path.exists(os.path.join(run.dir, boundary.GUIDE_FILE))
+    again = boundary.boundary_guide(run, steps=5)  # reloaded from its file: the same weights
     assert all(classifier.same_weights(m, n) for m, n in zip(guide.members, again.members))
     # the evaluator's own weights as the guide (here from its file, under another name) are refused
     same = classifier.Ensemble([classifier.load_classifier(os.path.join(run.dir, "classifier.pt"))], [7])

@@ -39,14 +39,14 @@ def run(run_dir, tmp_path):  # noqa: F811
 def test_v2_members_differ_in_width_none_a_readers_and_v1_is_three_seeds_of_the_evaluators_network(run, monkeypatch):
     calls = spy_training(monkeypatch)
     v2 = boundary.boundary_guide(run, design="v2")
-    assert boundary.DEFAULT_GUIDE_DESIGN == "v1" and v2.seeds == [1, 2, 3]  # v1: chosen by experiments.guide
+    assert boundary.DEFAULT_GUIDE_DESIGN == "v3" and v2.seeds == [1, 2, 3]  # v3: chosen by experiments.guide
     widths = [m.model.config["width"] for m in v2.members]
     assert widths == [8, 12, 24] and [c["width"] for c in calls] == widths and [c["seed"] for c in calls] == [1, 2, 3]
     assert all(isinstance(m.model, classifier.SmallClassifier) for m in v2.members)
     assert not {16, 32} & set(widths)  # none the width of the evaluator (16) or of between.py's second reader (32)
     assert 0 not in v2.seeds and boundary.EVALUATOR_SEED == 0
     calls.clear()
-    v1 = boundary.boundary_guide(run)  # the default
+    v1 = boundary.boundary_guide(run, design="v1")
     assert [m.model.config["width"] for m in v1.members] == [16] * 3 and v1.seeds == [1, 2, 3]
     assert v1.temperatures == [1.0] * 3  # read as trained
     assert all(np.array_equal(c["images"], run.images) for c in calls)  # v1: every digit, as before issue 38
@@ -59,8 +59,9 @@ def test_v2_members_differ_in_width_none_a_readers_and_v1_is_three_seeds_of_the_
         boundary.boundary_guide(run, design="v9")
 
 
-def test_every_guide_file_is_a_run_file_and_sample_py_keeps_the_default_in_guide_pt():
-    assert boundary.GUIDE_FILE == "guide.pt" == boundary.GUIDE_FILES[boundary.DEFAULT_GUIDE_DESIGN]
+def test_every_guide_file_is_a_run_file_and_v1_keeps_guide_pt():
+    assert boundary.GUIDE_FILE == "guide-v3.pt" == boundary.GUIDE_FILES[boundary.DEFAULT_GUIDE_DESIGN]
+    assert boundary.GUIDE_FILES["v1"] == "guide.pt"  # (the first default's name: runs and sets made with it stay valid)
     assert set(boundary.GUIDE_FILES) == set(boundary.GUIDE_DESIGNS)
     assert set(boundary.GUIDE_FILES.values()) <= set(rundir.RUN_FILES)  # an overwrite removes them with the run
     assert len(set(boundary.GUIDE_FILES.values())) == len(boundary.GUIDE_FILES)
@@ -277,7 +278,7 @@ def test_the_guide_experiment_reads_each_designs_trusted_samples_with_three_outs
     experiment.main(argv)
     r = json.loads((out / "results.json").read_text())
     assert r["runs"] == ["label-pos-s0", "label-pos-s1"] and r["pairs"] == ["4-9"] and r["k"] == 2
-    assert set(r["summary"]) == {"v1", "v2"} and set(r["readers"]) == {"evaluator", "second", "mlp"}
+    assert set(r["summary"]) == {"v1", "v2", "v3"} and set(r["readers"]) == {"evaluator", "second", "mlp"}
     mlp = classifier.load_classifier(readers / experiment.MLP_READER_FILE, "cpu")
     assert isinstance(mlp.model, classifier.PixelMLP)  # the reader of another architecture, kept with the others
     for run in r["runs"]:
@@ -304,7 +305,8 @@ def test_the_guide_experiment_reads_each_designs_trusted_samples_with_three_outs
                 p = experiment.probabilities(mlp, kept["images"])  # (2, 10)
             assert cell["read"]["readers"]["mlp"]["ambiguous"] == int((np.minimum(p[:, 4], p[:, 9]) >= 0.2).sum())
     real = r["real"]["4-9"]
-    assert real["n"] >= 20 and 0 <= real["mlp"]["ambiguous_share"] <= 1 and set(real["kept_by_filter"]) == {"v1", "v2"}
+    assert real["n"] >= 20 and 0 <= real["mlp"]["ambiguous_share"] <= 1
+    assert set(real["kept_by_filter"]) == {"v1", "v2", "v3"}
     tables = (out / "tables.md").read_text()
     assert "| v2 | 4-9 | 4 / 4 | 2.0 (2.0, 2.0) |" in tables and "| v1 | all pairs |" in tables
     assert "| 4-9 |" in tables.split("The real reference")[1]
@@ -323,3 +325,70 @@ def test_the_guide_experiment_refuses_bad_input_in_one_line(mnist_runs, run_dir,
     fails(experiment, [mnist_runs[0], "--pairs", "4-x", *out], "--pairs 4-x: a pair is two different digits")
     fails(experiment, [mnist_runs[0], "--k", "0", *out], "--k 0: ask for at least one trusted sample")
     assert not (tmp_path / "readers").exists()  # refused before any reader trained
+
+
+# ---------------------------------------------------------------------------
+# v3: the walk's most ambiguous point
+# ---------------------------------------------------------------------------
+def test_most_ambiguous_is_the_point_whose_least_ambiguous_member_is_most_ambiguous_trusted_first():
+    readings = np.array([[[0.5, 0.5], [0.9, 0.1]],  # one member sure: min 0.1
+                         [[0.35, 0.6], [0.6, 0.35]],  # every member between: min 0.35
+                         [[0.45, 0.55], [0.75, 0.25]]])  # (P, M, 2): min 0.25
+    assert boundary.most_ambiguous(readings) == 1
+    third_class = [[0.4, 0.4], [0.42, 0.4]]  # min 0.4, but a fifth of the mass elsewhere: not trusted
+    assert boundary.most_ambiguous(np.array([*readings, third_class])) == 1  # the trusted point, though less ambiguous
+    assert boundary.most_ambiguous(np.array([readings[0], third_class])) == 1  # none trusted: the most ambiguous
+
+
+class TwoRamps:
+    """A toy guide of two members reading the tiny images' upper-half brightness t: P(B) = t, and a steeper
+    P(B) = clip(2 t - 1/2, 0, 1); both cross 0.5 at t = 0.5 (as test_boundary's Ramp)."""
+    seeds = [1, 2]
+
+    def member_prob(self, images):  # (2, N, 2)
+        t = images[:, : images.shape[1] // 2].mean(axis=(1, 2, 3)) / 255.0
+        steep = np.clip(2 * t - 0.5, 0, 1)
+        return np.stack([np.stack([1 - t, t], 1), np.stack([1 - steep, steep], 1)])
+
+    def prob(self, images):
+        return self.member_prob(images).mean(axis=0)
+
+
+def test_v3_is_v1s_members_keeping_each_walks_most_ambiguous_read_point(run, monkeypatch):
+    """v3 trains v1's members (its own file); boundary_samples with its point keeps, per walk that crossed, the
+    point of its grid and bisection where the least ambiguous member is most ambiguous, judged by `trusted` there;
+    with "crossing" the point is s* itself."""
+    v1, v3 = boundary.GUIDE_DESIGNS["v1"], boundary.GUIDE_DESIGNS["v3"]
+    assert (v3.widths, v3.calibration_share, v1.point, v3.point) == (v1.widths, v1.calibration_share, "crossing",
+                                                                     "most ambiguous")
+    assert "point=most ambiguous" in boundary.guide_tag(run, "v3", 2) and "point" not in boundary.guide_tag(run, "v1", 2)
+    guide, sampler = TwoRamps(), dict(name="ddim", steps=2, eta=1.0, guidance=1.0)
+    searched, find = {}, boundary.find_crossings
+
+    def spy(prob_b, walks, grid, tolerance):  # every (walk, s) the search reads
+        def reading(walk, s):
+            for w, s_w in zip(walk, s):
+                searched.setdefault(int(w), []).append(float(s_w))
+            return prob_b(walk, s)
+        return find(reading, walks, grid, tolerance)
+    monkeypatch.setattr(boundary, "find_crossings", spy)
+    kept = boundary.boundary_samples(run, 0, 1, 6, guide=guide, sampler=sampler, evaluators=[], point="most ambiguous")
+    searched_v3 = dict(searched)
+    searched.clear()
+    star = boundary.boundary_samples(run, 0, 1, 6, guide=guide, sampler=sampler, evaluators=[], point="crossing")
+    assert searched == searched_v3 and kept["walk"].tolist() == star["walk"].tolist() and len(kept["walk"])
+    endpoints = boundary.boundary_endpoints(run, 0, 1, 0, np.arange(6))
+    for i, w in enumerate(kept["walk"]):
+        s = np.array([*searched[int(w)], star["s"][i]], np.float32)  # its grid, its bisection, then s*
+        images, _ = boundary.walk_images(run, endpoints, np.full(len(s), w), s, "soft", 0, sampler, 0)
+        readings = boundary.guide_readings(guide, images, 0, 1)  # (P, M, 2)
+        assert kept["s"][i] == s[boundary.most_ambiguous(readings)]
+        assert np.allclose(kept["guide_prob"][i], readings[boundary.most_ambiguous(readings)], atol=1e-6)
+        assert np.array_equal(kept["images"][i], images[boundary.most_ambiguous(readings)])
+        assert np.allclose(kept["cond"]["label"][i, 1], kept["s"][i])  # the soft label at the point kept
+        assert kept["trusted"][i] or not star["trusted"][i]  # s* is one of its points: trusted where v1's is
+    assert np.allclose(kept["width"], star["width"], equal_nan=True, atol=0.02)  # the width: around s* in both
+    assert kept["trusted"].tolist() == boundary.trusted(kept["guide_prob"]).tolist()
+    assert not np.array_equal(kept["s"], star["s"])  # (another point than s* here)
+    with pytest.raises(ValueError, match="unknown boundary point 'middle'"):
+        boundary.boundary_samples(run, 0, 1, 1, guide=guide, sampler=sampler, evaluators=[], point="middle")

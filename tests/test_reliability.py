@@ -207,7 +207,7 @@ def test_sample_boundary_cannot_write_guide_pt_one_line(run, tmp_path, monkeypat
     monkeypatch.setattr(boundary, "GUIDE_STEPS", 1)
     refuse_writes(monkeypatch, {boundary.GUIDE_FILE}, code)
     fails(sample, [str(run_copy), "--out", str(out), "--boundary", "0", "1", "--boundary-n", "1", "--sampling-steps", "1"],
-          rf"cannot write \S+/r/guide.pt: {why}")
+          rf"cannot write \S+/r/{boundary.GUIDE_FILE}: {why}")
     assert snapshot(run_copy) == run_before and not out.exists()
 
 
@@ -219,7 +219,7 @@ def test_a_read_only_run_is_refused_before_any_work(run, tmp_path, monkeypatch):
     fails(sample, [str(run), "--out", str(tmp_path / "o"), "--eval"],
           r"cannot write \S+classifier.pt: \S+ is read-only for you, and --eval keeps its classifier.pt there")
     fails(sample, [str(run), "--out", str(tmp_path / "o"), "--boundary", "0", "1"],
-          r"cannot write \S+guide.pt: .* --boundary keeps its guide.pt there")
+          rf"cannot write \S+{boundary.GUIDE_FILE}: .* --boundary keeps its {boundary.GUIDE_FILE} there")
 
 
 def test_sample_out_that_cannot_be_written_is_one_line_and_keeps_the_earlier_files(run, tmp_path, monkeypatch):
