@@ -2,15 +2,18 @@
 
 A walk moves the conditions from a class-A training image's to a class-B one's
 (`walk_conditions`) with one noise for every point, so along a
-walk only the conditions change (`walks`; sample.py --between). A boundary
-sample is the point of a walk where a guide (small classifiers, never the one
-that scores the result) reads P(B) = 0.5: a coarse grid, then bisection
-(`find_crossings`); it is kept when every guide member reads it as ambiguous
-between A and B and the guide puts most of its mass on A and B (`trusted`;
-sample.py --boundary, `trusted_boundary_samples`). The guide is made as its
-design says (`GUIDE_DESIGNS`): v1, the default, three seeds of one network read
-as trained; v2, members of three widths each read through a temperature fitted
-on training digits they did not train on (`boundary_guide`, `train_guide`,
+walk only the conditions change (`walks`; sample.py --between). A guide
+(small classifiers, never the one that scores the result) finds the point s*
+of a walk where it reads P(B) = 0.5: a coarse grid, then bisection
+(`find_crossings`). The boundary sample is s* itself, or (design v3, the
+default) the most ambiguous of the points the search read on that walk
+(`POINTS`, `most_ambiguous`); it is kept when every guide member reads it as
+ambiguous between A and B and the guide puts most of its mass on A and B
+(`trusted`; sample.py --boundary, `trusted_boundary_samples`). The guide is
+made as its design says (`GUIDE_DESIGNS`): v1 and v3, three seeds of one
+network read as trained (one guide: they differ in their point only); v2,
+members of three widths each read through a temperature fitted on training
+digits they did not train on (`boundary_guide`, `train_guide`,
 `fit_temperature`).
 """
 import dataclasses
@@ -191,12 +194,13 @@ GUIDE_DESIGNS = {
     # reader 42% vs 54%, a pixel perceptron 32% vs 32%), at 5.0 walks per trusted sample against 3.5 (its fitted
     # T < 1 sharpen the members, so fewer points pass): kept for comparison, not the default.
     "v2": GuideDesign(widths=(8, 12, 24), calibration_share=0.1),
-    # v3, the default since 2026-12-07: v1's members, but the point kept is the walk's most ambiguous one to all
-    # of them (POINTS), not the crossing of their mean: a point where every member is as far from sure as the walk
-    # allows, rather than one where the members' mean is balanced while one of them may already be sure. Measured
-    # as v2 was: the readers outside find its trusted samples as ambiguous as v1's (59%, 53%, 32% against 60%, 54%,
-    # 32%) at 2.7 walks per trusted sample against 3.5 (4.6 against 6.0 on 4-9, the hardest pair): the same
-    # samples' quality for fewer walks, so the default. None of the three generalises as issue 38 asks.
+    # v3, the default since 2026-12-07: v1's members (the same trained guide, members_design), but the point kept
+    # is the walk's most ambiguous one to all of them (POINTS), not the crossing of their mean: a point where every
+    # member is as far from sure as the walk allows, rather than one where the members' mean is balanced while one
+    # of them may already be sure. Measured as v2 was, on the same guides and walks as v1: the readers outside
+    # find its trusted samples about as ambiguous as v1's (57%, 50%, 35% against 60%, 54%, 32%; the intervals
+    # overlap widely) at 2.5 walks per trusted sample against 3.5 (3.7 against 6.0 on 4-9, the hardest pair):
+    # fewer walks for samples of the same ambiguity, so the default. None of the three generalises as issue 38 asks.
     "v3": GuideDesign(widths=(16, 16, 16), calibration_share=0.0, point="most ambiguous"),
 }
 
@@ -204,12 +208,21 @@ GUIDE_DESIGNS = {
 DEFAULT_GUIDE_DESIGN = "v3"  # sample.py --boundary's guide: chosen by python -m experiments.guide (above)
 
 
-# Each design's file in the run directory (so that comparing designs trains each once); guide.pt is v1's, the first
-# default's, under the name it was made with (the experiment's sections 3 and 4 keep using it);
+def members_design(design: str) -> str:
+    """The design whose guide `design` reads: the first design of the same members (widths and calibration share).
+    A guide is its members: designs that differ only in their point (v1 and v3) share one trained guide, so that
+    comparing them compares the points alone."""
+    spec = GUIDE_DESIGNS[design]
+    return next(name for name, other in GUIDE_DESIGNS.items()
+                if (other.widths, other.calibration_share) == (spec.widths, spec.calibration_share))
+
+
+# Each guide's file in the run directory (so that comparing designs trains each guide once), by the design that
+# trained it (members_design): guide.pt holds v1's members, which v3, the default, reads too;
 # GUIDE_MEMBERS the default's members (trained with the seeds seed .. seed + GUIDE_MEMBERS - 1); GUIDE_STEPS each
 # member's training steps (classifier.train_classifier's default, 300).
-GUIDE_FILES = {"v1": "guide.pt", "v2": "guide-v2.pt", "v3": "guide-v3.pt"}
-GUIDE_FILE = GUIDE_FILES[DEFAULT_GUIDE_DESIGN]
+GUIDE_FILES = {"v1": "guide.pt", "v2": "guide-v2.pt"}
+GUIDE_FILE = GUIDE_FILES[members_design(DEFAULT_GUIDE_DESIGN)]
 GUIDE_MEMBERS, GUIDE_STEPS = len(GUIDE_DESIGNS[DEFAULT_GUIDE_DESIGN].widths), 300
 
 
@@ -279,22 +292,23 @@ def train_guide(images: np.ndarray, labels: np.ndarray, num_classes: int, design
 
 
 def guide_tag(run: Run, design: str, steps: int) -> str:
-    """What a kept guide was made for: the run, its members' steps and the design in full (a design edited in
-    place is trained again)."""
+    """What a kept guide was made for: the run, its members' steps and the design that trains them in full
+    (members_design; a design edited in place is trained again). Not the point: that is read off the guide."""
+    design = members_design(design)
     spec = GUIDE_DESIGNS[design]
-    point = "" if spec.point == "crossing" else f" point={spec.point}"  # (v1's and v2's tags as they were made)
     return (f"{run.config['run_id']} steps={steps} design={design} widths={','.join(map(str, spec.widths))} "
-            f"calibration={spec.calibration_share:g} split_seed={CALIBRATION_SEED}{point}")
+            f"calibration={spec.calibration_share:g} split_seed={CALIBRATION_SEED}")
 
 
 def boundary_guide(run: Run, seed: int = 1, steps: int | None = None, design: str = DEFAULT_GUIDE_DESIGN):
     """The guide of boundary_samples, made as GUIDE_DESIGNS[design] says (`train_guide`) from the run's training
     digits, its members' seeds seed, seed + 1, .. (never the evaluator's 0): a classifier.Ensemble whose prob is
-    the mean of its members' softmax(z / T) (T = 1 in v1; fitted in v2).
+    the mean of its members' softmax(z / T) (T = 1 in v1 and v3; fitted in v2).
 
-    steps: each member's training steps (None: GUIDE_STEPS). Kept in the run directory as GUIDE_FILES[design]
-    (atomically; reloaded with weights_only) for this run, seeds, steps and design; a file of another run, other
-    seeds, steps or design, or of an older format (classifier.ENSEMBLE_VERSION), is trained again and replaced.
+    steps: each member's training steps (None: GUIDE_STEPS). Kept in the run directory as the file of the design
+    that trains these members, GUIDE_FILES[members_design(design)] (v3 reads v1's guide.pt; atomically; reloaded
+    with weights_only) for this run, seeds, steps and members; a file of another run, other seeds, steps or members,
+    or of an older format (classifier.ENSEMBLE_VERSION), is trained again and replaced.
     """
     if design not in GUIDE_DESIGNS:
         raise ValueError(f"unknown guide design {design!r}; choose one of {', '.join(GUIDE_DESIGNS)}")
@@ -303,7 +317,7 @@ def boundary_guide(run: Run, seed: int = 1, steps: int | None = None, design: st
         raise ValueError(f"the guide's seeds {seeds} must not include the evaluator's seed {EVALUATOR_SEED}: "
                          "use seed >= 1")
     tag = guide_tag(run, design, steps)
-    path = os.path.join(run.dir, GUIDE_FILES[design])
+    path = os.path.join(run.dir, GUIDE_FILES[members_design(design)])
     if os.path.exists(path):
         try:
             guide = classifier.load_ensemble(path, run.device)
@@ -450,7 +464,7 @@ def trusted(guide_prob: np.ndarray) -> np.ndarray:
     """guide_prob (N, M, 2): each guide member's (P(A), P(B)) at a found point -> (N,) bool: every member reads it
     as ambiguous (min(P(A), P(B)) >= metrics.AMBIGUOUS) and the members' mean P(A) + P(B) >= TRUST_MASS.
 
-    The readings are each member's softmax(z / T) (`guide_readings`): T = 1 in the default design v1; in v2 the
+    The readings are each member's softmax(z / T) (`guide_readings`): T = 1 in v1 and v3 (the default); in v2 the
     temperature fitted on digits the member did not train on, which gives the threshold its meaning: of the held-out digits a calibrated member
     reads at P(A) = 0.2, about one in five is an A, whatever the member's width. So "every member gives each of
     A and B at least 0.2" asks the same odds of every member; read as trained, it would ask most of the
@@ -508,12 +522,10 @@ def boundary_samples(run: Run, a: int, b: int, walks: int, method: str = DEFAULT
     def prob_b(walk, s):  # walk (M,) local index, s (M,) -> the guide's P(b) (M,)
         s = np.asarray(s, np.float32)
         images, _ = walk_images(run, endpoints, ids[walk], s, method, a, sampler, seed)
-        if point == "crossing":
-            return guide.prob(images)[:, b]
-        readings = guide_readings(guide, images, a, b)  # (M, members, 2)
-        for w, s_w, image, r in zip(walk, s, images, readings):
-            read[int(w)].append((s_w, image, r))
-        return readings.mean(axis=1)[:, 1]  # = guide.prob's P(b)
+        if point == "most ambiguous":
+            for w, s_w, image, r in zip(walk, s, images, guide_readings(guide, images, a, b)):  # r: (members, 2)
+                read[int(w)].append((s_w, image, r))
+        return guide.prob(images)[:, b]
 
     found = find_crossings(prob_b, walks, grid, tolerance)
     live = np.flatnonzero(found["crossed"])

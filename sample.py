@@ -15,8 +15,9 @@ per class as the reference (the report's protocol), `--references K` draws
 K per class and shows each at the left of its row, `--between A B` walks
 the conditions from a class-A training image to a class-B one (the
 class-boundary samples that motivate the method; boundary.walks), and
-`--boundary A B` keeps the points of walks where a guide's P(B) = 0.5 that the
-guide trusts (boundary.trusted_boundary_samples). A model that does not take a
+`--boundary A B` keeps, per walk, the point near the guide's P(B) = 0.5 that
+its members find most ambiguous, where the guide trusts it
+(boundary.trusted_boundary_samples). A model that does not take a
 condition simply ignores it.
 
 The sampler is DPM-Solver++(2M) (Lu et al. 2022) with `--sampling-steps` steps and

@@ -20,7 +20,8 @@ for ambiguity by the evaluator and nearness to the data *as real ambiguous digit
 median nearest-training ratio not above the upper end of the real reference's 95% interval.
 
 The filter (`trusted_scores`): for soft labels and the position alone at the default w and eta 1, the sets are made again with
-each guide member's reading (boundary.boundary_samples' guide_prob and trusted: what `sample.py --boundary` keeps),
+each guide member's reading (boundary.boundary_samples' guide_prob and trusted: what `sample.py --boundary` kept
+with design v1, at s*; its default is v3 since 2026-12-07, python -m experiments.guide),
 and the evaluator's and the second reader's ambiguous share among the trusted samples is set against all found
 points, with the walks tried per trusted sample.
 

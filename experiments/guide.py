@@ -33,7 +33,7 @@ read back instead of being made again, its seconds those of when it was made; th
 
 Time on the 2-core CPU: about 0.4 s per walk tried (docs/SPEED.md: 239 s for 598 walks with sample.py's sampler,
 14 images per walk that crosses), and runs x designs x pairs x K x (walks per trusted sample) walks: at the
-default K = 50 with 3 runs, 3 designs, 5 pairs and 2.7-5 walks per trusted sample, 8,000-11,000 walks, about an
+default K = 50 with 3 runs, 3 designs, 5 pairs and 2.5-5 walks per trusted sample, 8,000-11,000 walks, about an
 hour (K = 20 with 2 runs: 17 min on 2026-12-07, the guides' training included);
 plus, on first use, each guide's training (three members of 300 steps) and the three readers'.
 """
@@ -161,16 +161,17 @@ def trusted_set(out: str, run: rundir.Run, design: str, guide, a: int, b: int, k
     trusted, seconds."""
     folder = os.path.join(out, set_path(run, design, a, b))
     npz, meta = os.path.join(folder, "samples.npz"), os.path.join(folder, "set.json")
+    point = boundary.GUIDE_DESIGNS[design].point  # (in the key where it is not v1's and v2's s*: their sets stay valid)
     key = json.loads(json.dumps(set_key(run, kind=SET_KIND, design=design, guide=guide_digest(guide), pair=[a, b],
-                                        k=k, method=METHOD, sampler=SAMPLER, seed=WALK_SEED)))
+                                        k=k, method=METHOD, sampler=SAMPLER, seed=WALK_SEED,
+                                        **({} if point == "crossing" else {"point": point}))))
     if os.path.exists(npz) and os.path.exists(meta):
         with open(meta) as f:
             kept = json.load(f)
         if kept.get("key") == key:
             return load_part(npz), kept["made"]
     start = time.perf_counter()
-    part, counts = boundary.trusted_boundary_samples(run, a, b, k, METHOD, WALK_SEED, guide, SAMPLER,
-                                                     point=boundary.GUIDE_DESIGNS[design].point)
+    part, counts = boundary.trusted_boundary_samples(run, a, b, k, METHOD, WALK_SEED, guide, SAMPLER, point=point)
     made = dict(tried=counts["tried"], crossed=counts["crossed"], trusted=counts["trusted"],
                 seconds=round(time.perf_counter() - start, 2))
     write_atomically(npz, lambda f: f.write(outputs.samples_npz(part)))

@@ -127,8 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="--between: line (a straight line between two random positions) or features "
                    "(nearest cross-class pair, features interpolated, placed by UMAP's transform)")
     p.add_argument("--boundary", nargs=2, type=int, metavar=("A", "B"),
-                   help="boundary samples between classes A and B: per walk the point where a guide (not the "
-                   "evaluator) reads P(B) = 0.5; writes boundary.png and samples.npz (with s*, walk, endpoints, prob)")
+                   help="boundary samples between classes A and B: per walk, of the points read on the way to where a "
+                   "guide (not the evaluator) reads P(B) = 0.5, the one its members find most ambiguous; writes "
+                   "boundary.png and samples.npz (with s, walk, endpoints, prob)")
     p.add_argument("--boundary-method", default=DEFAULT_BOUNDARY_METHOD, metavar="|".join(BOUNDARY_METHODS),
                    help="--boundary: soft (soft labels), position (the position alone) or compose (product "
                    f"composition of A and B); default {DEFAULT_BOUNDARY_METHOD}")

@@ -78,9 +78,9 @@ def samples_npz(part: dict) -> bytes:
     NaN where an image was made without it),
     and for walks: walk (N,) the walk each image is on (-1: none), s (N,) its place along it (0: A, 1: B)
     and endpoints (N, 2) the two training images the walk goes between; for boundary samples prob (N, 2) the
-    guide's (P(A), P(B)) at s = s* and width (N,) the walk's transition width (NaN for other images); and, in
-    a file of boundary samples only, guide_prob (N, M, 2) each guide member's (P(A), P(B)) at s* and trusted (N,)
-    whether the sample passed `trusted`."""
+    guide's (P(A), P(B)) at the sample's s and width (N,) the walk's transition width around its crossing s* (NaN
+    for other images); and, in a file of boundary samples only, guide_prob (N, M, 2) each guide member's
+    (P(A), P(B)) at s and trusted (N,) whether the sample passed `trusted`."""
     part = concatenate_parts([part])  # fills the walk fields of a part without walks
     buffer = io.BytesIO()
     np.savez_compressed(buffer, images=part["images"], labels=part["labels"], reference=part["reference"],

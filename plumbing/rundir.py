@@ -57,8 +57,8 @@ IDENTITY = ("data", "data_seed", "per_class", "image_size", "channels", "cond", 
 # Every other setting (steps, lr, grad_clip, warmup, ema, save_every, sample_every, device, precision, ...)
 # may change on --resume; config["changes"] records each change and the step it took effect.
 SPACE_FILE = "space.npz"
-RUN_FILES = ("config.json", "checkpoint.pt", SPACE_FILE, "classifier.pt", "guide.pt", "guide-v2.pt", "guide-v3.pt",
-             "log.csv", "loss.png")  # + grids/, samples/ (guide-v*.pt: boundary.GUIDE_FILES' other designs)
+RUN_FILES = ("config.json", "checkpoint.pt", SPACE_FILE, "classifier.pt", "guide.pt", "guide-v2.pt", "log.csv",
+             "loss.png")  # + grids/, samples/ (guide-v2.pt: boundary.GUIDE_FILES' other guide, made by experiments)
 GRID_NAME = re.compile(r"step\d{7}\.png")
 # Everything a sample.py call may write into its --out (and the only files it ever replaces there).
 SAMPLE_FILES = ("class_grid.png", "references.png", "between.png", "boundary.png", "samples.npz", "meta.json",

@@ -1,7 +1,8 @@
-"""Shared fixtures: the embedded MNIST sample and ONE small fitted feature space.
+"""Shared fixtures: the embedded MNIST sample and ONE small fitted feature space per process.
 
-umap-learn compiles its numba kernels on the first fit in a process, so the
-whole test session fits a single small space and every test reuses it.
+umap-learn compiles its numba kernels on the first fit in a process, so each
+worker process of the session (pytest.ini) fits a single small space and every
+test it runs reuses it.
 """
 import os
 
@@ -9,8 +10,9 @@ import os
 # through OMP_NUM_THREADS, those of the processes tests start (train.py, torchrun). Two workers of two threads each
 # on two cores would stall each other at every OpenMP barrier.
 WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", 1))
-if WORKERS > 1:
-    os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // WORKERS))
+if WORKERS > 1 and "OMP_NUM_THREADS" not in os.environ:  # (a count the user set is kept)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    os.environ["OMP_NUM_THREADS"] = str(max(1, cores // WORKERS))
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

@@ -419,6 +419,8 @@ def test_every_section_runs_end_to_end_and_no_test_digit_trains_anything(tmp_pat
     monkeypatch.setattr(classifier, "train_classifier", lambda images, *a, **k: seen.append(images) or
                         train_classifier(images, *a, **{"steps": 2, **k}))
     monkeypatch.setattr(rundir, "load_run", lambda *a, **k: seen.append(load_run(*a, **k)) or seen[-1])
+    points, samples_of = [], boundary.boundary_samples  # sections 3 and 4 keep v1's point, whatever sample.py's
+    monkeypatch.setattr(boundary, "boundary_samples", lambda *a, **k: points.append(k.get("point")) or samples_of(*a, **k))
 
     out, runs = tmp_path / "out", tmp_path / "runs"
     cli.main(["--out", str(out), "--runs", str(runs)])
@@ -457,6 +459,7 @@ def test_every_section_runs_end_to_end_and_no_test_digit_trains_anything(tmp_pat
     assert set(methods) == set(between.between_methods())
     assert len(results["between"]["pairs"]) == 2 and results["between"]["pairs"][0] == "4-9"
     assert results["between"]["best_boundary_method"] in boundary.BOUNDARY_METHODS
+    assert points and set(points) == {boundary.GUIDE_DESIGNS[common.GUIDE_DESIGN].point} == {"crossing"}
     walk = np.load(out / "between" / "compose-w-3-eta-0-4-9-s1" / "samples.npz")
     assert set(walk["walk"].tolist()) <= {0, 1} and walk["prob"].shape == (len(walk["walk"]), 2)
     assert ((walk["s"] > 0) & (walk["s"] < 1)).all()

@@ -59,10 +59,10 @@ def test_v2_members_differ_in_width_none_a_readers_and_v1_is_three_seeds_of_the_
         boundary.boundary_guide(run, design="v9")
 
 
-def test_every_guide_file_is_a_run_file_and_v1_keeps_guide_pt():
-    assert boundary.GUIDE_FILE == "guide-v3.pt" == boundary.GUIDE_FILES[boundary.DEFAULT_GUIDE_DESIGN]
-    assert boundary.GUIDE_FILES["v1"] == "guide.pt"  # (the first default's name: runs and sets made with it stay valid)
-    assert set(boundary.GUIDE_FILES) == set(boundary.GUIDE_DESIGNS)
+def test_every_guide_file_is_a_run_file_and_v3_reads_v1s_guide_pt():
+    assert boundary.GUIDE_FILE == "guide.pt" == boundary.GUIDE_FILES["v1"]
+    assert [boundary.members_design(d) for d in ("v1", "v2", "v3")] == ["v1", "v2", "v1"]  # v3: v1's members
+    assert set(boundary.GUIDE_FILES) == {boundary.members_design(d) for d in boundary.GUIDE_DESIGNS}
     assert set(boundary.GUIDE_FILES.values()) <= set(rundir.RUN_FILES)  # an overwrite removes them with the run
     assert len(set(boundary.GUIDE_FILES.values())) == len(boundary.GUIDE_FILES)
 
@@ -355,13 +355,17 @@ class TwoRamps:
 
 
 def test_v3_is_v1s_members_keeping_each_walks_most_ambiguous_read_point(run, monkeypatch):
-    """v3 trains v1's members (its own file); boundary_samples with its point keeps, per walk that crossed, the
-    point of its grid and bisection where the least ambiguous member is most ambiguous, judged by `trusted` there;
-    with "crossing" the point is s* itself."""
+    """v3 reads v1's guide (guide.pt, trained once); boundary_samples with its point keeps, per walk that crossed,
+    the point of its grid, bisection and s* where the least ambiguous member is most ambiguous (trusted points
+    first), judged by `trusted` there; with "crossing" the point is s* itself."""
     v1, v3 = boundary.GUIDE_DESIGNS["v1"], boundary.GUIDE_DESIGNS["v3"]
     assert (v3.widths, v3.calibration_share, v1.point, v3.point) == (v1.widths, v1.calibration_share, "crossing",
                                                                      "most ambiguous")
-    assert "point=most ambiguous" in boundary.guide_tag(run, "v3", 2) and "point" not in boundary.guide_tag(run, "v1", 2)
+    assert boundary.guide_tag(run, "v3", 2) == boundary.guide_tag(run, "v1", 2)  # one guide: the point is not in it
+    calls = spy_training(monkeypatch)
+    g1, g3 = (boundary.boundary_guide(run, steps=2, design=d) for d in ("v1", "v3"))
+    assert len(calls) == 3 and all(classifier.same_weights(m, n) for m, n in zip(g1.members, g3.members))
+    assert sorted(f for f in os.listdir(run.dir) if f.startswith("guide")) == ["guide.pt"]  # v3 read v1's guide.pt
     guide, sampler = TwoRamps(), dict(name="ddim", steps=2, eta=1.0, guidance=1.0)
     searched, find = {}, boundary.find_crossings
 
@@ -387,7 +391,7 @@ def test_v3_is_v1s_members_keeping_each_walks_most_ambiguous_read_point(run, mon
         assert np.array_equal(kept["images"][i], images[boundary.most_ambiguous(readings)])
         assert np.allclose(kept["cond"]["label"][i, 1], kept["s"][i])  # the soft label at the point kept
         assert kept["trusted"][i] or not star["trusted"][i]  # s* is one of its points: trusted where v1's is
-    assert np.allclose(kept["width"], star["width"], equal_nan=True, atol=0.02)  # the width: around s* in both
+    np.testing.assert_array_equal(kept["width"], star["width"])  # the width: around s* in both
     assert kept["trusted"].tolist() == boundary.trusted(kept["guide_prob"]).tolist()
     assert not np.array_equal(kept["s"], star["s"])  # (another point than s* here)
     with pytest.raises(ValueError, match="unknown boundary point 'middle'"):
