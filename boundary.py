@@ -200,7 +200,7 @@ GUIDE_DESIGNS = {
     # of them may already be sure. Measured as v2 was, on the same guides and walks as v1: the readers outside
     # find its trusted samples about as ambiguous as v1's (57%, 50%, 35% against 60%, 54%, 32%; the intervals
     # overlap widely) at 2.5 walks per trusted sample against 3.5 (3.7 against 6.0 on 4-9, the hardest pair):
-    # fewer walks for samples of the same ambiguity, so the default. None of the three generalises as issue 38 asks.
+    # fewer walks for samples of the same ambiguity, so the default. None of the three generalises as hoped (docs/EXPERIMENT.md, section 3).
     "v3": GuideDesign(widths=(16, 16, 16), calibration_share=0.0, point="most ambiguous"),
 }
 

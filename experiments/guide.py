@@ -1,8 +1,8 @@
 """Does the guide's verdict hold for classifiers it does not contain? python -m experiments.guide RUN [RUN ...]
 
 The filter of sample.py --boundary (boundary.trusted: every guide member reads a found point as ambiguous
-between A and B) keeps what the guide's members find ambiguous; issue 38 found that with the guide of three
-width-16 seeds (design v1) it kept what that one kind of classifier finds ambiguous. Here each guide design
+between A and B) keeps what the guide's members find ambiguous; with the guide of three width-16 seeds
+(design v1) it may keep what that one kind of classifier finds ambiguous, not what any classifier would. Here each guide design
 (boundary.GUIDE_DESIGNS: v1, v2 and v3, the default) makes K trusted boundary samples per pair on each given
 run, exactly as sample.py --boundary makes them (boundary.trusted_boundary_samples, its default method and
 sampler, walk seed 0), and three readers outside every guide read them:

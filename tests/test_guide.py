@@ -1,4 +1,4 @@
-"""The guide of sample.py --boundary (boundary.boundary_guide; design v2, issue 38): members that differ, a
+"""The guide of sample.py --boundary (boundary.boundary_guide; design v2): members that differ, a
 calibration split held out of their training, each member's temperature (Guo et al. 2017) and the trust rule on the
 calibrated probabilities; the guide files' reload and retrain rules; the reader of another architecture
 (classifier.PixelMLP); and python -m experiments.guide, tiny, end to end."""
@@ -49,7 +49,7 @@ def test_v2_members_differ_in_width_none_a_readers_and_v1_is_three_seeds_of_the_
     v1 = boundary.boundary_guide(run, design="v1")
     assert [m.model.config["width"] for m in v1.members] == [16] * 3 and v1.seeds == [1, 2, 3]
     assert v1.temperatures == [1.0] * 3  # read as trained
-    assert all(np.array_equal(c["images"], run.images) for c in calls)  # v1: every digit, as before issue 38
+    assert all(np.array_equal(c["images"], run.images) for c in calls)  # v1: every digit, as before v2
     assert os.path.exists(os.path.join(run.dir, "guide.pt")) and os.path.exists(os.path.join(run.dir, "guide-v2.pt"))
     shifted = boundary.boundary_guide(run, seed=4)  # (the augment section's later seeds)
     assert shifted.seeds == [4, 5, 6]
