@@ -321,11 +321,19 @@ def mnist_split(mnist_sample):
 
 @pytest.fixture(scope="module")
 def trained_classifier(mnist_split, tmp_path_factory):
-    """The classifier trained with its defaults and saved: (path, FeatureNetwork)."""
+    """The classifier trained with its defaults and saved: (path, FeatureNetwork). Under pytest-xdist the first
+    worker to get here trains and saves it in the session's shared folder, and the other loads that file (a file
+    lock between them; torch's own dependency filelock)."""
+    from filelock import FileLock
+
     train_x, train_y, _, _ = mnist_split
-    path = tmp_path_factory.mktemp("clf") / "mnist-classifier.pt"
-    net = load_feature_network("classifier", classifier_path=path, train_images=train_x,
-                               train_labels=train_y, num_classes=10, device="cpu")
+    root = tmp_path_factory.getbasetemp()
+    shared = root.parent if os.environ.get("PYTEST_XDIST_WORKER") else root  # (shared by the session's workers)
+    path = shared / "mnist-classifier" / "mnist-classifier.pt"  # (alone in its folder: no temporary file is left)
+    with FileLock(str(shared / "mnist-classifier.lock")):
+        path.parent.mkdir(exist_ok=True)
+        net = load_feature_network("classifier", classifier_path=path, train_images=train_x,
+                                   train_labels=train_y, num_classes=10, device="cpu")
     return path, net
 
 
