@@ -149,7 +149,7 @@ MAX_WALKS_PER_SAMPLE = 8  # --boundary tries up to 8 N walks for N trusted sampl
 # A found point is trusted (kept by --boundary) when the guide's members agree that it is ambiguous, each
 # reading min(P(A), P(B)) >= metrics.AMBIGUOUS, and the guide sees A or B, nothing else: the members' mean
 # P(A) + P(B) >= TRUST_MASS (a third class there is a wrong boundary). `trusted`. The probabilities are each
-# member's softmax(z / T): T = 1 in design v1, fitted in v2 (`fit_temperature`); see `trusted`.
+# member's softmax(z / T): T = 1 in designs v1 and v3, fitted in v2 (`fit_temperature`); see `trusted`.
 TRUST_MASS = 0.9
 
 
@@ -200,7 +200,8 @@ GUIDE_DESIGNS = {
     # of them may already be sure. Measured as v2 was, on the same guides and walks as v1: the readers outside
     # find its trusted samples about as ambiguous as v1's (57%, 50%, 35% against 60%, 54%, 32%; the intervals
     # overlap widely) at 2.5 walks per trusted sample against 3.5 (3.7 against 6.0 on 4-9, the hardest pair):
-    # fewer walks for samples of the same ambiguity, so the default. None of the three generalises as hoped (docs/EXPERIMENT.md, section 3).
+    # fewer walks for samples of the same ambiguity, so the default. None of the three generalises as hoped
+    # (docs/EXPERIMENT.md, section 3).
     "v3": GuideDesign(widths=(16, 16, 16), calibration_share=0.0, point="most ambiguous"),
 }
 
@@ -456,7 +457,7 @@ def transition_width(points: list[tuple[float, float]], s_star: float, levels=WI
 
 def guide_readings(guide, images: np.ndarray, a: int, b: int) -> np.ndarray:
     """Each guide member's (P(a), P(b)) of uint8 images (N, H, W, C): (N, M, 2), from guide.member_prob (for a
-    classifier.Ensemble, each member's softmax(z / T), T = 1 in v1): what `trusted` reads."""
+    classifier.Ensemble, each member's softmax(z / T), T = 1 in v1 and v3): what `trusted` reads."""
     return guide.member_prob(images)[:, :, [a, b]].transpose(1, 0, 2)  # (M, N, K) -> (N, M, 2)
 
 
@@ -465,8 +466,8 @@ def trusted(guide_prob: np.ndarray) -> np.ndarray:
     as ambiguous (min(P(A), P(B)) >= metrics.AMBIGUOUS) and the members' mean P(A) + P(B) >= TRUST_MASS.
 
     The readings are each member's softmax(z / T) (`guide_readings`): T = 1 in v1 and v3 (the default); in v2 the
-    temperature fitted on digits the member did not train on, which gives the threshold its meaning: of the held-out digits a calibrated member
-    reads at P(A) = 0.2, about one in five is an A, whatever the member's width. So "every member gives each of
+    temperature fitted on digits the member did not train on, which gives the threshold its meaning: of the
+    held-out digits a calibrated member reads at P(A) = 0.2, about one in five is an A, whatever the member's width. So "every member gives each of
     A and B at least 0.2" asks the same odds of every member; read as trained, it would ask most of the
     sharpest member (a more confident network reads lower probabilities off the same evidence), and members
     that differ differ in sharpness. The mass rule reads the same probabilities."""

@@ -2,10 +2,10 @@
 
 The filter of sample.py --boundary (boundary.trusted: every guide member reads a found point as ambiguous
 between A and B) keeps what the guide's members find ambiguous; with the guide of three width-16 seeds
-(design v1) it may keep what that one kind of classifier finds ambiguous, not what any classifier would. Here each guide design
-(boundary.GUIDE_DESIGNS: v1, v2 and v3, the default) makes K trusted boundary samples per pair on each given
-run, exactly as sample.py --boundary makes them (boundary.trusted_boundary_samples, its default method and
-sampler, walk seed 0), and three readers outside every guide read them:
+(design v1) it may keep what that one kind of classifier finds ambiguous, not what any classifier would. Here
+each guide design (boundary.GUIDE_DESIGNS: v1, v2 and v3, the default) makes K trusted boundary samples per pair
+on each given run, exactly as sample.py --boundary makes them (boundary.trusted_boundary_samples, its default
+method and sampler, walk seed 0; each design's point), and three readers outside every guide read them:
 
   evaluator  the experiment's evaluator (plumbing/classifier.py's SmallClassifier, width 16, seed 0)
   second     between.py's second reader (SmallClassifier, width 32, seed 7)
@@ -31,7 +31,7 @@ Outputs in --out (results/guide/): results.json, tables.md, and every set as set
 made it, its walks and seconds). A set whose set.json holds the same key (run, guide weights, pair, K, sampler) is
 read back instead of being made again, its seconds those of when it was made; the readers' scores are recomputed.
 
-Time on the 2-core CPU: about 0.4 s per walk tried (docs/SPEED.md: 239 s for 598 walks with sample.py's sampler,
+Time on the 2-core CPU: about 0.4 s per walk tried (docs/SPEED.md: 133 s for 341 walks with sample.py's sampler,
 14 images per walk that crosses), and runs x designs x pairs x K x (walks per trusted sample) walks: at the
 default K = 50 with 3 runs, 3 designs, 5 pairs and 2.5-5 walks per trusted sample, 8,000-11,000 walks, about an
 hour (K = 20 with 2 runs: 17 min on 2026-12-07, the guides' training included);

@@ -386,9 +386,9 @@ def test_v3_is_v1s_members_keeping_each_walks_most_ambiguous_read_point(run, mon
         s = np.array([*searched[int(w)], star["s"][i]], np.float32)  # its grid, its bisection, then s*
         images, _ = boundary.walk_images(run, endpoints, np.full(len(s), w), s, "soft", 0, sampler, 0)
         readings = boundary.guide_readings(guide, images, 0, 1)  # (P, M, 2)
-        assert kept["s"][i] == s[boundary.most_ambiguous(readings)]
-        assert np.allclose(kept["guide_prob"][i], readings[boundary.most_ambiguous(readings)], atol=1e-6)
-        assert np.array_equal(kept["images"][i], images[boundary.most_ambiguous(readings)])
+        best = boundary.most_ambiguous(readings)
+        assert kept["s"][i] == s[best] and np.array_equal(kept["images"][i], images[best])
+        assert np.allclose(kept["guide_prob"][i], readings[best], atol=1e-6)
         assert np.allclose(kept["cond"]["label"][i, 1], kept["s"][i])  # the soft label at the point kept
         assert kept["trusted"][i] or not star["trusted"][i]  # s* is one of its points: trusted where v1's is
     np.testing.assert_array_equal(kept["width"], star["width"])  # the width: around s* in both
