@@ -381,11 +381,11 @@ def guide_tables(r: dict) -> list[str]:
     return guides_table(r) + shares_table(r) + real_table(r) + [f"Wall time: {r['wall_s'] / 60:.1f} min", ""]
 
 
-def parse_pair(text: str) -> tuple[int, int]:
-    """'4-9' -> (4, 9): two different digits 0..9; anything else a one-line error."""
+def parse_pair(text: str, prog: str = "python -m experiments.guide") -> tuple[int, int]:
+    """'4-9' -> (4, 9): two different digits 0..9; anything else a one-line error (from `prog`)."""
     parts = text.split("-")
     if len(parts) != 2 or not all(p.isdigit() and int(p) < 10 for p in parts) or parts[0] == parts[1]:
-        sys.exit(f"python -m experiments.guide: --pairs {text}: a pair is two different digits 0-9 as A-B, e.g. 4-9")
+        sys.exit(f"{prog}: --pairs {text}: a pair is two different digits 0-9 as A-B, e.g. 4-9")
     return int(parts[0]), int(parts[1])
 
 

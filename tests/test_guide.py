@@ -396,3 +396,117 @@ def test_v3_is_v1s_members_keeping_each_walks_most_ambiguous_read_point(run, mon
     assert not np.array_equal(kept["s"], star["s"])  # (another point than s* here)
     with pytest.raises(ValueError, match="unknown boundary point 'middle'"):
         boundary.boundary_samples(run, 0, 1, 1, guide=guide, sampler=sampler, evaluators=[], point="middle")
+
+
+# ---------------------------------------------------------------------------
+# python -m experiments.ceiling: what the walks allow any guide
+# ---------------------------------------------------------------------------
+class Threshold:
+    """A toy reader of images whose brightness is s: P(B) = sigmoid(slope (s - t)), P(A) the rest, nothing else."""
+
+    def __init__(self, t: float, a: int = 4, b: int = 9, slope: float = 20.0):
+        self.t, self.a, self.b, self.slope = t, a, b, slope
+
+    def logits(self, images):  # (N, 10): log-probabilities, -inf-ish off A and B
+        s = images.reshape(len(images), -1).mean(axis=1) / 255.0
+        p_b = scipy.special.expit(self.slope * (s - self.t))
+        z = np.full((len(images), 10), -50.0)
+        z[:, self.a], z[:, self.b] = np.log(1 - p_b + 1e-12), np.log(p_b + 1e-12)
+        return z
+
+
+def ramp_bank(walks: int, points: int) -> np.ndarray:
+    """(W, P, 4, 4, 1) images whose brightness is the grid's s = 0 .. 1 on every walk."""
+    s = np.linspace(0, 1, points)
+    return np.broadcast_to(np.round(255 * s)[None, :, None, None, None], (walks, points, 4, 4, 1)).astype(np.uint8)
+
+
+def test_the_ceiling_sees_where_readers_agree_and_where_they_do_not():
+    """Known answers: readers of thresholds 0.45 and 0.55 (slope 20: each ambiguous within 0.069 of its threshold)
+    share an ambiguous stretch around s = 1/2; a third at 0.75 shares none with them. The offsets are the grid
+    distances between their crossings; a guide of the two agreeing readers keeps every walk, at a point all three
+    cannot find ambiguous."""
+    from experiments import ceiling
+    bank = ramp_bank(3, 33)
+    near = dict(evaluator=Threshold(0.45), second=Threshold(0.55))
+    cell = ceiling.pair_cells([bank], near, [], 4, 9)
+    assert cell["walks"] == 3 and cell["walks_with_joint"] == 1.0
+    assert cell["offset_from_evaluator"] == dict(evaluator=0.0, second=pytest.approx(3 / 32))  # 15/32 -> 18/32
+    far = dict(near, mlp=Threshold(0.75))
+    cell = ceiling.pair_cells([bank, bank], far, [], 4, 9)
+    assert cell["walks"] == 6 and cell["walks_with_joint"] == 0.0 and cell["walks_with_ambiguous"]["mlp"] == 1.0
+    s = np.linspace(0, 1, 33)
+    readings = ceiling.on_grid(lambda x: scipy.special.softmax(Threshold(0.45).logits(x), axis=1), bank, 4, 9)
+    assert readings.shape == (3, 33, 2)
+    np.testing.assert_array_equal(ceiling.crossings(readings, s), np.full(3, 15 / 32))  # first grid s >= 0.45
+    assert np.isnan(ceiling.crossings(readings[:, 20:], s[20:])).all()  # already past 0.5 at its first point
+
+
+class ReadersAsGuide:
+    """A guide whose members are toy readers (boundary.guide_readings reads member_prob)."""
+    seeds = [1, 2]
+
+    def __init__(self, *readers):
+        self.readers = readers
+
+    def member_prob(self, images):
+        return np.stack([scipy.special.softmax(r.logits(images), axis=1) for r in self.readers])
+
+
+def test_a_guide_on_the_grid_keeps_what_boundary_keeps_and_its_point_is_read_by_every_reader():
+    from experiments import ceiling
+    bank = ramp_bank(2, 33)
+    readers = dict(evaluator=Threshold(0.45), second=Threshold(0.55), mlp=Threshold(0.75))
+    guides = [{name: ReadersAsGuide(Threshold(0.45), Threshold(0.55)) for name in ceiling.GUIDES}]
+    member = ceiling.member_readings(guides[0]["v3"], bank, 4, 9)  # (W, P, M, 2)
+    kept, pick = ceiling.guide_on_grid(member)
+    assert kept.all() and pick.tolist() == [boundary.most_ambiguous(member[0])] * 2 and pick[0] == 16  # s = 1/2
+    cell = ceiling.pair_cells([bank], readers, guides, 4, 9)["guides"]["v3"]
+    assert cell["kept"] == 2 and cell["walks_per_kept"] == 1.0 and cell["points"] == [[0, 16], [1, 16]]
+    assert cell["readers"] == dict(evaluator=1.0, second=1.0, mlp=0.0) and cell["all_readers"] == 0.0
+
+
+def test_the_nearest_neighbour_reader_gives_the_class_shares_of_the_nearest_training_digits():
+    from experiments import ceiling
+    images = np.zeros((6, 2, 2, 1), np.uint8)
+    images[:3] = 0  # three dark digits of class 1
+    images[3:, 0, 0] = [[200], [220], [240]]  # three bright ones of class 3
+    knn = ceiling.NearestNeighbours(images, np.array([1, 1, 1, 3, 3, 3]), k=4)
+    query = np.zeros((2, 2, 2, 1), np.uint8)
+    query[1, 0, 0] = 230
+    p = knn.prob(query)
+    assert p.shape == (2, 10) and np.allclose(p.sum(axis=1), 1)
+    assert p[0, 1] == 0.75 and p[0, 3] == 0.25 and p[1, 3] == 0.75 and p[1, 1] == 0.25
+
+
+def test_the_ceiling_experiment_end_to_end(mnist_runs, tmp_path, monkeypatch):
+    """Tiny: two runs, one pair, 2 walks of 5 points; the banks are kept in sample.py's format and read back."""
+    from experiments import ceiling, common
+    monkeypatch.setattr(common, "CLASSIFIER_ARGS", {"steps": 2})  # the readers
+    monkeypatch.setattr(boundary, "GUIDE_STEPS", 2)
+    monkeypatch.setattr(ceiling, "SAMPLER", dict(steps=2))
+    out, readers = tmp_path / "out", tmp_path / "readers"
+    r = ceiling.ceiling_experiment(mnist_runs, [(4, 9)], str(out), str(readers), walks=2, points=5)
+    assert set(r["readers"]) == {"evaluator", "second", "mlp", "knn"} and r["runs"] == ["label-pos-s0", "label-pos-s1"]
+    cell = r["pairs"]["4-9"]
+    assert cell["walks"] == 4 and 0 <= cell["walks_with_joint"] <= min(cell["walks_with_ambiguous"].values())
+    assert set(cell["guides"]) == set(ceiling.GUIDES)
+    mixed = classifier.load_ensemble(readers / ceiling.MIXED_FILE.format(run="label-pos-s0"))
+    assert [type(m.model).__name__ for m in mixed.members] == ["SmallClassifier", "PixelMLP", "SmallClassifier"]
+    with np.load(out / "banks" / "label-pos-s0" / "4-9" / "samples.npz") as bank:
+        assert bank["images"].shape == (10, 28, 28, 1) and bank["walk"].tolist() == [0] * 5 + [1] * 5
+        np.testing.assert_allclose(bank["s"][:5], np.linspace(0, 1, 5))
+    monkeypatch.setattr(boundary, "generate", lambda *a, **k: pytest.fail("a kept bank was made again"))
+    again = ceiling.ceiling_experiment(mnist_runs, [(4, 9)], str(out), str(readers), walks=2, points=5)
+    assert json.loads(json.dumps(again["pairs"])) == json.loads(json.dumps(r["pairs"]))
+    assert "| 4-9 |" in "\n".join(ceiling.ceiling_tables(r))
+
+
+def test_the_ceiling_experiment_refuses_bad_input_in_one_line(mnist_runs, run_dir, tmp_path):  # noqa: F811
+    from experiments import ceiling
+    out = ["--out", str(tmp_path / "out"), "--readers", str(tmp_path / "readers")]
+    fails(ceiling, [str(run_dir), *out], "was not trained on the embedded MNIST sample's training digits")
+    fails(ceiling, [mnist_runs[0], "--walks", "0", *out], "--walks 0: give at least one walk")
+    fails(ceiling, [mnist_runs[0], "--points", "2", *out], "--points 2: a walk needs at least 3 grid points")
+    fails(ceiling, [mnist_runs[0], "--pairs", "4-4", *out], "experiments.ceiling: --pairs 4-4: a pair is two different digits")
+    assert not (tmp_path / "readers").exists() and not (tmp_path / "out").exists()  # refused before any work
