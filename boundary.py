@@ -88,8 +88,9 @@ def walks(run: Run, a: int, b: int, points: int, sampler: dict, seed: int, count
           label: str = "fixed", path: str = "line") -> dict:
     """`count` walks from class A to class B, each `points` images at s = 0 .. 1, generated together.
 
-    label "fixed" makes two rows per walk, label A and label B; "soft" and "none" one. Every image of
-    one walk (both rows) shares its starting and per-step noise, so along a walk only the conditions change.
+    label "fixed" makes two rows per walk, label A and label B, where the model has a label (without one the two
+    rows would be the same images: one row); "soft" and "none" one. Every image of one walk (both rows) shares its
+    starting and per-step noise, so along a walk only the conditions change.
     Returns a part whose walk (N,), s (N,) and endpoints (N, 2) say which walk, point and pair each image is.
     """
     rng = np.random.default_rng(seed)
@@ -97,7 +98,7 @@ def walks(run: Run, a: int, b: int, points: int, sampler: dict, seed: int, count
     rows = []  # one walk row: its conditions, label, walk id and endpoints
     for walk in range(count):
         ref_a, ref_b = walk_endpoints(run, a, b, path, rng)
-        for row_label in ((a, b) if label == "fixed" else (a,)):
+        for row_label in ((a, b) if label == "fixed" and "label" in run.config["unet"]["conditions"] else (a,)):
             rows.append((walk_conditions(run, ref_a, ref_b, s, label, row_label, path), row_label, walk, (ref_a, ref_b)))
     cond = {name: np.concatenate([row[0][name] for row in rows]) for name in rows[0][0]}  # name -> (rows * P, ...)
     walk_of = np.repeat([row[2] for row in rows], points)

@@ -91,7 +91,8 @@ class Attention(nn.Module):
 
     def __init__(self, channels: int, head_channels: int = 32):
         super().__init__()
-        self.heads = max(1, channels // head_channels)
+        # about channels / head_channels heads, as many as divide the channels evenly (any --base-channels works)
+        self.heads = max(h for h in range(1, max(1, channels // head_channels) + 1) if channels % h == 0)
         self.norm = group_norm(channels)
         self.qkv = nn.Conv2d(channels, 3 * channels, 1)
         self.out = zero_module(nn.Conv2d(channels, channels, 1))

@@ -23,7 +23,8 @@ The grid is coarser than the search's bisection (1/32 against 1/256), so a narro
 between its points: the ceiling is a lower bound (results/guide/ceiling-fine/: --points 129 --walks 12
 --pairs 4-9 2-7 on one run).
 
-Outputs in --out (results/guide/ceiling/): results.json (with each kept point's walk and grid index, to rescore),
+Outputs in --out (results/guide/ceiling/): results.json (with each kept point as [walk, grid index], the walk
+counted over the runs' banks in run order: run r's walk i is r x walks + i),
 tables.md, and every run's walks as banks/RUN/A-B/samples.npz (sample.py's format, walk and s per image; about
 0.5 MB each) beside set.json (its key; a bank of the same key is read back). About 36 s per run and pair on the
 2-core CPU, plus the mixed guide's training (three members of 300 steps) per run on first use.
@@ -173,11 +174,11 @@ def member_readings(guide, bank: np.ndarray, a: int, b: int) -> np.ndarray:
     return boundary.guide_readings(guide, bank.reshape(w * p, *bank.shape[2:]), a, b).reshape(w, p, -1, 2)
 
 
-def guide_on_grid(member_readings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def guide_on_grid(readings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(W, P, M, 2) the guide members' readings -> kept (W,): a grid point passes boundary.trusted; pick (W,): the
     point boundary.most_ambiguous keeps (v3's rule, over the grid's points instead of the search's)."""
-    kept = np.array([boundary.trusted(walk).any() for walk in member_readings])
-    pick = np.array([boundary.most_ambiguous(walk) for walk in member_readings])
+    kept = np.array([boundary.trusted(walk).any() for walk in readings])
+    pick = np.array([boundary.most_ambiguous(walk) for walk in readings])
     return kept, pick
 
 

@@ -387,7 +387,8 @@ def check_memory(args, run: Run) -> None:
     image = IMAGE_COPIES * h * w * unet["image_channels"] + 8 * sum(max(1, int(size)) for size in unet["conditions"].values()) + 64
     refs = k * args.references + len(args.reference_images or [])
     refs_flag = f"--references {args.references}" if args.references else "--reference-images"
-    walk_rows = (2 if args.walk_label == "fixed" else 1) * args.walks if args.between else 0
+    two_rows = args.walk_label == "fixed" and "label" in unet["conditions"]  # boundary.walks' rows per walk
+    walk_rows = (2 if two_rows else 1) * args.walks if args.between else 0
     counts = {f"--grid-per-class {args.grid_per_class}": k * args.grid_per_class,  # flag -> images held at once
               (f"--per-reference {args.per_reference}" if args.per_reference > refs else refs_flag):
                   refs * args.per_reference,

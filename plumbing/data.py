@@ -50,7 +50,7 @@ import zlib
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from plumbing.errors import WriteError
+from plumbing.errors import DownloadError, WriteError
 
 # torchvision.datasets.MNIST's mirrors and file checksums (torchvision/datasets/mnist.py, `resources`).
 MNIST_MIRRORS = [
@@ -272,7 +272,7 @@ def download(filename: str, path: str) -> None:
         finally:
             if os.path.exists(tmp):
                 os.remove(tmp)
-    raise RuntimeError(
+    raise DownloadError(
         f"could not download {filename} ({'; '.join(failures)}). Offline? Put the MNIST IDX files "
         f"in {os.path.dirname(path)} by hand, or use --data mnist-sample, which needs no network"
     )

@@ -1,5 +1,5 @@
-"""The errors every command prints as one line (no traceback): RunError, and WriteError for a file that could not
-be written (it names the file, why, and the fix)."""
+"""The errors every command prints as one line (no traceback): RunError, WriteError for a file that could not
+be written (it names the file, why, and the fix), and DownloadError for data no mirror served."""
 
 
 class RunError(Exception):
@@ -11,3 +11,7 @@ class WriteError(RunError):
 
     Raised `from` the OSError (or torch's RuntimeError) behind it, so rundir.disk_full still finds the cause.
     """
+
+
+class DownloadError(RunError):
+    """No mirror served a file (offline, refused, or the wrong bytes): names each mirror's failure and the fix."""

@@ -53,7 +53,10 @@ CHECKPOINT_FORMAT = "fpdiff-checkpoint-2"
 # Settings that define a run: a resumed run keeps them (--overwrite starts afresh).
 IDENTITY = ("data", "data_seed", "per_class", "image_size", "channels", "cond", "backbone", "weights", "pos_dim",
             "size", "dropout", "schedule", "timesteps", "prediction", "min_snr", "batch_size", "weight_decay",
-            "p_uncond", "p_drop", "seed")
+            "p_uncond", "p_drop", "seed", "base_channels")
+# IDENTITY settings added after runs were made: absent from those runs' config.json, and left out of the run id
+# while at their default (None), so that a run of the default settings keeps the id it had (kept sets name it).
+LATER_IDENTITY = ("base_channels",)
 # Every other setting (steps, lr, grad_clip, warmup, ema, save_every, sample_every, device, precision, ...)
 # may change on --resume; config["changes"] records each change and the step it took effect.
 SPACE_FILE = "space.npz"
@@ -219,7 +222,8 @@ def check_data(run_dir: str, config: dict, digest: str) -> None:
 
 def make_run_id(settings: dict, digest: str) -> str:
     """A digest of what defines a new run: its IDENTITY settings and its training data."""
-    identity = json.dumps({key: settings[key] for key in IDENTITY}, sort_keys=True)
+    identity = json.dumps({key: settings.get(key) for key in IDENTITY
+                           if key not in LATER_IDENTITY or settings.get(key) is not None}, sort_keys=True)
     return hashlib.sha256(f"{identity}|{digest}".encode()).hexdigest()[:16]
 
 

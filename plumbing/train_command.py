@@ -49,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--pos-dim", type=int, default=20, help="dimension of the UMAP position (the report: 20)")
     g = p.add_argument_group("model and diffusion")
     g.add_argument("--size", default="small", choices=("small", "paper"), help="U-Net size (see unet_kwargs)")
+    g.add_argument("--base-channels", type=int, default=None, metavar="C",
+                   help="U-Net width: channels of its first level (default: the size's own, small 32, paper 128)")
     g.add_argument("--dropout", type=float, default=None, help="U-Net dropout (default: the size's own)")
     g.add_argument("--schedule", default="linear", choices=SCHEDULES)
     g.add_argument("--timesteps", type=int, default=1000)
@@ -103,7 +105,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, set[str]]:
 def check_settings(s: dict) -> None:
     """Every setting in range, before any work; each error names its flag and the fix."""
     positive = ["steps", "batch_size", "save_every", "timesteps", "pos_dim"]
-    positive += [k for k in ("per_class", "image_size") if s[k] is not None]
+    positive += [k for k in ("per_class", "image_size", "base_channels") if s.get(k) is not None]
     for key in positive:
         if s[key] < 1:
             raise RunError(f"--{key.replace('_', '-')} must be a positive number, got {s[key]}")
@@ -194,7 +196,7 @@ def check_memory(s: dict) -> None:
     count, classes, own_height, own_width, channels = shape
     height, width = (s["image_size"], s["image_size"]) if s["image_size"] is not None else (own_height, own_width)
     pixels = height * width * channels
-    base = unet_kwargs(s["size"], (height, width, channels), None, {})["base_channels"]
+    base = unet_kwargs(s["size"], (height, width, channels), None, {}, s.get("base_channels"))["base_channels"]
     pos = "pos" in cond_names(s["cond"])
     default_batch = build_parser().get_default("batch_size")
     images_flag = (f"--image-size {s['image_size']}" if s["image_size"] is not None else
@@ -237,20 +239,23 @@ def cond_names(cond: str) -> list[str]:
     return [] if cond == "none" else cond.split("+")
 
 
-def unet_kwargs(size: str, image_shape: tuple, dropout: float | None, conditions: dict[str, int]) -> dict:
+def unet_kwargs(size: str, image_shape: tuple, dropout: float | None, conditions: dict[str, int],
+                base_channels: int | None = None) -> dict:
     """Every argument of the run's U-Net (stored in config.json: the U-Net is rebuilt from it alone).
 
     small: ~1.2M parameters, the CPU default; paper: ~40M (improved-diffusion's CIFAR-10 shape), for a GPU.
+    base_channels (--base-channels): the first level's width instead of the size's own (32, 128); every level
+    scales with it.
     """
     height, _, channels = image_shape
     common = dict(image_channels=channels, image_size=height, conditions=conditions)
     if size == "small":
         # attention only in the middle (at H/4): cheap enough for a laptop CPU
-        return dict(common, base_channels=32, channel_mults=[1, 2, 2], num_res_blocks=1, attention_resolutions=[],
-                    dropout=0.0 if dropout is None else dropout)
+        return dict(common, base_channels=base_channels or 32, channel_mults=[1, 2, 2], num_res_blocks=1,
+                    attention_resolutions=[], dropout=0.0 if dropout is None else dropout)
     # paper: attention at H/2 and H/4
     half, quarter = (height + 1) // 2, (height + 3) // 4
-    return dict(common, base_channels=128, channel_mults=[1, 2, 2, 2], num_res_blocks=2,
+    return dict(common, base_channels=base_channels or 128, channel_mults=[1, 2, 2, 2], num_res_blocks=2,
                 attention_resolutions=[half, quarter], dropout=0.1 if dropout is None else dropout)
 
 
@@ -407,7 +412,7 @@ def run_config(run: dict, condition_sizes: dict[str, int], space: FeatureSpace |
     data = dict(class_names=run["class_names"], num_images=len(images), image_shape=list(images.shape[1:]),
                 digest=run["digest"])
     unet = saved["unet"] if saved is not None else unet_kwargs(settings["size"], images.shape[1:], settings["dropout"],
-                                                                 condition_sizes)
+                                                                 condition_sizes, settings.get("base_channels"))
     changes = [dict(step=run["start"], **run["changes"])] if run["changes"] else []
     history = saved["changes"] + changes if saved is not None else []
     return dict(format=CONFIG_FORMAT, run_id=run["run_id"], settings=settings, data=data, unet=unet,

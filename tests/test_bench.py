@@ -343,3 +343,7 @@ def test_quick_scores_each_recipe_with_the_same_readers_and_keeps_every_set(tiny
     assert sorted((row["recipe"], row["accuracy"], row["train_seconds"]) for row in again) == sorted(
         (row["recipe"], row["accuracy"], row["train_seconds"]) for row in kept)
     assert all(math.isfinite(row["train_seconds"]) for row in again)
+    os.remove(os.path.join(results, "quick.json"))  # a reused run whose training time nobody kept: null, not NaN
+    bench_recipes.bench_quick(["default"])
+    text = open(os.path.join(results, "quick.json")).read()
+    assert "NaN" not in text and json.loads(text)["rows"][0]["train_seconds"] is None

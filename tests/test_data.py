@@ -152,10 +152,21 @@ def test_download_with_wrong_checksum_leaves_nothing_behind(tmp_path, mirror, mo
     monkeypatch.setattr(data, "MNIST_MIRRORS", [url])
     monkeypatch.setattr(data, "MNIST_MD5", {name: "0" * 32 for name in data.MNIST_MD5})
     root = tmp_path / "root"
-    with pytest.raises(RuntimeError, match="MD5") as error:
+    with pytest.raises(data.DownloadError, match="MD5") as error:
         load_dataset("mnist", root=str(root))
     assert "mnist-sample" in str(error.value)  # the message names the offline alternative
     assert os.listdir(root / "mnist") == []  # no partial or temporary file
+
+
+def test_train_offline_with_data_mnist_stops_in_one_line_naming_the_fix(tmp_path, monkeypatch):
+    """No mirror answers (a closed loopback port): train.py prints one line, no traceback, and makes no run."""
+    import train
+    from test_pipeline import fails
+    monkeypatch.setattr(data, "MNIST_MIRRORS", ["http://127.0.0.1:9/"])  # the discard port: nothing listens
+    out = tmp_path / "run"
+    fails(train, ["--out", str(out), "--data", "mnist", "--root", str(tmp_path / "root")],
+          r"could not download train-images-idx3-ubyte.gz \(http://127.0.0.1:9/.*\).*--data mnist-sample")
+    assert not out.exists() and os.listdir(tmp_path / "root" / "mnist") == []
 
 
 # ---------------------------------------------------------------- embedded sample, its split, per_class, resizing

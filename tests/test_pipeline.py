@@ -209,6 +209,16 @@ def test_walks_change_only_their_conditions_and_say_which_walk_point_and_pair_ea
         assert s["endpoints"].shape == (8, 2) and s["cond_label"].shape == (8, 2)
 
 
+def test_a_fixed_label_walk_of_a_model_without_a_label_is_one_row_per_walk(run_dir):
+    """With no label to fix, rows "label A" and "label B" would be the same images twice: one row per walk."""
+    run = rundir.load_run(str(run_dir))
+    run.config["unet"]["conditions"] = {"pos": run.config["unet"]["conditions"]["pos"]}  # as a --cond pos run
+    sampler = dict(name="ddim", steps=2, eta=1.0, guidance={"pos": 3.0})
+    part = boundary.walks(run, 0, 1, points=3, sampler=sampler, seed=0, count=2, label="fixed", path="line")
+    assert part["images"].shape == (2 * 3, 8, 8, 1) and part["walk"].tolist() == [0] * 3 + [1] * 3
+    assert "label" not in part["cond"] and part["labels"].tolist() == [0] * 6
+
+
 def test_a_walk_without_its_label_guides_the_position_by_default(run_dir, tmp_path):
     # the default label=3 has no label to guide in a --walk-label none walk: it guides the position at 3 instead
     common = ["--sampling-steps", "2", "--grid-per-class", "1", "--between", "0", "1", "--points", "3",

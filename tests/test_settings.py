@@ -10,6 +10,7 @@ import re
 
 import numpy as np
 import pytest
+import torch
 
 import conditions
 import metrics
@@ -115,6 +116,7 @@ NEW = [  # train.py, a new run: (flags, expected); every run here has --data FOL
     (["--cond", "label", "--weights", "{file}"], "--weights shapes the pos condition"),
     (["--weights", "{file}"], "--weights is a backbone's weights file, and --backbone pixels takes none"),
     (["--size", "paper"], "used"), (["--dropout", "0.1"], "used"), (["--schedule", "cosine"], "used"),
+    (["--base-channels", "8"], "used"), (["--base-channels", "0"], "--base-channels must be a positive number, got 0"),
     (["--timesteps", "50"], "used"), (["--prediction", "eps"], "used"), (["--min-snr", "5"], "used"),
     (["--steps", "4"], "used"), (["--epochs", "2"], "used"),
     (["--steps", "4", "--epochs", "2"], "--steps and --epochs both set the run's length"),
@@ -145,6 +147,7 @@ RESUME = [  # train.py --resume on a copy of a label run trained to its --steps 
     (["--steps", "4", "--cond", "label"], "used"), (["--steps", "4", "--data-seed", "0"], "used"),  # as it was
     (["--steps", "4", "--cond", "pos"], "trained with --cond label; a resumed run keeps"),
     (["--steps", "4", "--dropout", "0.1"], "trained with --dropout None"),
+    (["--steps", "4", "--base-channels", "8"], "trained with --base-channels None"),
     (["--steps", "4", "--data-seed", "1"], "trained with --data-seed 0"),
     (["--steps", "4", "--sample-every", "3"], "used"),
     (["--steps", "4", "--sample-every", "5"], "--sample-every 5: no step between 2 and the last, 4"),
@@ -271,6 +274,26 @@ def test_the_walks_guidance_reaches_its_sampler_and_meta_json(runs, tmp_path, mo
     meta = json.loads((tmp_path / "none" / "meta.json").read_text())  # what was done: nothing guided, no walk, T steps
     assert meta["guidance"] == 1.0 and meta["points"] is None and meta["walk_label"] is None and meta["n"] is None
     assert meta["sampling_steps"] == rundir.load_run(str(runs[NONE])).diffusion.num_timesteps and meta["eta"] is None
+
+
+def test_base_channels_sets_the_u_nets_width_and_the_default_keeps_the_run_id(runs, folder, tmp_path):  # noqa: F811
+    """--base-channels C: config.json's U-Net and the network built from it have C channels at their first level;
+    the default (the size's own, None) leaves the run id as it was before the flag existed."""
+    from plumbing.train_command import unet_kwargs
+    from unet import UNet
+    argv = ["--data", folder, "--batch-size", "8", "--steps", "1", "--save-every", "1", "--cond", "label"]
+    train.main(["--out", str(tmp_path / "narrow"), *argv, "--base-channels", "8"])
+    config = json.loads((tmp_path / "narrow" / "config.json").read_text())
+    assert config["unet"]["base_channels"] == 8 and config["settings"]["base_channels"] == 8
+    assert UNet(**config["unet"]).input_conv.out_channels == 8
+    assert unet_kwargs("small", (28, 28, 1), None, {})["base_channels"] == 32
+    odd = UNet(**unet_kwargs("small", (8, 8, 1), None, {"label": 2}, 50))  # attention over 100 channels: 2 heads
+    assert odd(torch.zeros(2, 1, 8, 8), torch.zeros(2, dtype=torch.long), {"label": torch.zeros(2, dtype=torch.long)}
+               ).shape == (2, 1, 8, 8)
+    settings = json.loads((runs[L] / "config.json").read_text())["settings"]
+    old = {key: value for key, value in settings.items() if key != "base_channels"}  # a config from before the flag
+    assert rundir.make_run_id(old, "d") == rundir.make_run_id(dict(old, base_channels=None), "d")
+    assert rundir.make_run_id(old, "d") != rundir.make_run_id(dict(old, base_channels=8), "d")
 
 
 def test_a_resume_records_the_steps_it_trains_and_a_refused_one_changes_nothing(runs, tmp_path, capsys):
