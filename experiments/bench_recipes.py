@@ -239,6 +239,7 @@ QUICK_RECIPES = {
     "400 steps, warm-up 25, min-SNR 5": ["--steps", "400", "--warmup", "25", "--min-snr", "5"],
     "base width 16": ["--base-channels", "16"],  # a U-Net of half the width: about twice the images/s on a CPU
     "base width 16, 800 steps": ["--base-channels", "16", "--steps", "800"],
+    "base width 24": ["--base-channels", "24"],
 }
 QUICK_SEEDS = (0, 1)  # seed S: the training (U-Net, UMAP, batches) and sample.py --eval's noise and references
 QUICK_RUNS = os.path.join("runs", "bench-quick")

@@ -3,10 +3,10 @@
 experiments.guide measures what each guide design keeps; this asks what any guide could keep. For each run and
 pair it draws WALKS walks exactly as sample.py --boundary draws them (boundary.boundary_endpoints and
 boundary.walk_images, walk seed 0, method soft, sample.py's sampler: the same endpoints and noise as the walks the
-guide searches) at POINTS fixed values of s (steps of 1/32), and every reader reads every image: experiments.guide's
-three (the evaluator, the second reader, the perceptron) and a fourth of no architecture, `NearestNeighbours`
-(the share of each class among the K nearest of the readers' training digits, in pixels: trained and tuned on
-nothing). Then per pair, pooled over the runs:
+guide searches) at GRID_POINTS fixed values of s (steps of 1/32), and every reader reads every image:
+experiments.guide's three (the evaluator, the second reader, the perceptron) and a fourth of no architecture,
+`NearestNeighbours` (the share of each class among the K nearest of the readers' training digits, in pixels:
+trained and tuned on nothing). Then per pair, pooled over the runs:
 
   where each reader places the boundary: its crossing on a walk (the first grid point where P(B) / (P(A) + P(B))
       reaches 0.5 after one below it), and its median offset in s from the evaluator's on the same walks;
@@ -50,7 +50,7 @@ from plumbing.errors import RunError
 from experiments import guide as guide_experiment
 from experiments.common import Context, Digits, Scorer, kept_set, set_key
 
-WALKS, POINTS = 40, 33  # walks per run and pair; grid points per walk, s = 0, 1/32, .. 1
+WALKS, GRID_POINTS = 40, 33  # walks per run and pair; grid points per walk, s = 0, 1/32, .. 1
 KNN_K = 10  # the nearest-neighbour reader's neighbours
 MIXED_SEEDS, MIXED_ARCHITECTURES = (1, 2, 3), ("cnn", "mlp", "cnn")  # mixed_guide's members (never seed 0)
 MIXED_FILE = "guide-mixed-{run}.pt"  # kept beside the readers (--readers), one per run
@@ -65,8 +65,9 @@ SAMPLER = None  # sample.py's; tests give fewer steps
 class NearestNeighbours:
     """P(c | x) = the share of class c among the k training digits nearest to x (Euclidean, pixels in [0, 1]).
 
-    A classic MNIST classifier with no weights, no training and no inductive bias but the pixel distance: what it
-    finds ambiguous (at least 2 of 10 neighbours of each class) is ambiguous to the training digits themselves."""
+    A classic MNIST classifier with no weights and no training, whose only choice is the pixel distance: it finds a
+    digit ambiguous (at least 2 of its 10 nearest training digits of each class) when training digits of both
+    classes lie nearest it."""
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, k: int = KNN_K, num_classes: int = 10):
         self.bank = torch.from_numpy(images.reshape(len(images), -1).astype(np.float32) / 255)  # (N, D)
@@ -85,7 +86,9 @@ class NearestNeighbours:
 
 def reader_prob(reader, images: np.ndarray) -> np.ndarray:
     """Any reader's class probabilities (N, K): NearestNeighbours' shares, a network's softmax."""
-    return reader.prob(images) if isinstance(reader, NearestNeighbours) else guide_experiment.probabilities(reader, images)
+    if isinstance(reader, NearestNeighbours):
+        return reader.prob(images)
+    return guide_experiment.probabilities(reader, images)
 
 
 def all_readers(ctx: Context) -> dict:
@@ -97,7 +100,8 @@ def all_readers(ctx: Context) -> dict:
 # ---------------------------------------------------------------------------
 # The walks and the guides
 # ---------------------------------------------------------------------------
-def walk_bank(run: rundir.Run, a: int, b: int, out: str, walks: int = WALKS, points: int = POINTS) -> np.ndarray:
+def walk_bank(run: rundir.Run, a: int, b: int, out: str, walks: int = WALKS,
+              points: int = GRID_POINTS) -> np.ndarray:
     """Walks 0 .. walks-1 of sample.py --boundary A B (seed 0) at `points` grid values of s: uint8
     (walks, points, H, W, C), kept at out/banks/RUN/A-B."""
     sampler = {**dict(name=DEFAULT_SAMPLER, steps=DEFAULT_STEPS, eta=DEFAULT_ETA), **(SAMPLER or {})}
@@ -227,7 +231,7 @@ def all_pairs(cells: dict) -> dict:
 # ---------------------------------------------------------------------------
 def ceiling_experiment(run_dirs: list[str], pairs=guide_experiment.PAIRS, out: str = OUT,
                        readers_dir: str = guide_experiment.READERS_DIR, walks: int = WALKS,
-                       points: int = POINTS) -> dict:
+                       points: int = GRID_POINTS) -> dict:
     """Everything the module's docstring says, for the runs in run_dirs; returns what results.json holds."""
     start = time.perf_counter()
     digits = Digits.load()
@@ -298,8 +302,8 @@ def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(prog="python -m experiments.ceiling", description=__doc__.split("\n\n")[0])
     p.add_argument("runs", nargs="+", metavar="RUN", help="label+pos runs of train.py on the embedded MNIST sample")
     p.add_argument("--walks", type=int, default=WALKS, help=f"walks per run and pair (default {WALKS})")
-    p.add_argument("--points", type=int, default=POINTS, help=f"grid points per walk, s = 0 .. 1 (default {POINTS}: "
-                   "steps of 1/32)")
+    p.add_argument("--points", type=int, default=GRID_POINTS,
+                   help=f"grid points per walk, s = 0 .. 1 (default {GRID_POINTS}: steps of 1/32)")
     p.add_argument("--pairs", nargs="+", default=[f"{a}-{b}" for a, b in guide_experiment.PAIRS], metavar="A-B",
                    help="class pairs (default: experiments.guide's)")
     p.add_argument("--out", default=OUT, help=f"results.json, tables.md and the banks (default {OUT})")
