@@ -4,9 +4,9 @@ experiments.guide measures what each guide design keeps; this asks what any guid
 pair it draws WALKS walks exactly as sample.py --boundary draws them (boundary.boundary_endpoints and
 boundary.walk_images, walk seed 0, method soft, sample.py's sampler: the same endpoints and noise as the walks the
 guide searches) at GRID_POINTS fixed values of s (steps of 1/32), and every reader reads every image:
-experiments.guide's three (the evaluator, the second reader, the perceptron) and a fourth of no architecture,
-`NearestNeighbours` (the share of each class among the K nearest of the readers' training digits, in pixels:
-trained and tuned on nothing). Then per pair, pooled over the runs:
+experiments.guide's four (the evaluator, the second reader, the perceptron, and the vote of no architecture,
+`experiments.guide.NearestNeighbours`: the share of each class among the 10 nearest of the readers' training digits,
+in pixels, trained and tuned on nothing). Then per pair, pooled over the runs:
 
   where each reader places the boundary: its crossing on a walk (the first grid point where P(B) / (P(A) + P(B))
       reaches 0.5 after one below it), and its median offset in s from the evaluator's on the same walks;
@@ -39,7 +39,6 @@ import sys
 import time
 
 import numpy as np
-import torch
 
 import boundary
 import metrics
@@ -51,50 +50,11 @@ from experiments import guide as guide_experiment
 from experiments.common import Context, Digits, Scorer, kept_set, set_key
 
 WALKS, GRID_POINTS = 40, 33  # walks per run and pair; grid points per walk, s = 0, 1/32, .. 1
-KNN_K = 10  # the nearest-neighbour reader's neighbours
 MIXED_SEEDS, MIXED_ARCHITECTURES = (1, 2, 3), ("cnn", "mlp", "cnn")  # mixed_guide's members (never seed 0)
 MIXED_FILE = "guide-mixed-{run}.pt"  # kept beside the readers (--readers), one per run
 GUIDES = ("v3", "v2", "mixed")  # v3: v1's members (one guide), read with v3's rule like the others
 OUT = os.path.join("results", "guide", "ceiling")
 SAMPLER = None  # sample.py's; tests give fewer steps
-
-
-# ---------------------------------------------------------------------------
-# The fourth reader: no architecture
-# ---------------------------------------------------------------------------
-class NearestNeighbours:
-    """P(c | x) = the share of class c among the k training digits nearest to x (Euclidean, pixels in [0, 1]).
-
-    A classic MNIST classifier with no weights and no training, whose only choice is the pixel distance: it finds a
-    digit ambiguous (at least 2 of its 10 nearest training digits of each class) when training digits of both
-    classes lie nearest it."""
-
-    def __init__(self, images: np.ndarray, labels: np.ndarray, k: int = KNN_K, num_classes: int = 10):
-        self.bank = torch.from_numpy(images.reshape(len(images), -1).astype(np.float32) / 255)  # (N, D)
-        self.labels, self.k, self.num_classes = np.asarray(labels), k, num_classes
-
-    def prob(self, images: np.ndarray) -> np.ndarray:
-        """uint8 (N, H, W, C) -> (N, K) class shares of the k nearest training digits."""
-        x = torch.from_numpy(images.reshape(len(images), -1).astype(np.float32) / 255)  # (N, D)
-        out = np.zeros((len(x), self.num_classes))
-        for start in range(0, len(x), 1024):
-            nearest = torch.cdist(x[start:start + 1024], self.bank).topk(self.k, largest=False).indices.numpy()
-            for c in range(self.num_classes):
-                out[start:start + 1024, c] = (self.labels[nearest] == c).mean(axis=1)
-        return out
-
-
-def reader_prob(reader, images: np.ndarray) -> np.ndarray:
-    """Any reader's class probabilities (N, K): NearestNeighbours' shares, a network's softmax."""
-    if isinstance(reader, NearestNeighbours):
-        return reader.prob(images)
-    return guide_experiment.probabilities(reader, images)
-
-
-def all_readers(ctx: Context) -> dict:
-    """experiments.guide's readers and the nearest-neighbour reader on the same digits (the evaluator's)."""
-    fit = ctx.digits.evaluator_train()
-    return dict(guide_experiment.readers(ctx), knn=NearestNeighbours(ctx.digits.images[fit], ctx.digits.labels[fit]))
 
 
 # ---------------------------------------------------------------------------
@@ -145,9 +105,8 @@ def run_guides(run: rundir.Run, readers: dict, directory: str) -> dict:
     """GUIDES of this run, each checked to hold no reader's weights."""
     guides = dict(v3=boundary.boundary_guide(run, design="v3"), v2=boundary.boundary_guide(run, design="v2"),
                   mixed=mixed_guide(run, directory))
-    networks = [r for r in readers.values() if not isinstance(r, NearestNeighbours)]
     for guide in guides.values():
-        boundary.check_guide(guide, networks)
+        boundary.check_guide(guide, guide_experiment.networks(readers))
     return guides
 
 
@@ -189,7 +148,7 @@ def guide_on_grid(readings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def pair_cells(banks: list[np.ndarray], readers: dict, guides: list[dict], a: int, b: int) -> dict:
     """One pair over the runs' banks (and each run's guides): what results.json keeps per pair."""
     s = np.linspace(0, 1, banks[0].shape[1])
-    read = {name: np.concatenate([on_grid(lambda x: reader_prob(r, x), bank, a, b) for bank in banks])
+    read = {name: np.concatenate([on_grid(lambda x: guide_experiment.probabilities(r, x), bank, a, b) for bank in banks])
             for name, r in readers.items()}  # name -> (runs * W, P, 2)
     crossing = {name: crossings(v, s) for name, v in read.items()}
     amb = {name: ambiguous(v) for name, v in read.items()}  # name -> (runs * W, P)
@@ -239,17 +198,15 @@ def ceiling_experiment(run_dirs: list[str], pairs=guide_experiment.PAIRS, out: s
     guide_experiment.check_runs(runs, digits)  # before any reader trains
     os.makedirs(readers_dir, exist_ok=True)
     ctx = Context(readers_dir, out, digits, Scorer(readers_dir, digits, None))
-    readers = all_readers(ctx)
+    readers = guide_experiment.readers(ctx)
     guides = []
     for run in runs:
         print(f"{guide_experiment.run_name(run)}: the guides (trained on first use, then kept)", flush=True)
         guides.append(run_guides(run, readers, readers_dir))
-    test = digits.test
     result = dict(runs=[guide_experiment.run_name(r) for r in runs], walks=walks, points=points, method="soft",
-                  sampler=SAMPLER or "sample.py's", knn_k=KNN_K, mixed=dict(seeds=list(MIXED_SEEDS),
+                  sampler=SAMPLER or "sample.py's", knn_k=guide_experiment.KNN_K, mixed=dict(seeds=list(MIXED_SEEDS),
                                                                           architectures=list(MIXED_ARCHITECTURES)),
-                  readers={name: float((reader_prob(r, digits.images[test]).argmax(1) == digits.labels[test]).mean())
-                           for name, r in readers.items()}, pairs={})
+                  readers={name: guide_experiment.reader_accuracy(ctx, r) for name, r in readers.items()}, pairs={})
     for a, b in pairs:
         banks = []
         for run in runs:

@@ -11,16 +11,17 @@ method and sampler, walk seed 0; each design's point), and three readers outside
   second     between.py's second reader (SmallClassifier, width 32, seed 7)
   mlp        a perceptron on the pixels (classifier.PixelMLP, seed 5, no convolutions): an architecture that no
              guide design was chosen with
+  knn        a vote of the 10 nearest digits in pixels (`NearestNeighbours`): no architecture, no training
 
-all three trained, with the classifier's one recipe, on the training digits without the noise floor's
-(experiments/common.py), and kept in --readers (runs/experiment/, which python -m experiments shares); every guide
+the networks trained, with the classifier's one recipe, on the training digits without the noise floor's
+(experiments/common.py; the vote reads the same digits), and kept in --readers (runs/experiment/, which python -m experiments shares); every guide
 is checked against each of them (boundary.check_guide). The runs: label+pos models of different seeds trained on
 the embedded MNIST sample's training digits (python -m experiments' runs/experiment/label-pos-s0 .. s2, or
 train.py --seed S runs); each keeps its guides in its directory (boundary.GUIDE_FILES).
 
 Per design, pair and reader: the share of the trusted samples that the reader finds ambiguous (min(P(A), P(B))
 >= metrics.AMBIGUOUS), pooled over the runs, per run, their range and a 95% logit t-interval over the runs
-(metrics.logit_t_interval; each run its own model, guide and walks); the share all three readers find ambiguous;
+(metrics.logit_t_interval; each run its own model, guide and walks); the share all four readers find ambiguous;
 the walks tried per trusted sample and the seconds (per run, and per 100 trusted samples). Beside them, per pair,
 between.py's real reference (`real_reference`: the real digits of A and B that no reader trained on and that the
 evaluator finds most ambiguous, at least 20): each reader's ambiguous share of them, and the share of its test
@@ -50,6 +51,7 @@ try:  # a Ctrl-C while the modules load (torch: seconds) is one line too
 
     import numpy as np
     import scipy.special
+    import torch
 
     import boundary
     import metrics
@@ -70,7 +72,8 @@ SAMPLER = None  # sample.py's (boundary_samples' defaults); tests give fewer ste
 METHOD = boundary.DEFAULT_BOUNDARY_METHOD
 OUT, READERS_DIR = os.path.join("results", "guide"), os.path.join("runs", "experiment")
 MLP_READER_SEED, MLP_READER_FILE = 5, "mlp-reader-without-floor.pt"  # a seed no other classifier here uses
-READERS = ("evaluator", "second", "mlp")
+READERS = ("evaluator", "second", "mlp", "knn")
+KNN_K = 10  # the nearest-neighbour reader's neighbours
 SET_KIND = "trusted boundary samples, python -m experiments.guide"  # in every set's key
 
 
@@ -85,20 +88,52 @@ def mlp_reader(ctx: Context) -> classifier.FeatureNetwork:
                            seed=MLP_READER_SEED, architecture="mlp")
 
 
-def readers(ctx: Context) -> dict[str, classifier.FeatureNetwork]:
-    """READERS' networks: the evaluator, between.py's second reader, the perceptron."""
-    return dict(evaluator=ctx.scorer.net, second=between.second_reader(ctx), mlp=mlp_reader(ctx))
+class NearestNeighbours:
+    """P(c | x) = the share of class c among the k training digits nearest to x (Euclidean, pixels in [0, 1]).
+
+    A classic MNIST classifier with no weights and no training, whose only choice is the pixel distance: it finds a
+    digit ambiguous (at least 2 of its 10 nearest training digits of each class) when training digits of both
+    classes lie nearest it. No guide can hold it (a guide's members are networks)."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, k: int = KNN_K, num_classes: int = 10):
+        self.bank = torch.from_numpy(images.reshape(len(images), -1).astype(np.float32) / 255)  # (N, D)
+        self.labels, self.k, self.num_classes = np.asarray(labels), k, num_classes
+
+    def prob(self, images: np.ndarray) -> np.ndarray:
+        """uint8 (N, H, W, C) -> (N, K) class shares of the k nearest training digits."""
+        x = torch.from_numpy(images.reshape(len(images), -1).astype(np.float32) / 255)  # (N, D)
+        out = np.zeros((len(x), self.num_classes))
+        for start in range(0, len(x), 1024):
+            nearest = torch.cdist(x[start:start + 1024], self.bank).topk(self.k, largest=False).indices.numpy()
+            for c in range(self.num_classes):
+                out[start:start + 1024, c] = (self.labels[nearest] == c).mean(axis=1)
+        return out
 
 
-def probabilities(net: classifier.FeatureNetwork, images: np.ndarray) -> np.ndarray:
-    """A reader's softmax of uint8 images (N, H, W, C) -> (N, K) (K = 10 for no image)."""
+def readers(ctx: Context) -> dict:
+    """READERS: the evaluator, between.py's second reader, the perceptron, and the vote on the evaluator's digits."""
+    fit = ctx.digits.evaluator_train()
+    return dict(evaluator=ctx.scorer.net, second=between.second_reader(ctx), mlp=mlp_reader(ctx),
+                knn=NearestNeighbours(ctx.digits.images[fit], ctx.digits.labels[fit]))
+
+
+def networks(nets: dict) -> list[classifier.FeatureNetwork]:
+    """The readers that are networks: what boundary.check_guide compares a guide's members with."""
+    return [net for net in nets.values() if not isinstance(net, NearestNeighbours)]
+
+
+def probabilities(net, images: np.ndarray) -> np.ndarray:
+    """A reader's class probabilities of uint8 images (N, H, W, C) -> (N, K): a network's softmax, the vote's
+    shares (K = 10 for no image)."""
+    if isinstance(net, NearestNeighbours):
+        return net.prob(images)
     return scipy.special.softmax(net.logits(images), axis=1) if len(images) else np.zeros((0, 10))
 
 
-def reader_accuracy(ctx: Context, net: classifier.FeatureNetwork) -> float:
+def reader_accuracy(ctx: Context, net) -> float:
     """The reader's accuracy on the 1,000 test digits (what it reads right where no one trained)."""
     test = ctx.digits.test
-    return float((net.logits(ctx.digits.images[test]).argmax(1) == ctx.digits.labels[test]).mean())
+    return float((probabilities(net, ctx.digits.images[test]).argmax(1) == ctx.digits.labels[test]).mean())
 
 
 # ---------------------------------------------------------------------------
@@ -238,13 +273,14 @@ def merge(cells: list[dict]) -> dict:
 # ---------------------------------------------------------------------------
 def real_rows(ctx: Context, near: between.Nearness, nets: dict, guides: dict, a: int, b: int) -> dict:
     """between.real_reference for the pair (its evaluator and second reader's statistics, nearness), with the
-    perceptron's ambiguous share of the same digits, and per design the share of its test digits that the filter
+    perceptron's and the vote's ambiguous share of the same digits, and per design the share of its test digits that the filter
     (boundary.trusted with each run's guide of that design) keeps, averaged over the runs' guides."""
     first = next(iter(guides.values()))[DESIGNS[0]] if guides else None
     reference = between.real_reference(ctx, near, nets["second"], first, a, b)
     digits = np.array(reference["digits"])
-    p = probabilities(nets["mlp"], ctx.digits.images[digits])
-    reference["mlp"] = dict(ambiguous_share=float((np.minimum(p[:, a], p[:, b]) >= metrics.AMBIGUOUS).mean()))
+    for name in ("mlp", "knn"):  # (between.real_reference reads the evaluator and the second reader)
+        p = probabilities(nets[name], ctx.digits.images[digits])
+        reference[name] = dict(ambiguous_share=float((np.minimum(p[:, a], p[:, b]) >= metrics.AMBIGUOUS).mean()))
     test = digits[np.isin(digits, ctx.digits.test)]
     reference["kept_by_filter"] = {}
     for design in DESIGNS:
@@ -265,7 +301,7 @@ def run_guides(runs: list[rundir.Run], nets: dict) -> tuple[dict, dict]:
         guides[run_name(run)], records[run_name(run)] = {}, {}
         for design in DESIGNS:
             guide, seconds = timed_guide(run, design)
-            boundary.check_guide(guide, list(nets.values()))
+            boundary.check_guide(guide, networks(nets))
             guides[run_name(run)][design] = guide
             records[run_name(run)][design] = guide_record(guide, seconds)
     return guides, records
@@ -345,12 +381,11 @@ def guides_table(r: dict) -> list[str]:
 def shares_table(r: dict) -> list[str]:
     """Per design and pair (and all pairs): trusted samples, walks per trusted sample, seconds, the readers' shares."""
     text = ["Share of the trusted samples each reader finds ambiguous (min(P(A), P(B)) >= 0.2): pooled over the runs "
-            "[95% logit t-interval over the runs] (each run's); all three: the share every reader finds ambiguous. "
+            "[95% logit t-interval over the runs] (each run's); all readers: the share every reader finds ambiguous. "
             "Walks per trusted sample (each run's); seconds for 100 trusted samples (all runs' seconds over their "
             "trusted samples).", "",
-            "| design | pair | trusted / asked | walks per trusted | s per 100 | evaluator | second | mlp | "
-            "all three |",
-            "|---|---|---|---|---|---|---|---|---|"]
+            "| design | pair | trusted / asked | walks per trusted | s per 100 | " + " | ".join(READERS) + " | all readers |",
+            "|---|---|---|---|---|" + "---|" * (len(READERS) + 1)]
     for design, pairs in r["summary"].items():
         for pair, m in pairs.items():
             asked = r["k"] * len(r["runs"]) * (len(r["pairs"]) if pair == "all pairs" else 1)
@@ -367,9 +402,9 @@ def real_table(r: dict) -> list[str]:
             "trained on and the evaluator finds most ambiguous (all it finds ambiguous, at least 20); each reader's "
             "ambiguous share of them, and the share of their test digits each design's filter keeps (mean over the "
             "runs' guides).", "",
-            "| pair | digits (evaluator-ambiguous) | evaluator | second | mlp | "
+            "| pair | digits (evaluator-ambiguous) | " + " | ".join(READERS) + " | "
             + " | ".join(f"kept by {d}" for d in r["designs"]) + " |",
-            "|---|---|---|---|---|" + "---|" * len(r["designs"])]
+            "|---|---|" + "---|" * (len(READERS) + len(r["designs"]))]
     for pair, real in r["real"].items():
         shares = [real[name]["ambiguous_share"] for name in READERS] + [real["kept_by_filter"][d] for d in r["designs"]]
         text.append(f"| {pair} | {real['n']} ({real['n_ambiguous']}) | " + " | ".join(map(percent, shares)) + " |")

@@ -269,6 +269,7 @@ def test_the_guide_experiment_reads_each_designs_trusted_samples_with_three_outs
         mnist_runs, tmp_path, monkeypatch):
     from experiments import common
     from experiments import guide as experiment
+    from experiments.common import Digits
     monkeypatch.setattr(common, "CLASSIFIER_ARGS", {"steps": 2})  # the readers
     monkeypatch.setattr(boundary, "GUIDE_STEPS", 2)
     monkeypatch.setattr(experiment, "SAMPLER", dict(steps=2))
@@ -278,9 +279,12 @@ def test_the_guide_experiment_reads_each_designs_trusted_samples_with_three_outs
     experiment.main(argv)
     r = json.loads((out / "results.json").read_text())
     assert r["runs"] == ["label-pos-s0", "label-pos-s1"] and r["pairs"] == ["4-9"] and r["k"] == 2
-    assert set(r["summary"]) == {"v1", "v2", "v3"} and set(r["readers"]) == {"evaluator", "second", "mlp"}
+    assert set(r["summary"]) == {"v1", "v2", "v3"} and set(r["readers"]) == {"evaluator", "second", "mlp", "knn"}
     mlp = classifier.load_classifier(readers / experiment.MLP_READER_FILE, "cpu")
     assert isinstance(mlp.model, classifier.PixelMLP)  # the reader of another architecture, kept with the others
+    digits = Digits.load()
+    fit = digits.evaluator_train()
+    knn = experiment.NearestNeighbours(digits.images[fit], digits.labels[fit])  # the reader of no architecture
     for run in r["runs"]:
         assert r["guides"][run]["v2"]["widths"] == [8, 12, 24] and r["guides"][run]["v1"]["temperatures"] == [1.0] * 3
     for design in ("v1", "v2"):
@@ -303,9 +307,11 @@ def test_the_guide_experiment_reads_each_designs_trusted_samples_with_three_outs
                 assert kept["images"].shape == (2, 28, 28, 1) and kept["guide_prob"].shape == (2, 3, 2)
                 assert kept["trusted"].all() and kept["labels"].tolist() == [4, 4]
                 p = experiment.probabilities(mlp, kept["images"])  # (2, 10)
+                q = knn.prob(kept["images"])  # (2, 10): shares of the 10 nearest of the evaluator's digits
             assert cell["read"]["readers"]["mlp"]["ambiguous"] == int((np.minimum(p[:, 4], p[:, 9]) >= 0.2).sum())
+            assert cell["read"]["readers"]["knn"]["ambiguous"] == int((np.minimum(q[:, 4], q[:, 9]) >= 0.2).sum())
     real = r["real"]["4-9"]
-    assert real["n"] >= 20 and 0 <= real["mlp"]["ambiguous_share"] <= 1
+    assert real["n"] >= 20 and 0 <= real["mlp"]["ambiguous_share"] <= 1 and 0 <= real["knn"]["ambiguous_share"] <= 1
     assert set(real["kept_by_filter"]) == {"v1", "v2", "v3"}
     tables = (out / "tables.md").read_text()
     assert "| v2 | 4-9 | 4 / 4 | 2.0 (2.0, 2.0) |" in tables and "| v1 | all pairs |" in tables
@@ -467,11 +473,11 @@ def test_a_guide_on_the_grid_keeps_what_boundary_keeps_and_its_point_is_read_by_
 
 
 def test_the_nearest_neighbour_reader_gives_the_class_shares_of_the_nearest_training_digits():
-    from experiments import ceiling
+    from experiments import guide as experiment
     images = np.zeros((6, 2, 2, 1), np.uint8)
     images[:3] = 0  # three dark digits of class 1
     images[3:, 0, 0] = [[200], [220], [240]]  # three bright ones of class 3
-    knn = ceiling.NearestNeighbours(images, np.array([1, 1, 1, 3, 3, 3]), k=4)
+    knn = experiment.NearestNeighbours(images, np.array([1, 1, 1, 3, 3, 3]), k=4)
     query = np.zeros((2, 2, 2, 1), np.uint8)
     query[1, 0, 0] = 230
     p = knn.prob(query)
