@@ -148,7 +148,8 @@ def guide_on_grid(readings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def pair_cells(banks: list[np.ndarray], readers: dict, guides: list[dict], a: int, b: int) -> dict:
     """One pair over the runs' banks (and each run's guides): what results.json keeps per pair."""
     s = np.linspace(0, 1, banks[0].shape[1])
-    read = {name: np.concatenate([on_grid(lambda x: guide_experiment.probabilities(r, x), bank, a, b) for bank in banks])
+    read = {name: np.concatenate([on_grid(lambda x: guide_experiment.probabilities(r, x), bank, a, b)
+                                  for bank in banks])
             for name, r in readers.items()}  # name -> (runs * W, P, 2)
     crossing = {name: crossings(v, s) for name, v in read.items()}
     amb = {name: ambiguous(v) for name, v in read.items()}  # name -> (runs * W, P)

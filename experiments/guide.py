@@ -14,8 +14,8 @@ method and sampler, walk seed 0; each design's point), and three readers outside
   knn        a vote of the 10 nearest digits in pixels (`NearestNeighbours`): no architecture, no training
 
 the networks trained, with the classifier's one recipe, on the training digits without the noise floor's
-(experiments/common.py; the vote reads the same digits), and kept in --readers (runs/experiment/, which python -m experiments shares); every guide
-is checked against each of them (boundary.check_guide). The runs: label+pos models of different seeds trained on
+(experiments/common.py; the vote reads the same digits), and kept in --readers (runs/experiment/, which
+python -m experiments shares); every guide is checked against each network (boundary.check_guide). The runs: label+pos models of different seeds trained on
 the embedded MNIST sample's training digits (python -m experiments' runs/experiment/label-pos-s0 .. s2, or
 train.py --seed S runs); each keeps its guides in its directory (boundary.GUIDE_FILES).
 
@@ -273,8 +273,8 @@ def merge(cells: list[dict]) -> dict:
 # ---------------------------------------------------------------------------
 def real_rows(ctx: Context, near: between.Nearness, nets: dict, guides: dict, a: int, b: int) -> dict:
     """between.real_reference for the pair (its evaluator and second reader's statistics, nearness), with the
-    perceptron's and the vote's ambiguous share of the same digits, and per design the share of its test digits that the filter
-    (boundary.trusted with each run's guide of that design) keeps, averaged over the runs' guides."""
+    perceptron's and the vote's ambiguous share of the same digits, and per design the share of its test digits that
+    the filter (boundary.trusted with each run's guide of that design) keeps, averaged over the runs' guides."""
     first = next(iter(guides.values()))[DESIGNS[0]] if guides else None
     reference = between.real_reference(ctx, near, nets["second"], first, a, b)
     digits = np.array(reference["digits"])
@@ -384,7 +384,8 @@ def shares_table(r: dict) -> list[str]:
             "[95% logit t-interval over the runs] (each run's); all readers: the share every reader finds ambiguous. "
             "Walks per trusted sample (each run's); seconds for 100 trusted samples (all runs' seconds over their "
             "trusted samples).", "",
-            "| design | pair | trusted / asked | walks per trusted | s per 100 | " + " | ".join(READERS) + " | all readers |",
+            "| design | pair | trusted / asked | walks per trusted | s per 100 | " + " | ".join(READERS)
+            + " | all readers |",
             "|---|---|---|---|---|" + "---|" * (len(READERS) + 1)]
     for design, pairs in r["summary"].items():
         for pair, m in pairs.items():
