@@ -15,9 +15,10 @@ method and sampler, walk seed 0; each design's point), and three readers outside
 
 the networks trained, with the classifier's one recipe, on the training digits without the noise floor's
 (experiments/common.py; the vote reads the same digits), and kept in --readers (runs/experiment/, which
-python -m experiments shares); every guide is checked against each network (boundary.check_guide). The runs: label+pos models of different seeds trained on
-the embedded MNIST sample's training digits (python -m experiments' runs/experiment/label-pos-s0 .. s2, or
-train.py --seed S runs); each keeps its guides in its directory (boundary.GUIDE_FILES).
+python -m experiments shares); every guide is checked against each network (boundary.check_guide). The runs:
+label+pos models of different seeds trained on the embedded MNIST sample's training digits (python -m experiments'
+runs/experiment/label-pos-s0 .. s2, or train.py --seed S runs); each keeps its guides in its directory
+(boundary.GUIDE_FILES).
 
 Per design, pair and reader: the share of the trusted samples that the reader finds ambiguous (min(P(A), P(B))
 >= metrics.AMBIGUOUS), pooled over the runs, per run, their range and a 95% logit t-interval over the runs
