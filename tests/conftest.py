@@ -7,12 +7,14 @@ test it runs reuses it.
 import os
 
 # Under pytest-xdist (pytest.ini: a worker per core) each worker gets its share of the cores: torch's threads and,
-# through OMP_NUM_THREADS, those of the processes tests start (train.py, torchrun). Two workers of two threads each
-# on two cores would stall each other at every OpenMP barrier.
+# through OMP_NUM_THREADS, those of the processes tests start (train.py, torchrun), and through NUMBA_NUM_THREADS
+# umap's numba kernels (read when numba is first imported, after this). Two workers of two threads each on two
+# cores would stall each other at every OpenMP barrier.
 WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", 1))
-if WORKERS > 1 and "OMP_NUM_THREADS" not in os.environ:  # (a count the user set is kept)
+if WORKERS > 1:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    os.environ["OMP_NUM_THREADS"] = str(max(1, cores // WORKERS))
+    for variable in ("OMP_NUM_THREADS", "NUMBA_NUM_THREADS"):
+        os.environ.setdefault(variable, str(max(1, cores // WORKERS)))  # (a count the user set is kept)
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
