@@ -200,7 +200,7 @@ GUIDE_DESIGNS = {
     # member is as far from sure as the walk allows, rather than one where the members' mean is balanced while one
     # of them may already be sure. Measured as v2 was, on the same guides and walks as v1: the readers outside
     # find its trusted samples about as ambiguous as v1's (57%, 50%, 35% against 60%, 54%, 32%; the intervals
-    # overlap widely) at 2.5 walks per trusted sample against 3.5 (3.7 against 6.0 on 4-9, the hardest pair):
+    # overlap widely) at 2.3 walks per trusted sample against 3.5 (3.5 against 5.9 on 4-9, the hardest pair):
     # fewer walks for samples of the same ambiguity, so the default. None of the three generalises as hoped
     # (docs/EXPERIMENT.md, section 3).
     "v3": GuideDesign(widths=(16, 16, 16), calibration_share=0.0, point="most ambiguous"),
@@ -565,10 +565,15 @@ def boundary_grid(run: Run, part: dict) -> bytes:
 
 
 def walks_to_try(wanted: int, kept: int, tried: int) -> int:
-    """The next round's walks for `wanted` more trusted samples: as many as the rate so far says (at first one
-    per sample), never more than MAX_WALKS_PER_SAMPLE per sample."""
-    rate = max(kept / tried, 1 / MAX_WALKS_PER_SAMPLE) if tried else 1.0
-    return int(np.ceil(wanted / rate))
+    """The next round's walks for `wanted` more trusted samples: at first one per sample; then as many as the rate
+    so far says (at least 1 in MAX_WALKS_PER_SAMPLE), but no more than all the rounds before it together, so that
+    a small unlucky first round does not send the next one to the whole budget (the rate is measured again on
+    twice the walks). Walk i is the same walk, endpoints and noise, in any round; only the float rounding of
+    another batch size (and so, at a near tie, the point kept) can differ."""
+    if not tried:
+        return wanted
+    rate = max(kept / tried, 1 / MAX_WALKS_PER_SAMPLE)
+    return min(int(np.ceil(wanted / rate)), tried)
 
 
 def trusted_boundary_samples(run: Run, a: int, b: int, n: int, method: str = DEFAULT_BOUNDARY_METHOD,

@@ -33,10 +33,10 @@ Outputs in --out (results/guide/): results.json, tables.md, and every set as set
 made it, its walks and seconds). A set whose set.json holds the same key (run, guide weights, pair, K, sampler) is
 read back instead of being made again, its seconds those of when it was made; the readers' scores are recomputed.
 
-Time on the 2-core CPU: about 0.4 s per walk tried (docs/SPEED.md: 133 s for 341 walks with sample.py's sampler,
+Time on the 2-core CPU: about 0.4 s per walk tried (docs/SPEED.md: 127 s for 345 walks with sample.py's sampler,
 14 images per walk that crosses), and runs x designs x pairs x K x (walks per trusted sample) walks: at the
-default K = 50 with 3 runs, 3 designs, 5 pairs and 2.5-5 walks per trusted sample, 8,000-11,000 walks, about an
-hour (K = 20 with 2 runs: 17 min on 2026-12-07, the guides' training included);
+default K = 50 with 3 runs, 3 designs, 5 pairs and 2.3-5 walks per trusted sample, 8,000-11,000 walks, about an
+hour (K = 20 with 2 runs: 17 min on 2026-12-07 with the guides' training, 12.6 min without);
 plus, on first use, each guide's training (three members of 300 steps) and the three readers'.
 """
 if not __package__:  # run as a file, it could not import its neighbours: say what to run instead
@@ -76,6 +76,7 @@ MLP_READER_SEED, MLP_READER_FILE = 5, "mlp-reader-without-floor.pt"  # a seed no
 READERS = ("evaluator", "second", "mlp", "knn")
 KNN_K = 10  # the nearest-neighbour reader's neighbours
 SET_KIND = "trusted boundary samples, python -m experiments.guide"  # in every set's key
+ROUNDS = 2  # in every set's key: boundary.walks_to_try's rule (2: a round at most doubles the walks, 2026-12-07)
 
 
 # ---------------------------------------------------------------------------
@@ -199,7 +200,7 @@ def trusted_set(out: str, run: rundir.Run, design: str, guide, a: int, b: int, k
     npz, meta = os.path.join(folder, "samples.npz"), os.path.join(folder, "set.json")
     point = boundary.GUIDE_DESIGNS[design].point  # (in the key where it is not v1's and v2's s*: their sets stay valid)
     key = json.loads(json.dumps(set_key(run, kind=SET_KIND, design=design, guide=guide_digest(guide), pair=[a, b],
-                                        k=k, method=METHOD, sampler=SAMPLER, seed=WALK_SEED,
+                                        k=k, method=METHOD, sampler=SAMPLER, seed=WALK_SEED, rounds=ROUNDS,
                                         **({} if point == "crossing" else {"point": point}))))
     if os.path.exists(npz) and os.path.exists(meta):
         with open(meta) as f:

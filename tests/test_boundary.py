@@ -135,6 +135,23 @@ def test_boundary_samples_keep_each_walks_noise_and_report_what_they_found(run_d
     assert np.array_equal(later["images"], part["images"][keep]) and np.allclose(later["s"], part["s"][keep])
 
 
+def test_a_round_asks_the_rate_so_far_at_most_doubling_the_walks_so_the_search_overshoots_less(
+        run_dir, monkeypatch):  # noqa: F811
+    assert boundary.walks_to_try(8, 0, 0) == 8  # one walk per sample at first
+    assert boundary.walks_to_try(8, 0, 8) == 8  # none kept of 8: not 64 walks at once, 8 more first
+    assert boundary.walks_to_try(60, 40, 100) == 100 and boundary.walks_to_try(10, 40, 100) == 25  # rate 0.4
+    run = rundir.load_run(str(run_dir))
+    sampler = dict(name="ddim", steps=2, eta=1.0, guidance=1.0)
+    part, counts = boundary.trusted_boundary_samples(run, 0, 1, 3, guide=Members(), sampler=sampler)
+
+    def uncapped(wanted, kept, tried):  # the rule before the cap: straight to the rate's estimate
+        return int(np.ceil(wanted / max(kept / tried, 1 / boundary.MAX_WALKS_PER_SAMPLE))) if tried else wanted
+    monkeypatch.setattr(boundary, "walks_to_try", uncapped)
+    before, before_counts = boundary.trusted_boundary_samples(run, 0, 1, 3, guide=Members(), sampler=sampler)
+    assert len(part["walk"]) == len(before["walk"]) == 3 and counts["trusted"] >= 3
+    assert counts["tried"] <= before_counts["tried"] and counts["trusted"] <= before_counts["trusted"]
+
+
 def test_the_boundary_command_end_to_end(run_dir, tmp_path, monkeypatch, capsys):  # noqa: F811
     run = copy_run(run_dir, tmp_path)
     monkeypatch.setattr(boundary, "boundary_guide", lambda run: Members())  # a guide that reads these tiny images
