@@ -382,11 +382,13 @@ def guides_table(r: dict) -> list[str]:
 
 def shares_table(r: dict) -> list[str]:
     """Per design and pair (and all pairs): trusted samples, walks per trusted sample, seconds, the readers' shares."""
-    text = ["Share of the trusted samples each reader finds ambiguous (min(P(A), P(B)) >= 0.2): pooled over the runs "
-            "[95% logit t-interval over the runs] (each run's); all readers: the share every reader finds ambiguous. "
-            "Walks per trusted sample (each run's); seconds for 100 trusted samples (all runs' seconds over their "
-            "trusted samples).", "",
-            "| design | pair | trusted / asked | walks per trusted | s per 100 | " + " | ".join(READERS)
+    text = ["Share of the trusted samples each reader finds ambiguous (min(P(A), P(B)) >= 0.2), of the K kept per "
+            "run (the first K trusted, by walk): pooled over the runs [95% logit t-interval over the runs] (each "
+            "run's); all readers: the share every reader finds ambiguous. Found / asked: every trusted sample the "
+            "rounds of walks found (a last round may find more than asked) over the K asked of every run. Walks per "
+            "trusted sample: walks tried over trusted found (each run's); seconds for 100 trusted samples (all runs' "
+            "seconds over their trusted samples found).", "",
+            "| design | pair | found / asked | walks per trusted | s per 100 | " + " | ".join(READERS)
             + " | all readers |",
             "|---|---|---|---|---|" + "---|" * (len(READERS) + 1)]
     for design, pairs in r["summary"].items():
@@ -416,7 +418,9 @@ def real_table(r: dict) -> list[str]:
 
 def guide_tables(r: dict) -> list[str]:
     """results.json as Markdown (tables.md)."""
-    return guides_table(r) + shares_table(r) + real_table(r) + [f"Wall time: {r['wall_s'] / 60:.1f} min", ""]
+    wall = (f"Wall time of the call that wrote this: {r['wall_s'] / 60:.1f} min (kept sets are read back, not made: "
+            "their own seconds are the table's)")
+    return guides_table(r) + shares_table(r) + real_table(r) + [wall, ""]
 
 
 def parse_pair(text: str, prog: str = "python -m experiments.guide") -> tuple[int, int]:
