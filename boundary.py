@@ -84,22 +84,30 @@ def walk_conditions(run: Run, ref_a: int, ref_b: int, s: np.ndarray, label: str,
     return cond
 
 
+def rows_per_walk(label: str, conditions: dict) -> int:
+    """`walks`' rows per walk: 2 (label A, label B) for label "fixed" on a model with a label, else 1 (without a
+    label the two rows would be the same images)."""
+    return 2 if label == "fixed" and "label" in conditions else 1
+
+
 def walks(run: Run, a: int, b: int, points: int, sampler: dict, seed: int, count: int = 1,
           label: str = "fixed", path: str = "line") -> dict:
     """`count` walks from class A to class B, each `points` images at s = 0 .. 1, generated together.
 
-    label "fixed" makes two rows per walk, label A and label B, where the model has a label (without one the two
-    rows would be the same images: one row); "soft" and "none" one. Every image of one walk (both rows) shares its
+    label "fixed" makes two rows per walk, label A and label B, where the model has a label (`rows_per_walk`);
+    "soft" and "none" one. Every image of one walk (both rows) shares its
     starting and per-step noise, so along a walk only the conditions change.
     Returns a part whose walk (N,), s (N,) and endpoints (N, 2) say which walk, point and pair each image is.
     """
     rng = np.random.default_rng(seed)
     s = np.linspace(0, 1, points, dtype=np.float32)
     rows = []  # one walk row: its conditions, label, walk id and endpoints
+    row_labels = (a, b)[:rows_per_walk(label, run.config["unet"]["conditions"])]
     for walk in range(count):
         ref_a, ref_b = walk_endpoints(run, a, b, path, rng)
-        for row_label in ((a, b) if label == "fixed" and "label" in run.config["unet"]["conditions"] else (a,)):
-            rows.append((walk_conditions(run, ref_a, ref_b, s, label, row_label, path), row_label, walk, (ref_a, ref_b)))
+        for row_label in row_labels:
+            rows.append((walk_conditions(run, ref_a, ref_b, s, label, row_label, path), row_label, walk,
+                         (ref_a, ref_b)))
     cond = {name: np.concatenate([row[0][name] for row in rows]) for name in rows[0][0]}  # name -> (rows * P, ...)
     walk_of = np.repeat([row[2] for row in rows], points)
     return dict(images=generate(run, len(walk_of), cond, sampler, seed, noise_index=walk_of),
@@ -375,6 +383,13 @@ def method_guidance(method: str, guidance: float | dict | None) -> float | dict:
     return {dict(soft="label", position="pos", compose=COMPOSE)[method]: w}
 
 
+def search_sampler(method: str, sampler: dict | None) -> dict:
+    """The sampler a boundary search draws its walks with: generate's defaults (sample.py's) updated by `sampler`,
+    its guidance in the method's form (method_guidance)."""
+    sampler = {**dict(name=DEFAULT_SAMPLER, steps=DEFAULT_STEPS, eta=DEFAULT_ETA, guidance=None), **(sampler or {})}
+    return dict(sampler, guidance=method_guidance(method, sampler["guidance"]))
+
+
 def walk_seed(seed: int, walk: int) -> int:
     """The noise seed of walk `walk` of a call with `seed`: the same walk, the same noise, in any batch."""
     return int(np.random.SeedSequence([seed, walk]).generate_state(1)[0])
@@ -468,10 +483,10 @@ def trusted(guide_prob: np.ndarray) -> np.ndarray:
 
     The readings are each member's softmax(z / T) (`guide_readings`): T = 1 in v1 and v3 (the default); in v2 the
     temperature fitted on digits the member did not train on, which gives the threshold its meaning: of the
-    held-out digits a calibrated member reads at P(A) = 0.2, about one in five is an A, whatever the member's width. So "every member gives each of
-    A and B at least 0.2" asks the same odds of every member; read as trained, it would ask most of the
-    sharpest member (a more confident network reads lower probabilities off the same evidence), and members
-    that differ differ in sharpness. The mass rule reads the same probabilities."""
+    held-out digits a calibrated member reads at P(A) = 0.2, about one in five is an A, whatever the member's
+    width. So "every member gives each of A and B at least 0.2" asks the same odds of every member; read as
+    trained, it would ask most of the sharpest member (a more confident network reads lower probabilities off the
+    same evidence), and members that differ differ in sharpness. The mass rule reads the same probabilities."""
     members_agree = guide_prob.min(axis=2).min(axis=1) >= metrics.AMBIGUOUS  # (N,)
     on_a_and_b = guide_prob.sum(axis=2).mean(axis=1) >= TRUST_MASS  # (N,)
     return members_agree & on_a_and_b
@@ -513,8 +528,7 @@ def boundary_samples(run: Run, a: int, b: int, walks: int, method: str = DEFAULT
         raise ValueError(f"boundary_samples needs walks >= 1 and first_walk >= 0, got {walks} and {first_walk}")
     guide = boundary_guide(run) if guide is None else guide
     check_guide(guide, run_evaluator(run) if evaluators is None else evaluators)
-    sampler = {**dict(name=DEFAULT_SAMPLER, steps=DEFAULT_STEPS, eta=DEFAULT_ETA, guidance=None), **(sampler or {})}
-    sampler["guidance"] = method_guidance(method, sampler["guidance"])
+    sampler = search_sampler(method, sampler)
     ids = np.arange(first_walk, first_walk + walks)
     endpoints = np.zeros((ids[-1] + 1, 2), np.int64)
     endpoints[ids] = boundary_endpoints(run, a, b, seed, ids)

@@ -310,7 +310,8 @@ def bench_quick(names: list[str] | None = None, seeds=None) -> None:
             table.append(row)
             write_atomically(os.path.join(QUICK_RESULTS, f"{stem}.npz"),
                              lambda f: np.savez_compressed(f, images=images, labels=requested))
-            print(f"{name} | {seed} | {steps} | {'-' if trained is None else f'{trained:.0f}'} | {row['accuracy']:.3f} | {row['fid']:.2f} | "
+            seconds = "-" if trained is None else f"{trained:.0f}"
+            print(f"{name} | {seed} | {steps} | {seconds} | {row['accuracy']:.3f} | {row['fid']:.2f} | "
                   f"{row['second_accuracy']:.3f} | {control:.3f}", flush=True)
     if os.path.exists(kept):
         with open(kept) as f:

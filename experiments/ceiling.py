@@ -42,7 +42,6 @@ import numpy as np
 
 import boundary
 import metrics
-from generation import DEFAULT_ETA, DEFAULT_SAMPLER, DEFAULT_STEPS
 from plumbing import classifier, rundir
 from plumbing.data import write_atomically
 from plumbing.errors import RunError
@@ -64,8 +63,7 @@ def walk_bank(run: rundir.Run, a: int, b: int, out: str, walks: int = WALKS,
               points: int = GRID_POINTS) -> np.ndarray:
     """Walks 0 .. walks-1 of sample.py --boundary A B (seed 0) at `points` grid values of s: uint8
     (walks, points, H, W, C), kept at out/banks/RUN/A-B."""
-    sampler = {**dict(name=DEFAULT_SAMPLER, steps=DEFAULT_STEPS, eta=DEFAULT_ETA), **(SAMPLER or {})}
-    sampler["guidance"] = boundary.method_guidance("soft", sampler.get("guidance"))
+    sampler = boundary.search_sampler("soft", SAMPLER)
     ids = np.arange(walks)
     walk, s = np.repeat(ids, points), np.tile(np.linspace(0, 1, points, dtype=np.float32), walks)
 
@@ -220,14 +218,6 @@ def ceiling_experiment(run_dirs: list[str], pairs=guide_experiment.PAIRS, out: s
     return result
 
 
-def percent(v) -> str:
-    return "-" if v is None else f"{100 * v:.0f}%"
-
-
-def number(v) -> str:
-    return "-" if v is None else f"{v:.1f}"
-
-
 def ceiling_tables(r: dict) -> list[str]:
     """results.json as Markdown (tables.md)."""
     names = list(r["readers"])
@@ -243,16 +233,16 @@ def ceiling_tables(r: dict) -> list[str]:
     for pair, c in r["pairs"].items():
         text.append(f"| {pair} | " + " | ".join(f"{c['offset_from_evaluator'][n]:+.3f}"
                                                 if c["offset_from_evaluator"][n] is not None else "-" for n in names)
-                    + " | " + " | ".join(percent(c["walks_with_ambiguous"][n]) for n in names)
-                    + f" | {percent(c['walks_with_joint'])} |")
+                    + " | " + " | ".join(guide_experiment.percent(c["walks_with_ambiguous"][n]) for n in names)
+                    + f" | {guide_experiment.percent(c['walks_with_joint'])} |")
     text += ["", "Each guide on the grid (boundary.trusted and boundary.most_ambiguous over a walk's grid points): "
              "walks per kept point, and each reader's ambiguous share of the kept points; all pairs pooled last.", "",
              "| guide | pair | walks per kept | " + " | ".join(names) + " |", "|---|---|---|" + "---|" * len(names)]
     for name in GUIDES:
         for pair, c in [*r["pairs"].items(), ("all pairs", None)]:
             g = r["all pairs"][name] if c is None else c["guides"][name]
-            text.append(f"| {name} | {pair} | {number(g['walks_per_kept'])} | "
-                        + " | ".join(percent(g["readers"][n]) for n in names) + " |")
+            text.append(f"| {name} | {pair} | {guide_experiment.number(g['walks_per_kept'])} | "
+                        + " | ".join(guide_experiment.percent(g["readers"][n]) for n in names) + " |")
     wall = f"Wall time of the call that wrote this: {r['wall_s'] / 60:.1f} min (kept banks are read back, not made)"
     return text + ["", wall, ""]
 

@@ -5,7 +5,7 @@ between A and B) keeps what the guide's members find ambiguous; with the guide o
 (design v1) it may keep what that one kind of classifier finds ambiguous, not what any classifier would. Here
 each guide design (boundary.GUIDE_DESIGNS: v1, v2 and v3, the default) makes K trusted boundary samples per pair
 on each given run, exactly as sample.py --boundary makes them (boundary.trusted_boundary_samples, its default
-method and sampler, walk seed 0; each design's point), and three readers outside every guide read them:
+method and sampler, walk seed 0; each design's point), and four readers outside every guide read them:
 
   evaluator  the experiment's evaluator (plumbing/classifier.py's SmallClassifier, width 16, seed 0)
   second     between.py's second reader (SmallClassifier, width 32, seed 7)

@@ -12,7 +12,7 @@ import numpy as np
 
 from plumbing import rundir
 from boundary import BOUNDARY_GRID, BOUNDARY_METHODS, DEFAULT_BOUNDARY_METHOD, MAX_WALKS_PER_SAMPLE, WALK_LABELS, \
-    WALK_PATHS, GUIDE_FILE, check_boundary
+    WALK_PATHS, GUIDE_FILE, check_boundary, rows_per_walk
 from plumbing.data import open_image
 from ddpm import SAMPLERS, check_guidance_interval
 from generation import DEFAULT_GUIDANCE, DEFAULT_GUIDANCE_INTERVAL, DEFAULT_SAMPLER, DEFAULT_STEPS
@@ -387,8 +387,7 @@ def check_memory(args, run: Run) -> None:
     image = IMAGE_COPIES * h * w * unet["image_channels"] + 8 * sum(max(1, int(size)) for size in unet["conditions"].values()) + 64
     refs = k * args.references + len(args.reference_images or [])
     refs_flag = f"--references {args.references}" if args.references else "--reference-images"
-    two_rows = args.walk_label == "fixed" and "label" in unet["conditions"]  # boundary.walks' rows per walk
-    walk_rows = (2 if two_rows else 1) * args.walks if args.between else 0
+    walk_rows = rows_per_walk(args.walk_label, unet["conditions"]) * args.walks if args.between else 0
     counts = {f"--grid-per-class {args.grid_per_class}": k * args.grid_per_class,  # flag -> images held at once
               (f"--per-reference {args.per_reference}" if args.per_reference > refs else refs_flag):
                   refs * args.per_reference,
