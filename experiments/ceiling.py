@@ -275,6 +275,8 @@ def main(argv: list[str] | None = None) -> dict:
     except (RunError, ValueError, OSError) as error:
         sys.exit(f"python -m experiments.ceiling: {' '.join(str(error).split())}")
     print(markdown)
+    print(f"results: {os.path.join(args.out, 'results.json')}, {os.path.join(args.out, 'tables.md')}, the banks in "
+          f"{os.path.join(args.out, 'banks')}")
     return result
 
 

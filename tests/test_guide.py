@@ -508,6 +508,20 @@ def test_the_ceiling_experiment_end_to_end(mnist_runs, tmp_path, monkeypatch):
     assert "| 4-9 |" in "\n".join(ceiling.ceiling_tables(r))
 
 
+def test_the_ceiling_command_says_last_where_it_wrote(mnist_runs, tmp_path, monkeypatch, capsys):
+    from experiments import ceiling, common
+    monkeypatch.setattr(common, "CLASSIFIER_ARGS", {"steps": 2})
+    monkeypatch.setattr(boundary, "GUIDE_STEPS", 2)
+    monkeypatch.setattr(ceiling, "SAMPLER", dict(steps=2))
+    out = tmp_path / "out"
+    ceiling.main([mnist_runs[0], "--walks", "1", "--points", "3", "--pairs", "4-9", "--out", str(out), "--readers",
+                  str(tmp_path / "readers")])
+    said = capsys.readouterr().out.strip().splitlines()
+    assert said[0].startswith("label-pos-s0: the guides") and "4-9: 1 walks of 3 points" in said[1]
+    assert said[-1] == f"results: {out / 'results.json'}, {out / 'tables.md'}, the banks in {out / 'banks'}"
+    assert (out / "results.json").is_file() and (out / "tables.md").is_file()
+
+
 def test_the_ceiling_experiment_refuses_bad_input_in_one_line(mnist_runs, run_dir, tmp_path):  # noqa: F811
     from experiments import ceiling
     out = ["--out", str(tmp_path / "out"), "--readers", str(tmp_path / "readers")]
