@@ -29,9 +29,12 @@ condition; guided sampling stacks the condition sets it needs into one batch.
 To add a condition (a fork's experiment), give `condition_encoder` a
 branch for its name. Nothing else in the network changes.
 
-Layout (improved-diffusion style), e.g. for 28x28 MNIST with mults (1, 2, 2):
+Layout (improved-diffusion style), e.g. for 28x28 MNIST with train.py's default (--size compact: base 16,
+mults (1, 2, 4), so widths 16, 32, 64):
     28x28 -> [res blocks] -> 14x14 -> [res blocks] -> 7x7 -> [res blocks]
     -> middle (res, attention, res) -> back up, concatenating the skips.
+A level's convolutions cost its pixels times its width squared: small's 28x28 and 14x14 levels (32 and 64 wide)
+cost 4x its 7x7 one each; compact's three levels cost the same, together a third of small's.
 Odd sizes (7 -> 4) are fine: upsampling goes to the skip's exact size.
 """
 import math
@@ -176,7 +179,8 @@ class UNet(nn.Module):
                  conditions: dict[str, int] | None = None):
         """conditions: name -> size of every condition the network takes (see condition_encoder),
         e.g. {"label": 10, "pos": 20}; None or {} is an unconditional model. The defaults are train.py's
-        "small" U-Net for 28x28 MNIST (attention_resolutions (): attention only in the middle block)."""
+        --size small U-Net for 28x28 MNIST (attention_resolutions (): attention only in the middle block);
+        train.py's default, --size compact, is base_channels 16, channel_mults (1, 2, 4)."""
         super().__init__()
         self.image_channels, self.image_size = image_channels, image_size
         self.conditions = dict(conditions or {})

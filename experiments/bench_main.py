@@ -44,9 +44,11 @@ def run_main_command(out: str, profile: str | None, env: dict) -> float:
     """Wall seconds of `python train.py --out OUT --eval` (MAIN_FLAGS) in a fresh process (under cProfile when profile names a file)."""
     command = [sys.executable, *(["-m", "cProfile", "-o", profile] if profile else []), "train.py", "--out", out, *MAIN_FLAGS]
     start = time.perf_counter()
-    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
+    done = subprocess.run(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     if done.returncode != 0:
-        raise SystemExit(f"python -m experiments.bench main: the main command failed: {done.stderr.strip()[-500:]}")
+        raise SystemExit(f"python -m experiments.bench main: the main command failed: {done.stdout.strip()[-500:]}")
+    with open(os.path.join(os.path.dirname(out), os.path.basename(out) + "-output.txt"), "w") as f:
+        f.write(done.stdout)  # what the user sees (stdout and stderr as they came), kept beside the run
     umap_line = [line for line in done.stdout.splitlines() if line.startswith("UMAP:")]
     if umap_line and not profile:  # the fit's own time, unprofiled (cProfile slows numba's compilation most)
         print(f"  {umap_line[0]}", flush=True)
@@ -70,7 +72,8 @@ def phase_table(profile: str, plain_wall: float, profiled_wall: float) -> list[t
 
 def bench_main(keep: str | None = None) -> list[tuple[str, float]]:
     """Time the cold main command and print where its seconds go (a markdown table for docs/SPEED.md).
-    keep: a new folder to keep the two runs and the profile in (else they are removed)."""
+    keep: a new folder to keep the two runs, their output (run-output.txt, run-profiled-output.txt) and the profile
+    in (else they are removed)."""
     work = tempfile.mkdtemp(prefix="bench-main-") if keep is None else keep
     if keep is not None:
         os.makedirs(keep)  # a new folder: nothing of the user's is written into or removed

@@ -101,7 +101,8 @@ def eps_mse(run_dir: str) -> float:
 # ---------------------------------------------------------------------------
 # The training recipe: which one gets the 2,000-step samples in half the steps?
 # ---------------------------------------------------------------------------
-# name -> train.py flags; everything else is train.py's defaults at the time of the call.
+# name -> train.py flags, after RECIPE_SIZE; everything else is train.py's defaults at the time of the call.
+RECIPE_SIZE = ("--size", "small")  # the U-Net the table was made with (train.py's default until 2026-12-07)
 RECIPES = {
     "eps, 2000 steps (the previous recipe)": ["--prediction", "eps", "--steps", "2000", "--p-drop", ""],
     "eps, 1000 steps": ["--prediction", "eps", "--steps", "1000", "--p-drop", ""],
@@ -142,11 +143,12 @@ def bench_recipe(names: list[str] | None = None, seeds=None, n: int | None = Non
         for seed in seeds:
             out = os.path.join("runs", "bench-recipe", re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") + f"-s{seed}")
             scores = os.path.join(out, "samples", "metrics.json")
-            trained = float("nan")
+            trained = None  # seconds, where this call trained the run ("-": reused, trained by an earlier call)
             if not os.path.exists(scores):
                 start = time.perf_counter()
                 resume = ["--resume"] if os.path.exists(os.path.join(out, "config.json")) else []
-                python("train.py", "--out", out, "--seed", str(seed), *RECIPES[name], *resume, *TRAIN_FLAGS, quiet=True)
+                python("train.py", "--out", out, "--seed", str(seed), *RECIPE_SIZE, *RECIPES[name], *resume,
+                       *TRAIN_FLAGS, quiet=True)
                 trained = time.perf_counter() - start
                 python("sample.py", out, "--out", os.path.join(out, "samples"), "--eval", "--n", str(n), "--seed",
                        str(seed), *RECIPE_SAMPLER, *SAMPLE_FLAGS, quiet=True)
@@ -155,7 +157,8 @@ def bench_recipe(names: list[str] | None = None, seeds=None, n: int | None = Non
             with np.load(os.path.join(out, "samples", "eval_samples.npz")) as z:
                 grey = grey_background_share(z["images"][..., 0])
             loss = np.atleast_1d(np.genfromtxt(os.path.join(out, "log.csv"), delimiter=",", names=True)["loss"])[-1]
-            print(f"{name} | {seed} | {trained:.0f} | {m['conditioning_accuracy']:.3f} | {m['fid']:.2f} | {grey:.3f} | "
+            seconds = "-" if trained is None else f"{trained:.0f}"
+            print(f"{name} | {seed} | {seconds} | {m['conditioning_accuracy']:.3f} | {m['fid']:.2f} | {grey:.3f} | "
                   f"{loss:.4f}", flush=True)
 
 
@@ -234,12 +237,17 @@ def bench_walks(run_dirs: list[str] | None = None, a: int = 4, b: int = 9, walks
 # ---------------------------------------------------------------------------
 # name -> train.py flags; everything else is train.py's defaults at the time of the call ("default": [] is them).
 QUICK_RECIPES = {
-    "default": [],
-    "400 steps, warm-up 25": ["--steps", "400", "--warmup", "25"],
-    "400 steps, warm-up 25, min-SNR 5": ["--steps", "400", "--warmup", "25", "--min-snr", "5"],
-    "base width 16": ["--base-channels", "16"],  # a U-Net of half the width: about twice the images/s on a CPU
-    "base width 16, 800 steps": ["--base-channels", "16", "--steps", "800"],
-    "base width 24": ["--base-channels", "24"],
+    "default": [],  # --size compact, 800 steps, since 2026-12-07
+    "compact, 600 steps": ["--steps", "600"],
+    "small, 600 steps": ["--size", "small", "--steps", "600"],  # the default until 2026-12-07
+    "small, 400 steps, warm-up 25": ["--size", "small", "--steps", "400", "--warmup", "25"],
+    "small, 400 steps, warm-up 25, min-SNR 5": ["--size", "small", "--steps", "400", "--warmup", "25", "--min-snr", "5"],
+    # small at half and three quarters of its width (widths 16-32-32, 24-48-48)
+    "small, base width 16": ["--size", "small", "--base-channels", "16", "--steps", "600"],
+    "small, base width 16, 800 steps": ["--size", "small", "--base-channels", "16", "--steps", "800"],
+    "small, base width 16, cosine": ["--size", "small", "--base-channels", "16", "--steps", "600", "--lr-schedule",
+                                     "cosine"],
+    "small, base width 24": ["--size", "small", "--base-channels", "24", "--steps", "600"],
 }
 QUICK_SEEDS = (0, 1)  # seed S: the training (U-Net, UMAP, batches) and sample.py --eval's noise and references
 QUICK_RUNS = os.path.join("runs", "bench-quick")

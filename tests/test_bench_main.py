@@ -38,3 +38,13 @@ def test_the_section_times_a_tiny_command_in_fresh_processes(monkeypatch, capsys
     assert rows["start-up and imports"] > 0 and rows["training (all steps)"] > 0
     assert rows["UMAP fit (numba compiling its kernels, cold)"] == 0  # --cond label fits no UMAP
     assert rows["evaluation (sample.py --references 2 --eval)"] == 0  # no --eval in this tiny command
+
+
+def test_kept_runs_keep_what_the_user_saw(monkeypatch, tmp_path):
+    monkeypatch.setattr(bench_main, "MAIN_FLAGS", ["--cond", "label", "--per-class", "2", "--steps", "2",
+                                                   "--batch-size", "4", "--save-every", "2", "--image-size", "8"])
+    bench_main.bench_main(keep=str(tmp_path / "kept"))
+    for name in ("run", "run-profiled"):
+        assert os.path.isfile(tmp_path / "kept" / name / "config.json")
+        assert "steps 0->2" in (tmp_path / "kept" / f"{name}-output.txt").read_text()
+    assert os.path.isfile(tmp_path / "kept" / "main.prof")

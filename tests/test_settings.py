@@ -296,6 +296,24 @@ def test_base_channels_sets_the_u_nets_width_and_the_default_keeps_the_run_id(ru
     assert rundir.make_run_id(old, "d") != rundir.make_run_id(dict(old, base_channels=8), "d")
 
 
+def test_the_default_u_net_is_compact_narrow_only_at_full_resolution_and_small_keeps_its_run_ids(runs):  # noqa: F811
+    """--size compact (the default since 2026-12-07): widths 16, 32, 64, so its 7x7 level is as wide as small's
+    (32, 64, 64) and only the full-resolution level is narrower; --size small is stored in config.json as it was,
+    so runs of the previous default keep their ids (kept sets name them), and the two sizes never share one."""
+    from plumbing.train_command import build_parser, unet_kwargs
+    from unet import UNet, count_parameters
+    assert build_parser().get_default("size") == "compact" and build_parser().get_default("steps") == 800
+    compact, small = (unet_kwargs(size, (28, 28, 1), None, {"label": 10, "pos": 20}) for size in ("compact", "small"))
+    widths = lambda kw: [kw["base_channels"] * m for m in kw["channel_mults"]]  # noqa: E731
+    assert widths(compact) == [16, 32, 64] and widths(small) == [32, 64, 64]
+    assert {k: v for k, v in compact.items() if k not in ("base_channels", "channel_mults")} == \
+        {k: v for k, v in small.items() if k not in ("base_channels", "channel_mults")}
+    assert 0.6e6 < count_parameters(UNet(**compact)) < 0.75e6 < 1.1e6 < count_parameters(UNet(**small)) < 1.2e6
+    assert widths(unet_kwargs("compact", (28, 28, 1), None, {}, 8)) == [8, 16, 32]  # --base-channels scales every level
+    settings = json.loads((runs[L] / "config.json").read_text())["settings"]
+    assert rundir.make_run_id(dict(settings, size="small"), "d") != rundir.make_run_id(dict(settings, size="compact"), "d")
+
+
 def test_a_resume_records_the_steps_it_trains_and_a_refused_one_changes_nothing(runs, tmp_path, capsys):
     out = copy_run(runs[L], tmp_path)  # trained to its --steps 2; 40 images in batches of 8: an epoch is 5 steps
     before = snapshot(out)
