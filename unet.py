@@ -1,4 +1,4 @@
-"""A compact conditional U-Net: eps_theta(x_t, t, cond), or v_theta (train.py's default).
+"""The conditional U-Net: eps_theta(x_t, t, cond), or v_theta (train.py's default).
 
 The network predicts the noise in x_t, or v = sqrt(abar_t) eps - sqrt(1 - abar_t) x_0
 (ddpm.py converts either). Besides the timestep t it takes the
@@ -33,8 +33,10 @@ Layout (improved-diffusion style), e.g. for 28x28 MNIST with train.py's default 
 mults (1, 2, 4), so widths 16, 32, 64):
     28x28 -> [res blocks] -> 14x14 -> [res blocks] -> 7x7 -> [res blocks]
     -> middle (res, attention, res) -> back up, concatenating the skips.
-A level's convolutions cost its pixels times its width squared: small's 28x28 and 14x14 levels (32 and 64 wide)
-cost 4x its 7x7 one each; compact's three levels cost the same, together a third of small's.
+train.py's sizes (--size compact, small, paper: widths, blocks, attention) are plumbing/train_command.py's
+`unet_kwargs`, which builds this class's arguments. A level's convolutions cost its pixels times its width
+squared: small's 28x28 and 14x14 levels (32 and 64 wide) cost 4x its 7x7 one each; compact's three levels cost
+the same, together a third of small's.
 Odd sizes (7 -> 4) are fine: upsampling goes to the skip's exact size.
 """
 import math

@@ -28,7 +28,7 @@ generated again, and so is an augmentation replicate's json; everything else
 again, continues where it stopped.
 
 Time from nothing on the project's 2-core CPU, measured for this protocol
-(2026-12-02): compare 64.3 min (9 models at train.py's defaults, about 4.5 min
+(2026-12-02): compare 64.3 min (9 models of the experiment's recipe, common.TRAIN_FLAGS: small, 600 steps; about 4.5 min
 each with their sets, the curve over three seeds and label+pos's interval
 curves), control 7.4, between 26.4 (15 variants x 5 pairs x 3 seeds x 20 walks
 x 9 images); augment 148.5 (one of its 10 scarce generators trained before;

@@ -282,6 +282,7 @@ def bench_quick(names: list[str] | None = None, seeds=None) -> None:
     import re
 
     import metrics
+    from experiments import common
     from plumbing.data import write_atomically
 
     seeds = seeds or QUICK_SEEDS
@@ -297,11 +298,14 @@ def bench_quick(names: list[str] | None = None, seeds=None) -> None:
             out = os.path.join(QUICK_RUNS, stem)
             scored = os.path.join(out, "samples", "eval_samples.npz")
             trained = None  # seconds, where this call trained the run (a reused run: those kept in quick.json)
+            argv = ["--out", out, "--seed", str(seed), *QUICK_RECIPES[name], *TRAIN_FLAGS]
+            if os.path.exists(os.path.join(out, "config.json")) and common.settings_differ(out, argv):
+                raise SystemExit(f"python -m experiments.bench quick: {common.settings_differ(out, argv)} (recipe "
+                                 f"{name!r}); move it away and run again")
             if not os.path.exists(os.path.join(out, "samples", "metrics.json")):
                 start = time.perf_counter()
                 resume = ["--resume"] if os.path.exists(os.path.join(out, "config.json")) else []
-                python("train.py", "--out", out, "--seed", str(seed), *QUICK_RECIPES[name], *resume, *TRAIN_FLAGS,
-                       quiet=True)
+                python("train.py", *argv, *resume, quiet=True)
                 trained = time.perf_counter() - start
                 python("sample.py", out, "--out", os.path.join(out, "samples"), "--references", "2", "--eval",
                        "--seed", str(seed), *SAMPLE_FLAGS, *QUICK_EVAL_FLAGS, quiet=True)

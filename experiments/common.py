@@ -139,16 +139,25 @@ def trained(runs: str, name: str, *flags: str) -> rundir.Run:
     out = os.path.join(runs, name)
     argv = ["--out", out, *TRAIN_FLAGS, *flags]
     if rundir.holds_run(out):
-        wanted, saved = new_run_settings(argv), rundir.read_config(out)["settings"]
-        for key in sorted(set(wanted) - set(RUNNING_SETTINGS)):
-            if saved.get(key) != wanted[key]:
-                sys.exit(f"python -m experiments: {out} was trained with --{key.replace('_', '-')} {saved.get(key)}, this "
-                         f"experiment needs {wanted[key]}; move it away or pass another --runs")
+        differs = settings_differ(out, argv)
+        if differs:
+            sys.exit(f"python -m experiments: {differs}; move it away or pass another --runs")
+        saved = rundir.read_config(out)["settings"]
         if rundir.checkpoint_step(os.path.join(out, "checkpoint.pt")) == saved["steps"]:
             return rundir.load_run(out)
         argv.append("--resume")
     train.main(argv, own_interrupt_message=False)  # a Ctrl-C: python -m experiments says what to rerun
     return rundir.load_run(out)
+
+
+def settings_differ(out: str, argv: list[str]) -> str | None:
+    """How the run in `out` differs from the one train.py `argv` would make (its first differing setting but the
+    RUNNING_SETTINGS, as a sentence), or None: a kept run is reused only where it is what the call asks for."""
+    wanted, saved = new_run_settings(argv), rundir.read_config(out)["settings"]
+    for key in sorted(set(wanted) - set(RUNNING_SETTINGS)):
+        if saved.get(key) != wanted[key]:
+            return f"{out} was trained with --{key.replace('_', '-')} {saved.get(key)}, this call needs {wanted[key]}"
+    return None
 
 
 def new_run_settings(argv: list[str]) -> dict:

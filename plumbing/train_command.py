@@ -250,7 +250,7 @@ def unet_kwargs(size: str, image_shape: tuple, dropout: float | None, conditions
 
     compact: ~0.67M parameters, widths 16, 32, 64 at H, H/2, H/4, the CPU default; small: ~1.2M, widths 32, 64,
     64 (the default before 2026-12-07, and the experiment's); paper: ~40M (improved-diffusion's CIFAR-10 shape),
-    for a GPU. compact trains about 1.7x as many images/s as small on a CPU, and at 800 steps is close to small's 600
+    for a GPU. compact trains about 1.6x as many images/s as small on a CPU, and at 800 steps is close to small's 600
     in quality (better FID, 0.3 points fewer requested digits over three seeds; docs/SPEED.md): small's costly
     levels, at 28x28 and 14x14, are halved, the cheap 7x7 one kept.
     base_channels (--base-channels): the first level's width instead of the size's own (16, 32, 128); every level

@@ -352,7 +352,7 @@ def test_the_training_memory_check_names_the_flag_against_what_is_available(fold
     from plumbing import train_command
     monkeypatch.setattr(rundir, "available_memory", lambda: 2**28)  # 256 MiB: 2000 rows of 8x8 maps do not fit
     fails(train, tiny(folder, tmp_path / "run", "--batch-size", "2000"),
-          r"--batch-size 2000 asks for more than this machine can hold: about [\d,.]+ GiB .* 256 MiB is available")
+          r"--batch-size 2000 asks for more than this machine can hold: about [\d,.]+ [MG]iB .* 256 MiB is available")
     fails(train, tiny(folder, tmp_path / "run", "--image-size", "200"),  # 625 times the pixels: --image-size's doing
           r"--image-size 200 asks for more than this machine can hold")
     assert not (tmp_path / "run").exists()

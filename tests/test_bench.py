@@ -322,7 +322,7 @@ def test_quality_trains_and_scores_fp32_and_bf16(tiny):
         assert os.path.isfile(os.path.join(tiny, "runs", "precision", f"{precision}-seed0", "samples", "metrics.json"))
 
 
-def test_quick_scores_each_recipe_with_the_same_readers_and_keeps_every_set(tiny):
+def test_quick_scores_each_recipe_with_the_same_readers_and_keeps_every_set(tiny, monkeypatch):
     """`python -m experiments.bench quick`: each recipe run as the main command runs it, read by the experiment's
     evaluator and second reader; the sets and the table kept in results/quick-recipe/; a second call over one
     recipe reuses its run and keeps the other recipe's row."""
@@ -347,3 +347,10 @@ def test_quick_scores_each_recipe_with_the_same_readers_and_keeps_every_set(tiny
     bench_recipes.bench_quick(["default"])
     text = open(os.path.join(results, "quick.json")).read()
     assert "NaN" not in text and json.loads(text)["rows"][0]["train_seconds"] is None
+    # a kept run of another recipe under the name (here: another --lr) is refused in one line, not reused
+    monkeypatch.setitem(bench_recipes.QUICK_RECIPES, "default", ["--lr", "5e-4"])
+    kept_json = open(os.path.join(results, "quick.json")).read()
+    with pytest.raises(SystemExit, match=r"default-s0 was trained with --lr 0.002, this call needs 0.0005 \(recipe "
+                                         r"'default'\); move it away"):
+        bench_recipes.bench_quick(["default"])
+    assert open(os.path.join(results, "quick.json")).read() == kept_json

@@ -296,9 +296,9 @@ def test_base_channels_sets_the_u_nets_width_and_the_default_keeps_the_run_id(ru
     assert rundir.make_run_id(old, "d") != rundir.make_run_id(dict(old, base_channels=8), "d")
 
 
-def test_the_default_u_net_is_compact_narrow_only_at_full_resolution_and_small_keeps_its_run_ids(runs):  # noqa: F811
+def test_the_default_u_net_is_compact_narrow_where_small_costs_most_and_small_keeps_its_run_ids(runs):  # noqa: F811
     """--size compact (the default since 2026-12-07): widths 16, 32, 64, so its 7x7 level is as wide as small's
-    (32, 64, 64) and only the full-resolution level is narrower; --size small is stored in config.json as it was,
+    (32, 64, 64) and its 28x28 and 14x14 levels, small's costly ones, are half as wide; --size small is stored in config.json as it was,
     so runs of the previous default keep their ids (kept sets name them), and the two sizes never share one."""
     from plumbing.train_command import build_parser, unet_kwargs
     from unet import UNet, count_parameters
