@@ -387,7 +387,7 @@ SECTION_HELP = {  # what `--help` lists
     "metrics": "FID and IS maths against pytorch-fid's formula; feature-network speed (a minute)",
     "quality": "bf16 against fp32: the quick run trained and scored at both, seeds 0 and 1 (about 20 min)",
     "recipe": "the training recipes of the README, trained and scored (runs/bench-recipe/; hours)",
-    "quick": "the main command's recipe against shorter ones, seeds 0 and 1, one evaluator and a second reader",
+    "quick": "the main command's recipe against shorter and narrower ones, seeds 0 and 1, the same two readers",
     "sampler": "DDIM against DPM-Solver++(2M) at equal network calls, on runs/quick",
     "walks": "walks from 4 to 9 on recipe's two 600-step runs (run recipe first)",
     "boundary": "seconds for 100 trusted boundary samples 4 -> 9 per method, on runs/quick",

@@ -45,10 +45,10 @@ def run_main_command(out: str, profile: str | None, env: dict) -> float:
     command = [sys.executable, *(["-m", "cProfile", "-o", profile] if profile else []), "train.py", "--out", out, *MAIN_FLAGS]
     start = time.perf_counter()
     done = subprocess.run(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    with open(os.path.join(os.path.dirname(out), os.path.basename(out) + "-output.txt"), "w") as f:
+        f.write(done.stdout)  # what the user sees (stdout and stderr as they came), kept beside the run, failed or not
     if done.returncode != 0:
         raise SystemExit(f"python -m experiments.bench main: the main command failed: {done.stdout.strip()[-500:]}")
-    with open(os.path.join(os.path.dirname(out), os.path.basename(out) + "-output.txt"), "w") as f:
-        f.write(done.stdout)  # what the user sees (stdout and stderr as they came), kept beside the run
     umap_line = [line for line in done.stdout.splitlines() if line.startswith("UMAP:")]
     if umap_line and not profile:  # the fit's own time, unprofiled (cProfile slows numba's compilation most)
         print(f"  {umap_line[0]}", flush=True)

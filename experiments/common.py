@@ -10,7 +10,8 @@ small classifier, trained with shifts and intensity maps on 3,000 of the
 training digits, seed 0). The **noise floor** is the other 1,000 training
 digits (100 per class, `Digits.floor`), which the evaluator never trained on,
 scored exactly like a generated set (the diffusion models do train on them). Each model is trained with seeds
-0, 1, 2 (train.py's defaults otherwise); replicate r is sampled with its own
+0, 1, 2 (the experiment's recipe, TRAIN_FLAGS: the small U-Net at 600 steps, train.py's defaults
+otherwise); replicate r is sampled with its own
 noise seed and its own reference draws; every cell gives the per-seed numbers,
 their mean, standard deviation and 95% interval (`spread`: a t-interval, metrics.t_interval; for a share,
 one inside [0, 1], metrics.logit_t_interval).
@@ -151,8 +152,8 @@ def trained(runs: str, name: str, *flags: str) -> rundir.Run:
 
 
 def settings_differ(out: str, argv: list[str]) -> str | None:
-    """How the run in `out` differs from the one train.py `argv` would make (its first differing setting but the
-    RUNNING_SETTINGS, as a sentence), or None: a kept run is reused only where it is what the call asks for."""
+    """How the run in `out` differs from the one train.py `argv` would make (its first differing setting, the
+    RUNNING_SETTINGS apart, as a sentence), or None: a kept run is reused only where it is what the call asks for."""
     wanted, saved = new_run_settings(argv), rundir.read_config(out)["settings"]
     for key in sorted(set(wanted) - set(RUNNING_SETTINGS)):
         if saved.get(key) != wanted[key]:

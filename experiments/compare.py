@@ -47,7 +47,8 @@ CURVE_N = 1000
 # (0.2, 20] 5 (no guidance at the two highest noise levels nor at the three lowest).
 GUIDANCE_INTERVALS = ((0.28, 5.42), (0.2, 20.0))
 INTERVAL_WEIGHTS = (3.0, 5.0)  # the interval curve's w (with w = 1, no guidance, as its first point)
-INTERVAL_STEMS = ("label-pos",)  # the interval curve's models: the main command's (sample.py's default is measured there)
+# the interval curve's models: label+pos, the main command's conditions (sample.py's default is measured there)
+INTERVAL_STEMS = ("label-pos",)
 MATCHED_SHARES = (0.95, 0.98)  # requested-digit shares at which the models' FID and KID are compared
 
 

@@ -158,8 +158,8 @@ def check_settings(s: dict) -> None:
 # check_memory's estimates, in bytes (measured on the CPU, fp32; bf16 and a GPU take less):
 IMAGE_COPIES = 3  # a training pixel: the loaded images, a resized copy, the (N, C, H, W) tensor the loop indexes
 PIXEL_FEATURE_BYTES = 8  # and with --backbone pixels and a pos condition: its float32 feature and UMAP's copy
-# A batch row, forward and backward: float32 maps of the U-Net's base width (small measured; compact: small's
-# maps with its 7x7 level 4 base widths wide instead of 2, 7% more).
+# A batch row, forward and backward: float32 maps of the U-Net's base width. small's and paper's are measured;
+# compact's is small's scaled by their maps' sizes (its 7x7 level is 4 base widths wide, small's 2): 7% more.
 TRAIN_MAPS = dict(compact=103, small=96, paper=240)
 SCHEDULE_BYTES = 16 * 8  # a timestep: the schedule's float64 and float32 arrays (ddpm.Diffusion)
 GRID_PER_CLASS, GRID_BATCH = 8, 64  # the progress grid (train.write_grid draws it): images per class, rows per call

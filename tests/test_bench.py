@@ -25,7 +25,8 @@ from plumbing.weights import WeightsUnavailableError
 from experiments import bench, bench_recipes
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RECIPE = "v + p-drop 0.1 each, 600 steps"  # the main command's recipe: its run serves sampler, walks and boundary
+# the main command's recipe until 2026-12-07 (with the small U-Net): its run serves sampler, walks and boundary
+RECIPE = "v + p-drop 0.1 each, 600 steps"
 RUN = os.path.join("runs", "bench-recipe", "v-p-drop-0-1-each-600-steps-s0")  # (the second of the default WALK_RUNS)
 TINY = {
     bench: dict(BATCH=4, REPEAT=1, MATMUL_N=64, MATMUL_REPEAT=1, FEATURES_N=300, FEATURES_DIM=16, REFERENCES=5,
