@@ -299,9 +299,10 @@ def bench_quick(names: list[str] | None = None, seeds=None) -> None:
             scored = os.path.join(out, "samples", "eval_samples.npz")
             trained = None  # seconds, where this call trained the run (a reused run: those kept in quick.json)
             argv = ["--out", out, "--seed", str(seed), *QUICK_RECIPES[name], *TRAIN_FLAGS]
-            if os.path.exists(os.path.join(out, "config.json")) and common.settings_differ(out, argv):
-                raise SystemExit(f"python -m experiments.bench quick: {common.settings_differ(out, argv)} (recipe "
-                                 f"{name!r}); move it away and run again")
+            differs = os.path.exists(os.path.join(out, "config.json")) and common.settings_differ(out, argv)
+            if differs:
+                raise SystemExit(f"python -m experiments.bench quick: {differs} (recipe {name!r}); move it away and "
+                                 "run again")
             if not os.path.exists(os.path.join(out, "samples", "metrics.json")):
                 start = time.perf_counter()
                 resume = ["--resume"] if os.path.exists(os.path.join(out, "config.json")) else []
