@@ -26,14 +26,16 @@ between its points: the ceiling is a lower bound (results/guide/ceiling-fine/: -
 Outputs in --out (results/guide/ceiling/): results.json (with each kept point as [walk, grid index], the walk
 counted over the runs' banks in run order: run r's walk i is r x walks + i),
 tables.md, and every run's walks as banks/RUN/A-B/samples.npz (sample.py's format, walk and s per image; about
-0.5 MB each) beside set.json (its key; a bank of the same key is read back). About 36 s per run and pair on the
-2-core CPU, plus the mixed guide's training (three members of 300 steps) per run on first use.
+0.5 MB each) beside set.json (its key; a bank of the same key is read back). About 13 s per run and pair on the
+2-core CPU for the compact U-Net at guidance 3 (about 36 s for small), plus the mixed guide's training (three
+members of 300 steps) per run on first use. --boundary-guidance W draws the walks at another weight.
 """
 if not __package__:  # run as a file, it could not import its neighbours: say what to run instead
     raise SystemExit("experiments/ceiling.py: run python -m experiments.ceiling RUN [RUN ...] (from the repository "
                      "root)")
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -210,7 +212,7 @@ def ceiling_experiment(run_dirs: list[str], pairs=guide_experiment.PAIRS, out: s
         banks = []
         for run in runs:
             print(f"{guide_experiment.run_name(run)} {a}-{b}: {walks} walks of {points} points (made on first use: "
-                  f"about {walks * points * 0.028:.0f} s on a 2-core CPU, then kept)", flush=True)
+                  f"about {walks * points * 0.01:.0f} s on a 2-core CPU for the compact U-Net, then kept)", flush=True)
             banks.append(walk_bank(run, a, b, out, walks, points))
         result["pairs"][f"{a}-{b}"] = pair_cells(banks, readers, guides, a, b)
     result["all pairs"] = all_pairs(result["pairs"])
@@ -258,7 +260,16 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--out", default=OUT, help=f"results.json, tables.md and the banks (default {OUT})")
     p.add_argument("--readers", default=guide_experiment.READERS_DIR,
                    help=f"where the readers are kept (default {guide_experiment.READERS_DIR})")
+    p.add_argument("--boundary-guidance", type=float, default=None, metavar="W",
+                   help="the walks' guidance weight, as sample.py --boundary-guidance W (default 3; 1: none)")
     args = p.parse_args(argv)
+    global SAMPLER
+    weight = args.boundary_guidance
+    if weight is not None:  # (a set's or bank's key holds its sampler: other weights are kept apart)
+        if not math.isfinite(weight) or weight < 0:
+            sys.exit(f"python -m experiments.ceiling: --boundary-guidance {weight}: give a finite weight >= 0 (1: "
+                     "no guidance, 3: sample.py's)")
+        SAMPLER = dict(SAMPLER or {}, guidance=weight)
     if args.walks < 1:
         sys.exit(f"python -m experiments.ceiling: --walks {args.walks}: give at least one walk")
     if args.points < 3:

@@ -32,6 +32,7 @@ Outputs in --out (results/guide/): results.json, tables.md, and every set as set
 (sample.py's format, with guide_prob and trusted; results.json names it relative to --out) beside set.json (what
 made it, its walks and seconds). A set whose set.json holds the same key (run, guide weights, pair, K, sampler) is
 read back instead of being made again, its seconds those of when it was made; the readers' scores are recomputed.
+--boundary-guidance W draws the walks at another weight than sample.py's 3 (a set's key holds it).
 
 Time on the 2-core CPU: about 0.4 s per walk tried (docs/SPEED.md: 127 s for 345 walks with sample.py's sampler,
 14 images per walk that crosses), and runs x designs x pairs x K x (walks per trusted sample) walks: at the
@@ -47,6 +48,7 @@ try:  # a Ctrl-C while the modules load (torch: seconds) is one line too
     import argparse
     import hashlib
     import json
+    import math
     import os
     import time
 
@@ -441,7 +443,16 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--out", default=OUT, help=f"results.json, tables.md and the sets (default {OUT})")
     p.add_argument("--readers", default=READERS_DIR, help="where the readers are kept, trained on first use "
                    f"(default {READERS_DIR}, python -m experiments' own)")
+    p.add_argument("--boundary-guidance", type=float, default=None, metavar="W",
+                   help="the walks' guidance weight, as sample.py --boundary-guidance W (default 3; 1: none)")
     args = p.parse_args(argv)
+    global SAMPLER
+    weight = args.boundary_guidance
+    if weight is not None:  # (a set's or bank's key holds its sampler: other weights are kept apart)
+        if not math.isfinite(weight) or weight < 0:
+            sys.exit(f"python -m experiments.guide: --boundary-guidance {weight}: give a finite weight >= 0 (1: "
+                     "no guidance, 3: sample.py's)")
+        SAMPLER = dict(SAMPLER or {}, guidance=weight)
     if args.k < 1:
         sys.exit(f"python -m experiments.guide: --k {args.k}: ask for at least one trusted sample")
     pairs = [parse_pair(text) for text in args.pairs]

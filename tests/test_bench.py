@@ -290,6 +290,11 @@ def test_sampler_scores_each_grid_entry(tiny, recipe):
         share(accuracy), share(grey)
         assert finite(fid) >= 0 and finite(seconds.split()[0]) >= 0
     assert os.path.isfile(os.path.join(tiny, RUN, "bench-sampler", "dpm++2m-2-0", "eval_samples.npz"))
+    kept = json.loads(open(os.path.join(tiny, "results", "sampler", "sampler.json")).read())  # every scored set kept
+    assert kept["run"] == RUN and [(r["sampler"], r["steps"], r["samples"]) for r in kept["rows"]] == [
+        ("dpm++2m", 2, "dpm++2m-2-0.npz")]
+    with np.load(os.path.join(tiny, "results", "sampler", "dpm++2m-2-0.npz")) as z:
+        assert z["images"].shape[0] == 10 and f"{kept['rows'][0]['accuracy']:.3f}" == table[0][3]
 
 
 def test_walks_scores_each_method(tiny, recipe):

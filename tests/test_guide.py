@@ -330,6 +330,8 @@ def test_the_guide_experiment_refuses_bad_input_in_one_line(mnist_runs, run_dir,
     fails(experiment, [mnist_runs[0], "--pairs", "4-4", *out], "--pairs 4-4: a pair is two different digits")
     fails(experiment, [mnist_runs[0], "--pairs", "4-x", *out], "--pairs 4-x: a pair is two different digits")
     fails(experiment, [mnist_runs[0], "--k", "0", *out], "--k 0: ask for at least one trusted sample")
+    fails(experiment, [mnist_runs[0], "--boundary-guidance", "-1", *out],
+          "--boundary-guidance -1.0: give a finite weight >= 0")
     assert not (tmp_path / "readers").exists()  # refused before any reader trained
 
 
@@ -515,11 +517,15 @@ def test_the_ceiling_command_says_last_where_it_wrote(mnist_runs, tmp_path, monk
     monkeypatch.setattr(ceiling, "SAMPLER", dict(steps=2))
     out = tmp_path / "out"
     ceiling.main([mnist_runs[0], "--walks", "1", "--points", "3", "--pairs", "4-9", "--out", str(out), "--readers",
-                  str(tmp_path / "readers")])
+                  str(tmp_path / "readers"), "--boundary-guidance", "1"])
     said = capsys.readouterr().out.strip().splitlines()
     assert said[0].startswith("label-pos-s0: the guides") and "4-9: 1 walks of 3 points" in said[1]
     assert said[-1] == f"results: {out / 'results.json'}, {out / 'tables.md'}, the banks in {out / 'banks'}"
     assert (out / "results.json").is_file() and (out / "tables.md").is_file()
+    # --boundary-guidance W: the walks' label guidance, in the results and in the bank's key (kept apart from other weights)
+    assert json.loads((out / "results.json").read_text())["sampler"] == {"steps": 2, "guidance": 1.0}
+    key = json.loads((out / "banks" / "label-pos-s0" / "4-9" / "set.json").read_text())
+    assert key["sampler"]["guidance"] == {"label": 1.0}
 
 
 def test_the_ceiling_experiment_refuses_bad_input_in_one_line(mnist_runs, run_dir, tmp_path):  # noqa: F811
@@ -529,4 +535,5 @@ def test_the_ceiling_experiment_refuses_bad_input_in_one_line(mnist_runs, run_di
     fails(ceiling, [mnist_runs[0], "--walks", "0", *out], "--walks 0: give at least one walk")
     fails(ceiling, [mnist_runs[0], "--points", "2", *out], "--points 2: a walk needs at least 3 grid points")
     fails(ceiling, [mnist_runs[0], "--pairs", "4-4", *out], "experiments.ceiling: --pairs 4-4: a pair is two different digits")
+    fails(ceiling, [mnist_runs[0], "--boundary-guidance", "inf", *out], "--boundary-guidance inf: give a finite weight >= 0")
     assert not (tmp_path / "readers").exists() and not (tmp_path / "out").exists()  # refused before any work
