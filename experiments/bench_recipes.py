@@ -21,6 +21,7 @@ QUALITY_SEEDS, QUALITY_N, EPS_MSE_N = (0, 1), 1000, 2000  # quality: seeds, samp
 RECIPE_SEEDS, RECIPE_N = (0, 1), 500  # recipe: seeds of each RECIPES entry, samples scored
 SAMPLER_N = 500  # sampler: samples scored per SAMPLER_GRID entry
 SAMPLER_RESULTS = os.path.join("results", "sampler")  # sampler: every scored set and the table, to rescore
+SAMPLER_GUIDANCE = 3  # sampler: sample.py --guidance W, on both conditions
 WALKS, WALK_POINTS, WALK_STEPS = 8, 6, None  # walks: walks per method, points per walk, steps (None: sample.py's)
 WALK_RUNS = [os.path.join("runs", "bench-recipe", name) for name in  # walks: recipe's two 600-step runs, without
              ("v-600-steps-s0", "v-p-drop-0-1-each-600-steps-s0")]  # and with --p-drop
@@ -180,7 +181,6 @@ def bench_sampler(run_dir: str | None = None, n: int | None = None) -> None:
     from plumbing.data import write_atomically
 
     run_dir, n = run_dir or QUICK_RUN, n or SAMPLER_N
-    os.makedirs(SAMPLER_RESULTS, exist_ok=True)
     table = []
     print(f"{run_dir}, {n} samples each | sampler | steps | eta | requested digit | classifier-FID | grey | seconds")
     for name, steps, eta in SAMPLER_GRID:
@@ -189,20 +189,24 @@ def bench_sampler(run_dir: str | None = None, n: int | None = None) -> None:
         start = time.perf_counter()
         python("sample.py", run_dir, "--out", out, "--eval", "--n", str(n), "--sampler", name, "--sampling-steps",
                str(steps), "--eta", str(eta), "--grid-per-class", "1",
-               "--guidance", "3",  # w = 3 on both conditions, as the README's sampler table
+               "--guidance", str(SAMPLER_GUIDANCE),  # on both conditions, as docs/SPEED.md's sampler table
                *SAMPLE_FLAGS, quiet=True)
         seconds = time.perf_counter() - start
         with open(os.path.join(out, "metrics.json")) as f:
             m = json.load(f)["classifier"]
         with np.load(os.path.join(out, "eval_samples.npz")) as z:
             grey = grey_background_share(z["images"][..., 0])
-        shutil.copyfile(os.path.join(out, "eval_samples.npz"), os.path.join(SAMPLER_RESULTS, f"{stem}.npz"))
         table.append(dict(sampler=name, steps=steps, eta=eta, accuracy=m["conditioning_accuracy"], fid=m["fid"],
                           grey=grey, seconds=round(seconds, 1), samples=f"{stem}.npz"))
         print(f"{name} | {steps} | {eta:g} | {m['conditioning_accuracy']:.3f} | {m['fid']:.2f} | {grey:.3f} | "
               f"{seconds:.0f} (with scoring)", flush=True)
-    text = json.dumps(dict(run=run_dir, n=n, guidance=3, scored_by="the run's own evaluator (sample.py --eval), "
-                           "against the dataset's test digits", rows=table), indent=2)
+    # every scored set and the table into results/ together, once all are made (an interrupted call changes none)
+    os.makedirs(SAMPLER_RESULTS, exist_ok=True)
+    for row in table:
+        shutil.copyfile(os.path.join(run_dir, "bench-sampler", row["samples"][:-len(".npz")], "eval_samples.npz"),
+                        os.path.join(SAMPLER_RESULTS, row["samples"]))
+    text = json.dumps(dict(run=run_dir, n=n, guidance=SAMPLER_GUIDANCE, scored_by="the run's own evaluator "
+                           "(sample.py --eval), against the dataset's test digits", rows=table), indent=2)
     write_atomically(os.path.join(SAMPLER_RESULTS, "sampler.json"), lambda f: f.write(text.encode()))
 
 
@@ -260,8 +264,8 @@ QUICK_RECIPES = {
     "small, base width 16, cosine": ["--size", "small", "--base-channels", "16", "--steps", "600", "--lr-schedule",
                                      "cosine"],
     "small, base width 24": ["--size", "small", "--base-channels", "24", "--steps", "600"],
-    # larger batches, fewer steps: train.py takes about 20 s less, but the requested digits and the second reader
-    # fall below the default's (docs/SPEED.md, 2026-12-07)
+    # larger batches, fewer steps: train.py takes 15-37 s less, but the second reader (and at fewer images the
+    # evaluator) reads fewer samples right than with the default (docs/SPEED.md, 2026-12-07)
     "compact, batch 256, 200 steps": ["--batch-size", "256", "--steps", "200", "--lr", "0.004", "--warmup", "25"],
     "compact, batch 256, 250 steps": ["--batch-size", "256", "--steps", "250", "--lr", "0.004", "--warmup", "25"],
     "compact, batch 128, 400 steps": ["--batch-size", "128", "--steps", "400", "--lr", "0.003", "--warmup", "50"],

@@ -62,10 +62,10 @@ SAMPLER = None  # sample.py's; tests give fewer steps
 # The walks and the guides
 # ---------------------------------------------------------------------------
 def walk_bank(run: rundir.Run, a: int, b: int, out: str, walks: int = WALKS,
-              points: int = GRID_POINTS) -> np.ndarray:
+              points: int = GRID_POINTS, sampler: dict | None = None) -> np.ndarray:
     """Walks 0 .. walks-1 of sample.py --boundary A B (seed 0) at `points` grid values of s: uint8
-    (walks, points, H, W, C), kept at out/banks/RUN/A-B."""
-    sampler = boundary.search_sampler("soft", SAMPLER)
+    (walks, points, H, W, C), kept at out/banks/RUN/A-B; sampler None: sample.py's."""
+    sampler = boundary.search_sampler("soft", sampler)
     ids = np.arange(walks)
     walk, s = np.repeat(ids, points), np.tile(np.linspace(0, 1, points, dtype=np.float32), walks)
 
@@ -191,9 +191,13 @@ def all_pairs(cells: dict) -> dict:
 # ---------------------------------------------------------------------------
 def ceiling_experiment(run_dirs: list[str], pairs=guide_experiment.PAIRS, out: str = OUT,
                        readers_dir: str = guide_experiment.READERS_DIR, walks: int = WALKS,
-                       points: int = GRID_POINTS) -> dict:
-    """Everything the module's docstring says, for the runs in run_dirs; returns what results.json holds."""
+                       points: int = GRID_POINTS, guidance: float | None = None) -> dict:
+    """Everything the module's docstring says, for the runs in run_dirs (their walks at label guidance `guidance`,
+    None: sample.py's); returns what results.json holds."""
     start = time.perf_counter()
+    sampler = guide_experiment.walk_sampler(SAMPLER, guidance)
+    unguided = boundary.search_sampler("soft", sampler)["guidance"]["label"] == 1  # one network call a step, not two
+    per_image = 0.005 if unguided else 0.01  # seconds, for the progress line
     digits = Digits.load()
     runs = [rundir.load_run(path) for path in run_dirs]
     guide_experiment.check_runs(runs, digits)  # before any reader trains
@@ -205,15 +209,16 @@ def ceiling_experiment(run_dirs: list[str], pairs=guide_experiment.PAIRS, out: s
         print(f"{guide_experiment.run_name(run)}: the guides (trained on first use, then kept)", flush=True)
         guides.append(run_guides(run, readers, readers_dir))
     result = dict(runs=[guide_experiment.run_name(r) for r in runs], walks=walks, points=points, method="soft",
-                  sampler=SAMPLER or "sample.py's", knn_k=guide_experiment.KNN_K, mixed=dict(seeds=list(MIXED_SEEDS),
+                  sampler=sampler or "sample.py's", knn_k=guide_experiment.KNN_K, mixed=dict(seeds=list(MIXED_SEEDS),
                                                                           architectures=list(MIXED_ARCHITECTURES)),
                   readers={name: guide_experiment.reader_accuracy(ctx, r) for name, r in readers.items()}, pairs={})
     for a, b in pairs:
         banks = []
         for run in runs:
             print(f"{guide_experiment.run_name(run)} {a}-{b}: {walks} walks of {points} points (made on first use: "
-                  f"about {walks * points * 0.01:.0f} s on a 2-core CPU for the compact U-Net, then kept)", flush=True)
-            banks.append(walk_bank(run, a, b, out, walks, points))
+                  f"about {walks * points * per_image:.0f} s on a 2-core CPU for the compact U-Net, then kept)",
+                  flush=True)
+            banks.append(walk_bank(run, a, b, out, walks, points, sampler))
         result["pairs"][f"{a}-{b}"] = pair_cells(banks, readers, guides, a, b)
     result["all pairs"] = all_pairs(result["pairs"])
     result["wall_s"] = round(time.perf_counter() - start)
@@ -261,22 +266,20 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--readers", default=guide_experiment.READERS_DIR,
                    help=f"where the readers are kept (default {guide_experiment.READERS_DIR})")
     p.add_argument("--boundary-guidance", type=float, default=None, metavar="W",
-                   help="the walks' guidance weight, as sample.py --boundary-guidance W (default 3; 1: none)")
+                   help="the walks' guidance weight on the label (method soft), as sample.py --boundary-guidance W "
+                   "(default 3; 1: none)")
     args = p.parse_args(argv)
-    global SAMPLER
     weight = args.boundary_guidance
-    if weight is not None:  # (a set's or bank's key holds its sampler: other weights are kept apart)
-        if not math.isfinite(weight) or weight < 0:
-            sys.exit(f"python -m experiments.ceiling: --boundary-guidance {weight}: give a finite weight >= 0 (1: "
-                     "no guidance, 3: sample.py's)")
-        SAMPLER = dict(SAMPLER or {}, guidance=weight)
+    if weight is not None and (not math.isfinite(weight) or weight < 0):
+        sys.exit(f"python -m experiments.ceiling: --boundary-guidance {weight}: give a finite weight >= 0 (1: no "
+                 "guidance, 3: sample.py's)")
     if args.walks < 1:
         sys.exit(f"python -m experiments.ceiling: --walks {args.walks}: give at least one walk")
     if args.points < 3:
         sys.exit(f"python -m experiments.ceiling: --points {args.points}: a walk needs at least 3 grid points")
     pairs = [guide_experiment.parse_pair(text, "python -m experiments.ceiling") for text in args.pairs]
     try:
-        result = ceiling_experiment(args.runs, pairs, args.out, args.readers, args.walks, args.points)
+        result = ceiling_experiment(args.runs, pairs, args.out, args.readers, args.walks, args.points, weight)
         markdown = "\n".join(ceiling_tables(result))
         text = json.dumps(result, indent=1)
         write_atomically(os.path.join(args.out, "results.json"), lambda f: f.write(text.encode()))

@@ -34,10 +34,12 @@ made it, its walks and seconds). A set whose set.json holds the same key (run, g
 read back instead of being made again, its seconds those of when it was made; the readers' scores are recomputed.
 --boundary-guidance W draws the walks at another weight than sample.py's 3 (a set's key holds it).
 
-Time on the 2-core CPU: about 0.4 s per walk tried (docs/SPEED.md: 127 s for 345 walks with sample.py's sampler,
-14 images per walk that crosses), and runs x designs x pairs x K x (walks per trusted sample) walks: at the
-default K = 50 with 3 runs, 3 designs, 5 pairs and 2.3-5 walks per trusted sample, 8,000-11,000 walks, about an
-hour (K = 20 with 2 runs: 17 min on 2026-12-07 with the guides' training, 12.6 min without);
+Time on the 2-core CPU: about 0.4 s per walk tried with the small U-Net (docs/SPEED.md: 127 s for 345 walks with
+sample.py's sampler, 14 images per walk that crosses), 0.2 s with the compact one (results/guide/: 45 s per 100
+trusted samples at 2.2 walks each) and 0.1 s at --boundary-guidance 1; and runs x designs x pairs x K x (walks per
+trusted sample) walks: at the default K = 50 with 3 runs, 3 designs, 5 pairs and 2.3-5 walks per trusted sample,
+8,000-11,000 walks, about an hour with the small U-Net (K = 20 with 2 runs: 17 min on 2026-12-07 with the guides'
+training, 12.6 min without);
 plus, on first use, each guide's training (three members of 300 steps) and the three readers'.
 """
 if not __package__:  # run as a file, it could not import its neighbours: say what to run instead
@@ -194,15 +196,24 @@ def set_path(run: rundir.Run, design: str, a: int, b: int) -> str:
     return os.path.join("sets", run_name(run), f"{design}-{a}-{b}")
 
 
-def trusted_set(out: str, run: rundir.Run, design: str, guide, a: int, b: int, k: int) -> tuple[dict, dict]:
+def walk_sampler(base: dict | None, weight: float | None) -> dict | None:
+    """The sampler of the walks: `base` (None: sample.py's), at guidance weight `weight` on the label (None or
+    sample.py's own 3: base unchanged, so that the kept sets of sample.py's walks are read back)."""
+    if weight is None or weight == boundary.DEFAULT_GUIDANCE:
+        return base
+    return dict(base or {}, guidance=weight)
+
+
+def trusted_set(out: str, run: rundir.Run, design: str, guide, a: int, b: int, k: int,
+                sampler: dict | None = None) -> tuple[dict, dict]:
     """The run's K trusted samples between a and b with this guide (boundary.trusted_boundary_samples, as sample.py
-    --boundary makes them), kept at out/set_path; returns the part and what making it took: tried, crossed,
-    trusted, seconds."""
+    --boundary makes them; sampler None: its sampler), kept at out/set_path; returns the part and what making it
+    took: tried, crossed, trusted, seconds."""
     folder = os.path.join(out, set_path(run, design, a, b))
     npz, meta = os.path.join(folder, "samples.npz"), os.path.join(folder, "set.json")
     point = boundary.GUIDE_DESIGNS[design].point  # (in the key where it is not v1's and v2's s*: their sets stay valid)
     key = json.loads(json.dumps(set_key(run, kind=SET_KIND, design=design, guide=guide_digest(guide), pair=[a, b],
-                                        k=k, method=METHOD, sampler=SAMPLER, seed=WALK_SEED, rounds=ROUNDS,
+                                        k=k, method=METHOD, sampler=sampler, seed=WALK_SEED, rounds=ROUNDS,
                                         **({} if point == "crossing" else {"point": point}))))
     if os.path.exists(npz) and os.path.exists(meta):
         with open(meta) as f:
@@ -210,7 +221,7 @@ def trusted_set(out: str, run: rundir.Run, design: str, guide, a: int, b: int, k
         if kept.get("key") == key:
             return load_part(npz), kept["made"]
     start = time.perf_counter()
-    part, counts = boundary.trusted_boundary_samples(run, a, b, k, METHOD, WALK_SEED, guide, SAMPLER, point=point)
+    part, counts = boundary.trusted_boundary_samples(run, a, b, k, METHOD, WALK_SEED, guide, sampler, point=point)
     made = dict(tried=counts["tried"], crossed=counts["crossed"], trusted=counts["trusted"],
                 seconds=round(time.perf_counter() - start, 2))
     write_atomically(npz, lambda f: f.write(outputs.samples_npz(part)))
@@ -312,9 +323,11 @@ def run_guides(runs: list[rundir.Run], nets: dict) -> tuple[dict, dict]:
 
 
 def guide_experiment(run_dirs: list[str], k: int = K, pairs=PAIRS, out: str = OUT,
-                     readers_dir: str = READERS_DIR) -> dict:
-    """Everything the module's docstring says, for the runs in run_dirs; returns what results.json holds."""
+                     readers_dir: str = READERS_DIR, guidance: float | None = None) -> dict:
+    """Everything the module's docstring says, for the runs in run_dirs (their walks at label guidance `guidance`,
+    None: sample.py's); returns what results.json holds."""
     start = time.perf_counter()
+    sampler = walk_sampler(SAMPLER, guidance)
     digits = Digits.load()
     runs = [rundir.load_run(path) for path in run_dirs]
     check_runs(runs, digits)  # before any reader trains
@@ -326,7 +339,7 @@ def guide_experiment(run_dirs: list[str], k: int = K, pairs=PAIRS, out: str = OU
                        calibration_share=boundary.GUIDE_DESIGNS[d].calibration_share,
                        point=boundary.GUIDE_DESIGNS[d].point) for d in DESIGNS}
     result = dict(k=k, pairs=[f"{a}-{b}" for a, b in pairs], designs=designs, runs=[run_name(r) for r in runs],
-                  method=METHOD, sampler=SAMPLER or "sample.py's", guides=records,
+                  method=METHOD, sampler=sampler or "sample.py's", guides=records,
                   readers={name: dict(test_accuracy=reader_accuracy(ctx, net)) for name, net in nets.items()},
                   sets={d: {} for d in DESIGNS}, summary={d: {} for d in DESIGNS}, real={})
     for a, b in pairs:
@@ -334,7 +347,7 @@ def guide_experiment(run_dirs: list[str], k: int = K, pairs=PAIRS, out: str = OU
         for design in DESIGNS:
             cells = []
             for run in runs:
-                part, made = trusted_set(out, run, design, guides[run_name(run)][design], a, b, k)
+                part, made = trusted_set(out, run, design, guides[run_name(run)][design], a, b, k, sampler)
                 cells.append(dict(made, read=read_set(part, a, b, nets),
                                   path=os.path.join(set_path(run, design, a, b), "samples.npz")))
                 print(f"{run_name(run)} {design} {pair}: {made['trusted']} trusted of {made['tried']} walks, "
@@ -444,20 +457,18 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--readers", default=READERS_DIR, help="where the readers are kept, trained on first use "
                    f"(default {READERS_DIR}, python -m experiments' own)")
     p.add_argument("--boundary-guidance", type=float, default=None, metavar="W",
-                   help="the walks' guidance weight, as sample.py --boundary-guidance W (default 3; 1: none)")
+                   help="the walks' guidance weight on the label (method soft), as sample.py --boundary-guidance W "
+                   "(default 3; 1: none)")
     args = p.parse_args(argv)
-    global SAMPLER
     weight = args.boundary_guidance
-    if weight is not None:  # (a set's or bank's key holds its sampler: other weights are kept apart)
-        if not math.isfinite(weight) or weight < 0:
-            sys.exit(f"python -m experiments.guide: --boundary-guidance {weight}: give a finite weight >= 0 (1: "
-                     "no guidance, 3: sample.py's)")
-        SAMPLER = dict(SAMPLER or {}, guidance=weight)
+    if weight is not None and (not math.isfinite(weight) or weight < 0):
+        sys.exit(f"python -m experiments.guide: --boundary-guidance {weight}: give a finite weight >= 0 (1: no "
+                 "guidance, 3: sample.py's)")
     if args.k < 1:
         sys.exit(f"python -m experiments.guide: --k {args.k}: ask for at least one trusted sample")
     pairs = [parse_pair(text) for text in args.pairs]
     try:
-        result = guide_experiment(args.runs, args.k, pairs, args.out, args.readers)
+        result = guide_experiment(args.runs, args.k, pairs, args.out, args.readers, weight)
         markdown = "\n".join(guide_tables(result))
         text = json.dumps(result, indent=1)
         write_atomically(os.path.join(args.out, "results.json"), lambda f: f.write(text.encode()))

@@ -526,6 +526,15 @@ def test_the_ceiling_command_says_last_where_it_wrote(mnist_runs, tmp_path, monk
     assert json.loads((out / "results.json").read_text())["sampler"] == {"steps": 2, "guidance": 1.0}
     key = json.loads((out / "banks" / "label-pos-s0" / "4-9" / "set.json").read_text())
     assert key["sampler"]["guidance"] == {"label": 1.0}
+    assert ceiling.SAMPLER == dict(steps=2)  # the flag is this call's alone: a later call walks at sample.py's weight
+
+
+def test_boundary_guidance_3_reads_back_the_sets_of_sample_pys_walks():
+    """--boundary-guidance 3 is sample.py's own weight: the walks' sampler (and so a kept set's key) is unchanged."""
+    from experiments import guide as experiment
+    assert experiment.walk_sampler(None, None) is None and experiment.walk_sampler(None, 3.0) is None
+    assert experiment.walk_sampler({"steps": 2}, 3) == {"steps": 2}
+    assert experiment.walk_sampler({"steps": 2}, 1.0) == {"steps": 2, "guidance": 1.0}
 
 
 def test_the_ceiling_experiment_refuses_bad_input_in_one_line(mnist_runs, run_dir, tmp_path):  # noqa: F811
