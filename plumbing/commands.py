@@ -101,7 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(0: deterministic, 1: DDPM's variance), dpm++2m 0 (ODE) or 1 (SDE); ddpm ignores it "
                    "(default: the sampler's own, ddim 0, dpm++2m 1; meta.json records the value used)")
     p.add_argument("--sampling-batch-size", type=int, default=64, help="images per network call (64: fastest per "
-                   "image on a 2-core CPU; raise it on a GPU)")
+                   "image on a 2-core CPU; raise it on a GPU). The noise is drawn batch by batch, so another size "
+                   "gives other images (meta.json records it)")
     p.add_argument("--guidance", type=parse_guidance, default=None, metavar="W or NAME=W,...",
                    help="classifier-free guidance w >= 0 (1: none, one network call per step), or a weight per "
                    "condition, e.g. pos=1,label=3 (default: label=3, the label guided given the other conditions; "
