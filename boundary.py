@@ -198,18 +198,20 @@ GUIDE_DESIGNS = {
     # 32), so that "every member finds it ambiguous" is said by three kinds of network, none a reader's sibling;
     # 10% of the digits held out, on which each member's temperature is fitted, so that the members' 0.2 in
     # `trusted` is the same calibrated 0.2 for a sharp wide member and a soft narrow one. Measured on the main
-    # command's model (seeds 0 and 1, five pairs; python -m experiments.guide, results/guide/, 2026-12-07): readers
-    # outside every guide find v2's trusted samples no more ambiguous than v1's (evaluator 58% vs 60%, second
-    # reader 42% vs 54%, a pixel perceptron 32% vs 32%), at 5.0 walks per trusted sample against 3.5 (its fitted
-    # T < 1 sharpen the members, so fewer points pass): kept for comparison, not the default.
+    # command's model (the compact U-Net, seeds 0 and 1, five pairs; python -m experiments.guide, results/guide/,
+    # 2026-12-07): readers outside every guide find v2's trusted samples no more ambiguous than v1's (evaluator 65%
+    # vs 65%, second reader 51% vs 53%, a pixel perceptron 40% vs 34%, nearest neighbours 44% vs 52%), at 5.0 walks
+    # per trusted sample against 3.0 (its fitted T < 1 sharpen the members, so fewer points pass): kept for
+    # comparison, not the default.
     "v2": GuideDesign(widths=(8, 12, 24), calibration_share=0.1),
     # v3, the default since 2026-12-07: v1's members (the same trained guide, members_design), but the point kept
     # is the walk's most ambiguous one to all of them (POINTS), not the crossing of their mean: a point where every
     # member is as far from sure as the walk allows, rather than one where the members' mean is balanced while one
     # of them may already be sure. Measured as v2 was, on the same guides and walks as v1: the readers outside
-    # find its trusted samples about as ambiguous as v1's (57%, 50%, 35% against 60%, 54%, 32%; the intervals
-    # overlap widely) at 2.3 walks per trusted sample against 3.5 (3.5 against 5.9 on 4-9, the hardest pair):
-    # fewer walks for samples of the same ambiguity, so the default. None of the three generalises as hoped
+    # find its trusted samples about as ambiguous as v1's (64%, 50%, 38%, 55% against 65%, 53%, 34%, 52%; the
+    # intervals overlap widely) at 2.2 walks per trusted sample against 3.0 (3.2 against 4.2 on 2-7, the hardest
+    # pair): fewer walks for samples of the same ambiguity, so the default (chosen the day before on the small
+    # U-Net, where it read the same: 2.3 walks against 3.5). None of the three generalises as hoped
     # (docs/EXPERIMENT.md, section 3).
     "v3": GuideDesign(widths=(16, 16, 16), calibration_share=0.0, point="most ambiguous"),
 }

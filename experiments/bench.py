@@ -1,4 +1,5 @@
-"""Speed and recipe benchmarks: `python -m experiments.bench [diffusion|recipe|sampler|walks|boundary|features|metrics|quality|gpu ...]`.
+"""Speed and recipe benchmarks: `python -m experiments.bench [diffusion|recipe|quick|main|sampler|walks|boundary|features|
+metrics|quality|gpu ...]`.
 
 Targets live here, not in timed tests (timings on shared machines are noisy:
 compare ratios measured in one run). Each section prints what it measured;

@@ -264,7 +264,7 @@ QUICK_RECIPES = {
     "small, base width 16, cosine": ["--size", "small", "--base-channels", "16", "--steps", "600", "--lr-schedule",
                                      "cosine"],
     "small, base width 24": ["--size", "small", "--base-channels", "24", "--steps", "600"],
-    # larger batches, fewer steps: train.py takes 15-37 s less, but the second reader (and at fewer images the
+    # larger batches, fewer steps: train.py takes 15-38 s less, but the second reader (and at fewer images the
     # evaluator) reads fewer samples right than with the default (docs/SPEED.md, 2026-12-07)
     "compact, batch 256, 200 steps": ["--batch-size", "256", "--steps", "200", "--lr", "0.004", "--warmup", "25"],
     "compact, batch 256, 250 steps": ["--batch-size", "256", "--steps", "250", "--lr", "0.004", "--warmup", "25"],
