@@ -255,6 +255,8 @@ def bench_walks(run_dirs: list[str] | None = None, a: int = 4, b: int = 9, walks
 QUICK_RECIPES = {
     "default": [],  # --size compact, 800 steps, since 2026-12-07
     "compact, 600 steps": ["--size", "compact", "--steps", "600"],
+    "compact, 700 steps": ["--steps", "700"],  # between 600 and the default's 800: the quality those steps buy
+    "compact, 650 steps, lr 0.003": ["--steps", "650", "--lr", "0.003"],
     "small, 600 steps": ["--size", "small", "--steps", "600"],  # the default until 2026-12-07
     "small, 400 steps, warm-up 25": ["--size", "small", "--steps", "400", "--warmup", "25"],
     "small, 400 steps, warm-up 25, min-SNR 5": ["--size", "small", "--steps", "400", "--warmup", "25", "--min-snr", "5"],
