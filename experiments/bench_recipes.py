@@ -181,7 +181,7 @@ def bench_sampler(run_dir: str | None = None, n: int | None = None) -> None:
     from plumbing.data import write_atomically
 
     run_dir, n = run_dir or QUICK_RUN, n or SAMPLER_N
-    table = []
+    table, scored = [], []  # the rows; each row's scored set
     print(f"{run_dir}, {n} samples each | sampler | steps | eta | requested digit | classifier-FID | grey | seconds")
     for name, steps, eta in SAMPLER_GRID:
         stem = f"{name}-{steps}-{eta:g}"
@@ -198,13 +198,13 @@ def bench_sampler(run_dir: str | None = None, n: int | None = None) -> None:
             grey = grey_background_share(z["images"][..., 0])
         table.append(dict(sampler=name, steps=steps, eta=eta, accuracy=m["conditioning_accuracy"], fid=m["fid"],
                           grey=grey, seconds=round(seconds, 1), samples=f"{stem}.npz"))
+        scored.append(os.path.join(out, "eval_samples.npz"))
         print(f"{name} | {steps} | {eta:g} | {m['conditioning_accuracy']:.3f} | {m['fid']:.2f} | {grey:.3f} | "
               f"{seconds:.0f} (with scoring)", flush=True)
     # every scored set and the table into results/ together, once all are made (an interrupted call changes none)
     os.makedirs(SAMPLER_RESULTS, exist_ok=True)
-    for row in table:
-        shutil.copyfile(os.path.join(run_dir, "bench-sampler", row["samples"][:-len(".npz")], "eval_samples.npz"),
-                        os.path.join(SAMPLER_RESULTS, row["samples"]))
+    for row, path in zip(table, scored):
+        shutil.copyfile(path, os.path.join(SAMPLER_RESULTS, row["samples"]))
     text = json.dumps(dict(run=run_dir, n=n, guidance=SAMPLER_GUIDANCE, scored_by="the run's own evaluator "
                            "(sample.py --eval), against the dataset's test digits", rows=table), indent=2)
     write_atomically(os.path.join(SAMPLER_RESULTS, "sampler.json"), lambda f: f.write(text.encode()))

@@ -35,7 +35,6 @@ if not __package__:  # run as a file, it could not import its neighbours: say wh
                      "root)")
 import argparse
 import json
-import math
 import os
 import sys
 import time
@@ -266,13 +265,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--readers", default=guide_experiment.READERS_DIR,
                    help=f"where the readers are kept (default {guide_experiment.READERS_DIR})")
     p.add_argument("--boundary-guidance", type=float, default=None, metavar="W",
-                   help="the walks' guidance weight on the label (method soft), as sample.py --boundary-guidance W "
-                   "(default 3; 1: none)")
+                   help=guide_experiment.BOUNDARY_GUIDANCE_HELP)
     args = p.parse_args(argv)
-    weight = args.boundary_guidance
-    if weight is not None and (not math.isfinite(weight) or weight < 0):
-        sys.exit(f"python -m experiments.ceiling: --boundary-guidance {weight}: give a finite weight >= 0 (1: no "
-                 "guidance, 3: sample.py's)")
+    weight = guide_experiment.check_boundary_guidance(args.boundary_guidance, "python -m experiments.ceiling")
     if args.walks < 1:
         sys.exit(f"python -m experiments.ceiling: --walks {args.walks}: give at least one walk")
     if args.points < 3:

@@ -438,6 +438,17 @@ def guide_tables(r: dict) -> list[str]:
     return guides_table(r) + shares_table(r) + real_table(r) + [wall, ""]
 
 
+BOUNDARY_GUIDANCE_HELP = ("the walks' guidance weight on the label (method soft), as sample.py --boundary-guidance W "
+                          "(default 3; 1: none)")
+
+
+def check_boundary_guidance(weight: float | None, prog: str = "python -m experiments.guide") -> float | None:
+    """--boundary-guidance W as sample.py takes it: None (sample.py's) or a finite weight >= 0; else one line, exit."""
+    if weight is not None and (not math.isfinite(weight) or weight < 0):
+        sys.exit(f"{prog}: --boundary-guidance {weight}: give a finite weight >= 0 (1: no guidance, 3: sample.py's)")
+    return weight
+
+
 def parse_pair(text: str, prog: str = "python -m experiments.guide") -> tuple[int, int]:
     """'4-9' -> (4, 9): two different digits 0..9; anything else a one-line error (from `prog`)."""
     parts = text.split("-")
@@ -456,14 +467,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--out", default=OUT, help=f"results.json, tables.md and the sets (default {OUT})")
     p.add_argument("--readers", default=READERS_DIR, help="where the readers are kept, trained on first use "
                    f"(default {READERS_DIR}, python -m experiments' own)")
-    p.add_argument("--boundary-guidance", type=float, default=None, metavar="W",
-                   help="the walks' guidance weight on the label (method soft), as sample.py --boundary-guidance W "
-                   "(default 3; 1: none)")
+    p.add_argument("--boundary-guidance", type=float, default=None, metavar="W", help=BOUNDARY_GUIDANCE_HELP)
     args = p.parse_args(argv)
-    weight = args.boundary_guidance
-    if weight is not None and (not math.isfinite(weight) or weight < 0):
-        sys.exit(f"python -m experiments.guide: --boundary-guidance {weight}: give a finite weight >= 0 (1: no "
-                 "guidance, 3: sample.py's)")
+    weight = check_boundary_guidance(args.boundary_guidance)
     if args.k < 1:
         sys.exit(f"python -m experiments.guide: --k {args.k}: ask for at least one trusted sample")
     pairs = [parse_pair(text) for text in args.pairs]
