@@ -59,7 +59,7 @@ def matmul_gflops(dtype: torch.dtype, device: str = "cpu", n: int | None = None,
     return 2 * n ** 3 / timed(lambda: a @ b, repeat) / 1e9
 
 
-def unet_setup(size: str = "small", batch: int = 64, device: str = "cpu"):
+def unet_setup(size: str, batch: int = 64, device: str = "cpu"):
     """A U-Net of train.py's --size (label+pos, 28x28), its diffusion, AdamW and a random batch of `batch`."""
     from ddpm import Diffusion, beta_schedule
     from plumbing.train_command import unet_kwargs
@@ -74,11 +74,19 @@ def unet_setup(size: str = "small", batch: int = 64, device: str = "cpu"):
     return net, diffusion, opt, x0, cond
 
 
+def default_size() -> str:
+    """train.py's default --size (the U-Net the main command trains)."""
+    from plumbing.train_command import build_parser
+
+    return build_parser().get_default("size")
+
+
 def bench_diffusion() -> None:
-    """The small CPU U-Net at batch BATCH (64) on 28x28, label+pos conditions, fp32 and bf16 autocast.
+    """train.py's default U-Net (default_size) at batch BATCH (64) on 28x28, label+pos conditions, fp32 and bf16
+    autocast.
 
     Targets: the training step reaches at least 25% of the large-matmul rate in
-    fp32 (printed for bf16 too: AMX's bf16 matmul is out of a small U-Net's reach); on hardware with native bf16 (precision.native_bf16), bf16
+    fp32 (printed for bf16 too: AMX's bf16 matmul is out of a 28x28 U-Net's reach); on hardware with native bf16 (precision.native_bf16), bf16
     trains and samples at least 1.3x as fast as fp32; guidance batched into one
     call is at least as fast as its two calls made one after the other.
     """
@@ -87,7 +95,8 @@ def bench_diffusion() -> None:
     from plumbing.precision import autocast, native_bf16
     from unet import count_parameters
 
-    net, diffusion, opt, x0, cond = unet_setup(batch=BATCH)
+    size = default_size()
+    net, diffusion, opt, x0, cond = unet_setup(size, batch=BATCH)
     cpu = torch.device("cpu")
 
     def train_step():
@@ -99,7 +108,7 @@ def bench_diffusion() -> None:
         diffusion.loss(net, x0, cond).backward()
     flops = counter.get_total_flops()  # one forward + backward of a batch of BATCH
     t = torch.full((BATCH,), 500)
-    print(f"threads {torch.get_num_threads()} | small U-Net {count_parameters(net) / 1e6:.2f}M params, "
+    print(f"threads {torch.get_num_threads()} | {size} U-Net {count_parameters(net) / 1e6:.2f}M params, "
           f"{flops / BATCH / 1e9:.2f} GFLOP per training image | native bf16 on this CPU: {native_bf16(cpu)}")
     rates = {}
     for name, dtype in (("fp32", None), ("bf16", torch.bfloat16)):
@@ -383,7 +392,7 @@ SECTIONS = {"diffusion": bench_diffusion, "features": bench_features, "metrics":
             "gpu": bench_gpu, "main": bench_main}
 DEFAULT_SECTIONS = ("diffusion", "features", "metrics")  # no section named: these (the others only when asked for)
 SECTION_HELP = {  # what `--help` lists
-    "diffusion": "training and sampling speed of the small U-Net, fp32 and bf16 (seconds)",
+    "diffusion": "training and sampling speed of train.py's default U-Net, fp32 and bf16 (seconds)",
     "features": "UMAP fit, save/load and transform; agreement with umap's own transform; extraction (minutes)",
     "metrics": "FID and IS maths against pytorch-fid's formula; feature-network speed (a minute)",
     "quality": "bf16 against fp32: the quick run trained and scored at both, seeds 0 and 1 (about 20 min)",

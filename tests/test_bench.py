@@ -229,6 +229,7 @@ def test_the_default_runs_diffusion_features_and_metrics(tiny):
     assert heads == ["== diffusion ==", "== features ==", "== metrics =="]
     diffusion, features, metrics = (out.split(head)[1].split("== ")[0] for head in heads)
     assert not re.search(r"\b(nan|inf)\b", out), out
+    assert re.search(r"^threads \d+ \| compact U-Net ", diffusion, re.M), diffusion  # train.py's default --size
 
     for dtype in ("fp32", "bf16"):  # the rates, finite and positive
         rates = re.search(rf"^{dtype}: large matmul +(\S+) GFLOP/s \| training \(batch 4\) +(\S+) images/s = +(\S+) "
