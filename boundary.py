@@ -156,7 +156,7 @@ MAX_WALKS_PER_SAMPLE = 8  # --boundary tries up to 8 N walks for N trusted sampl
 
 
 # A found point is trusted (kept by --boundary) when the guide's members agree that it is ambiguous, each
-# reading min(P(A), P(B)) >= metrics.AMBIGUOUS, and the guide sees A or B, nothing else: the members' mean
+# reading min(P(A), P(B)) >= metrics.AMBIGUOUS (0.2), and the guide sees A or B, nothing else: the members' mean
 # P(A) + P(B) >= TRUST_MASS (a third class there is a wrong boundary). `trusted`. The probabilities are each
 # member's softmax(z / T): T = 1 in designs v1 and v3, fitted in v2 (`fit_temperature`); see `trusted`.
 TRUST_MASS = 0.9
@@ -305,7 +305,8 @@ def train_guide(images: np.ndarray, labels: np.ndarray, num_classes: int, design
 
 def guide_tag(run: Run, design: str, steps: int) -> str:
     """What a kept guide was made for: the run, its members' steps and the design that trains them in full
-    (members_design; a design edited in place is trained again). Not the point: that is read off the guide."""
+    (members_design; a design edited in place is trained again). Not the point (which point of a walk is kept):
+    the caller chooses it (trusted_boundary_samples' `point`, else the design's in GUIDE_DESIGNS)."""
     design = members_design(design)
     spec = GUIDE_DESIGNS[design]
     return (f"{run.config['run_id']} steps={steps} design={design} widths={','.join(map(str, spec.widths))} "

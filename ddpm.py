@@ -33,8 +33,9 @@ from tqdm.auto import tqdm
 SCHEDULES = ("linear", "cosine")
 # Condition dropout in training (Diffusion.losses), train.py's defaults: all conditions of an image together with
 # DEFAULT_P_UNCOND (Ho & Salimans 2022), and each on its own with DEFAULT_P_DROP where a model has two or more
-# (`default_p_drop`), which per-condition guidance needs. Chosen by measurement: docs/EXPERIMENT.md, "Why
-# v-prediction and 600 steps".
+# (`default_p_drop`), which per-condition guidance needs: with both defaults a row of a label+pos model loses
+# its pos with probability 0.1 + 0.9 * 0.1 = 0.19, and so its label. Chosen by measurement on the small U-Net
+# at 600 steps (the default before 2026-12-07): docs/EXPERIMENT.md, "Why v-prediction and 600 steps".
 DEFAULT_P_UNCOND, DEFAULT_P_DROP = 0.1, 0.1
 
 
@@ -239,7 +240,8 @@ class Diffusion:
           Brooks et al. 2023 (sec. 3.2.1) instead draw exclusive cases, 5 % each:
           only one condition dropped, only the other, or both. Here the draws
           are independent, so a row may also drop both through its two own
-          draws: P(both dropped) = p_uncond + (1 - p_uncond) p_drop[label] p_drop[pos].
+          draws: P(both dropped) = p_uncond + (1 - p_uncond) p_drop[label] p_drop[pos],
+          and P(pos dropped) = p_uncond + (1 - p_uncond) p_drop[pos] (0.19 with the defaults).
         One network call per step: the dropped rows are marked, not split off.
         With min_snr_gamma, each row's error is weighted by Hang et al. 2023's
         min(SNR_t, gamma) / SNR_t (eps) or min(SNR_t, gamma) / (SNR_t + 1) (v).
@@ -512,6 +514,9 @@ class Diffusion:
                noise_index: torch.Tensor | None = None,
                guidance_interval: tuple[float, float] | None = None) -> torch.Tensor:
         """Draw images of `shape` (B, C, H, W) in [-1, 1]-ish from pure noise x_T ~ N(0, I).
+
+        This method's own defaults (DDIM over all T steps) are the library's; sample.py's are
+        generation.DEFAULT_SAMPLER and DEFAULT_STEPS (DPM-Solver++(2M), 10 steps), which `generation.generate` passes.
 
         sampler "ddpm": the full ancestral sampler, Algorithm 2 of Ho et al. (T network calls; steps and eta
         ignored); "ddim": DDIM over `steps` evenly spaced timesteps with the given eta in [0, 1]; "dpm++2m":

@@ -6,7 +6,7 @@
         --size paper --lr 1e-5 --epochs 500 --out runs/paper   # the report's setting, for a GPU
 
 The method (README, steps 1-3): every training image gets a position in a
-feature space (features.py: features -> 20-d UMAP, standardised; the features are
+feature space (features.py: features -> UMAP of --pos-dim (20) dimensions, standardised; the features are
 the pixels by default, a pretrained network such as the report's SwinV2 with --backbone),
 and the U-Net (unet.py) learns to denoise with the DDPM loss (ddpm.py,
 Algorithm 1 of Ho et al. 2020), predicting v = sqrt(abar) eps - sqrt(1 - abar) x_0

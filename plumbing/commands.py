@@ -98,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sampling-steps", type=int, default=DEFAULT_STEPS, help="steps of ddim and dpm++2m: network "
                    "calls per sample (with guidance each call has 2x the rows, 3x for e.g. label=3,pos=1)")
     p.add_argument("--eta", type=float, default=None, help="sampling noise: ddim takes [0, 1] "
-                   "(0: deterministic, 1: DDPM's variance), dpm++2m 0 (ODE) or 1 (SDE); ddpm ignores it "
+                   "(0: deterministic, 1: DDPM's variance), dpm++2m 0 (ODE) or 1 (SDE); refused with ddpm "
                    "(default: the sampler's own, ddim 0, dpm++2m 1; meta.json records the value used)")
     p.add_argument("--sampling-batch-size", type=int, default=64, help="images per network call (64: fastest per "
                    "image on a 2-core CPU; raise it on a GPU). The noise is drawn batch by batch, so another size "

@@ -74,7 +74,7 @@ def stack_condition(values: list[np.ndarray | None], counts: list[int]) -> np.nd
 def samples_npz(part: dict) -> bytes:
     """samples.npz: images uint8 (N, H, W, C), labels (N,) the class each stands for, reference (N,)
     the training image whose conditions were asked for (-1: none or a user's file), cond_<name>
-    for every condition the model saw (e.g. cond_label (N,), or (N, K) soft labels, cond_pos (N, 20); -1 or
+    for every condition the model saw (e.g. cond_label (N,), or (N, K) soft labels, cond_pos (N, pos_dim: 20 by default); -1 or
     NaN where an image was made without it),
     and for walks: walk (N,) the walk each image is on (-1: none), s (N,) its place along it (0: A, 1: B)
     and endpoints (N, 2) the two training images the walk goes between; for boundary samples prob (N, 2) the
