@@ -79,6 +79,9 @@ def read_config(run_dir: str) -> dict:
         if has_checkpoint:  # train.py --resume rewrites config.json from the checkpoint's copy (read_run)
             raise RunError(f"{path} not found, but {run_dir} has a checkpoint.pt: python train.py --out {run_dir} "
                            "--resume restores config.json from the checkpoint's copy")
+        if os.path.lexists(os.path.join(run_dir, ".lock")):  # (lock.LOCK_FILE; lock.py imports this module)
+            raise RunError(f"{path} not found yet: train.py is setting {run_dir} up ({run_dir}/.lock); wait until "
+                           "it writes its first checkpoint (or, if no train.py runs, move the .lock away)")
         raise RunError(f"{path} not found: {run_dir} is not a run directory (train one: python train.py --out {run_dir})")
     try:
         with open(path) as f:
@@ -91,7 +94,29 @@ def read_config(run_dir: str) -> dict:
                        f"{fix}") from None
     except (OSError, UnicodeDecodeError) as error:
         raise RunError(f"cannot read {path} ({type(error).__name__}); is {run_dir} a run made by train.py?") from error
-    return in_todays_format(config, path)
+    written_today = isinstance(config, dict) and config.get("format") == CONFIG_FORMAT
+    config = in_todays_format(config, path)
+    if written_today:  # (a format-2 config's id was made before data_seed existed)
+        check_unedited(config, path, run_dir, has_checkpoint)
+    return config
+
+
+def check_unedited(config: dict, path: str, run_dir: str, has_checkpoint: bool) -> None:
+    """config.json as train.py wrote it: every setting that defines the run present, and together with the data's
+    digest still giving the run id (make_run_id). A setting edited by hand would sample, or resume, the run's
+    weights with other maths (e.g. eps for a v-prediction model) without a word."""
+    fix = (f"move it away; python train.py --out {run_dir} --resume then restores it from checkpoint.pt's copy"
+           if has_checkpoint else f"train the run again (python train.py --out {run_dir} --overwrite)")
+    settings, data = config.get("settings"), config.get("data")
+    missing = [key for key in ("run_id", "unet") if key not in config]
+    missing += ["data.digest"] if not isinstance(data, dict) or "digest" not in data else []
+    missing += (["settings"] if not isinstance(settings, dict) else
+                [f"settings.{key}" for key in IDENTITY if key not in LATER_IDENTITY and key not in settings])
+    if missing:
+        raise RunError(f"{path} lacks {', '.join(missing)}: it was edited or is not train.py's; {fix}")
+    if make_run_id(settings, data["digest"]) != config["run_id"]:
+        raise RunError(f"{path} was edited: the settings that define run {config['run_id']} (--cond, --prediction, "
+                       f"--timesteps, ...) are not those it was trained with; {fix}")
 
 
 def in_todays_format(config, path: str) -> dict:

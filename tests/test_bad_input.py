@@ -472,16 +472,49 @@ def test_a_config_json_of_another_run_is_named_and_the_advice_keeps_the_checkpoi
     import train
     run = copy_run(label_run, tmp_path)
     config = json.loads((run / "config.json").read_text())
-    (run / "config.json").write_text(json.dumps(dict(config, run_id="0123456789abcdef")))  # another run's config.json
+    settings = dict(config["settings"], seed=config["settings"]["seed"] + 1)  # another run's config.json: its own id
+    other = rundir.make_run_id(settings, config["data"]["digest"])
+    (run / "config.json").write_text(json.dumps(dict(config, settings=settings, run_id=other)))
     before = snapshot(run)
     for script, argv in ((sample, [str(run), "--out", str(tmp_path / "o")]), (train, ["--out", str(run), "--resume"])):
-        message = fails(script, argv, rf"{run}/config.json belongs to another run \(run id 0123456789abcdef; "
+        message = fails(script, argv, rf"{run}/config.json belongs to another run \(run id {other}; "
                         rf"checkpoint.pt is of run {config['run_id']}\): it was copied in. Move it away; then "
                         rf"python train.py --out {run} --resume restores this run's config.json")
         assert "--overwrite" not in message and snapshot(run) == before
     os.rename(run / "config.json", tmp_path / "stray.json")  # the advice, followed
     train.main(["--out", str(run), "--resume"])
     assert json.loads((run / "config.json").read_text())["run_id"] == config["run_id"]
+
+
+def test_sample_on_a_run_train_py_is_still_setting_up_says_so_not_that_it_is_no_run(tmp_path):
+    run = tmp_path / "setting-up"
+    run.mkdir()
+    (run / ".lock").write_text(json.dumps(dict(pid=os.getpid(), host="here", since="now")))  # train.py fitting UMAP
+    message = fails(sample, [str(run), "--out", str(tmp_path / "o")],
+                    rf"{run}/config.json not found yet: train.py is setting {run} up \({run}/\.lock\); wait until it "
+                    "writes its first checkpoint")
+    assert "train one" not in message and not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("edit", [dict(prediction="eps"), dict(timesteps=500), dict(cond="none"), "per_class"])
+def test_a_config_json_edited_by_hand_is_refused_before_sampling_or_resuming(label_run, tmp_path, edit):  # noqa: F811
+    """A defining setting changed (or removed) in config.json would sample or resume the weights with other maths."""
+    import train
+    run = copy_run(label_run, tmp_path)
+    config = json.loads((run / "config.json").read_text())
+    settings = ({k: v for k, v in config["settings"].items() if k != edit} if isinstance(edit, str)
+                else dict(config["settings"], **edit))
+    (run / "config.json").write_text(json.dumps(dict(config, settings=settings)))
+    before = snapshot(run)
+    what = (rf"{run}/config.json lacks settings\.per_class: it was edited or is not train\.py's" if isinstance(edit, str) else
+            rf"{run}/config.json was edited: the settings that define run {config['run_id']} .* are not those it was "
+            "trained with")
+    for script, argv in ((sample, [str(run), "--out", str(tmp_path / "o")]), (train, ["--out", str(run), "--resume"])):
+        message = fails(script, argv, what + rf"; move it away; python train.py --out {run} --resume then restores it")
+        assert snapshot(run) == before and not (tmp_path / "o").exists(), message
+    os.rename(run / "config.json", tmp_path / "edited.json")  # the advice, followed
+    train.main(["--out", str(run), "--resume"])
+    assert json.loads((run / "config.json").read_text())["settings"] == config["settings"]
 
 
 def test_a_run_with_fewer_timesteps_than_the_grids_sampling_steps_trains_and_writes_its_grid(folder, tmp_path):  # noqa: F811
