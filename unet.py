@@ -49,12 +49,14 @@ import torch.nn.functional as F
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
     """Sinusoidal embedding of integer timesteps (Vaswani et al. 2017), (B,) -> (B, dim).
 
-    emb[i] = cos(t w_i) and emb[dim/2 + i] = sin(t w_i) for i < dim/2, w_i = max_period^(-i / (dim/2)).
+    emb[i] = cos(t w_i) and emb[dim/2 + i] = sin(t w_i) for i < dim/2, w_i = max_period^(-i / (dim/2)); an odd
+    dim gets a last column of zeros (as improved-diffusion's timestep_embedding).
     """
     half = dim // 2
     freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
     args = t.float()[:, None] * freqs[None]  # (B, half)
-    return torch.cat([torch.cos(args), torch.sin(args)], dim=1)
+    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=1)  # (B, 2 half)
+    return torch.cat([emb, torch.zeros_like(emb[:, :1])], dim=1) if dim % 2 else emb  # (B, dim)
 
 
 def group_norm(channels: int) -> nn.GroupNorm:

@@ -112,6 +112,8 @@ def check_settings(s: dict) -> None:
     for key in positive:
         if s[key] < 1:
             raise RunError(f"--{key.replace('_', '-')} must be a positive number, got {s[key]}")
+    if s.get("base_channels") == 1:  # the sinusoidal timestep embedding is base_channels wide: cos and sin need 2
+        raise RunError("--base-channels must be at least 2, got 1")
     ranges = dict(lr=(0, math.inf, False), grad_clip=(0, math.inf, False), ema=(0, 1, True), p_uncond=(0, 1, True),
                   weight_decay=(0, math.inf, True), warmup=(0, math.inf, True), sample_every=(0, math.inf, True))
     if s["dropout"] is not None:

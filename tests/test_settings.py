@@ -117,6 +117,7 @@ NEW = [  # train.py, a new run: (flags, expected); every run here has --data FOL
     (["--weights", "{file}"], "--weights is a backbone's weights file, and --backbone pixels takes none"),
     (["--size", "paper"], "used"), (["--dropout", "0.1"], "used"), (["--schedule", "cosine"], "used"),
     (["--base-channels", "8"], "used"), (["--base-channels", "0"], "--base-channels must be a positive number, got 0"),
+    (["--base-channels", "1"], "--base-channels must be at least 2, got 1"), (["--base-channels", "3"], "used"),
     (["--timesteps", "50"], "used"), (["--prediction", "eps"], "used"), (["--min-snr", "5"], "used"),
     (["--steps", "4"], "used"), (["--epochs", "2"], "used"),
     (["--steps", "4", "--epochs", "2"], "--steps and --epochs both set the run's length"),

@@ -141,3 +141,14 @@ def test_the_defaults_are_train_pys_small_unet_and_the_time_embedding_width_is_i
     assert shapes(UNet(conditions={"label": 10, "pos": 20})) == shapes(UNet(**small))
     net = UNet(image_size=8, base_channels=8, channel_mults=(1, 2), conditions={"label": 2})
     assert net.time_dim == 8 == net.time_mlp[0].in_features  # the sinusoid's width, not read off input_conv
+
+
+def test_an_odd_width_gets_the_sinusoids_and_a_zero_column_and_its_u_net_runs():
+    """--base-channels 3: the timestep embedding is 3 wide (cos, sin and a column of zeros, as improved-diffusion)."""
+    from unet import timestep_embedding
+    t = torch.tensor([0, 7, 999])
+    odd, even = timestep_embedding(t, 5), timestep_embedding(t, 4)
+    assert odd.shape == (3, 5) and torch.equal(odd[:, :4], even) and not odd[:, 4].any()
+    net = UNet(image_size=8, base_channels=3, channel_mults=(1, 2), conditions={"label": 10})
+    x = torch.randn(2, 1, 8, 8)
+    assert net(x, torch.tensor([1, 500]), {"label": torch.tensor([3, 4])}).shape == x.shape
