@@ -50,6 +50,7 @@ try:  # a Ctrl-C while the modules load (torch: seconds) is one line too
     import os
     import time
 
+    from plumbing import rundir
     from plumbing.data import write_atomically
     from plumbing.errors import RunError
     from experiments.augment import augment, augment_summaries, augment_tables
@@ -125,10 +126,17 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     if args.inception_weights and not os.path.isfile(args.inception_weights):
         sys.exit(f"python -m experiments: --inception-weights {args.inception_weights}: file not found")
-    if os.path.isfile(args.out) or os.path.isfile(args.runs):
-        sys.exit("python -m experiments: --out and --runs must be directories")
     todo = [name for name in SECTIONS if name in args.sections]  # in this order: later sections reuse earlier models
     path = os.path.join(args.out, "results.json")
+    try:  # before any work: both folders can be written (--runs only where a section trains)
+        rundir.check_out(args.out)
+        if todo:
+            rundir.check_out(args.runs, "--runs")
+    except RunError as error:
+        sys.exit(f"python -m experiments: {error}")
+    if not todo and not os.path.isfile(path):
+        sys.exit(f"python -m experiments: --sections without a section rewrites {path}'s summaries and tables, and "
+                 f"there is no {path}: run a section first (e.g. --sections compare), or give the --out that holds one")
     stage = {"where": f"before section {todo[0]} (reading {path}, loading the digits, the evaluator)" if todo
              else f"rewriting {path}'s summaries", "rerun": todo}
     try:

@@ -603,21 +603,21 @@ def interrupted_message(out: str, at_step: int | None = None) -> str:
 # ---------------------------------------------------------------------------
 # Before the first write: --out, --device, and one writer at a time
 # ---------------------------------------------------------------------------
-def check_out(out: str) -> None:
-    """--out is a folder, or a path where one can be made, and writable: else one line saying what is wrong."""
+def check_out(out: str, flag: str = "--out") -> None:
+    """`flag` (--out) is a folder, or a path where one can be made, and writable: else one line saying what is wrong."""
     if not out:  # os.path.abspath("") is the current folder, where nothing could be written as asked
-        raise RunError("--out is an empty path (''): give the folder to write in")
+        raise RunError(f"{flag} is an empty path (''): give the folder to write in")
     path = os.path.abspath(out)
     while not os.path.exists(path):  # up to the nearest thing that exists
         if os.path.islink(path):
-            raise RunError(f"--out {out}: {path} is a symbolic link to {os.readlink(path)}, which does not exist; "
-                           "create its target, or give another --out")
+            raise RunError(f"{flag} {out}: {path} is a symbolic link to {os.readlink(path)}, which does not exist; "
+                           f"create its target, or give another {flag}")
         path = os.path.dirname(path)
     if not os.path.isdir(path):
         where = "is a file" if path == os.path.abspath(out) else f"lies under {path}, which is a file"
-        raise RunError(f"--out {out} {where}; give a folder")
+        raise RunError(f"{flag} {out} {where}; give a folder")
     if not os.access(path, os.W_OK | os.X_OK):
-        raise RunError(f"--out {out}: {path} is read-only for you; give a folder you can write to")
+        raise RunError(f"{flag} {out}: {path} is read-only for you; give a folder you can write to")
 
 
 def check_run_writable(run_dir: str, name: str, flag: str) -> None:

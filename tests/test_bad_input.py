@@ -259,6 +259,25 @@ def test_the_experiment_without_sections_rewrites_the_summaries_and_tables_from_
     assert not (tmp_path / "runs").exists()
 
 
+def test_the_experiment_refuses_an_unusable_out_or_runs_before_any_work(tmp_path, monkeypatch):
+    from experiments import __main__ as experiment
+    monkeypatch.setattr(experiment.Digits, "load", lambda: pytest.fail("refused before any work"))
+    a_file, locked = tmp_path / "a-file", tmp_path / "locked"
+    a_file.write_text("mine")
+    locked.mkdir(mode=0o500)
+    good = ["--out", str(tmp_path / "out"), "--runs", str(tmp_path / "runs")]
+    for argv, match in [(["--out", "", "--runs", str(tmp_path / "runs")], r"--out is an empty path"),
+                        (["--out", str(tmp_path / "out"), "--runs", ""], r"--runs is an empty path"),
+                        (["--out", str(a_file), "--runs", str(tmp_path / "runs")], rf"--out {a_file} is a file"),
+                        (["--out", str(tmp_path / "out"), "--runs", str(a_file / "x")], rf"--runs {a_file}/x lies under"),
+                        ([*good[:2], "--runs", str(locked / "runs")], rf"--runs {locked}/runs: {locked} is read-only"),
+                        ([*good, "--sections"], rf"there is no {tmp_path}/out/results.json: run a section first")]:
+        if "read-only" in match and os.access(locked, os.W_OK):  # (root writes anywhere)
+            continue
+        fails(experiment, [*argv, "--sections", "compare"] if "--sections" not in argv else argv, match)
+    assert a_file.read_text() == "mine" and sorted(os.listdir(tmp_path)) == ["a-file", "locked"]
+
+
 # ---------------------------------------------------------------- ownership per file, both commands
 @pytest.mark.parametrize("name", ["log.csv", "loss.png", "classifier.pt", "guide.pt", "space.npz",
                                   os.path.join("grids", "step0000004.png"), os.path.join("samples", "samples.npz")])
