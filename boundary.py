@@ -313,7 +313,8 @@ def guide_tag(run: Run, design: str, steps: int) -> str:
             f"calibration={spec.calibration_share:g} split_seed={CALIBRATION_SEED}")
 
 
-def boundary_guide(run: Run, seed: int = 1, steps: int | None = None, design: str = DEFAULT_GUIDE_DESIGN):
+def boundary_guide(run: Run, seed: int = 1, steps: int | None = None, design: str = DEFAULT_GUIDE_DESIGN,
+                   report=None):
     """The guide of boundary_samples, made as GUIDE_DESIGNS[design] says (`train_guide`) from the run's training
     digits, its members' seeds seed, seed + 1, .. (never the evaluator's 0): a classifier.Ensemble whose prob is
     the mean of its members' softmax(z / T) (T = 1 in v1 and v3; fitted in v2).
@@ -321,7 +322,8 @@ def boundary_guide(run: Run, seed: int = 1, steps: int | None = None, design: st
     steps: each member's training steps (None: GUIDE_STEPS). Kept in the run directory as the file of the design
     that trains these members, GUIDE_FILES[members_design(design)] (v3 reads v1's guide.pt; atomically; reloaded
     with weights_only) for this run, seeds, steps and members; a file of another run, other seeds, steps or members,
-    or of an older format (classifier.ENSEMBLE_VERSION), is trained again and replaced.
+    or of an older format (classifier.ENSEMBLE_VERSION), is trained again and replaced. report(line), if given, is
+    told before a guide is trained (it takes a while).
     """
     if design not in GUIDE_DESIGNS:
         raise ValueError(f"unknown guide design {design!r}; choose one of {', '.join(GUIDE_DESIGNS)}")
@@ -338,6 +340,9 @@ def boundary_guide(run: Run, seed: int = 1, steps: int | None = None, design: st
                 return guide
         except ValueError:
             pass  # a damaged or older guide file (ours: RUN_FILES) is trained again and replaced
+    if report:
+        report(f"training the guide: {len(seeds)} classifiers on the run's {len(run.images)} training digits "
+               f"(kept as {path} for later calls)")
     guide = train_guide(run.images, run.labels, len(run.config["data"]["class_names"]), GUIDE_DESIGNS[design], seeds,
                         steps, run.device, tag)
     classifier.save_ensemble(guide, path)

@@ -56,6 +56,12 @@ from plumbing.outputs import concatenate_parts, grid_png, samples_npz
 from plumbing.rundir import Run, RunError, load_run
 
 
+def say(line: str) -> None:
+    """What the command is doing, a line per stage, on stderr (also when it is not a terminal; stdout keeps
+    --eval's metrics and --boundary's last line)."""
+    print(line, file=sys.stderr, flush=True)
+
+
 # ---------------------------------------------------------------------------
 # Requests: a class and a reference image each
 # ---------------------------------------------------------------------------
@@ -130,9 +136,12 @@ def evaluate(run: Run, n: int, sampler: dict, seed: int, references: dict | None
     want = np.arange(n) % k  # class-balanced
     rng = np.random.default_rng(seed + 1)
     refs = reference_of_each(run.labels, want, rng)
+    say(f"--eval: sampling {n} class-balanced images")
     part = make_part(run, want, run.images[refs], refs, sampler, seed + 1)
     test_images, reference_text = held_out_images(run)
 
+    say(f"--eval: scoring them against {reference_text}, with the evaluator {run.dir}/classifier.pt (trained "
+        "first if missing)")
     net = metrics.load_feature_network("classifier", classifier_path=os.path.join(run.dir, "classifier.pt"),
                                        train_images=run.images, train_labels=run.labels, num_classes=k,
                                        device=run.device, run_id=run.config["run_id"])
@@ -194,6 +203,8 @@ def run_command(args, typed=frozenset()) -> dict:
     walk_sampler = dict(sampler, guidance=walk_guidance(names, args.walk_label, args.guidance))  # --between
 
     # Every image first, in memory; the files at the end.
+    say(f"sampling the class grid: {len(run.config['data']['class_names'])} classes x {args.grid_per_class} "
+        f"({args.sampler}, {'all T' if args.sampler == 'ddpm' else args.sampling_steps} steps)")
     part, png = class_grid(run, args.grid_per_class, sampler, args.seed)
     parts, files, references = [part], {"class_grid.png": png}, None
     if args.references or args.reference_images:
@@ -202,11 +213,13 @@ def run_command(args, typed=frozenset()) -> dict:
             ref_images, ref_labels = run.images[refs], run.labels[refs]
         else:
             refs, ref_labels = np.full(len(ref_images), -1), np.asarray(args.reference_labels, np.int64)
+        say(f"sampling the reference grid: {len(ref_images)} references x {args.per_reference}")
         part, files["references.png"] = reference_grid(run, ref_images, ref_labels, refs, args.per_reference,
                                                        sampler, args.seed)
         parts.append(part)
         references = dict(part, ref_images=ref_images, ref_labels=ref_labels)
     if args.between:
+        say(f"walking from {args.between[0]} to {args.between[1]}: {args.walks} walks of {args.points} points")
         part, files["between.png"] = boundary.between_grid(run, *args.between, args.points, walk_sampler, args.seed,
                                                   args.walks, args.walk_label, args.walk_path)
         parts.append(part)
@@ -222,6 +235,7 @@ def run_command(args, typed=frozenset()) -> dict:
         files["metrics.json"] = json.dumps(result, indent=2).encode()
         files["eval_samples.npz"] = samples_npz(evaluated)
     rundir.write_all_or_none(args.out, files)
+    say(f"wrote {', '.join(sorted(files))} in {args.out}")
     if args.eval:
         print(json.dumps({k: v for k, v in result.items() if k != "settings"}, indent=2))
     return result
@@ -234,10 +248,9 @@ def boundary_command(args, run: Run) -> dict:
     n = args.boundary_n or commands.DEFAULT_BOUNDARY_N
     sampler = dict(name=args.sampler, steps=args.sampling_steps, eta=args.eta, guidance=args.boundary_guidance,
                    batch_size=args.sampling_batch_size, guidance_interval=args.guidance_interval)
-    guide = boundary.boundary_guide(run)
-    progress = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731  (a line per round of walks)
+    guide = boundary.boundary_guide(run, report=say)
     part, counts = boundary.trusted_boundary_samples(run, a, b, n, args.boundary_method, args.seed, guide, sampler,
-                                                     report=progress)
+                                                     report=say)  # a line per round of walks
     tried, crossed, kept = counts["tried"], counts["crossed"], counts["trusted"]
     if not kept:
         raise RunError(f"--boundary {a} {b}: none of {tried} walks gave a trusted sample ({crossed} crossed the "

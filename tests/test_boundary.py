@@ -57,11 +57,15 @@ def test_the_guide_is_never_the_evaluator(run_dir, tmp_path):  # noqa: F811
     run = rundir.load_run(str(copy_run(run_dir, tmp_path)))
     evaluator = classifier.train_classifier(run.images, run.labels, 2, steps=5)  # seed 0, as --eval's classifier.pt
     classifier.save_classifier(evaluator, os.path.join(run.dir, "classifier.pt"))
-    guide = boundary.boundary_guide(run, steps=5)
+    said = []
+    guide = boundary.boundary_guide(run, steps=5, report=said.append)
     assert len(guide.members) == boundary.GUIDE_MEMBERS and 0 not in guide.seeds
     assert not any(classifier.same_weights(m, evaluator) for m in guide.members)
     assert os.path.exists(os.path.join(run.dir, boundary.GUIDE_FILE))
-    again = boundary.boundary_guide(run, steps=5)  # reloaded from its file: the same weights
+    assert said == [f"training the guide: 3 classifiers on the run's {len(run.images)} training digits (kept as "
+                    f"{os.path.join(run.dir, boundary.GUIDE_FILE)} for later calls)"]  # (sample.py says it: it takes a while)
+    again = boundary.boundary_guide(run, steps=5, report=said.append)  # reloaded from its file: the same weights
+    assert len(said) == 1  # nothing trained, nothing said
     assert all(classifier.same_weights(m, n) for m, n in zip(guide.members, again.members))
     # the evaluator's own weights as the guide (here from its file, under another name) are refused
     same = classifier.Ensemble([classifier.load_classifier(os.path.join(run.dir, "classifier.pt"))], [7])
@@ -154,7 +158,7 @@ def test_a_round_asks_the_rate_so_far_at_most_doubling_the_walks_so_the_search_o
 
 def test_the_boundary_command_end_to_end(run_dir, tmp_path, monkeypatch, capsys):  # noqa: F811
     run = copy_run(run_dir, tmp_path)
-    monkeypatch.setattr(boundary, "boundary_guide", lambda run: Members())  # a guide that reads these tiny images
+    monkeypatch.setattr(boundary, "boundary_guide", lambda run, report=None: Members())  # a guide that reads these tiny images
     seen = []
     real = boundary.boundary_samples
 
@@ -198,7 +202,7 @@ class Sure(Members):
 
 def test_a_boundary_without_trusted_samples_is_one_line_and_writes_nothing(run_dir, tmp_path, monkeypatch):  # noqa: F811
     run = copy_run(run_dir, tmp_path)
-    monkeypatch.setattr(boundary, "boundary_guide", lambda run: Sure())
+    monkeypatch.setattr(boundary, "boundary_guide", lambda run, report=None: Sure())
     monkeypatch.setattr(Sure, "prob", lambda self, images: Ramp().prob(images))  # the search still crosses
     out = tmp_path / "none"
     with pytest.raises(SystemExit, match=r"none of 16 walks gave a trusted sample \([1-9][0-9]* crossed"):  # (crossed, none trusted)

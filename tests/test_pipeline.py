@@ -269,7 +269,7 @@ def test_sample_with_own_reference_files_and_eval(run_dir, tmp_path, folder, mon
         assert (s["reference"] >= 0).all() and s["cond_pos"].shape == (8, 20)
 
 
-def test_eval_works_for_a_label_only_run(label_run, tmp_path, monkeypatch):
+def test_eval_works_for_a_label_only_run_and_says_each_stage_on_stderr(label_run, tmp_path, monkeypatch, capsys):
     import huggingface_hub.constants
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
@@ -279,6 +279,14 @@ def test_eval_works_for_a_label_only_run(label_run, tmp_path, monkeypatch):
                  "--references", "1", "--per-reference", "1", "--eval", "--n", "4"])
     metrics = json.loads((tmp_path / "o" / "metrics.json").read_text())
     assert "controllability" not in metrics and 0 <= metrics["classifier"]["conditioning_accuracy"] <= 1
+    said = capsys.readouterr()
+    assert json.loads(said.out) == {k: v for k, v in metrics.items() if k != "settings"}  # stdout: the metrics only
+    lines = said.err.splitlines()
+    assert [line.split(":")[0] for line in lines[:4]] == ["sampling the class grid", "sampling the reference grid",
+                                                           "--eval", "--eval"], said.err
+    assert "the training images" in lines[3] and "not held out" in lines[3]  # (this folder has no test/)
+    assert lines[4:] == ["wrote class_grid.png, eval_samples.npz, meta.json, metrics.json, references.png, samples.npz "
+                         f"in {tmp_path / 'o'}"]
 
 
 # ---------------------------------------------------------------------------
