@@ -36,7 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace the run in --out (only its own files)")
     g = p.add_argument_group("data and condition")
     g.add_argument("--data", default="mnist-sample", help="mnist-sample (embedded), mnist, or an image-folder path")
-    g.add_argument("--root", default="data", help="where datasets and the feature cache live")
+    g.add_argument("--root", default="data", help="where --data mnist is downloaded and a timm --backbone's features are cached "
+                   "(refused where the run uses neither)")
     g.add_argument("--per-class", type=int, default=None, help="training images per class (the report: 1000 from MNIST)")
     g.add_argument("--data-seed", type=int, default=0, help="which images a --per-class subset takes")
     g.add_argument("--image-size", type=int, default=None, help="resize images to this size")
@@ -333,6 +334,11 @@ def check_typed(s: dict, typed: set[str], new: bool) -> None:
     for key in ("p_uncond", "p_drop"):
         if key in typed and not names:
             raise RunError(f"--{key.replace('_', '-')} drops conditions, and --cond none has none: leave it out")
+    timm_features = "pos" in names and s["backbone"] not in ("pixels", "classifier")  # cached in ROOT/cache
+    if "root" in typed and s["data"] != "mnist" and not timm_features:
+        raise RunError(f"--root is where --data mnist is downloaded and a timm --backbone's features are cached, and "
+                       f"this run (--data {s['data']}, {'--backbone ' + s['backbone'] if 'pos' in names else 'no pos'}) "
+                       "uses neither: leave --root out")
     if "data_seed" in typed and s["per_class"] is None:
         raise RunError("--data-seed chooses which images a --per-class subset takes, and without --per-class every "
                        "image is taken: add --per-class N, or leave --data-seed out")

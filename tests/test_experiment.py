@@ -398,7 +398,7 @@ def shrink(monkeypatch, **settings):
 def test_every_section_runs_end_to_end_and_no_test_digit_trains_anything(tmp_path, monkeypatch, digits, small_space):
     # (small_space: the session's one UMAP fit, which compiles umap's kernels for the fits here too)
     tiny = dict(TRAIN_FLAGS=("--steps", "2", "--per-class", "20", "--batch-size", "16", "--save-every", "2",
-                             "--warmup", "1", "--root", str(tmp_path / "data")),
+                             "--warmup", "1"),
                 SAMPLER=dict(common.SAMPLER, steps=2), CLASSIFIER_ARGS={"steps": 2}, SEEDS=(0, 1), N_EVAL=20,
                 FLOOR_PER_CLASS=2, CURVE_WEIGHTS=(1.0, 2.0), CURVE_N=10,
                 INTERVAL_WEIGHTS=(3.0,), GUIDANCE_INTERVALS=((0.2, 20.0),), KID_SUBSETS=2, PER_REFERENCE=2, PAIRS=((4, 9),), WALKS=2, POINTS=3, SCARCE=(10,),

@@ -252,7 +252,7 @@ def mnist_runs(tmp_path_factory, small_space):
     with pytest.MonkeyPatch.context() as m:
         m.setattr(train, "write_grid", lambda run, step: None)  # (figures are tested elsewhere)
         train.main(["--out", str(first), "--cond", "label+pos", "--steps", "2", "--per-class", "20", "--save-every",
-                    "2", "--warmup", "1", "--sample-every", "0", "--root", str(root / "data")])
+                    "2", "--warmup", "1", "--sample-every", "0"])
     shutil.copytree(first, second)
     return [str(first), str(second)]
 

@@ -34,7 +34,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def tiny(folder, out, *extra):
     return ["--data", str(folder), "--out", str(out), "--batch-size", "8", "--steps", "2", "--save-every", "2",
-            "--sample-every", "0", "--warmup", "1", "--cond", "label", "--root", str(os.path.dirname(out)), *extra]
+            "--sample-every", "0", "--warmup", "1", "--cond", "label", *extra]
 
 
 @pytest.fixture(scope="module")

@@ -103,7 +103,7 @@ SAMPLE = [  # (run, flags, expected)
 ]
 
 NEW = [  # train.py, a new run: (flags, expected); every run here has --data FOLDER --batch-size 8
-    ([], "used"), (["--root", "{tmp}"], "used"), (["--per-class", "10"], "used"),
+    ([], "used"), (["--root", "{tmp}"], "--root is where --data mnist is downloaded .* uses neither: leave --root out"), (["--per-class", "10"], "used"),
     (["--per-class", "10", "--data-seed", "1"], "used"),
     (["--data-seed", "1"], "--data-seed chooses which images a --per-class subset takes.*add --per-class N"),
     (["--image-size", "6"], "used"), (["--channels", "3"], "used"),
@@ -118,6 +118,7 @@ NEW = [  # train.py, a new run: (flags, expected); every run here has --data FOL
     (["--size", "paper"], "used"), (["--dropout", "0.1"], "used"), (["--schedule", "cosine"], "used"),
     (["--base-channels", "8"], "used"), (["--base-channels", "0"], "--base-channels must be a positive number, got 0"),
     (["--base-channels", "1"], "--base-channels must be at least 2, got 1"), (["--base-channels", "3"], "used"),
+    (["--root", "{tmp}", "--backbone", "resnet18"], "used"), (["--root", "{tmp}", "--cond", "label", "--backbone", "resnet18"], "--backbone shapes the pos"),
     (["--timesteps", "50"], "used"), (["--prediction", "eps"], "used"), (["--min-snr", "5"], "used"),
     (["--steps", "4"], "used"), (["--epochs", "2"], "used"),
     (["--steps", "4", "--epochs", "2"], "--steps and --epochs both set the run's length"),
