@@ -220,6 +220,11 @@ def check_args(args, typed=frozenset()) -> None:
     if args.inception_weights and not os.path.isfile(args.inception_weights):
         raise RunError(f"--inception-weights {args.inception_weights}: file not found")
     rundir.check_device(args.device)
+    run, out = os.path.realpath(args.run), os.path.realpath(args.out)
+    if out in (run, os.path.join(run, "grids")):  # its files would outlive the model (train.py --overwrite keeps them)
+        raise RunError(f"--out {args.out} is the run's own {'folder' if out == run else 'grids/ folder'}, where "
+                       f"train.py keeps the model's files: give a folder of its own, e.g. --out "
+                       f"{os.path.join(args.run, 'samples')}")
     rundir.check_sample_out(args.out, output_names(args))
 
 

@@ -477,6 +477,16 @@ def test_an_empty_out_is_refused_before_any_work(label_run, folder, tmp_path, mo
     assert os.listdir(tmp_path) == []
 
 
+def test_sample_into_the_run_or_its_grids_is_refused_before_any_work(label_run, tmp_path, monkeypatch):  # noqa: F811
+    run = copy_run(label_run, tmp_path)
+    monkeypatch.setattr(sample, "generate", lambda *a, **k: pytest.fail("generated before the check"))
+    before = snapshot(run)
+    for out, what in ((run, "folder"), (run / "grids", "grids/ folder"), (run / "." / "grids", "grids/ folder")):
+        fails(sample, [str(run), "--out", str(out)], rf"--out {out} is the run's own {what}, where train.py keeps the "
+                                                     rf"model's files: give a folder of its own, e.g. --out {run}/samples")
+    assert snapshot(run) == before
+
+
 def test_a_truncated_classifier_pt_says_what_sample_py_does_about_it(label_run, tmp_path):  # noqa: F811
     run = copy_run(label_run, tmp_path)
     (run / "classifier.pt").write_bytes(b"PK\x03\x04 half a file")
