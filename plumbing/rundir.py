@@ -73,6 +73,8 @@ SAMPLE_FILES = ("class_grid.png", "references.png", "between.png", "boundary.png
 # ---------------------------------------------------------------------------
 def read_config(run_dir: str) -> dict:
     """config.json of a run written by train.py; anything else is a one-line error."""
+    if os.path.exists(run_dir) and not os.path.isdir(run_dir):
+        raise RunError(f"{run_dir} is a file, not a run directory: give the folder that train.py --out wrote")
     path = os.path.join(run_dir, "config.json")
     has_checkpoint = os.path.isfile(os.path.join(run_dir, "checkpoint.pt"))
     if not os.path.isfile(path):
@@ -690,7 +692,9 @@ def load_run(run_dir: str, device: str | None = None, precision: str = "auto") -
     try:
         model.load_state_dict(checkpoint["ema"])
     except (RuntimeError, KeyError) as error:
-        raise RunError(f"{path} does not fit the U-Net in its config.json") from error
+        raise RunError(f"{path} does not fit the U-Net in its config.json (its \"unet\" was edited): move "
+                       f"config.json away; python train.py --out {run_dir} --resume then restores it from "
+                       "checkpoint.pt's copy") from error
     space = load_space(run_dir, config)
     images, labels, class_names = load_training_images(config["settings"])
     check_data(run_dir, config, data_digest(images, labels, class_names))

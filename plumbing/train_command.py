@@ -164,7 +164,8 @@ PIXEL_FEATURE_BYTES = 8  # and with --backbone pixels and a pos condition: its f
 # A batch row, forward and backward: float32 maps of the U-Net's base width. small's and paper's are measured;
 # compact's is small's scaled by their maps' sizes (its 7x7 level is 4 base widths wide, small's 2): 7% more.
 TRAIN_MAPS = dict(compact=103, small=96, paper=240)
-SCHEDULE_BYTES = 16 * 8  # a timestep: the schedule's float64 and float32 arrays (ddpm.Diffusion)
+SCHEDULE_BYTES = 256  # a timestep: the schedule's float64 and float32 arrays (ddpm.Diffusion), about 210 bytes at
+# the peak of building them (with their float64 temporaries; --timesteps 3e7, 2026-12-07), rounded up
 GRID_PER_CLASS, GRID_BATCH = 8, 64  # the progress grid (train.write_grid draws it): images per class, rows per call
 MNIST_IMAGES = {"mnist": 60_000, "mnist-sample": 4_000}  # their train splits: 10 classes of 28 x 28 grey digits
 

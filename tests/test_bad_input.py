@@ -477,6 +477,20 @@ def test_an_empty_out_is_refused_before_any_work(label_run, folder, tmp_path, mo
     assert os.listdir(tmp_path) == []
 
 
+def test_sample_on_a_file_or_on_a_run_whose_unet_was_edited_says_what_to_do(label_run, tmp_path):  # noqa: F811
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("mine")
+    fails(sample, [str(a_file), "--out", str(tmp_path / "o")], rf"{a_file} is a file, not a run directory: give the "
+                                                               "folder that train.py --out wrote")
+    run = copy_run(label_run, tmp_path)
+    config = json.loads((run / "config.json").read_text())
+    config["unet"]["base_channels"] += 8  # not a setting of the run id: read, then refused where the weights load
+    (run / "config.json").write_text(json.dumps(config))
+    fails(sample, [str(run), "--out", str(tmp_path / "o")], rf"{run}/checkpoint.pt does not fit the U-Net in its "
+          rf"config.json \(its \"unet\" was edited\): move config.json away; python train.py --out {run} --resume then")
+    assert a_file.read_text() == "mine" and not (tmp_path / "o").exists()
+
+
 def test_sample_into_the_run_or_its_grids_is_refused_before_any_work(label_run, tmp_path, monkeypatch):  # noqa: F811
     run = copy_run(label_run, tmp_path)
     monkeypatch.setattr(sample, "generate", lambda *a, **k: pytest.fail("generated before the check"))
