@@ -43,8 +43,8 @@ import sample
 from plumbing.data import MNIST_SAMPLE_TEST_PER_CLASS, write_atomically
 from experiments.between import BETWEEN_GRID, BETWEEN_TOLERANCE
 from experiments.common import (EVALUATOR_FILE, GUIDE_DESIGN, SAMPLER, SEEDS, SETS_VERSION, VAL_PER_CLASS, Context,
-                                Scorer, cell, confused_pairs, diversity, guidance_at, kept_json, load_part, sampler,
-                                seed_rows, set_key, soft_confusion, spread, trained, write_figure)
+                                Scorer, cell, confused_pairs, diversity, guidance_at, guide_design_key, kept_json,
+                                load_part, sampler, seed_rows, set_key, soft_confusion, spread, trained, write_figure)
 
 # The section's settings (tests shrink them)
 SCARCE = (10, 20)  # real training digits per class in the augmentation experiment
@@ -216,7 +216,8 @@ def augment_replicate(ctx: Context, per_class: int, data_seed: int, seed: int, m
     largest = max((N_AUGMENT, *AUGMENT_SWEEP))
     for gen, run in generators(ctx, per_class, data_seed, seed).items():
         boundary = kept_augment_set(where(f"{gen}-boundary"), set_key(
-            run, method=method, pairs=pairs, n=largest, seed=seed, sampler=SAMPLER, labeller=LABELLER_SEED),
+            run, method=method, pairs=pairs, n=largest, seed=seed, sampler=SAMPLER, labeller=LABELLER_SEED,
+            **guide_design_key()),
             lambda: boundary_set(run, method, pairs, largest, seed), labeller)
         ordinary = kept_augment_set(where(f"{gen}-ordinary"), set_key(
             run, kind="label+pos, fresh references", want=boundary["labels"].tolist(), seed=seed, w=ORDINARY_W,

@@ -45,8 +45,8 @@ import metrics
 from plumbing import outputs
 from plumbing import rundir
 from experiments.common import (DEFAULT_W, GUIDE_DESIGN, SAMPLER, SEEDS, TABLE_WEIGHTS, VAL_PER_CLASS, Context,
-                                confused_pairs, kept_classifier, kept_json, kept_set, pixels, set_key, soft_confusion,
-                                write_figure, write_png)
+                                confused_pairs, guide_design_key, kept_classifier, kept_json, kept_set, pixels, set_key,
+                                soft_confusion, write_figure, write_png)
 
 # The section's settings (tests shrink them)
 PAIRS = ((4, 9), (3, 5), (7, 1))  # the boundary walks' class pairs
@@ -320,9 +320,7 @@ def boundary_set(ctx: Context, run: rundir.Run, name: str, a: int, b: int, seed:
     readings, which the first sets lack)."""
     method, eta, w, interval = between_methods()[name]
     chosen = dict(SAMPLER, eta=eta, guidance=w, guidance_interval=interval)
-    what = dict(readings="guide members") if readings else {}
-    if GUIDE_DESIGN != "v1":  # (the sets made with v1 were kept before the guide's design had a name: no key field)
-        what["guide_design"] = GUIDE_DESIGN
+    what = dict(readings="guide members", **guide_design_key()) if readings else guide_design_key()
     key = set_key(run, method=method, sampler=chosen, pair=[a, b], walks=WALKS, grid=BETWEEN_GRID,
                   tolerance=BETWEEN_TOLERANCE, seed=WALK_SEED, guide=guide.seeds, **what)
     folder = f"{slug(name)}-{a}-{b}-s{seed}" + ("-members" if readings else "")

@@ -62,6 +62,12 @@ SETS_VERSION = 1  # part of every kept set's key: raise it when the way sets are
 GUIDE_DESIGN = "v1"
 
 
+def guide_design_key() -> dict:
+    """What a boundary set's key (set.json) says of the guide's design: nothing for v1 (its sets were kept before
+    designs had names), else the design, so that a set made with another design (or point) is made again."""
+    return {} if GUIDE_DESIGN == "v1" else dict(guide_design=GUIDE_DESIGN)
+
+
 def sampler(guidance: float | dict) -> dict:
     """The sampler of every set: sample.py's defaults, with this guidance (a number or {condition: w})."""
     return dict(SAMPLER, guidance=guidance)

@@ -538,3 +538,16 @@ def test_a_module_run_as_a_file_says_in_one_line_to_use_python_m(path):
     done = run_python(name)
     assert done.returncode == 1 and done.stdout == "" and len(done.stderr.splitlines()) == 1, done.stderr
     assert done.stderr.startswith(f"{name}: run python -m experiments"), done.stderr
+
+
+def test_a_boundary_sets_key_names_any_guide_design_but_v1_so_the_kept_v1_sets_stay_valid(monkeypatch):
+    """between's and augment's boundary sets are kept under a key; v1's (made before designs had names) carry no
+    design, and every kept boundary set in results/ is such a v1 set, so they stay valid; another design makes them
+    again."""
+    assert common.GUIDE_DESIGN == "v1" and common.guide_design_key() == {}
+    results = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "results", "experiment")
+    kept = [os.path.join(root, "set.json") for root, _, files in os.walk(results) if "set.json" in files
+            and (os.sep + "between" + os.sep in root or root.endswith("-boundary"))]
+    assert kept and not any("guide_design" in json.load(open(path)) for path in kept)
+    monkeypatch.setattr(common, "GUIDE_DESIGN", "v2")
+    assert common.guide_design_key() == {"guide_design": "v2"}
