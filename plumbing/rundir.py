@@ -96,29 +96,7 @@ def read_config(run_dir: str) -> dict:
                        f"{fix}") from None
     except (OSError, UnicodeDecodeError) as error:
         raise RunError(f"cannot read {path} ({type(error).__name__}); is {run_dir} a run made by train.py?") from error
-    written_today = isinstance(config, dict) and config.get("format") == CONFIG_FORMAT
-    config = in_todays_format(config, path)
-    if written_today:  # (a format-2 config's id was made before data_seed existed)
-        check_unedited(config, path, run_dir, has_checkpoint)
-    return config
-
-
-def check_unedited(config: dict, path: str, run_dir: str, has_checkpoint: bool) -> None:
-    """config.json as train.py wrote it: every setting that defines the run present, and together with the data's
-    digest still giving the run id (make_run_id). A setting edited by hand would sample, or resume, the run's
-    weights with other maths (e.g. eps for a v-prediction model) without a word."""
-    fix = (f"move it away; python train.py --out {run_dir} --resume then restores it from checkpoint.pt's copy"
-           if has_checkpoint else f"train the run again (python train.py --out {run_dir} --overwrite)")
-    settings, data = config.get("settings"), config.get("data")
-    missing = [key for key in ("run_id", "unet") if key not in config]
-    missing += ["data.digest"] if not isinstance(data, dict) or "digest" not in data else []
-    missing += (["settings"] if not isinstance(settings, dict) else
-                [f"settings.{key}" for key in IDENTITY if key not in LATER_IDENTITY and key not in settings])
-    if missing:
-        raise RunError(f"{path} lacks {', '.join(missing)}: it was edited or is not train.py's; {fix}")
-    if make_run_id(settings, data["digest"]) != config["run_id"]:
-        raise RunError(f"{path} was edited: the settings that define run {config['run_id']} (--cond, --prediction, "
-                       f"--timesteps, ...) are not those it was trained with; {fix}")
+    return in_todays_format(config, path)
 
 
 def in_todays_format(config, path: str) -> dict:
@@ -139,7 +117,11 @@ def in_todays_format(config, path: str) -> dict:
 def load_checkpoint(path: str) -> dict:
     """Read a checkpoint with weights_only=True (no code runs); anything else is a one-line error."""
     if not os.path.isfile(path):
-        raise RunError(f"{path} not found: train first (python train.py --out {os.path.dirname(path) or '.'})")
+        run_dir = os.path.dirname(path) or "."
+        if os.path.lexists(os.path.join(run_dir, ".lock")):  # (lock.LOCK_FILE)
+            raise RunError(f"{path} not found yet: train.py is training {run_dir} ({run_dir}/.lock); wait until it "
+                           "writes its first checkpoint (or, if no train.py runs, move the .lock away)")
+        raise RunError(f"{path} not found: train first (python train.py --out {run_dir})")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # a truncated zip, a foreign pickle, ... all mean the same to the user
@@ -179,6 +161,25 @@ def check_same_run(run_dir: str, config: dict, checkpoint: dict) -> None:
                    "run's config.json from checkpoint.pt's own copy")
 
 
+def check_unedited(run_dir: str, config: dict, checkpoint: dict) -> None:
+    """config.json's settings that define the run (IDENTITY) and its U-Net are those of checkpoint.pt's own copy of
+    the config: one edited by hand (or removed) would sample, or resume, the weights with other maths (e.g. eps for
+    a v-prediction model) without a word. --data may differ (a moved folder): check_data compares the images."""
+    saved = checkpoint.get("config")
+    if not isinstance(saved, dict):  # (every checkpoint of this format has one)
+        return
+    saved = in_todays_format(saved, os.path.join(run_dir, "checkpoint.pt"))
+    as_json = lambda value: json.loads(json.dumps(value))  # noqa: E731  (tuples and lists alike)
+    ours, theirs = as_json(config.get("settings") or {}), as_json(saved["settings"])
+    edited = [f"--{key.replace('_', '-')}" for key in IDENTITY if key != "data"
+              and (key in ours, ours.get(key)) != (key in theirs, theirs.get(key))]  # (removed counts, even at None)
+    edited += ['"unet"'] if as_json(config.get("unet")) != as_json(saved.get("unet")) else []
+    if edited:
+        raise RunError(f"{run_dir}/config.json was edited ({', '.join(edited)} not as in checkpoint.pt's own copy; "
+                       "the settings that define a run cannot change): move config.json away; python train.py "
+                       f"--out {run_dir} --resume then restores it from checkpoint.pt's copy")
+
+
 def space_run_id(path: str) -> str | None:
     """The run id a space file carries (None: no such file, or unreadable); only that array is read."""
     try:
@@ -200,6 +201,7 @@ def read_run(run_dir: str) -> tuple[dict, dict | None]:
         config = in_todays_format(checkpoint.get("config"), checkpoint_path)
     if checkpoint is not None:
         check_same_run(run_dir, config, checkpoint)
+        check_unedited(run_dir, config, checkpoint)
     return config, checkpoint
 
 
@@ -688,13 +690,13 @@ def load_run(run_dir: str, device: str | None = None, precision: str = "auto") -
     path = os.path.join(run_dir, "checkpoint.pt")
     checkpoint = load_checkpoint(path)
     check_same_run(run_dir, config, checkpoint)
+    check_unedited(run_dir, config, checkpoint)
     model = build_unet(config)
     try:
         model.load_state_dict(checkpoint["ema"])
     except (RuntimeError, KeyError) as error:
-        raise RunError(f"{path} does not fit the U-Net in its config.json (its \"unet\" was edited): move "
-                       f"config.json away; python train.py --out {run_dir} --resume then restores it from "
-                       "checkpoint.pt's copy") from error
+        raise RunError(f"{path} does not fit the U-Net its config.json describes (a checkpoint of another version "
+                       "of unet.py?): train the run again (--overwrite), or sample it with the code that trained it") from error
     space = load_space(run_dir, config)
     images, labels, class_names = load_training_images(config["settings"])
     check_data(run_dir, config, data_digest(images, labels, class_names))

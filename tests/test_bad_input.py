@@ -477,17 +477,17 @@ def test_an_empty_out_is_refused_before_any_work(label_run, folder, tmp_path, mo
     assert os.listdir(tmp_path) == []
 
 
-def test_sample_on_a_file_or_on_a_run_whose_unet_was_edited_says_what_to_do(label_run, tmp_path):  # noqa: F811
+def test_sample_on_a_file_or_on_a_run_whose_unet_block_was_edited_says_what_to_do(label_run, tmp_path):  # noqa: F811
     a_file = tmp_path / "notes.txt"
     a_file.write_text("mine")
     fails(sample, [str(a_file), "--out", str(tmp_path / "o")], rf"{a_file} is a file, not a run directory: give the "
                                                                "folder that train.py --out wrote")
     run = copy_run(label_run, tmp_path)
     config = json.loads((run / "config.json").read_text())
-    config["unet"]["base_channels"] += 8  # not a setting of the run id: read, then refused where the weights load
+    config["unet"]["dropout"] = 0.5  # the weights would still load: only the checkpoint's copy tells
     (run / "config.json").write_text(json.dumps(config))
-    fails(sample, [str(run), "--out", str(tmp_path / "o")], rf"{run}/checkpoint.pt does not fit the U-Net in its "
-          rf"config.json \(its \"unet\" was edited\): move config.json away; python train.py --out {run} --resume then")
+    fails(sample, [str(run), "--out", str(tmp_path / "o")], rf"{run}/config.json was edited \(\"unet\" not as in "
+          rf"checkpoint\.pt's own copy; .*\): move config.json away; python train.py --out {run} --resume then")
     assert a_file.read_text() == "mine" and not (tmp_path / "o").exists()
 
 
@@ -549,11 +549,11 @@ def test_a_config_json_edited_by_hand_is_refused_before_sampling_or_resuming(lab
                 else dict(config["settings"], **edit))
     (run / "config.json").write_text(json.dumps(dict(config, settings=settings)))
     before = snapshot(run)
-    what = (rf"{run}/config.json lacks settings\.per_class: it was edited or is not train\.py's" if isinstance(edit, str) else
-            rf"{run}/config.json was edited: the settings that define run {config['run_id']} .* are not those it was "
-            "trained with")
+    flag = "--" + (edit if isinstance(edit, str) else next(iter(edit))).replace("_", "-")
+    what = (rf"{run}/config.json was edited \({flag} not as in checkpoint\.pt's own copy; the settings that define a "
+            rf"run cannot change\): move config.json away; python train.py --out {run} --resume then restores it")
     for script, argv in ((sample, [str(run), "--out", str(tmp_path / "o")]), (train, ["--out", str(run), "--resume"])):
-        message = fails(script, argv, what + rf"; move it away; python train.py --out {run} --resume then restores it")
+        message = fails(script, argv, what)
         assert snapshot(run) == before and not (tmp_path / "o").exists(), message
     os.rename(run / "config.json", tmp_path / "edited.json")  # the advice, followed
     train.main(["--out", str(run), "--resume"])

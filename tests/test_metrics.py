@@ -963,16 +963,14 @@ def test_logit_t_interval_stays_inside_0_1_where_a_plain_t_interval_passes_1():
     assert share == pytest.approx(1 / (1 + math.exp(-centre)))
 
 
-
 def test_logit_t_interval_of_agreeing_seeds_keeps_their_binomial_width_and_holds_their_share():
-    # two seeds of 15 of 20: the logits agree (s = 0), so the floor 1 / 15.5 + 1 / 5.5 is the variance
+    # two seeds of 15 of 20: the logits agree (s = 0), so the half-width is the binomial one, z sqrt(v / 2)
     v = 1 / 15.5 + 1 / 5.5
-    centre = math.log(15.5 / 5.5)
-    half = scipy.stats.t.ppf(0.975, 1) * math.sqrt(v / 2)  # 12.71 * 0.351
+    centre, half = math.log(15.5 / 5.5), scipy.stats.norm.ppf(0.975) * math.sqrt(v / 2)
     share, low, high = metrics.logit_t_interval([15, 15], [20, 20])
     assert share == pytest.approx(scipy.special.expit(centre))
     assert (low, high) == pytest.approx((scipy.special.expit(centre - half), scipy.special.expit(centre + half)))
-    assert low < 0.75 < high and high - low > 0.5  # not the zero-width [74%, 74%] that missed 75%
+    assert (round(100 * low), round(100 * high)) == (59, 85)  # not the zero-width [74%, 74%] that missed 75%
     # seeds that differ more than chance would make them: the seeds' own spread, as a plain t-interval of the logits
     k, n = np.array([100, 500, 900]), np.array([1000] * 3)
     _, lo, hi = metrics.t_interval(np.log((k + 0.5) / (n - k + 0.5)))

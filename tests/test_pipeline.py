@@ -369,10 +369,25 @@ def test_a_run_of_the_previous_config_format_is_resumed_as_the_same_run(label_ru
     old = {k: v for k, v in config.items() if k != "space_file"}
     old.update(format="fpdiff-run-2", space=None, settings={k: v for k, v in config["settings"].items() if k != "data_seed"})
     (out / "config.json").write_text(json.dumps(old))
+    checkpoint = state(out)
+    torch.save(dict(checkpoint, config=old), out / "checkpoint.pt")  # its own copy of the config: format 2 too
     train.main(["--out", str(out), "--resume", "--steps", "3"])
     new = json.loads((out / "config.json").read_text())
     assert new["format"] == rundir.CONFIG_FORMAT and new["run_id"] == config["run_id"] and state(out)["step"] == 3
     assert new["space_file"] is None and new["settings"]["data_seed"] == 0
+    sample.main([str(out), "--out", str(tmp_path / "s"), "--sampling-steps", "2", "--grid-per-class", "1"])  # read again
+    assert (tmp_path / "s" / "class_grid.png").is_file()
+
+
+def test_a_run_whose_data_folder_moved_samples_after_its_path_is_edited(label_run, folder, tmp_path):
+    """--data is the one defining setting config.json may change by hand: the images' digest still guards it."""
+    out = copy_run(label_run, tmp_path)
+    moved = tmp_path / "moved-data"
+    shutil.copytree(folder, moved)
+    config = json.loads((out / "config.json").read_text())
+    (out / "config.json").write_text(json.dumps(dict(config, settings=dict(config["settings"], data=str(moved)))))
+    sample.main([str(out), "--out", str(tmp_path / "s"), "--sampling-steps", "2", "--grid-per-class", "1"])
+    assert (tmp_path / "s" / "class_grid.png").is_file()
 
 
 def test_overwrite_with_bad_input_leaves_the_old_run_intact(folder, label_run, tmp_path):
