@@ -16,8 +16,9 @@ in pixels, trained and tuned on nothing). Then per pair, pooled over the runs:
   each guide on the grid: boundary.trusted and boundary.most_ambiguous (v3's rule) over a walk's grid points,
       with each run's guide of v1 and v3 (one guide), of v2, and `mixed_guide`, members of two architectures (two
       SmallClassifiers and a PixelMLP: the perceptron reader's architecture, so the nearest-neighbour reader is
-      then the only reader of a kind no guide holds); walks per kept point, and each reader's ambiguous share of
-      the kept points.
+      then the only reader of a kind no guide holds), and `mixup_guide`, v1's members trained with mixup between
+      every pair of classes (decisions smoothed between digits); walks per kept point, and each reader's
+      ambiguous share of the kept points.
 
 The grid is coarser than the search's bisection (1/32 against 1/256), so a narrow ambiguous stretch can fall
 between its points: the ceiling is a lower bound (results/guide/ceiling-fine/: --points 129 --walks 12
@@ -27,8 +28,8 @@ Outputs in --out (results/guide/ceiling/): results.json (with each kept point as
 counted over the runs' banks in run order: run r's walk i is r x walks + i),
 tables.md, and every run's walks as banks/RUN/A-B/samples.npz (sample.py's format, walk and s per image; about
 0.5 MB each) beside set.json (its key; a bank of the same key is read back). About 13 s per run and pair on the
-2-core CPU for the compact U-Net at guidance 3 (about 36 s for small), plus the mixed guide's training (three
-members of 300 steps) per run on first use. --boundary-guidance W draws the walks at another weight.
+2-core CPU for the compact U-Net at guidance 3 (about 36 s for small), plus the mixed and mixup guides' training
+(three members of 300 steps each) per run on first use. --boundary-guidance W draws the walks at another weight.
 """
 if not __package__:  # run as a file, it could not import its neighbours: say what to run instead
     raise SystemExit("experiments/ceiling.py: run python -m experiments.ceiling RUN [RUN ...] (from the repository "
@@ -51,8 +52,9 @@ from experiments.common import Context, Digits, Scorer, kept_set, set_key
 
 WALKS, GRID_POINTS = 40, 33  # walks per run and pair; grid points per walk, s = 0, 1/32, .. 1
 MIXED_SEEDS, MIXED_ARCHITECTURES = (1, 2, 3), ("cnn", "mlp", "cnn")  # mixed_guide's members (never seed 0)
-MIXED_FILE = "guide-mixed-{run}.pt"  # kept beside the readers (--readers), one per run
-GUIDES = ("v3", "v2", "mixed")  # v3: v1's members (one guide), read with v3's rule like the others
+MIXUP_SHARE = 0.5  # mixup_guide: the share of each batch that is mixed pairs of digits (the rest real digits)
+GUIDE_FILE = "guide-{name}-{run}.pt"  # mixed and mixup, kept beside the readers (--readers), one per run
+GUIDES = ("v3", "v2", "mixed", "mixup")  # v3: v1's members (one guide), read with v3's rule like the others
 OUT = os.path.join("results", "guide", "ceiling")
 SAMPLER = None  # sample.py's; tests give fewer steps
 
@@ -81,29 +83,52 @@ def walk_bank(run: rundir.Run, a: int, b: int, out: str, walks: int = WALKS,
     return part["images"].reshape(walks, points, *part["images"].shape[1:])
 
 
-def mixed_guide(run: rundir.Run, directory: str) -> classifier.Ensemble:
-    """A guide of two architectures: SmallClassifier, PixelMLP, SmallClassifier (seeds MIXED_SEEDS), each trained
-    with the classifier's recipe for boundary.GUIDE_STEPS on the run's training digits, read as trained (T = 1);
-    kept in `directory` as MIXED_FILE (not in the run: no design of sample.py reads it)."""
-    path = os.path.join(directory, MIXED_FILE.format(run=guide_experiment.run_name(run)))
-    tag = f"{run.config['run_id']} mixed {MIXED_ARCHITECTURES}"
+def kept_guide(run: rundir.Run, directory: str, name: str, tag: str, members) -> classifier.Ensemble:
+    """The guide `name` of this run (seeds MIXED_SEEDS), kept in `directory` as GUIDE_FILE (not in the run: no
+    design of sample.py reads it); members() trains its members where no file of this tag is kept."""
+    path = os.path.join(directory, GUIDE_FILE.format(name=name, run=guide_experiment.run_name(run)))
     if os.path.exists(path):
         guide = classifier.load_ensemble(path)
         if guide.tag == tag and guide.seeds == list(MIXED_SEEDS):
             return guide
-    members = [classifier.train_classifier(run.images, run.labels, len(run.config["data"]["class_names"]),
-                                           steps=boundary.GUIDE_STEPS, seed=seed, device=run.device,
-                                           architecture=architecture)
-               for seed, architecture in zip(MIXED_SEEDS, MIXED_ARCHITECTURES)]
-    guide = classifier.Ensemble(members, list(MIXED_SEEDS), tag)
+    guide = classifier.Ensemble(members(), list(MIXED_SEEDS), tag)
     classifier.save_ensemble(guide, path)
     return guide
+
+
+def mixed_guide(run: rundir.Run, directory: str) -> classifier.Ensemble:
+    """A guide of two architectures: SmallClassifier, PixelMLP, SmallClassifier (seeds MIXED_SEEDS), each trained
+    with the classifier's recipe for boundary.GUIDE_STEPS on the run's training digits, read as trained (T = 1)."""
+    return kept_guide(run, directory, "mixed", f"{run.config['run_id']} mixed {MIXED_ARCHITECTURES}", lambda: [
+        classifier.train_classifier(run.images, run.labels, len(run.config["data"]["class_names"]),
+                                    steps=boundary.GUIDE_STEPS, seed=seed, device=run.device, architecture=architecture)
+        for seed, architecture in zip(MIXED_SEEDS, MIXED_ARCHITECTURES)])
+
+
+def mixup_guide(run: rundir.Run, directory: str) -> classifier.Ensemble:
+    """v1's members (three width-16 SmallClassifiers, seeds MIXED_SEEDS) trained with mixup between every pair of
+    classes (Zhang et al. 2018; classifier.mixup_pairs, soft labels): MIXUP_SHARE of each batch is a blend
+    lam x_a + (1 - lam) x_b labelled lam e_a + (1 - lam) e_b, so a member's P(B) rises gradually between digits
+    instead of flipping; the blends are drawn anew per member (its seed), the same number as the training digits."""
+    k = len(run.config["data"]["class_names"])
+    pairs = [(a, b) for a in range(k) for b in range(a + 1, k)]  # every pair alike: tuned on no pair asked
+
+    def members():
+        out = []
+        for seed in MIXED_SEEDS:
+            blends, soft = classifier.mixup_pairs(run.images, run.labels, pairs, len(run.images), k, seed=seed)
+            targets = np.concatenate([np.eye(k, dtype=np.float32)[run.labels], soft])  # (2N, K)
+            out.append(classifier.train_classifier(np.concatenate([run.images, blends]), targets, k,
+                                                   steps=boundary.GUIDE_STEPS, seed=seed, device=run.device,
+                                                   real_count=len(run.images), real_share=1 - MIXUP_SHARE))
+        return out
+    return kept_guide(run, directory, "mixup", f"{run.config['run_id']} mixup {MIXUP_SHARE}", members)
 
 
 def run_guides(run: rundir.Run, readers: dict, directory: str) -> dict:
     """GUIDES of this run, each checked to hold no reader's weights."""
     guides = dict(v3=boundary.boundary_guide(run, design="v3"), v2=boundary.boundary_guide(run, design="v2"),
-                  mixed=mixed_guide(run, directory))
+                  mixed=mixed_guide(run, directory), mixup=mixup_guide(run, directory))
     for guide in guides.values():
         boundary.check_guide(guide, guide_experiment.networks(readers))
     return guides
@@ -210,6 +235,7 @@ def ceiling_experiment(run_dirs: list[str], pairs=guide_experiment.PAIRS, out: s
     result = dict(runs=[guide_experiment.run_name(r) for r in runs], walks=walks, points=points, method="soft",
                   sampler=sampler or "sample.py's", knn_k=guide_experiment.KNN_K, mixed=dict(seeds=list(MIXED_SEEDS),
                                                                           architectures=list(MIXED_ARCHITECTURES)),
+                  mixup=dict(seeds=list(MIXED_SEEDS), share=MIXUP_SHARE),
                   readers={name: guide_experiment.reader_accuracy(ctx, r) for name, r in readers.items()}, pairs={})
     for a, b in pairs:
         banks = []

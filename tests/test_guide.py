@@ -494,13 +494,24 @@ def test_the_ceiling_experiment_end_to_end(mnist_runs, tmp_path, monkeypatch):
     monkeypatch.setattr(boundary, "GUIDE_STEPS", 2)
     monkeypatch.setattr(ceiling, "SAMPLER", dict(steps=2))
     out, readers = tmp_path / "out", tmp_path / "readers"
+    trained, real_train = [], classifier.train_classifier
+
+    def spy(images, labels, *args, **kwargs):
+        trained.append((len(images), np.asarray(labels).shape, kwargs.get("real_count"), kwargs.get("real_share")))
+        return real_train(images, labels, *args, **kwargs)
+    monkeypatch.setattr(classifier, "train_classifier", spy)
     r = ceiling.ceiling_experiment(mnist_runs, [(4, 9)], str(out), str(readers), walks=2, points=5)
     assert set(r["readers"]) == {"evaluator", "second", "mlp", "knn"} and r["runs"] == ["label-pos-s0", "label-pos-s1"]
     cell = r["pairs"]["4-9"]
     assert cell["walks"] == 4 and 0 <= cell["walks_with_joint"] <= min(cell["walks_with_ambiguous"].values())
-    assert set(cell["guides"]) == set(ceiling.GUIDES)
-    mixed = classifier.load_ensemble(readers / ceiling.MIXED_FILE.format(run="label-pos-s0"))
+    assert set(cell["guides"]) == set(ceiling.GUIDES) >= {"mixed", "mixup"}
+    mixed = classifier.load_ensemble(readers / ceiling.GUIDE_FILE.format(name="mixed", run="label-pos-s0"))
     assert [type(m.model).__name__ for m in mixed.members] == ["SmallClassifier", "PixelMLP", "SmallClassifier"]
+    mixup = classifier.load_ensemble(readers / ceiling.GUIDE_FILE.format(name="mixup", run="label-pos-s0"))
+    assert [type(m.model).__name__ for m in mixup.members] == ["SmallClassifier"] * 3 and mixup.seeds == [1, 2, 3]
+    n = 200  # (the runs' 20 digits per class) mixup's members: the real digits and as many blends, soft labels,
+    blended = [t for t in trained if t[2] is not None]  # half of each batch blends
+    assert blended == [(2 * n, (2 * n, 10), n, 1 - ceiling.MIXUP_SHARE)] * 6  # 3 members x 2 runs
     with np.load(out / "banks" / "label-pos-s0" / "4-9" / "samples.npz") as bank:
         assert bank["images"].shape == (10, 28, 28, 1) and bank["walk"].tolist() == [0] * 5 + [1] * 5
         np.testing.assert_allclose(bank["s"][:5], np.linspace(0, 1, 5))
