@@ -269,13 +269,14 @@ def boundary_command(args, run: Run) -> dict:
     return meta
 
 
-def main(argv: list[str] | None = None) -> dict:
+def main(argv: list[str] | None = None, interrupted: str | None = None) -> dict:
+    """sample.py's command line; interrupted: the message of a Ctrl-C, for a caller that knows more (train.py --eval)."""
     try:
         return run_command(*commands.parse_args(argv))
     except (RunError, ValueError, OSError, WeightsUnavailableError) as error:  # OSError: an unreadable file, ...
         sys.exit(f"sample.py: {' '.join(str(error).split())}")
     except KeyboardInterrupt:
-        sys.exit("sample.py: interrupted; --out is as it was (sample.py writes its files only at the end)")
+        sys.exit(interrupted or "sample.py: interrupted; --out is as it was (sample.py writes its files only at the end)")
 
 
 if __name__ == "__main__":

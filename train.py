@@ -329,7 +329,9 @@ def main(argv: list[str] | None = None, own_interrupt_message: bool = True) -> N
         settings = setup["config"]["settings"]
         references = ["--references", "2"] if setup["config"]["unet"]["conditions"] else []  # (--cond none: no control)
         sample.main([args.out, "--out", os.path.join(args.out, "samples"), *references, "--eval",
-                     "--precision", settings["precision"], *(["--device", settings["device"]] if settings["device"] else [])])
+                     "--precision", settings["precision"], *(["--device", settings["device"]] if settings["device"] else [])],
+                    interrupted=f"train.py: interrupted during --eval; the run is trained and saved in {args.out}, and "
+                    f"{args.out}/samples is as it was; to score it: python train.py --out {args.out} --resume --eval")
 
 
 if __name__ == "__main__":

@@ -469,6 +469,23 @@ def test_a_run_interrupted_before_its_first_checkpoint_can_be_resumed(folder, tm
     assert state(out)["step"] == 4
 
 
+def test_ctrl_c_during_train_eval_says_the_run_is_saved_and_its_advice_scores_it(folder, tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    out = tmp_path / "e"
+    real = sample.evaluate
+    monkeypatch.setattr(sample, "evaluate", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+    message = fails(train, tiny(folder, out, "--cond", "label", "--eval"),
+                    rf"^train\.py: interrupted during --eval; the run is trained and saved in {out}, and {out}/samples "
+                    rf"is as it was; to score it: python train.py --out {out} --resume --eval$")
+    assert state(out)["step"] == 4 and not (out / "samples" / "metrics.json").exists()
+    monkeypatch.setattr(sample, "evaluate", real)
+    train.main(advice(message))  # the suggested command works
+    assert json.loads((out / "samples" / "metrics.json").read_text())["n"] > 0 and state(out)["step"] == 4
+
+
 # ---------------------------------------------------------------------------
 # Faults: one writer, a non-finite loss, a full disk, a kill during a save
 # ---------------------------------------------------------------------------
