@@ -13,11 +13,13 @@ import sys
 
 try:  # a Ctrl-C while the modules load (torch: seconds) is one line too
     import argparse
+    import subprocess
     import time
 
     import numpy as np
     import torch
 
+    from plumbing.errors import RunError
     from experiments import bench_recipes
     from experiments.bench_main import bench_main
     from experiments.bench_recipes import bench_quality, bench_quick, bench_recipe, bench_sampler, bench_walks, python
@@ -415,7 +417,7 @@ def parse_sections(argv: list[str]) -> list[str]:
                     "targets. Run from the repository root.",
         epilog=f"sections, run in the order given (none: {' '.join(DEFAULT_SECTIONS)}):\n{listing}")
     p.add_argument("sections", nargs="*", metavar="SECTION", help=f"one of: {', '.join(SECTIONS)}")
-    names = p.parse_args(argv).sections or list(DEFAULT_SECTIONS)
+    names = list(dict.fromkeys(p.parse_args(argv).sections)) or list(DEFAULT_SECTIONS)  # each section once
     for name in names:
         if name not in SECTIONS:
             sys.exit(f"python -m experiments.bench: unknown section {name!r}; choose from {', '.join(SECTIONS)}")
@@ -435,6 +437,8 @@ def main(argv: list[str]) -> None:
         except KeyboardInterrupt:
             sys.exit(f"python -m experiments.bench: interrupted in section {name}; the sections before it printed "
                      f"their numbers above: python -m experiments.bench {' '.join(names[i:])}")
+        except (RunError, subprocess.CalledProcessError) as error:  # e.g. a run the section needs is missing
+            sys.exit(f"python -m experiments.bench: section {name} stopped: {' '.join(str(error).split())}")
 
 
 if __name__ == "__main__":

@@ -248,6 +248,20 @@ def test_ctrl_c_in_the_benchmarks_is_one_line_naming_the_sections_still_to_run(m
     assert "done" in capsys.readouterr().out
 
 
+def test_a_bench_section_whose_run_is_missing_is_one_line_and_a_section_named_twice_runs_once(monkeypatch, capsys):
+    from experiments import bench
+
+    def missing():
+        raise rundir.RunError("runs/bench-recipe/x/config.json not found: train it first")
+    ran = []
+    monkeypatch.setattr(bench, "SECTIONS", dict(bench.SECTIONS, metrics=lambda: ran.append("metrics"), walks=missing))
+    with pytest.raises(SystemExit) as stop:
+        bench.main(["metrics", "metrics", "walks"])
+    assert stop.value.code == ("python -m experiments.bench: section walks stopped: runs/bench-recipe/x/config.json "
+                               "not found: train it first")
+    assert ran == ["metrics"] and capsys.readouterr().out.count("== metrics ==") == 1
+
+
 def test_the_experiment_without_sections_rewrites_the_summaries_and_tables_from_results_json(tmp_path, monkeypatch):
     import json
 
