@@ -299,6 +299,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.points < 3:
         sys.exit(f"python -m experiments.ceiling: --points {args.points}: a walk needs at least 3 grid points")
     pairs = [guide_experiment.parse_pair(text, "python -m experiments.ceiling") for text in args.pairs]
+    guide_experiment.check_folders(args.out, args.readers, "python -m experiments.ceiling")
     try:
         result = ceiling_experiment(args.runs, pairs, args.out, args.readers, args.walks, args.points, weight)
         markdown = "\n".join(ceiling_tables(result))

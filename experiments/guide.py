@@ -322,6 +322,15 @@ def run_guides(runs: list[rundir.Run], nets: dict) -> tuple[dict, dict]:
     return guides, records
 
 
+def check_folders(out: str, readers_dir: str, command: str = "python -m experiments.guide") -> None:
+    """--out and --readers are folders that can be written (rundir.check_out, each named), before any work."""
+    try:
+        rundir.check_out(out)
+        rundir.check_out(readers_dir, "--readers")
+    except RunError as error:
+        sys.exit(f"{command}: {error}")
+
+
 def guide_experiment(run_dirs: list[str], k: int = K, pairs=PAIRS, out: str = OUT,
                      readers_dir: str = READERS_DIR, guidance: float | None = None) -> dict:
     """Everything the module's docstring says, for the runs in run_dirs (their walks at label guidance `guidance`,
@@ -332,8 +341,11 @@ def guide_experiment(run_dirs: list[str], k: int = K, pairs=PAIRS, out: str = OU
     runs = [rundir.load_run(path) for path in run_dirs]
     check_runs(runs, digits)  # before any reader trains
     os.makedirs(readers_dir, exist_ok=True)
+    print(f"the readers: the evaluator, the second reader, the perceptron (trained on first use, then kept in "
+          f"{readers_dir}), the nearest-neighbour vote", flush=True)
     ctx = Context(readers_dir, out, digits, Scorer(readers_dir, digits, None))
     nets = readers(ctx)
+    print(f"the guides of {', '.join(DESIGNS)} per run (trained on first use, then kept in the run)", flush=True)
     guides, records = run_guides(runs, nets)
     designs = {d: dict(widths=list(boundary.GUIDE_DESIGNS[d].widths),
                        calibration_share=boundary.GUIDE_DESIGNS[d].calibration_share,
@@ -473,6 +485,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.k < 1:
         sys.exit(f"python -m experiments.guide: --k {args.k}: ask for at least one trusted sample")
     pairs = [parse_pair(text) for text in args.pairs]
+    check_folders(args.out, args.readers)
     try:
         result = guide_experiment(args.runs, args.k, pairs, args.out, args.readers, weight)
         markdown = "\n".join(guide_tables(result))

@@ -332,7 +332,11 @@ def test_the_guide_experiment_refuses_bad_input_in_one_line(mnist_runs, run_dir,
     fails(experiment, [mnist_runs[0], "--k", "0", *out], "--k 0: ask for at least one trusted sample")
     fails(experiment, [mnist_runs[0], "--boundary-guidance", "-1", *out],
           "--boundary-guidance -1.0: give a finite weight >= 0")
-    assert not (tmp_path / "readers").exists()  # refused before any reader trained
+    a_file = tmp_path / "a-file"
+    a_file.write_text("mine")
+    fails(experiment, [mnist_runs[0], "--out", str(a_file), out[2], out[3]], rf"experiments.guide: --out {a_file} is a file")
+    fails(experiment, [mnist_runs[0], *out[:2], "--readers", str(a_file)], rf"--readers {a_file} is a file; give a folder")
+    assert not (tmp_path / "readers").exists() and a_file.read_text() == "mine"  # refused before any reader trained
 
 
 # ---------------------------------------------------------------------------
@@ -556,4 +560,8 @@ def test_the_ceiling_experiment_refuses_bad_input_in_one_line(mnist_runs, run_di
     fails(ceiling, [mnist_runs[0], "--points", "2", *out], "--points 2: a walk needs at least 3 grid points")
     fails(ceiling, [mnist_runs[0], "--pairs", "4-4", *out], "experiments.ceiling: --pairs 4-4: a pair is two different digits")
     fails(ceiling, [mnist_runs[0], "--boundary-guidance", "inf", *out], "--boundary-guidance inf: give a finite weight >= 0")
+    a_file = tmp_path / "a-file"
+    a_file.write_text("mine")
+    fails(ceiling, [mnist_runs[0], "--out", str(a_file), out[2], out[3]], rf"experiments.ceiling: --out {a_file} is a file")
+    fails(ceiling, [mnist_runs[0], *out[:2], "--readers", str(a_file / "x")], rf"--readers {a_file}/x lies under")
     assert not (tmp_path / "readers").exists() and not (tmp_path / "out").exists()  # refused before any work
