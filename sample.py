@@ -157,8 +157,10 @@ def evaluate(run: Run, n: int, sampler: dict, seed: int, references: dict | None
     try:
         inception = metrics.load_feature_network("inception", weights=inception_weights, device=run.device)
         result["inception"] = metrics.evaluate_images(test_images, part["images"], None, inception)
-    except WeightsUnavailableError as error:
-        result["inception"] = f"skipped: {error}"
+    except WeightsUnavailableError as error:  # (metrics.py's advice: its --features flag is not sample.py's)
+        advice = str(error).replace(", or use --features classifier", " (sample.py --eval --inception-weights PATH; "
+                                    "the classifier's scores need none)")
+        result["inception"] = f"skipped: {advice}"
     if references is not None and run.space is not None:
         result["controllability"] = control(run, references)
     return result, part

@@ -264,6 +264,7 @@ def test_sample_with_own_reference_files_and_eval(run_dir, tmp_path, folder, mon
     assert 0.0 <= metrics["controllability"]["own_reference_rate"] <= 1.0
     assert result["classifier"]["fid"] == metrics["classifier"]["fid"]
     assert metrics["inception"].startswith("skipped:") and "weights" in metrics["inception"]  # never random weights
+    assert "--inception-weights PATH" in metrics["inception"] and "--features" not in metrics["inception"]  # (metrics.py's)
     with np.load(out / "samples.npz") as s:
         assert (s["reference"][-8:] == -1).all() and s["labels"][-8:].tolist() == [1, 1, 1, 1, 0, 0, 0, 0]
     with np.load(out / "eval_samples.npz") as s:  # the evaluated images are kept, to be scored by anyone
