@@ -56,11 +56,32 @@ def load_image_set(path: str, image_size=None) -> tuple[np.ndarray, np.ndarray |
 
 def align_labels(labels, names, real_names, path):
     """Generated class indices re-numbered as the real set's classes of the same names."""
+    if labels is not None and names is not None and len(labels) and labels.max() >= len(names):
+        raise ValueError(f"labels in {path} go up to {labels.max()}, but its class_names has {len(names)} entries: "
+                         "give one name per class")
     if labels is None or names is None or real_names is None:
         return labels
     if not set(names) <= set(real_names):
         raise ValueError(f"classes of {path} not among the real classes: {sorted(set(names) - set(real_names))[:5]}")
     return np.where(labels >= 0, np.array([real_names.index(name) for name in names])[np.maximum(labels, 0)], -1)
+
+
+def check_trainable(real, real_labels, real_names, generated, labels, args) -> None:
+    """Before --features classifier trains on REAL (and saves it): REAL has labels of two classes or more, the
+    sets share their channels, and GENERATED's labels are among REAL's classes; else one line, nothing written."""
+    if real_labels is None:
+        raise ValueError(f"--features classifier trains on REAL, but {args.real} has no labels: "
+                         "use a .npz with 'labels', class sub-directories, or an existing --classifier")
+    classes = len(real_names) if real_names is not None else int(real_labels.max()) + 1
+    if len(np.unique(real_labels)) < 2:
+        raise ValueError(f"--features classifier trains on REAL, and {args.real} holds one class only: give it the "
+                         "images of two classes or more")
+    if real.shape[3] != generated.shape[3]:
+        raise ValueError(f"{args.real} holds {'grey' if real.shape[3] == 1 else 'RGB'} images and {args.generated} "
+                         f"{'grey' if generated.shape[3] == 1 else 'RGB'}: the classifier trained on REAL reads one "
+                         "kind; convert one set, or use --features inception")
+    if labels is not None and len(labels) and labels.max() >= classes:
+        raise ValueError(f"labels in {args.generated} go up to {labels.max()}, but {args.real} has {classes} classes")
 
 
 def check_same_size(real, generated, real_path, generated_path) -> None:
@@ -204,14 +225,12 @@ def main(argv=None) -> int:
             path = args.classifier
             if path is None and real_labels is not None:
                 path = classifier_cache_path(real, real_labels)
+            labels = align_labels(labels, names, real_names, args.generated)
             if path is None or not os.path.exists(path):
-                if real_labels is None:
-                    raise ValueError(f"--features classifier trains on REAL, but {args.real} has no labels: "
-                                     "use a .npz with 'labels', class sub-directories, or an existing --classifier")
+                check_trainable(real, real_labels, real_names, generated, labels, args)
                 print(f"metrics.py: training the classifier on {args.real}, saving it to {path}", file=sys.stderr)
             net = metrics.load_feature_network("classifier", classifier_path=path, train_images=real,
                                        train_labels=real_labels, device=args.device)
-            labels = align_labels(labels, names, real_names, args.generated)
             if labels is not None and labels.max() >= net.num_classes:
                 raise ValueError(f"labels in {args.generated} go up to {labels.max()}, "
                                  f"but the classifier knows {net.num_classes} classes")

@@ -4,6 +4,7 @@ class-boundary walks, memorisation, intervals, and the command line."""
 import json
 import math
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -822,6 +823,26 @@ def test_cli_trains_the_classifier_on_labelled_real_images(tmp_path, mnist_split
     assert metrics_command.main([str(real), str(generated), "--features", "classifier", "--json"]) == 0
     assert len(list((tmp_path / ".cache" / "metrics").glob("classifier-*.pt"))) == 1
     assert "conditioning_accuracy" in json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+def test_cli_refuses_what_the_classifier_could_not_read_before_training_or_saving_it(tmp_path, mnist_split, monkeypatch,
+                                                                                        capsys):
+    train_x, train_y, _, _ = mnist_split
+    monkeypatch.setattr(classifier, "train_classifier", lambda *a, **k: pytest.fail("trained before the check"))
+    grey, rgb, one, named = (tmp_path / f"{n}.npz" for n in ("grey", "rgb", "one", "named"))
+    np.savez(grey, images=train_x[::20], labels=train_y[::20])
+    np.savez(rgb, images=np.repeat(train_x[1::40], 3, axis=3))
+    np.savez(one, images=train_x[:50], labels=np.zeros(50, np.int64))
+    np.savez(named, images=train_x[2::200], labels=np.arange(len(train_x[2::200])) % 3, class_names=np.array(["0", "1"]))
+    clf = tmp_path / "clf.pt"
+    for real, generated, says in [(grey, rgb, f"{grey} holds grey images and {rgb} RGB: .* convert one set"),
+                                  (one, grey, f"{one} holds one class only"),
+                                  (grey, named, f"labels in {named} go up to 2, but its class_names has 2 entries")]:
+        assert metrics_command.main([str(real), str(generated), "--features", "classifier",
+                                     "--classifier", str(clf)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and re.search(says, err), err
+    assert not clf.exists()
 
 
 def test_cli_with_inception_and_a_local_weights_file(tmp_path, inception_weights, capsys):
