@@ -300,7 +300,9 @@ def main(argv: list[str] | None = None) -> dict:
         sys.exit(f"python -m experiments.ceiling: --points {args.points}: a walk needs at least 3 grid points")
     pairs = [guide_experiment.parse_pair(text, "python -m experiments.ceiling") for text in args.pairs]
     guide_experiment.check_folders(args.out, args.readers, "python -m experiments.ceiling")
-    try:
+    try:  # a pair's banks of every run in memory at once: a 28x28 digit and the readers' and guides' float readings
+        rundir.check_memory({f"--walks {args.walks} --points {args.points}": len(args.runs) * args.walks * args.points
+                             * (28 * 28 + 8 * 10 * 8)})
         result = ceiling_experiment(args.runs, pairs, args.out, args.readers, args.walks, args.points, weight)
         markdown = "\n".join(ceiling_tables(result))
         text = json.dumps(result, indent=1)

@@ -2,6 +2,7 @@
 loop makes one call a step (`LossLog.add`) and one a logged step (`LossLog.row`)."""
 import io
 import os
+import sys
 import time
 
 import numpy as np
@@ -56,6 +57,9 @@ def start_log(out: str, start: int) -> None:
     if start > 0 and os.path.isfile(path):
         with open(path) as f:
             rows = [line for line in f.read().splitlines()[1:] if line and int(line.split(",")[0]) <= start]
+    elif start > 0:  # (removed by hand, or lost): the curve restarts here, said once
+        print(f"note: {path} is missing: the loss of steps 1-{start} is lost, and log.csv and loss.png start at step "
+              f"{start}", file=sys.stderr)
     write_atomically(path, lambda f: f.write("\n".join([",".join(LOG_COLUMNS)] + rows + [""]).encode()))
 
 

@@ -564,4 +564,6 @@ def test_the_ceiling_experiment_refuses_bad_input_in_one_line(mnist_runs, run_di
     a_file.write_text("mine")
     fails(ceiling, [mnist_runs[0], "--out", str(a_file), out[2], out[3]], rf"experiments.ceiling: --out {a_file} is a file")
     fails(ceiling, [mnist_runs[0], *out[:2], "--readers", str(a_file / "x")], rf"--readers {a_file}/x lies under")
+    fails(ceiling, [mnist_runs[0], "--points", "100000000000", *out],
+          "--walks 40 --points 100000000000 asks for more than this machine can hold")
     assert not (tmp_path / "readers").exists() and not (tmp_path / "out").exists()  # refused before any work

@@ -470,6 +470,16 @@ def test_a_run_interrupted_before_its_first_checkpoint_can_be_resumed(folder, tm
     assert state(out)["step"] == 4
 
 
+def test_resume_without_log_csv_says_the_loss_history_is_lost(label_run, tmp_path, capsys):
+    out = copy_run(label_run, tmp_path)
+    step = state(out)["step"]
+    os.remove(out / "log.csv")
+    train.main(["--out", str(out), "--resume", "--steps", str(step + 2)])
+    assert (f"note: {out}/log.csv is missing: the loss of steps 1-{step} is lost, and log.csv and loss.png start at "
+            f"step {step}") in capsys.readouterr().err
+    assert (out / "log.csv").read_text().splitlines()[0].startswith("step,loss")
+
+
 def test_ctrl_c_during_train_eval_says_the_run_is_saved_and_its_advice_scores_it(folder, tmp_path, monkeypatch):
     import huggingface_hub.constants
 
