@@ -384,14 +384,17 @@ def train_classifier(images, labels, num_classes=None, steps: int = 300, batch_s
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=max(1, steps))
     model.train()
-    for _ in tqdm(range(steps), desc="training classifier", disable=None):
-        idx = batch_rows(len(x), real_count, real_share, batch_size, generator).to(device)
-        batch = intensity(shift(net.to_unit_range(pixels[idx]), generator), generator)  # (B, C, S, S) in [0, 1]
-        loss = F.cross_entropy(model(net.normalize(batch)), targets[idx])  # soft targets: -sum_k q_k log p_k
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
+    forked = [] if device.type == "cpu" else [device]  # (the CPU's generator is always forked)
+    with torch.random.fork_rng(devices=forked, device_type=device.type if forked else "cuda"):  # dropout: seeded too
+        torch.manual_seed(seed)
+        for _ in tqdm(range(steps), desc="training classifier", disable=None):
+            idx = batch_rows(len(x), real_count, real_share, batch_size, generator).to(device)
+            batch = intensity(shift(net.to_unit_range(pixels[idx]), generator), generator)  # (B, C, S, S) in [0, 1]
+            loss = F.cross_entropy(model(net.normalize(batch)), targets[idx])  # soft targets: -sum_k q_k log p_k
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
     return net.eval()
 
 

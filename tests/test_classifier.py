@@ -123,3 +123,18 @@ def test_mixup_pairs_mix_the_pixels_and_the_labels_alike():
     left = out[:, 8:18, 3:11, 0].astype(float).mean((1, 2))
     lo, hi = x[y == 0][:, 8:18, 3:11, 0].astype(float).mean((1, 2)).min(), 255
     assert ((left >= lam * lo - 1) & (left <= lam * hi + 1)).all()
+
+
+def test_the_same_seed_gives_the_same_weights_whatever_the_callers_random_state():
+    """seed fixes the initial weights, the batches and dropout's draws; the caller's generator is left as it was."""
+    rng = np.random.default_rng(0)
+    images, labels = rng.integers(0, 255, (40, 8, 8, 1), dtype=np.uint8), np.arange(40) % 2
+    torch.manual_seed(1)
+    first = classifier.train_classifier(images, labels, 2, steps=3, batch_size=8, seed=5, device="cpu")
+    torch.manual_seed(2)
+    state = torch.get_rng_state()
+    second = classifier.train_classifier(images, labels, 2, steps=3, batch_size=8, seed=5, device="cpu")
+    assert torch.equal(torch.get_rng_state(), state)  # the caller's draws untouched
+    assert classifier.same_weights(first, second)
+    other = classifier.train_classifier(images, labels, 2, steps=3, batch_size=8, seed=6, device="cpu")
+    assert not classifier.same_weights(first, other)
