@@ -438,7 +438,8 @@ def main(argv: list[str]) -> None:
             sys.exit(f"python -m experiments.bench: interrupted in section {name}; the sections before it printed "
                      f"their numbers above: python -m experiments.bench {' '.join(names[i:])}")
         except (RunError, subprocess.CalledProcessError) as error:  # e.g. a run the section needs is missing
-            sys.exit(f"python -m experiments.bench: section {name} stopped: {' '.join(str(error).split())}")
+            sys.exit(f"python -m experiments.bench: section {name} stopped: {' '.join(str(error).split())[:300]}; "
+                     f"when it is fixed: python -m experiments.bench {' '.join(names[i:])}")
 
 
 if __name__ == "__main__":

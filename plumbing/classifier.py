@@ -22,6 +22,8 @@ clean digits alone reads every grey-background digit as an 8).
 `FeatureNetwork` is also the wrapper of metrics.py's Inception network. This
 module imports neither features.py nor metrics.py: both import it.
 """
+import contextlib
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -345,6 +347,21 @@ def real_passes(steps: int, batch_size: int, real_count: int, real_share: float)
     return steps * int(round(real_share * batch_size)) / real_count
 
 
+@contextlib.contextmanager
+def seeded(seed: int, device: torch.device):
+    """torch's random draws on the CPU and on `device` seeded with `seed`, every caller's generator as it was after
+    (torch.manual_seed would also reseed the other devices' generators, for good)."""
+    forked = [] if device.type == "cpu" else [device]  # (the CPU's generator is always forked)
+    with torch.random.fork_rng(devices=forked, device_type=device.type if forked else "cuda"):
+        torch.default_generator.manual_seed(seed)
+        if device.type == "cuda":
+            with torch.cuda.device(device):
+                torch.cuda.manual_seed(seed)
+        elif device.type == "mps":
+            torch.mps.manual_seed(seed)
+        yield
+
+
 def train_classifier(images, labels, num_classes=None, steps: int = 300, batch_size: int = 64,
                      lr: float = 2e-3, seed: int = 0, device=None, width: int = 16, real_count: int | None = None,
                      real_share: float = 0.5, architecture: str = "cnn") -> FeatureNetwork:
@@ -372,8 +389,7 @@ def train_classifier(images, labels, num_classes=None, steps: int = 300, batch_s
     if real_count is not None and not (0 < real_count <= len(x) and 0 < real_share <= 1):
         raise ValueError(f"real_count must lie in (0, {len(x)}] and real_share in (0, 1], got {real_count}, {real_share}")
     device = choose_device(device)
-    with torch.random.fork_rng(devices=[]):  # seeded, without touching the caller's generator
-        torch.manual_seed(seed)
+    with seeded(seed, torch.device("cpu")):  # the initial weights
         size = min(x.shape[1], 64)
         model = (SmallClassifier(x.shape[3], num_classes, size, width) if architecture == "cnn"
                  else PixelMLP(x.shape[3], num_classes, size))
@@ -384,9 +400,7 @@ def train_classifier(images, labels, num_classes=None, steps: int = 300, batch_s
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=max(1, steps))
     model.train()
-    forked = [] if device.type == "cpu" else [device]  # (the CPU's generator is always forked)
-    with torch.random.fork_rng(devices=forked, device_type=device.type if forked else "cuda"):  # dropout: seeded too
-        torch.manual_seed(seed)
+    with seeded(seed, device):  # dropout's draws
         for _ in tqdm(range(steps), desc="training classifier", disable=None):
             idx = batch_rows(len(x), real_count, real_share, batch_size, generator).to(device)
             batch = intensity(shift(net.to_unit_range(pixels[idx]), generator), generator)  # (B, C, S, S) in [0, 1]

@@ -76,10 +76,9 @@ def check_trainable(real, real_labels, real_names, generated, labels, args) -> N
     if len(np.unique(real_labels)) < 2:
         raise ValueError(f"--features classifier trains on REAL, and {args.real} holds one class only: give it the "
                          "images of two classes or more")
-    if real.shape[3] != generated.shape[3]:
-        raise ValueError(f"{args.real} holds {'grey' if real.shape[3] == 1 else 'RGB'} images and {args.generated} "
-                         f"{'grey' if generated.shape[3] == 1 else 'RGB'}: the classifier trained on REAL reads one "
-                         "kind; convert one set, or use --features inception")
+    if real.shape[3] == 1 and generated.shape[3] == 3:  # (RGB REAL reads grey images: it copies them to RGB)
+        raise ValueError(f"{args.real} holds grey images and {args.generated} RGB: a classifier trained on grey "
+                         "images cannot read them; convert GENERATED to grey, or use --features inception")
     if labels is not None and len(labels) and labels.max() >= classes:
         raise ValueError(f"labels in {args.generated} go up to {labels.max()}, but {args.real} has {classes} classes")
 

@@ -133,7 +133,11 @@ def test_the_same_seed_gives_the_same_weights_whatever_the_callers_random_state(
     first = classifier.train_classifier(images, labels, 2, steps=3, batch_size=8, seed=5, device="cpu")
     torch.manual_seed(2)
     state = torch.get_rng_state()
-    second = classifier.train_classifier(images, labels, 2, steps=3, batch_size=8, seed=5, device="cpu")
+    with pytest.MonkeyPatch.context() as m:  # a CPU training reseeds no other device's generator
+        m.setattr(torch.cuda, "manual_seed_all", lambda *a: pytest.fail("reseeded every CUDA device"))
+        m.setattr(torch.cuda, "manual_seed", lambda *a: pytest.fail("reseeded a CUDA device"))
+        m.setattr(torch.mps, "manual_seed", lambda *a: pytest.fail("reseeded MPS"))
+        second = classifier.train_classifier(images, labels, 2, steps=3, batch_size=8, seed=5, device="cpu")
     assert torch.equal(torch.get_rng_state(), state)  # the caller's draws untouched
     assert classifier.same_weights(first, second)
     other = classifier.train_classifier(images, labels, 2, steps=3, batch_size=8, seed=6, device="cpu")

@@ -835,7 +835,7 @@ def test_cli_refuses_what_the_classifier_could_not_read_before_training_or_savin
     np.savez(one, images=train_x[:50], labels=np.zeros(50, np.int64))
     np.savez(named, images=train_x[2::200], labels=np.arange(len(train_x[2::200])) % 3, class_names=np.array(["0", "1"]))
     clf = tmp_path / "clf.pt"
-    for real, generated, says in [(grey, rgb, f"{grey} holds grey images and {rgb} RGB: .* convert one set"),
+    for real, generated, says in [(grey, rgb, f"{grey} holds grey images and {rgb} RGB: .* convert GENERATED"),
                                   (one, grey, f"{one} holds one class only"),
                                   (grey, named, f"labels in {named} go up to 2, but its class_names has 2 entries")]:
         assert metrics_command.main([str(real), str(generated), "--features", "classifier",
