@@ -364,8 +364,16 @@ def check_conditions_used(args, run: Run) -> None:
 def load_reference_files(run: Run, paths: list[str]) -> np.ndarray:
     """Image files (--reference-images) -> (R, H, W, C) uint8 at the run's image size and channels."""
     size, channels = run.model.image_size, run.model.image_channels
-    pictures = [open_image(path).convert("L" if channels == 1 else "RGB").resize((size, size)) for path in paths]
-    return np.stack([np.asarray(p).reshape(size, size, channels) for p in pictures])
+    mode = "L" if channels == 1 else "RGB"
+    images = []
+    for path in paths:
+        picture = open_image(path)
+        changes = [f"converted from {picture.mode} to {'grey' if channels == 1 else 'RGB'}"] if picture.mode != mode else []
+        changes += [f"resized from {picture.width}x{picture.height} to {size}x{size}"] if picture.size != (size, size) else []
+        if changes:  # (what the model is shown is not the file as it is: said, once per file)
+            print(f"note: --reference-images {path}: {', '.join(changes)}, as the run's images are", file=sys.stderr)
+        images.append(np.asarray(picture.convert(mode).resize((size, size))).reshape(size, size, channels))
+    return np.stack(images)
 
 
 IMAGE_COPIES, ACTIVATIONS = 4, 16  # check_memory's estimate of the bytes an image and a batch row cost

@@ -272,6 +272,19 @@ def test_sample_with_own_reference_files_and_eval(run_dir, tmp_path, folder, mon
         assert (s["reference"] >= 0).all() and s["cond_pos"].shape == (8, 20)
 
 
+def test_a_reference_image_converted_or_resized_for_the_run_is_said_once(run_dir, folder, tmp_path, capsys):
+    from plumbing import commands
+    run = rundir.load_run(str(run_dir))
+    colour = tmp_path / "colour.png"
+    Image.new("RGB", (30, 20), (200, 10, 10)).save(colour)
+    grey = os.path.join(folder, "top", "0.png")  # 8x8 grey, as the run's images: nothing to say
+    images = commands.load_reference_files(run, [str(colour), grey])
+    assert images.shape == (2, 8, 8, 1) and images.dtype == np.uint8
+    assert capsys.readouterr().err.splitlines() == [
+        f"note: --reference-images {colour}: converted from RGB to grey, resized from 30x20 to 8x8, as the run's "
+        "images are"]
+
+
 def test_eval_works_for_a_label_only_run_and_says_each_stage_on_stderr(label_run, tmp_path, monkeypatch, capsys):
     import huggingface_hub.constants
 
