@@ -50,12 +50,11 @@ try:  # a Ctrl-C while the modules load (torch: seconds) is one line too
     import os
     import time
 
-    from plumbing import rundir
     from plumbing.data import write_atomically
     from plumbing.errors import RunError
     from experiments.augment import augment, augment_summaries, augment_tables
     from experiments.between import between, between_tables
-    from experiments.common import TRAIN_FLAGS, Context, Digits, Scorer, new_run_settings
+    from experiments.common import TRAIN_FLAGS, Context, Digits, Scorer, check_folders, new_run_settings
     from experiments.compare import compare, compare_summaries, compare_tables
     from experiments.control import control, control_summaries, control_tables
 except KeyboardInterrupt:
@@ -128,12 +127,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"python -m experiments: --inception-weights {args.inception_weights}: file not found")
     todo = [name for name in SECTIONS if name in args.sections]  # in this order: later sections reuse earlier models
     path = os.path.join(args.out, "results.json")
-    try:  # before any work: both folders can be written (--runs only where a section trains)
-        rundir.check_out(args.out)
-        if todo:
-            rundir.check_out(args.runs, "--runs")
-    except RunError as error:
-        sys.exit(f"python -m experiments: {error}")
+    # before any work: both folders can be written (--runs only where a section trains)
+    check_folders("python -m experiments", {"--out": args.out, **({"--runs": args.runs} if todo else {})})
     if not todo and not os.path.isfile(path):
         sys.exit(f"python -m experiments: --sections without a section rewrites {path}'s summaries and tables, and "
                  f"there is no {path}: run a section first (e.g. --sections compare), or give the --out that holds one")

@@ -48,7 +48,7 @@ from plumbing import classifier, rundir
 from plumbing.data import write_atomically
 from plumbing.errors import RunError
 from experiments import guide as guide_experiment
-from experiments.common import Context, Digits, Scorer, kept_set, set_key
+from experiments.common import Context, Digits, Scorer, check_folders, kept_set, set_key
 
 WALKS, GRID_POINTS = 40, 33  # walks per run and pair; grid points per walk, s = 0, 1/32, .. 1
 MIXED_SEEDS, MIXED_ARCHITECTURES = (1, 2, 3), ("cnn", "mlp", "cnn")  # mixed_guide's members (never seed 0)
@@ -299,7 +299,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.points < 3:
         sys.exit(f"python -m experiments.ceiling: --points {args.points}: a walk needs at least 3 grid points")
     pairs = [guide_experiment.parse_pair(text, "python -m experiments.ceiling") for text in args.pairs]
-    guide_experiment.check_folders(args.out, args.readers, "python -m experiments.ceiling")
+    check_folders("python -m experiments.ceiling", {"--out": args.out, "--readers": args.readers})
     try:  # a pair's banks of every run in memory at once: a 28x28 digit and the readers' and guides' float readings
         rundir.check_memory({f"--walks {args.walks} --points {args.points}": len(args.runs) * args.walks * args.points
                              * (28 * 28 + 8 * 10 * 8)})

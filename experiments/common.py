@@ -360,6 +360,16 @@ def set_key(run: rundir.Run, **what) -> dict:
                 steps=run.config["settings"]["steps"], **what)
 
 
+def check_folders(command: str, folders: dict[str, str]) -> None:
+    """Each flag's folder (flag -> path) can be made and written (rundir.check_out, the flag named), before any
+    work; else `command`: one line."""
+    try:
+        for flag, path in folders.items():
+            rundir.check_out(path, flag)
+    except rundir.RunError as error:
+        sys.exit(f"{command}: {error}")
+
+
 def kept_set(directory: str, key: dict, make) -> dict:
     """DIRECTORY/samples.npz, made by make() unless DIRECTORY/set.json holds this very key already."""
     npz, meta = os.path.join(directory, "samples.npz"), os.path.join(directory, "set.json")

@@ -64,7 +64,7 @@ try:  # a Ctrl-C while the modules load (torch: seconds) is one line too
     from plumbing.data import write_atomically
     from plumbing.errors import RunError
     from experiments import between
-    from experiments.common import Context, Digits, Scorer, kept_classifier, load_part, set_key
+    from experiments.common import Context, Digits, Scorer, check_folders, kept_classifier, load_part, set_key
 except KeyboardInterrupt:
     raise SystemExit("python -m experiments.guide: interrupted while starting, before anything ran") from None
 
@@ -322,15 +322,6 @@ def run_guides(runs: list[rundir.Run], nets: dict) -> tuple[dict, dict]:
     return guides, records
 
 
-def check_folders(out: str, readers_dir: str, command: str = "python -m experiments.guide") -> None:
-    """--out and --readers are folders that can be written (rundir.check_out, each named), before any work."""
-    try:
-        rundir.check_out(out)
-        rundir.check_out(readers_dir, "--readers")
-    except RunError as error:
-        sys.exit(f"{command}: {error}")
-
-
 def guide_experiment(run_dirs: list[str], k: int = K, pairs=PAIRS, out: str = OUT,
                      readers_dir: str = READERS_DIR, guidance: float | None = None) -> dict:
     """Everything the module's docstring says, for the runs in run_dirs (their walks at label guidance `guidance`,
@@ -485,7 +476,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.k < 1:
         sys.exit(f"python -m experiments.guide: --k {args.k}: ask for at least one trusted sample")
     pairs = [parse_pair(text) for text in args.pairs]
-    check_folders(args.out, args.readers)
+    check_folders("python -m experiments.guide", {"--out": args.out, "--readers": args.readers})
     try:
         result = guide_experiment(args.runs, args.k, pairs, args.out, args.readers, weight)
         markdown = "\n".join(guide_tables(result))

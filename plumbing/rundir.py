@@ -81,9 +81,7 @@ def read_config(run_dir: str) -> dict:
         if has_checkpoint:  # train.py --resume rewrites config.json from the checkpoint's copy (read_run)
             raise RunError(f"{path} not found, but {run_dir} has a checkpoint.pt: python train.py --out {run_dir} "
                            "--resume restores config.json from the checkpoint's copy")
-        if os.path.lexists(os.path.join(run_dir, ".lock")):  # (lock.LOCK_FILE; lock.py imports this module)
-            raise RunError(f"{path} not found yet: train.py is setting {run_dir} up ({run_dir}/.lock); wait until "
-                           "it writes its first checkpoint (or, if no train.py runs, move the .lock away)")
+        check_not_training(path, run_dir, f"setting {run_dir} up")
         raise RunError(f"{path} not found: {run_dir} is not a run directory (train one: python train.py --out {run_dir})")
     try:
         with open(path) as f:
@@ -97,6 +95,14 @@ def read_config(run_dir: str) -> dict:
     except (OSError, UnicodeDecodeError) as error:
         raise RunError(f"cannot read {path} ({type(error).__name__}); is {run_dir} a run made by train.py?") from error
     return in_todays_format(config, path)
+
+
+def check_not_training(path: str, run_dir: str, doing: str) -> None:
+    """A run file not written yet because train.py is still `doing` it (run_dir/.lock, lock.LOCK_FILE: lock.py
+    imports this module) is said so, not called missing."""
+    if os.path.lexists(os.path.join(run_dir, ".lock")):
+        raise RunError(f"{path} not found yet: train.py is {doing} ({run_dir}/.lock); wait until it writes its first "
+                       "checkpoint (or, if no train.py runs, move the .lock away)")
 
 
 def in_todays_format(config, path: str) -> dict:
@@ -118,9 +124,7 @@ def load_checkpoint(path: str) -> dict:
     """Read a checkpoint with weights_only=True (no code runs); anything else is a one-line error."""
     if not os.path.isfile(path):
         run_dir = os.path.dirname(path) or "."
-        if os.path.lexists(os.path.join(run_dir, ".lock")):  # (lock.LOCK_FILE)
-            raise RunError(f"{path} not found yet: train.py is training {run_dir} ({run_dir}/.lock); wait until it "
-                           "writes its first checkpoint (or, if no train.py runs, move the .lock away)")
+        check_not_training(path, run_dir, f"training {run_dir}")
         raise RunError(f"{path} not found: train first (python train.py --out {run_dir})")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
@@ -141,7 +145,8 @@ def check_belongs(path: str, run_id: str, expected: str) -> None:
 
 
 def check_same_run(run_dir: str, config: dict, checkpoint: dict) -> None:
-    """config.json and checkpoint.pt carry one run id; when they do not, the one copied in is named.
+    """config.json and checkpoint.pt carry one run id; when they do not, the one copied in is named; when they
+    do, config.json must still describe the run as the checkpoint's copy does (check_unedited).
 
     The checkpoint holds the run (its weights and a copy of its config), so config.json is taken for the stray
     one, unless the run's space.npz carries config.json's id and not the checkpoint's. Either way the advice
@@ -149,7 +154,7 @@ def check_same_run(run_dir: str, config: dict, checkpoint: dict) -> None:
     """
     theirs, ours = config["run_id"], checkpoint.get("run_id", "")
     if theirs == ours:
-        return
+        return check_unedited(run_dir, config, checkpoint)
     space = space_run_id(os.path.join(run_dir, SPACE_FILE))
     if space == theirs:
         raise RunError(f"{run_dir}/checkpoint.pt belongs to another run (run id {ours or 'none'}; config.json and "
@@ -201,7 +206,6 @@ def read_run(run_dir: str) -> tuple[dict, dict | None]:
         config = in_todays_format(checkpoint.get("config"), checkpoint_path)
     if checkpoint is not None:
         check_same_run(run_dir, config, checkpoint)
-        check_unedited(run_dir, config, checkpoint)
     return config, checkpoint
 
 
@@ -690,7 +694,6 @@ def load_run(run_dir: str, device: str | None = None, precision: str = "auto") -
     path = os.path.join(run_dir, "checkpoint.pt")
     checkpoint = load_checkpoint(path)
     check_same_run(run_dir, config, checkpoint)
-    check_unedited(run_dir, config, checkpoint)
     model = build_unet(config)
     try:
         model.load_state_dict(checkpoint["ema"])
